@@ -1,0 +1,251 @@
+"""Expert demonstrations as multi-turn chat rows for verl's SFT trainer.
+
+    python -m envs.expert alfworld --output data/alfworld_sft.parquet --data-dir ../shared/data/alfworld
+    python -m envs.expert webshop --output data/webshop_sft.parquet --max-tasks 500 --style react --one-shot
+
+For each task of the split: ``env.reset(task_id)``, ``env.expert_actions()``, then every expert action is
+written as an assistant reply with ``envs.actions.format_action`` (a templated one-sentence thought, no LLM),
+parsed back with ``parse_action`` exactly as the RL agent loop does, and that parsed action is stepped. The
+chat is built with ``envs.prompts`` (``build_messages`` + ``format_observation``), so SFT and RL see the same
+text. Only episodes the expert **won** are kept. A summary (success rate per task type, kept rows, failures)
+is written next to the output as ``<output>.summary.json``.
+
+Output columns: ``messages`` (list of ``{"role", "content"}``: system, user, then assistant/user turns,
+ending with the assistant's last action), ``data_source`` (``spa_rl/<env>``), ``env_name``, ``task_id``,
+``task_type``, ``split``, ``num_turns`` (assistant turns), ``score``, ``style``, ``prompt_version``.
+
+Training with verl 0.9.1 (the engine SFT trainer; its dataset is ``verl.utils.dataset.multiturn_sft_dataset.
+MultiTurnSFTDataset``, which reads ``data.messages_key`` and puts the loss on assistant turns only)::
+
+    torchrun --standalone --nproc_per_node=<gpus> -m verl.trainer.sft_trainer \\
+        data.train_files=data/alfworld_sft.parquet data.val_files=null \\
+        data.messages_key=messages data.max_length=8192 data.truncation=error \\
+        data.pad_mode=no_padding data.use_dynamic_bsz=True data.max_token_len_per_gpu=16384 \\
+        data.train_batch_size=64 data.micro_batch_size_per_gpu=2 \\
+        model.path=<hf model dir> trainer.n_gpus_per_node=<gpus> trainer.total_epochs=3 \\
+        trainer.project_name=spa-sft trainer.experiment_name=alfworld trainer.logger=[console]
+
+(``verl.trainer.fsdp_sft_trainer`` of older verl releases no longer exists in 0.9.1.) There is no ``tools``
+column, so no tool schema is rendered. The dataset checks that tokenising turn by turn equals tokenising the
+whole chat; chat templates that rewrite earlier assistant turns (e.g. Qwen3 dropping ``<think>`` blocks of
+past turns, which matters for ``--style tag``) fail that check: set ``data.ignore_input_ids_mismatch=True``
+there, or use ``--style react``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from envs import check_env_name, env_names, make_env
+from envs.actions import STYLES, format_action, parse_action
+from envs.prepare import data_source, env_kwargs, list_split, subsample_tasks, write_parquet
+from envs.prompts import SPA_PROMPT_VERSION, build_messages, format_observation
+
+__all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought"]
+
+# (regex on the lower-cased action, thought template); the first match wins, named groups fill the template.
+# A group named "goal" only matches when its text is the task's goal.
+THOUGHT_TEMPLATES: dict[str, list[tuple[str, str]]] = {
+    "alfworld": [
+        (r"go to (?P<r>.+)", "Next I should go to the {r}."),
+        (r"take (?P<o>.+) from (?P<r>.+)", "The {o} is at the {r} and I need it, so I will take it."),
+        (r"(?:put|move) (?P<o>.+?) (?:in/on|in|on|into|to) (?P<r>.+)",
+         "I am carrying the {o} and the {r} is where it should go, so I will put it there."),
+        (r"open (?P<r>.+)", "The {r} is closed, so I will open it to see what is inside."),
+        (r"close (?P<r>.+)", "I am done with the {r}, so I will close it."),
+        (r"clean (?P<o>.+) with (?P<r>.+)", "The {o} has to be clean, so I will clean it with the {r}."),
+        (r"heat (?P<o>.+) with (?P<r>.+)", "The {o} has to be hot, so I will heat it with the {r}."),
+        (r"cool (?P<o>.+) with (?P<r>.+)", "The {o} has to be cool, so I will cool it with the {r}."),
+        (r"slice (?P<o>.+) with (?P<r>.+)", "I will slice the {o} with the {r}."),
+        (r"use (?P<o>.+)", "I will turn on the {o} so I can look at the object in its light."),
+        (r"examine (?P<o>.+)", "I will examine the {o} more closely."),
+        (r"look", "I will look around to see where I am."),
+        (r"inventory", "I will check what I am carrying."),
+    ],
+    "webshop": [
+        (r"search\[(?P<goal>.*)\]", "I will search with the words of the instruction."),
+        (r"search\[(?P<q>.*)\]", "I will search for {q}."),
+        (r"click\[buy now\]", "The product and the selected options match the instruction, so I will buy it."),
+        (r"click\[< prev\]", "I will go back to the previous page."),
+        (r"click\[next >\]", "None of these results fits well, so I will look at the next page."),
+        (r"click\[back to search\]", "I will go back and search again."),
+        (r"click\[(?P<x>description|features|reviews|attributes)\]", "I will read the {x} to check the product."),
+        (r"click\[(?P<x>b[0-9a-z]{9})\]",
+         "Product {x} looks like a good match for the instruction, so I will open it."),
+        (r"click\[(?P<x>.+)\]", "The instruction asks for {x}, so I will select that option."),
+    ],
+    "virtualhome": [
+        (r"(?:walk|run) to (?P<o>.+)", "I need to go to the {o}."),
+        (r"find (?P<o>.+)", "I will find the {o} here."),
+        (r"grab (?P<o>.+)", "I need the {o}, so I will pick it up."),
+        (r"put (?P<o>.+?) in (?P<r>.+)", "I am holding the {o}, so I will put it in the {r}."),
+        (r"put (?P<o>.+?) on (?P<r>.+)", "I am holding the {o}, so I will put it on the {r}."),
+        (r"open (?P<o>.+)", "The {o} is closed, so I will open it."),
+        (r"close (?P<o>.+)", "I will close the {o} again."),
+        (r"switch on (?P<o>.+)", "The {o} has to be on, so I will switch it on."),
+        (r"switch off (?P<o>.+)", "The {o} has to be off, so I will switch it off."),
+        (r"(?:sit|lie) on (?P<o>.+)", "The task needs me on the {o}, so I will get on it."),
+    ],
+}
+_COMPILED = {env: [(re.compile(p + r"\.?$"), t) for p, t in rules] for env, rules in THOUGHT_TEMPLATES.items()}
+
+
+def make_thought(env_name: str, action: str, goal: str | None = None, step: int = 0) -> str:
+    """A short templated reason for ``action`` (the first step also restates the goal). Deterministic."""
+    text = " ".join(str(action).split())
+    goal = " ".join(str(goal or "").split()).rstrip(".")
+    thought = f"Next I will {text}."
+    for pattern, template in _COMPILED.get(env_name, ()):
+        match = pattern.match(text.lower())
+        if match and match.groupdict().get("goal", goal.lower()).rstrip(".") == goal.lower():
+            groups = {k: text[match.start(k) : match.end(k)] for k in match.groupdict()}  # original case
+            thought = template.format(**groups)
+            break
+    if step == 0 and goal:
+        thought = f"My task: {goal}. {thought}"
+    return thought
+
+
+def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_shot: bool = False,
+                   system_prompt: bool = True, include_admissible: bool | None = None) -> dict[str, Any]:
+    """Replay the expert of one task. Returns {"won", "messages", "score", "turns", "error"}."""
+    obs, info = env.reset(task_id)
+    actions = env.expert_actions()
+    if not actions:
+        return {"won": False, "messages": None, "score": 0.0, "turns": 0, "error": "no expert actions"}
+    messages = build_messages(env_name, obs, info, style=style, one_shot=one_shot, system_prompt=system_prompt,
+                              include_admissible=include_admissible)
+    goal = info.get("goal")
+    step_info: dict = {"won": False, "score": 0.0}
+    turns = 0
+    for step, action in enumerate(actions):
+        try:
+            reply = format_action(action, make_thought(env_name, action, goal, step), style)
+        except ValueError as exc:
+            return {"won": False, "messages": None, "score": 0.0, "turns": turns, "error": f"unformattable: {exc}"}
+        parsed = parse_action(reply, style)  # what the RL agent loop would send to the env
+        messages.append({"role": "assistant", "content": reply})
+        turns += 1
+        obs, _reward, done, step_info = env.step(parsed.action)
+        if done:
+            break
+        messages.append({"role": "user", "content": format_observation(env_name, obs, step_info, include_admissible)})
+    won = bool(step_info.get("won"))
+    if messages[-1]["role"] != "assistant":  # expert ran out of actions before the episode ended
+        won = False
+    return {"won": won, "messages": messages, "score": float(step_info.get("score", 0.0)), "turns": turns,
+            "error": None if won else "expert did not win"}
+
+
+def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str | Path | None = None,
+                max_tasks: int | None = None, seed: int = 0, style: str = "react", one_shot: bool = False,
+                system_prompt: bool = True, include_admissible: bool | None = None,
+                progress: bool = True) -> tuple[list[dict], dict]:
+    """SFT rows of the won expert episodes of a split, and the summary dict."""
+    check_env_name(env_name)
+    if style not in STYLES:
+        raise ValueError(f"Unknown response style {style!r}; use one of {', '.join(STYLES)}")
+    own_env = env is None
+    env = make_env(env_name, **env_kwargs(env_name, data_dir)) if own_env else env
+    rows: list[dict] = []
+    per_type: dict[str, Counter] = defaultdict(Counter)
+    failures: Counter = Counter()
+    try:
+        task_ids = subsample_tasks(list_split(env, split), max_tasks, seed)
+        iterator = task_ids
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(task_ids, desc=f"{env_name} expert ({split})", unit="task",
+                            mininterval=0.1 if sys.stderr.isatty() else 10.0)
+        for task_id in iterator:
+            task_type = str(env.task_type(task_id))
+            try:
+                episode = expert_episode(env, env_name, task_id, style, one_shot, system_prompt, include_admissible)
+            except Exception as exc:  # an engine failure on one task must not lose the others
+                episode = {"won": False, "messages": None, "score": 0.0, "turns": 0, "error": f"error: {exc!r}"}
+            per_type[task_type]["tasks"] += 1
+            if not episode["won"]:
+                failures[episode["error"].split(":")[0]] += 1
+                continue
+            per_type[task_type]["won"] += 1
+            rows.append({
+                "messages": episode["messages"],
+                "data_source": data_source(env_name),
+                "env_name": env_name,
+                "task_id": str(task_id),
+                "task_type": task_type,
+                "split": split,
+                "num_turns": episode["turns"],
+                "score": episode["score"],
+                "style": style,
+                "prompt_version": SPA_PROMPT_VERSION,
+            })
+    finally:
+        if own_env:
+            env.close()
+    n_tasks = sum(c["tasks"] for c in per_type.values())
+    summary = {
+        "env": env_name,
+        "split": split,
+        "style": style,
+        "one_shot": one_shot,
+        "system_prompt": system_prompt,
+        "prompt_version": SPA_PROMPT_VERSION,
+        "tasks": n_tasks,
+        "won": len(rows),
+        "kept": len(rows),
+        "success_rate": len(rows) / n_tasks if n_tasks else 0.0,
+        "mean_turns": sum(r["num_turns"] for r in rows) / len(rows) if rows else 0.0,
+        "per_task_type": {
+            t: {"tasks": c["tasks"], "won": c["won"], "success_rate": c["won"] / c["tasks"]}
+            for t, c in sorted(per_type.items())
+        },
+        "failures": dict(sorted(failures.items())),
+    }
+    return rows, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m envs.expert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("env", help=f"one of: {', '.join(env_names())}")
+    parser.add_argument("--output", required=True, help="output parquet file")
+    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
+    parser.add_argument("--max-tasks", type=int, default=None, help="a seeded random subset of N tasks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", default="react", choices=list(STYLES))
+    parser.add_argument("--one-shot", action="store_true", help="put the one-shot example in the system prompt")
+    parser.add_argument("--no-system-prompt", action="store_true", help="instructions in the first user message")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    try:
+        check_env_name(args.env)
+    except ValueError as exc:
+        parser.error(str(exc))
+    rows, summary = expert_rows(args.env, args.split, data_dir=args.data_dir, max_tasks=args.max_tasks,
+                                seed=args.seed, style=args.style, one_shot=args.one_shot,
+                                system_prompt=not args.no_system_prompt)
+    output = Path(args.output)
+    summary["output"] = str(output)
+    if rows:
+        write_parquet(rows, output)
+    summary_path = output.with_name(output.name + ".summary.json")
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: summary[k] for k in ("env", "split", "tasks", "kept", "success_rate")}))
+    for task_type, stats in summary["per_task_type"].items():
+        print(f"  {task_type}: {stats['won']}/{stats['tasks']} ({stats['success_rate']:.1%})")
+    if summary["failures"]:
+        print(f"  failures: {summary['failures']}")
+    print(f"summary -> {summary_path}")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

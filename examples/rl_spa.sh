@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# SPA-RL: per-turn reward r_t = c_t + 0.5 * g_t from the progress estimator, turn-level advantage (estimator spa).
+#   bash examples/rl_spa.sh <alfworld|webshop|virtualhome> [hydra overrides...]
+# Needs a trained estimator: ESTIMATOR=<dir> (default $ESTIMATOR_DIR/<env>; see examples/train_estimator.sh).
+# SPA_CRITIC=1 adds a critic (the paper's PPO setting): the spa estimator then runs turn-level GAE on its values.
+source "$(dirname "$0")/common.sh"
+check_env "${1:-}"; ENV=$1; shift
+ESTIMATOR=${ESTIMATOR:-$ESTIMATOR_DIR/$ENV}
+SPA_INVALID_PENALTY=${SPA_INVALID_PENALTY:-0.0}  # SPA's grounding term beta * g_t already rewards valid actions
+SPA_CRITIC=${SPA_CRITIC:-0}
+CRITIC_LR=${CRITIC_LR:-1e-5}
+critic=()
+if [[ "$SPA_CRITIC" == 1 ]]; then
+  critic=(critic.enable=true "critic.model.path=$RL_INIT" "critic.optim.lr=$CRITIC_LR"
+          "critic.ppo_micro_batch_size_per_gpu=$MICRO_BATCH_PER_GPU" critic.use_dynamic_bsz=true
+          "critic.ppo_max_token_len_per_gpu=$MAX_TOKEN_LEN_PER_GPU")
+fi
+run_verl "$ENV" \
+  algorithm.reward=spa algorithm.adv_estimator=spa "algorithm.spa.estimator_path=$ESTIMATOR" \
+  algorithm.spa.alpha=1.0 algorithm.spa.beta=0.5 "algorithm.invalid_penalty=$SPA_INVALID_PENALTY" \
+  ${critic[@]+"${critic[@]}"} \
+  "trainer.experiment_name=${ENV}_spa$EXPERIMENT_SUFFIX" "$@"

@@ -1,0 +1,488 @@
+"""``env_agent``: verl agent loop that plays one text-environment episode as one multi-turn trajectory.
+
+Selected per dataset row by the column ``agent_name="env_agent"`` (``envs.prepare`` writes it) or by
+``actor_rollout_ref.rollout.agent.default_agent_loop=env_agent``. Settings come from the top-level ``env`` block
+of the trainer config (the hydra group ``recipe/spa/config/env/<name>.yaml``); a row's ``extra_info`` names the
+task (``env_name``, ``task_id``, ``split``, optional ``seed``).
+
+One episode::
+
+    prompt   = chat template of envs.prompts.build_messages(env, first observation)       (continuous tokens)
+    response = [assistant turn 0][observation 1][assistant turn 1] ... [assistant turn T-1]
+    mask     =  1 1 1 ... 1       0 0 ... 0      1 1 ... 1              1 ... 1
+
+Every turn: ``server_manager.generate`` (one sticky request id per episode, ``max_tokens`` = what is left of
+``rollout.response_length``, capped by ``env.max_tokens_per_turn``) -> decode -> ``envs.actions.parse_action``
+-> ``env.step(action)``, or ``env.invalid_step(error)`` for a reply without a parseable action (never a crash)
+-> the observation is appended as a user message (mask 0). The episode ends when the env says done, after
+``env.max_turns`` turns (default: the env's ``max_steps``), when the response budget is used up, or when the
+env fails (timeout/crash; see ``recipe.env_pool``; the episode then counts as failed, ``won=False``, R=0).
+No observation is appended after the final turn, and an observation that does not fit the budget (leaving at
+least one token for the next turn) is dropped and ends the episode. A turn cut by the budget still counts; its
+end is the last kept token. The response never exceeds ``rollout.response_length``.
+
+Per-turn bookkeeping goes to ``extra_fields["env_episode"]`` (what the reward managers read as
+``tool_extra_fields``; positions in RESPONSE coordinates):
+
+    turn_starts, turn_ends   list[int]   first/last token of each assistant turn
+    executable               list[bool]  the env executed the turn's action (grounding g_t)
+    episode_reward           float       R = env.reward_scale * raw env reward (0 on env failure)
+    env_reward_raw           float       the env's final reward (env.reward_mode: final | won)
+    won, score, task_type, num_turns, truncated, truncation_reason, env_error, env_name, task_id
+
+The returned :class:`EnvAgentLoopOutput` adds three top-level TransferQueue fields (read by the ``spa`` trainer
+mode): ``turn_anchors`` (list[str], the anchor of the state each turn acted on: the reset anchor for turn 0, then
+each step's), ``episode_reward`` (float R) and ``episode_info`` (dict of scalars: won, score, num_turns,
+executable_rate, truncated, env_error, task_type, env_reward, plus sum_contribution when the ``spa`` reward
+ran). Its ``as_dict()`` writes dense ``rm_scores`` from the reward manager's per-turn list
+(``reward_extra_info["spa_turn_rewards"]``, popped so downstream sees only scalars).
+
+``AgentLoopOutput.num_turns`` follows verl's convention (chat messages: the first user message, every assistant
+turn and every observation); ``episode_info["num_turns"]`` is the number of assistant turns (env steps).
+
+Collection (``env.collect_dir``): one :class:`spa_reward.records.TrajectoryRecord` per episode with at least one
+turn, appended to a jsonl shard per worker process (``<collect_dir>/<env>-<host>-<pid>-<rand>.jsonl``). Its
+``reward`` is the raw env reward (what the progress estimator regresses onto).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from uuid import uuid4
+
+import torch
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.utils.profiler import simple_timer
+
+from envs.actions import parse_action
+from envs.prepare import SPLITS
+from envs.prompts import build_messages, format_observation
+from recipe.env_pool import EnvFailure, get_env_pool
+from spa_reward.fusion import place_turn_rewards
+from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+REWARD_MODES = ("final", "won")
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    value = node.get(key, default) if hasattr(node, "get") else getattr(node, key, default)
+    return default if value is None else value
+
+
+@dataclass
+class EnvRolloutSettings:
+    """The ``env`` block of the trainer config (defaults in ``recipe/spa/config/spa_trainer.yaml``)."""
+
+    name: str = "alfworld"
+    max_steps: Optional[int] = None  # env step cap passed to the adapter (None: the adapter's default)
+    max_turns: Optional[int] = None  # extra cap on assistant turns (None: the env's max_steps)
+    prompt_style: str = "react"  # reply format the model is asked for (envs.actions.STYLES)
+    parse_style: Optional[str] = None  # parser style (None: prompt_style; "auto" accepts any format)
+    one_shot: bool = False
+    system_prompt: bool = True
+    include_admissible: Optional[bool] = None  # None: the env's default
+    reward_scale: float = 1.0
+    reward_mode: str = "final"  # final: the env's last step reward; won: 1.0 if won else 0.0
+    max_tokens_per_turn: Optional[int] = None
+    env_kwargs: dict = field(default_factory=dict)
+    pool_backend: str = "process"
+    pool_num_workers: Optional[int] = None
+    step_timeout: float = 60.0
+    reset_timeout: float = 300.0
+    collect_dir: Optional[str] = None
+    collect_messages: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any) -> EnvRolloutSettings:
+        env = _get(config, "env")
+        if env is None:
+            raise ValueError(
+                "the env_agent agent loop needs the top-level 'env' config block; compose the trainer config from "
+                "recipe/spa/config/spa_trainer.yaml (--config-path recipe/spa/config --config-name spa_trainer env=...)"
+            )
+        pool = _get(env, "pool", {})
+        kwargs = _get(env, "env_kwargs", {})
+        kwargs = dict(kwargs.items()) if hasattr(kwargs, "items") else {}
+        return cls(
+            name=str(_get(env, "name", cls.name)),
+            max_steps=_get(env, "max_steps"),
+            max_turns=_get(env, "max_turns"),
+            prompt_style=str(_get(env, "prompt_style", cls.prompt_style)),
+            parse_style=_get(env, "parse_style"),
+            one_shot=bool(_get(env, "one_shot", False)),
+            system_prompt=bool(_get(env, "system_prompt", True)),
+            include_admissible=_get(env, "include_admissible"),
+            reward_scale=float(_get(env, "reward_scale", 1.0)),
+            reward_mode=str(_get(env, "reward_mode", "final")),
+            max_tokens_per_turn=_get(env, "max_tokens_per_turn"),
+            env_kwargs=kwargs,
+            pool_backend=str(_get(pool, "backend", "process")),
+            pool_num_workers=_get(pool, "num_workers"),
+            step_timeout=float(_get(pool, "step_timeout", 60.0)),
+            reset_timeout=float(_get(pool, "reset_timeout", 300.0)),
+            collect_dir=_get(env, "collect_dir"),
+            collect_messages=bool(_get(env, "collect_messages", True)),
+        )
+        return s
+
+    def make_kwargs(self) -> dict:
+        kwargs = {k: (dict(v) if hasattr(v, "items") else v) for k, v in self.env_kwargs.items() if v is not None}
+        if self.max_steps is not None:
+            kwargs["max_steps"] = int(self.max_steps)
+        return kwargs
+
+
+def default_pool_size(config: Any) -> int:
+    """Enough env workers for every episode one agent-loop worker runs at once (train or val), at least 4."""
+    data, rollout = _get(config, "data"), _get(_get(config, "actor_rollout_ref"), "rollout")
+    workers = max(int(_get(_get(rollout, "agent"), "num_workers", 8)), 1)
+    train = int(_get(data, "train_batch_size", 16)) * int(_get(rollout, "n", 1))
+    val_bs = _get(data, "val_batch_size")
+    val = int(val_bs) * int(_get(_get(rollout, "val_kwargs"), "n", 1)) if val_bs else 0
+    return max(4, math.ceil(max(train, val) / workers))
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+class EnvAgentLoopOutput(AgentLoopOutput):
+    """AgentLoopOutput with dense per-turn rewards and the episode fields the ``spa`` trainer mode reads."""
+
+    turn_anchors: list[str] = []
+    """Anchor (state key) each assistant turn acted on; TransferQueue field ``turn_anchors``."""
+    episode_reward: float = 0.0
+    """Episode return R (scaled env reward); TransferQueue field ``episode_reward``."""
+    episode_info: dict[str, Any] = {}
+    """Scalars per episode; TransferQueue field ``episode_info``."""
+
+    def as_dict(self) -> dict[str, Any]:
+        output = super().as_dict()
+        extra = output.get("extra_fields") or {}
+        reward_info = extra.get("reward_extra_info")
+        info = dict(output.get("episode_info", self.episode_info))
+        if isinstance(reward_info, dict):
+            turn_rewards = reward_info.pop(TURN_REWARDS_KEY, None)
+            if turn_rewards is not None:
+                episode = extra.get(EPISODE_KEY) or {}
+                ends, starts = episode.get("turn_ends", []), episode.get("turn_starts")
+                if len(turn_rewards) != len(ends):
+                    raise ValueError(f"{len(turn_rewards)} turn rewards for {len(ends)} turns in this episode")
+                length = int(output["responses"].shape[0])
+                dense = place_turn_rewards(turn_rewards, ends, length, starts)
+                output["rm_scores"] = torch.tensor(dense, dtype=torch.float32)
+            if reward_info.get("spa/uses_estimator"):
+                info["sum_contribution"] = float(reward_info.get("spa/sum_contribution", 0.0))
+        output["episode_info"] = info
+        output.setdefault("turn_anchors", list(self.turn_anchors))
+        output.setdefault("episode_reward", float(self.episode_reward))
+        return output
+
+
+# ----------------------------------------------------------------------------------------------- episode
+
+
+@dataclass
+class _Episode:
+    env_name: str
+    task_id: str
+    split: str
+    task_type: str = ""
+    messages: list = field(default_factory=list)
+    prompt_ids: list = field(default_factory=list)
+    runtime: list = field(default_factory=list)  # prompt + response tokens so far
+    mask: list = field(default_factory=list)
+    logprobs: Optional[list] = None
+    turn_starts: list = field(default_factory=list)
+    turn_ends: list = field(default_factory=list)
+    executable: list = field(default_factory=list)
+    anchors: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    parse_errors: int = 0
+    observations: int = 0
+    won: bool = False
+    score: float = 0.0
+    last_reward: float = 0.0
+    done: bool = False
+    truncation: str = ""  # why the episode stopped early ("" when the env ended it)
+    env_error: str = ""
+    extra_fields: dict = field(default_factory=dict)
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.turn_ends)
+
+    def fix_last_turn(self) -> None:
+        """Keep the last turn's end on a kept assistant token after a merge trimmed the runtime prefix."""
+        if not self.turn_ends:
+            return
+        end = min(self.turn_ends[-1], len(self.mask) - 1)
+        while end > self.turn_starts[-1] and self.mask[end] == 0:
+            end -= 1
+        self.turn_ends[-1] = max(end, self.turn_starts[-1])
+
+
+@register("env_agent")
+class EnvAgentLoop(AgentLoopBase):
+    """Plays one environment episode per call; see the module docstring."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.pop("tools", None)
+        super().__init__(*args, **kwargs)
+        self.settings = EnvRolloutSettings.from_config(self.config)
+        from spa_reward.config_check import validate_env_settings
+
+        validate_env_settings(self.settings)
+        self.response_length = int(self.rollout_config.response_length)
+
+    def _pool(self):
+        s = self.settings
+        return get_env_pool(s.pool_num_workers or default_pool_size(self.config), s.pool_backend, s.step_timeout,
+                            s.reset_timeout)
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> EnvAgentLoopOutput:
+        extra_info = dict(kwargs.get("extra_info") or {})
+        s = self.settings
+        env_name = str(extra_info.get("env_name") or s.name)
+        split = str(extra_info.get("split") or "train")
+        task_id = extra_info.get("task_id")
+        if task_id is None:
+            raise ValueError(
+                "env_agent needs extra_info.task_id in every dataset row; build the parquet with "
+                "`python -m envs.prepare <env> --output-dir <dir>`"
+            )
+        ep = _Episode(env_name=env_name, task_id=str(task_id), split=split)
+        metrics: dict[str, float] = {}
+        try:
+            async with self._pool().session(env_name, s.make_kwargs()) as env:
+                await self._play(env, ep, sampling_params, extra_info, metrics)
+        except EnvFailure as exc:
+            logger.warning("episode %s/%s failed: %s", env_name, task_id, exc)
+            ep.env_error, ep.won, ep.done = exc.reason, False, False
+            ep.truncation = ep.truncation or "env_error"
+        return await self._finish(ep, kwargs, metrics)
+
+    async def _play(self, env, ep: _Episode, sampling_params: dict, extra_info: dict, metrics: dict) -> None:
+        s = self.settings
+        env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)  # our split name -> the adapter's
+        with simple_timer("tool_calls", metrics):
+            obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)
+        ep.task_type = str(info.get("task_type", ""))
+        anchor = str(info.get("anchor", obs))
+        ep.messages = build_messages(ep.env_name, obs, info, s.prompt_style, s.one_shot, s.system_prompt,
+                                     s.include_admissible)
+        ep.prompt_ids = list(await self.ct_build_initial_tokens(ep.messages))
+        ep.runtime = list(ep.prompt_ids)
+        max_turns = env.max_steps if s.max_turns is None else min(int(s.max_turns), env.max_steps)
+        parse_style = s.parse_style or s.prompt_style
+        request_id = uuid4().hex
+        budget_limit = self.response_length
+
+        for turn in range(max_turns):
+            budget = budget_limit - len(ep.mask)
+            if budget <= 0:
+                ep.truncation = "response_length"
+                return
+            params = dict(sampling_params)
+            params["max_tokens"] = budget if s.max_tokens_per_turn is None else min(budget, int(s.max_tokens_per_turn))
+            with simple_timer("generate_sequences", metrics):
+                out = await self.server_manager.generate(
+                    request_id=request_id, prompt_ids=ep.runtime, sampling_params=params
+                )
+            self._merge_server_fields(ep, out.extra_fields or {})
+            ids = list(out.token_ids)[:budget]
+            if not ids:
+                ep.truncation = "empty_generation"
+                return
+            lps = [float(x) for x in out.log_probs[: len(ids)]] if out.log_probs else None
+            if lps is not None and len(lps) != len(ids):
+                lps = None
+            if lps is not None and ep.logprobs is None:  # first logprobs seen: earlier tokens get 0.0
+                ep.logprobs = [0.0] * len(ep.mask)
+            elif lps is None and ep.logprobs is not None:  # keep the logprob list aligned with the mask
+                lps = [0.0] * len(ids)
+            merge, ep.mask, new_lp = await self.ct_merge_assistant_token(ep.runtime, ids, ep.mask, ep.logprobs, lps)
+            ep.runtime = list(merge.token_ids)
+            if new_lp is not None:
+                ep.logprobs = new_lp
+            ep.turn_starts.append(len(ep.mask) - merge.appended_token_count)
+            ep.turn_ends.append(len(ep.mask) - 1)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            parsed = parse_action(text, parse_style)
+            ep.anchors.append(anchor)
+            ep.actions.append(parsed.action or "")
+            try:
+                with simple_timer("tool_calls", metrics):
+                    if parsed.action is None:
+                        ep.parse_errors += 1
+                        obs, reward, done, info = await env.invalid_step(parsed.error or "no action")
+                    else:
+                        obs, reward, done, info = await env.step(parsed.action)
+            except EnvFailure:
+                ep.executable.append(False)
+                raise
+            ep.executable.append(bool(info.get("executable", False)))
+            ep.won = bool(info.get("won", False))
+            ep.score = float(info.get("score", 0.0))
+            ep.last_reward = float(reward)
+            anchor = str(info.get("anchor", anchor))
+            if done:
+                ep.done = True
+                ep.truncation = "max_steps" if info.get("truncated") else ""
+                return
+            if len(ep.mask) >= budget_limit:
+                ep.truncation = "response_length"
+                return
+            if turn == max_turns - 1:
+                ep.truncation = "max_turns"
+                return
+            ep.messages.append({"role": "assistant", "content": text})
+            previous = list(ep.messages)
+            ep.messages.append({"role": "user", "content": format_observation(ep.env_name, obs, info,
+                                                                               s.include_admissible)})
+            merge, mask, new_lp = await self.ct_merge_context_msg(
+                previous, ep.messages, ep.runtime, ep.mask, ep.logprobs
+            )
+            if len(mask) >= budget_limit:  # the observation (plus one token for the next turn) does not fit
+                ep.messages.pop()
+                ep.truncation = "response_length"
+                return
+            ep.runtime, ep.mask = list(merge.token_ids), mask
+            if new_lp is not None:
+                ep.logprobs = new_lp
+            ep.observations += 1
+            if merge.removed_prefix_token_count:
+                ep.fix_last_turn()
+        ep.truncation = ep.truncation or "max_turns"
+
+    @staticmethod
+    def _merge_server_fields(ep: _Episode, fields: dict) -> None:
+        """Carry the server's weight-version fields (staleness tags in the v1 trainer) like verl's tool agent."""
+        if not ep.extra_fields:
+            ep.extra_fields.update(fields)
+        elif fields.get("max_global_steps") is not None:
+            ep.extra_fields["max_global_steps"] = fields["max_global_steps"]
+
+    async def _finish(self, ep: _Episode, kwargs: dict, metrics: dict) -> EnvAgentLoopOutput:
+        s = self.settings
+        if not ep.prompt_ids:  # the env failed before the first observation: fall back to the dataset prompt
+            ep.prompt_ids = list(await self.ct_build_initial_tokens(list(kwargs.get("raw_prompt") or
+                                                                         [{"role": "user", "content": ep.task_id}])))
+            ep.runtime = list(ep.prompt_ids)
+        response_ids = ep.runtime[len(ep.prompt_ids):]
+        if len(response_ids) != len(ep.mask):
+            raise RuntimeError(f"env_agent bookkeeping bug: {len(response_ids)} response tokens, mask {len(ep.mask)}")
+        if not response_ids:  # verl needs at least one response token; this one carries no loss (mask 0)
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+            response_ids, ep.mask = [int(pad)], [0]
+            if ep.logprobs is not None:
+                ep.logprobs = [0.0]
+        raw = 0.0 if ep.env_error else (float(ep.won) if s.reward_mode == "won" else ep.last_reward)
+        R = s.reward_scale * raw
+        n = ep.num_turns
+        truncated = bool(ep.truncation)  # "" only when the env ended the episode in a terminal state
+        executable_rate = (sum(ep.executable) / n) if n else 0.0
+        episode = {
+            "turn_starts": list(ep.turn_starts),
+            "turn_ends": list(ep.turn_ends),
+            "executable": list(ep.executable),
+            "episode_reward": R,
+            "env_reward_raw": raw,
+            "won": bool(ep.won) and not ep.env_error,
+            "score": ep.score,
+            "task_type": ep.task_type,
+            "num_turns": n,
+            "truncated": truncated,
+            "truncation_reason": ep.truncation,
+            "env_error": ep.env_error,
+            "parse_errors": ep.parse_errors,
+            "env_name": ep.env_name,
+            "task_id": ep.task_id,
+        }
+        info = {
+            "won": episode["won"],
+            "score": ep.score,
+            "num_turns": n,
+            "executable_rate": executable_rate,
+            "truncated": truncated,
+            "env_error": ep.env_error,
+            "task_type": ep.task_type,
+            "env_reward": R,
+            "parse_errors": ep.parse_errors,
+        }
+        extra_fields = dict(ep.extra_fields)
+        extra_fields[EPISODE_KEY] = episode
+        output = EnvAgentLoopOutput(
+            prompt_ids=ep.prompt_ids,
+            response_ids=response_ids,
+            response_mask=ep.mask,
+            response_logprobs=ep.logprobs,
+            num_turns=1 + n + ep.observations,
+            metrics=metrics,
+            extra_fields=extra_fields,
+            turn_anchors=list(ep.anchors),
+            episode_reward=R,
+            episode_info=info,
+        )
+        if s.collect_dir and n:
+            self._collect(ep, output, kwargs, raw, R)
+        return output
+
+    def _collect(self, ep: _Episode, output: EnvAgentLoopOutput, kwargs: dict, raw: float, R: float) -> None:
+        P = len(output.prompt_ids)
+        uid = str(kwargs.get("uid") or f"{ep.env_name}-{ep.task_id}")
+        record = {
+            "format_version": 1,
+            "uid": uid,
+            "episode_id": f"{uid}-{kwargs.get('session_id', 0)}-{uuid4().hex[:8]}",
+            "env_name": ep.env_name,
+            "task_id": ep.task_id,
+            "tokenizer": str(getattr(self.tokenizer, "name_or_path", "") or
+                             _get(_get(_get(self.config, "actor_rollout_ref"), "model"), "path", "unknown")),
+            "input_ids": list(output.prompt_ids) + list(output.response_ids),
+            "prompt_length": P,
+            "turn_spans": [[P + a, P + b + 1] for a, b in zip(ep.turn_starts, ep.turn_ends)],
+            "executable": list(ep.executable),
+            "reward": raw,
+            "won": bool(output.episode_info["won"]),
+            "actions": list(ep.actions),
+            "truncated": bool(output.episode_info["truncated"]),
+            "extra": {
+                "episode_reward": R,
+                "reward_scale": self.settings.reward_scale,
+                "score": ep.score,
+                "task_type": ep.task_type,
+                "split": ep.split,
+                "truncation_reason": ep.truncation,
+                "env_error": ep.env_error,
+                "global_steps": int(kwargs["global_steps"]) if kwargs.get("global_steps") is not None else -1,
+                "turn_anchors": list(ep.anchors),
+            },
+        }
+        if self.settings.collect_messages:
+            record["messages"] = list(ep.messages)
+        _record_writer(self.settings.collect_dir, ep.env_name).write(record)
+
+
+_WRITERS: dict[tuple[str, str], Any] = {}
+
+
+def _record_writer(collect_dir: str, env_name: str):
+    """One jsonl shard per (worker process, collect dir, env), opened on first use."""
+    key = (str(collect_dir), env_name)
+    if key not in _WRITERS:
+        from spa_reward.records import RecordWriter, shard_path
+
+        _WRITERS[key] = RecordWriter(shard_path(os.path.expanduser(str(collect_dir)), prefix=env_name))
+    return _WRITERS[key]

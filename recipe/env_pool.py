@@ -1,0 +1,350 @@
+"""Environment workers that keep CPU-heavy env steps off the agent loop's event loop.
+
+An :class:`EnvPool` owns up to ``num_workers`` workers. An episode leases one worker for its whole length
+(``async with pool.session(env_name, env_kwargs) as env``), so at most ``num_workers`` episodes of one process
+run at once and the others wait for a free worker (generation of the running ones goes on meanwhile).
+Every call (``open``/``reset``/``step``/``invalid_step``) runs in a thread of the pool's own executor and has a
+timeout, so the event loop never blocks on an environment.
+
+Backends:
+
+* ``process`` (default): each worker is a child process (``python -m recipe.env_pool <fd>``) talking over a
+  socket pair. A child keeps its env instances between episodes (one per env name and kwargs). A call that
+  times out or a child that dies (segfault, OOM kill) raises :class:`EnvFailure`; the child is killed and a
+  fresh one replaces it on the next lease, so only that episode is lost. A Python exception inside the env
+  (e.g. an unknown task id at reset) also raises :class:`EnvFailure` but keeps the child.
+* ``thread``: the env lives in this process and each worker has its own single thread. A hung call cannot be
+  killed: on timeout the worker (thread and env) is abandoned and replaced. For debugging and light envs.
+
+This module imports no verl and no env engine (children import ``envs`` themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
+from typing import Any, AsyncIterator
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("process", "thread")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class EnvFailure(RuntimeError):
+    """An env call failed: ``kind`` is ``timeout``, ``crash`` or ``error``; ``call`` is the command."""
+
+    def __init__(self, kind: str, call: str, detail: str = ""):
+        self.kind, self.call, self.detail = kind, call, detail
+        super().__init__(f"env {kind} during {call}" + (f": {detail}" if detail else ""))
+
+    @property
+    def reason(self) -> str:
+        """Short reason string for episode metrics, e.g. ``timeout:step``."""
+        return f"{self.kind}:{self.call}"
+
+
+# ---------------------------------------------------------------------------------------------- env host
+
+
+class _EnvHost:
+    """Runs commands against env instances; lives in a child process (process backend) or a thread."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+        self.env = None
+
+    @staticmethod
+    def _key(name: str, kwargs: dict) -> str:
+        try:
+            return name + json.dumps(kwargs, sort_keys=True, default=repr)
+        except TypeError:
+            return name + repr(sorted(kwargs.items()))
+
+    def handle(self, cmd: str, args: tuple) -> Any:
+        if cmd == "open":
+            name, kwargs = args
+            key = self._key(name, kwargs)
+            if key not in self._cache:
+                self._cache[key] = _make(name, kwargs)
+            self.env = self._cache[key]
+            return {"max_steps": int(self.env.max_steps)}
+        if cmd == "ping":
+            return "pong"
+        if self.env is None:
+            raise RuntimeError(f"{cmd!r} before 'open'")
+        if cmd == "reset":
+            task, seed, split = args
+            return self.env.reset(task, seed=seed, split=split)
+        if cmd == "step":
+            return self.env.step(args[0])
+        if cmd == "invalid_step":
+            return self.env.invalid_step(args[0])
+        if cmd == "expert_actions":
+            return self.env.expert_actions()
+        raise ValueError(f"unknown env command {cmd!r}")
+
+    def close(self) -> None:
+        for env in self._cache.values():
+            try:
+                env.close()
+            except Exception:  # closing is best effort
+                pass
+        self._cache.clear()
+
+
+def _make(name: str, kwargs: dict) -> Any:
+    """``make_env(name)``; a ``"package.module:Class"`` name builds that class (tests, out-of-tree envs)."""
+    if ":" in name:
+        import importlib
+
+        module, cls = name.split(":", 1)
+        return getattr(importlib.import_module(module), cls)(**kwargs)
+    from envs import make_env
+
+    return make_env(name, **kwargs)
+
+
+def _child_main(fd: int) -> None:
+    """Child process loop: receive ``(cmd, args)``, reply ``("ok", result)`` or ``("error", text)``."""
+    conn = Connection(fd)
+    host = _EnvHost()
+    try:
+        while True:
+            try:
+                cmd, args = conn.recv()
+            except (EOFError, OSError):  # parent gone
+                break
+            if cmd == "close":
+                break
+            try:
+                reply = ("ok", host.handle(cmd, args))
+            except Exception as exc:
+                reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+            try:
+                conn.send(reply)
+            except (BrokenPipeError, OSError):
+                break
+    finally:
+        host.close()
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+class _ProcessWorker:
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH", "")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "recipe.env_pool", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+        self.broken = False
+
+    def call(self, cmd: str, args: tuple, timeout: float) -> Any:
+        try:
+            self.conn.send((cmd, args))
+            if not self.conn.poll(timeout):
+                self.broken = True
+                raise EnvFailure("timeout", cmd, f"no reply in {timeout:g}s")
+            status, payload = self.conn.recv()
+        except EnvFailure:
+            raise
+        except (EOFError, OSError) as exc:
+            self.broken = True
+            code = self.proc.poll()
+            raise EnvFailure("crash", cmd, f"env worker died (exit code {code}): {exc!r}") from None
+        if status != "ok":
+            raise EnvFailure("error", cmd, payload)
+        return payload
+
+    def kill(self) -> None:
+        try:
+            self.conn.send(("close", ()))
+        except Exception:
+            pass
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=0.5 if not self.broken else 0.0)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                logger.warning("env worker pid %s did not exit after SIGKILL", self.proc.pid)
+
+
+class _ThreadWorker:
+    def __init__(self) -> None:
+        self.host = _EnvHost()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env")
+        self.broken = False
+
+    def call(self, cmd: str, args: tuple, timeout: float) -> Any:
+        future = self.executor.submit(self.host.handle, cmd, args)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            self.broken = True
+            raise EnvFailure("timeout", cmd, f"no reply in {timeout:g}s (thread abandoned)") from None
+        except Exception as exc:
+            raise EnvFailure("error", cmd, f"{type(exc).__name__}: {exc}") from exc
+
+    def kill(self) -> None:
+        self.executor.shutdown(wait=not self.broken, cancel_futures=True)
+        if not self.broken:
+            self.host.close()
+
+
+# ---------------------------------------------------------------------------------------------- pool
+
+
+class EnvSession:
+    """One leased worker with one open env; the API mirrors :class:`envs.base.TextEnv` but every call is async."""
+
+    def __init__(self, pool: EnvPool, worker: Any, max_steps: int):
+        self._pool, self._worker, self.max_steps = pool, worker, max_steps
+
+    async def _call(self, cmd: str, *args: Any, timeout: float | None = None) -> Any:
+        return await self._pool._run(self._worker, cmd, args, timeout or self._pool.step_timeout)
+
+    async def reset(self, task: str | int | None = None, seed: int | None = None, split: str = "train"):
+        return tuple(await self._call("reset", task, seed, split, timeout=self._pool.reset_timeout))
+
+    async def step(self, action: str):
+        return tuple(await self._call("step", action))
+
+    async def invalid_step(self, reason: str):
+        return tuple(await self._call("invalid_step", reason))
+
+    async def expert_actions(self) -> list[str] | None:
+        return await self._call("expert_actions")
+
+
+class EnvPool:
+    """At most ``num_workers`` env workers; see the module docstring."""
+
+    def __init__(
+        self,
+        num_workers: int = 8,
+        backend: str = "process",
+        step_timeout: float = 60.0,
+        reset_timeout: float = 300.0,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"env pool backend must be one of {BACKENDS}, got {backend!r}")
+        if num_workers < 1:
+            raise ValueError(f"env pool num_workers must be >= 1, got {num_workers}")
+        self.num_workers, self.backend = int(num_workers), backend
+        self.step_timeout, self.reset_timeout = float(step_timeout), float(reset_timeout)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._leased = 0
+        self._sem: asyncio.Semaphore | None = None
+        self._sem_loop: asyncio.AbstractEventLoop | None = None
+        # own threads: env calls never compete with verl's tokenisation for the default executor
+        self._executor = ThreadPoolExecutor(max_workers=self.num_workers + 2, thread_name_prefix="envpool")
+        self.replaced = 0  # workers killed after a timeout/crash
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:  # a new event loop (e.g. one asyncio.run per test)
+            self._sem = asyncio.Semaphore(self.num_workers)
+            self._sem_loop = loop
+        return self._sem
+
+    def _new_worker(self):
+        return _ProcessWorker() if self.backend == "process" else _ThreadWorker()
+
+    async def _run(self, worker: Any, cmd: str, args: tuple, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, worker.call, cmd, args, timeout)
+
+    @asynccontextmanager
+    async def session(self, env_name: str, env_kwargs: dict | None = None) -> AsyncIterator[EnvSession]:
+        """Lease a worker, open ``env_name`` in it and yield an :class:`EnvSession`.
+
+        Raises :class:`EnvFailure` when the env cannot be built; a worker that timed out or crashed is
+        replaced when the session ends."""
+        sem = self._semaphore()
+        await sem.acquire()
+        worker = None
+        try:
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+                self._leased += 1
+            if worker is None:
+                worker = await asyncio.get_running_loop().run_in_executor(self._executor, self._new_worker)
+            info = await self._run(worker, "open", (env_name, dict(env_kwargs or {})), self.reset_timeout)
+            yield EnvSession(self, worker, int(info["max_steps"]))
+        finally:
+            with self._lock:
+                self._leased -= 1
+                if worker is not None and not worker.broken:
+                    self._idle.append(worker)
+                    worker = None
+            if worker is not None:
+                self.replaced += 1
+                await asyncio.get_running_loop().run_in_executor(self._executor, worker.kill)
+            sem.release()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_POOLS: dict[tuple, EnvPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def get_env_pool(num_workers: int = 8, backend: str = "process", step_timeout: float = 60.0,
+                 reset_timeout: float = 300.0) -> EnvPool:
+    """The process-wide pool for these settings (created on first use, closed at exit)."""
+    key = (int(num_workers), backend, float(step_timeout), float(reset_timeout))
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = EnvPool(*key)
+        return _POOLS[key]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in list(_POOLS.values()):
+        try:
+            pool.close()
+        except Exception:
+            pass
+    _POOLS.clear()
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]))

@@ -1,0 +1,101 @@
+"""Success / score / grounding table from the generations a validation-only verl run dumps.
+
+    python -m recipe.eval_table outputs/eval/alfworld/<model> [more dirs or .jsonl files] [--markdown]
+
+verl writes ``<trainer.validation_data_dir>/<step>.jsonl`` with one line per episode holding the reward
+managers' scalars (``spa/won``, ``spa/task_score``, ``spa/executable_rate``, ``spa/num_turns``,
+``spa/truncated``, ``spa/task_type``, ...). For a directory the newest step file is read. The numbers come from
+``spa_reward.metrics.episode_metrics``, the function the ``spa`` trainer mode logs during training, so both
+agree: success rate (overall and per task type), mean task score, grounding = mean executable-action rate per
+episode (AgentBoard style), mean assistant turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from spa_reward.metrics import episode_metrics
+
+COLUMNS = ("episodes", "success", "score", "grounding", "turns")
+
+
+def latest_dump(path: Path) -> Path:
+    """``path`` itself for a file; for a directory its ``<step>.jsonl`` with the largest step."""
+    if path.is_file():
+        return path
+    dumps = [p for p in path.glob("*.jsonl") if p.stem.lstrip("-").isdigit()]
+    if not dumps:
+        raise FileNotFoundError(f"no <step>.jsonl generation dump in {path} (set trainer.validation_data_dir)")
+    return max(dumps, key=lambda p: int(p.stem))
+
+
+def episode_infos(path: Path) -> list[dict]:
+    """One ``episode_info``-like dict per dumped episode."""
+    infos = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "spa/won" not in row:
+                raise ValueError(f"{path}: no 'spa/won' field; was this run's reward manager 'outcome' or 'spa'?")
+            infos.append({
+                "won": float(row["spa/won"]),
+                "score": float(row.get("spa/task_score", 0.0)),
+                "executable_rate": float(row.get("spa/executable_rate", 0.0)),
+                "num_turns": float(row.get("spa/num_turns", 0.0)),
+                "truncated": float(row.get("spa/truncated", 0.0)),
+                "task_type": str(row.get("spa/task_type", "") or ""),
+            })
+    return infos
+
+
+def table_rows(infos: list[dict]) -> list[tuple[str, dict]]:
+    """[(group, {column: value})]: ``all`` first, then each task type."""
+    groups = {"all": infos}
+    for t in sorted({i["task_type"] for i in infos if i["task_type"]}):
+        groups[t] = [i for i in infos if i["task_type"] == t]
+    rows = []
+    for name, group in groups.items():
+        m = episode_metrics(group, prefix="e")
+        rows.append((name, {"episodes": len(group), "success": m.get("e/success_rate", float("nan")),
+                            "score": m.get("e/score", float("nan")),
+                            "grounding": m.get("e/executable_rate", float("nan")),
+                            "turns": m.get("e/num_turns", float("nan"))}))
+    return rows
+
+
+def render(title: str, rows: list[tuple[str, dict]], markdown: bool = False) -> str:
+    def fmt(col, v):
+        return str(v) if col == "episodes" else f"{100 * v:.1f}" if col in ("success", "score", "grounding") \
+            else f"{v:.1f}"
+
+    header = ["group", *COLUMNS]
+    body = [[name, *(fmt(c, vals[c]) for c in COLUMNS)] for name, vals in rows]
+    if markdown:
+        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    line = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([title, line(header), *(line(r) for r in body)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipe.eval_table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="validation_data_dir folders or <step>.jsonl files")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    for p in args.paths:
+        dump = latest_dump(Path(p))
+        print(render(f"{p} ({dump.name}); success/score/grounding in %", table_rows(episode_infos(dump)),
+                     args.markdown))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

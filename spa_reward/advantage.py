@@ -1,0 +1,268 @@
+"""Turn-level advantage estimators registered in verl's ``core_algos`` registry: ``spa`` and ``gigpo``.
+
+Both read per-turn rewards r_k = sum of the token rewards inside assistant turn k (the agent loop places each
+turn's reward on its last token) and write one advantage per turn, broadcast over that turn's tokens.
+
+Extra inputs (``values``, ``turn_anchors``, ``episode_rewards``) are keyword arguments. verl's stock
+``compute_advantage`` passes none of them; the ``spa`` trainer mode (``spa_reward.trainer``) fetches them from the
+rollout and supplies them through :func:`estimator_inputs` for the duration of one advantage computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spa_reward import turns
+
+EPS = 1e-6
+NORM_MODES = ("mean_norm", "mean_std_norm")
+
+_EXTRA_INPUTS: contextvars.ContextVar[dict] = contextvars.ContextVar("spa_estimator_inputs", default={})
+
+
+@contextlib.contextmanager
+def estimator_inputs(**inputs: Any) -> Iterator[None]:
+    """Make per-batch extra inputs (values, turn_anchors, episode_rewards) visible to the estimators."""
+    token = _EXTRA_INPUTS.set({k: v for k, v in inputs.items() if v is not None})
+    try:
+        yield
+    finally:
+        _EXTRA_INPUTS.reset(token)
+
+
+def _input(kwargs: dict, name: str) -> Any:
+    value = kwargs.get(name)
+    return _EXTRA_INPUTS.get().get(name) if value is None else value
+
+
+def _cfg(config: Any, path: str, default: Any) -> Any:
+    """Read ``a.b`` from a DictConfig / verl dataclass config / dict / None."""
+    node = config
+    for key in path.split("."):
+        if node is None:
+            return default
+        node = node.get(key, None) if hasattr(node, "get") else getattr(node, key, None)
+    return default if node is None else node
+
+
+def _norm_mode(config: Any, section: str) -> bool:
+    """True when the std division is on."""
+    mode = _cfg(config, f"{section}.mode", "mean_norm")
+    if mode not in NORM_MODES:
+        raise ValueError(f"algorithm.{section}.mode={mode!r} is not one of {NORM_MODES}")
+    return mode == "mean_std_norm"
+
+
+def _require_index(index: Any, name: str) -> np.ndarray:
+    if index is None:
+        raise ValueError(f"advantage estimator {name!r} needs the uid index (group id per row); got index=None")
+    return np.asarray(index, dtype=object)
+
+
+def _group_ids(keys: list) -> tuple[torch.Tensor, int]:
+    """Dense 0..G-1 ids for hashable keys (first-seen order)."""
+    table: dict = {}
+    ids = [table.setdefault(k, len(table)) for k in keys]
+    return torch.tensor(ids, dtype=torch.long), len(table)
+
+
+def group_normalize(
+    values: torch.Tensor, group: torch.Tensor, num_groups: int, std_norm: bool, singleton_zero: bool
+) -> torch.Tensor:
+    """(x - group mean) [/ (group std + eps)] for a flat tensor of values with group ids; unbiased std.
+
+    A group of one gets mean 0 and std 1 (verl's GRPO convention) unless ``singleton_zero``, then its result is 0.
+    """
+    values = values.double()
+    count = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, torch.ones_like(values))
+    total = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, values)
+    mean = total / count
+    sq = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, (values - mean[group]) ** 2)
+    std = torch.sqrt(sq / (count - 1).clamp(min=1))
+    single = count[group] == 1
+    mean_g = torch.where(single, torch.zeros_like(values), mean[group])
+    std_g = torch.where(single, torch.ones_like(values), std[group])
+    out = values - mean_g
+    if std_norm:
+        out = out / (std_g + EPS)
+    if singleton_zero:
+        out = torch.where(single, torch.zeros_like(out), out)
+    return out
+
+
+def episode_advantage(scores: torch.Tensor, index: np.ndarray, std_norm: bool) -> torch.Tensor:
+    """(bs,) A_E: each trajectory's score normalised within its uid group, each trajectory counted once."""
+    group, n = _group_ids(list(index))
+    return group_normalize(scores, group, n, std_norm, singleton_zero=False)
+
+
+def discounted_turn_returns(turn_rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(bs, K) G_k = r_k + gamma * G_{k+1}; missing turns must carry r = 0."""
+    k = turn_rewards.shape[1]
+    pos = torch.arange(k, dtype=turn_rewards.dtype)
+    expo = pos.unsqueeze(0) - pos.unsqueeze(1)  # [k, j] = j - k
+    disc = torch.where(expo >= 0, gamma ** expo.clamp(min=0), torch.zeros_like(expo))
+    return turn_rewards @ disc.T
+
+
+def _episode_scores(token_level_rewards: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    episode_rewards = _input(kwargs, "episode_rewards")
+    if episode_rewards is None:
+        return token_level_rewards.sum(dim=-1)
+    scores = torch.as_tensor(np.asarray(episode_rewards, dtype=np.float64))
+    if scores.shape != (token_level_rewards.shape[0],):
+        raise ValueError(f"episode_rewards has shape {tuple(scores.shape)}, expected ({token_level_rewards.shape[0]},)")
+    return scores
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{name} has {bad} non-finite values (NaN/inf); fix the reward before the advantage step")
+
+
+def compute_gigpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GiGPO (arXiv 2505.10978): A = A_E + w * A_S.
+
+    A_E normalises each trajectory's total reward within its uid group. A_S normalises the discounted turn return
+    G_k within the step group = turns of the same uid whose anchor (state) key is equal; a step group of one gets 0.
+    """
+    index = _require_index(index, "gigpo")
+    anchors = _input(kwargs, "turn_anchors")
+    if anchors is None:
+        raise ValueError(
+            "advantage estimator 'gigpo' needs turn_anchors (one state key per assistant turn). They come from the "
+            "env_agent agent loop and reach the estimator through trainer.v1.trainer_mode=spa."
+        )
+    std_norm = _norm_mode(config, "gigpo")
+    weight = float(_cfg(config, "gigpo.step_advantage_w", 1.0))
+    gamma = float(_cfg(config, "gamma", 1.0))
+
+    idx = turns.turn_index(response_mask)
+    counts = turns.num_turns(response_mask, idx)
+    k = int(counts.max()) if counts.numel() else 0
+    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
+    _check_finite("token_level_rewards", r)
+    returns = discounted_turn_returns(r, gamma)
+
+    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
+    rows, cols = valid.nonzero(as_tuple=True)  # row-major, so it lines up with the flattened anchors below
+    step_adv = torch.zeros_like(returns)
+    if rows.numel():
+        group, n = _step_groups(index, anchors, counts.tolist())
+        step_adv[rows, cols] = group_normalize(returns[rows, cols], group, n, std_norm, singleton_zero=True)
+
+    ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, std_norm)
+    per_turn = (ep_adv.unsqueeze(1) + weight * step_adv).to(token_level_rewards.dtype)
+    adv = turns.broadcast_turns(per_turn, response_mask, idx=idx)
+    return adv, adv
+
+
+def _step_groups(index: np.ndarray, anchors, counts: list[int]) -> tuple[torch.Tensor, int]:
+    """Group id of every (row, turn), row-major: turns of the same uid with an equal anchor share a group."""
+    flat_uid, flat_anchor = [], []
+    for row, (uid, n) in enumerate(zip(index, counts)):
+        row_anchors = anchors[row]
+        have = 0 if row_anchors is None else len(row_anchors)
+        if have < n:
+            raise ValueError(
+                f"turn_anchors[{row}] has {have} entries but the row has {n} assistant turns; "
+                "the agent loop must record one anchor per turn"
+            )
+        flat_uid.extend([uid] * n)
+        flat_anchor.extend(row_anchors[:n])
+    uid_codes, _ = pd.factorize(pd.Series(flat_uid, dtype=object))
+    anchor_codes, anchor_uniques = pd.factorize(pd.Series(flat_anchor, dtype=object))
+    combined = uid_codes.astype(np.int64) * max(len(anchor_uniques), 1) + anchor_codes
+    group, uniques = pd.factorize(combined)
+    return torch.from_numpy(group.astype(np.int64)), len(uniques)
+
+
+def _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs):
+    index = _require_index(index, "spa")
+    std_norm = _norm_mode(config, "spa")
+    weight = float(_cfg(config, "spa.step_advantage_w", 1.0))
+    idx = turns.turn_index(response_mask)
+    counts = turns.num_turns(response_mask, idx)
+    k = int(counts.max()) if counts.numel() else 0
+    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
+    _check_finite("token_level_rewards", r)
+
+    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
+    rows, cols = valid.nonzero(as_tuple=True)
+    step_adv = torch.zeros_like(r)
+    if rows.numel():
+        uid_codes, uniques = pd.factorize(pd.Series(index, dtype=object))
+        group = torch.from_numpy(uid_codes.astype(np.int64))[rows]
+        step_adv[rows, cols] = group_normalize(r[rows, cols], group, len(uniques), std_norm, singleton_zero=False)
+    ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, std_norm)
+    per_turn = (ep_adv.unsqueeze(1) + weight * step_adv).to(token_level_rewards.dtype)
+    adv = turns.broadcast_turns(per_turn, response_mask, idx=idx)
+    return adv, adv
+
+
+def _spa_turn_gae(token_level_rewards, response_mask, values, config):
+    if values.shape != token_level_rewards.shape:
+        raise ValueError(f"values shape {tuple(values.shape)} != rewards shape {tuple(token_level_rewards.shape)}")
+    gamma = float(_cfg(config, "gamma", 1.0))
+    lam = float(_cfg(config, "lam", 1.0))
+    idx = turns.turn_index(response_mask)
+    counts = turns.num_turns(response_mask, idx)
+    k = int(counts.max()) if counts.numel() else 0
+    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
+    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
+    _check_finite("token_level_rewards", r)
+    first = turns.turn_positions(response_mask, "first", max_turns=k, idx=idx)
+    v = turns.gather_turn_values(values, first).double()
+    _check_finite("values", v)
+    v = torch.where(valid, v, torch.zeros_like(v))
+    v_next = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)  # 0 after the last turn
+    delta = torch.where(valid, r + gamma * v_next - v, torch.zeros_like(r))
+    adv_turn = discounted_turn_returns(delta, gamma * lam)
+    ret = turns.broadcast_turns((adv_turn + v).to(values.dtype), response_mask, idx=idx)
+    adv = turns.broadcast_turns(adv_turn.to(values.dtype), response_mask, idx=idx)
+    mask = response_mask.bool()
+    if int(mask.sum()) > 1:
+        from verl.utils.torch_functional import masked_whiten
+
+        adv = masked_whiten(adv, response_mask) * response_mask
+    return adv, ret
+
+
+def compute_spa_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPA's turn-level advantage over dense per-turn rewards r_k (progress + grounding).
+
+    With critic ``values`` (the paper's PPO setting): GAE over turns, V_k = value at the first token of turn k,
+    delta_k = r_k + gamma V_{k+1} - V_k, A_k = sum_j (gamma lam)^j delta_{k+j}; advantages whitened like verl's gae.
+    Without values (critic-free, GRPO's cost): A = A_E + w * A_S with A_S = r_k normalised over all turns of the
+    uid group; the learned step rewards stand in for GiGPO's exact state matches.
+    """
+    values = _input(kwargs, "values")
+    if values is not None:
+        return _spa_turn_gae(token_level_rewards, response_mask, values, config)
+    return _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs)
+
+
+def register_estimators() -> None:
+    from verl.trainer.ppo.core_algos import register_adv_est
+
+    register_adv_est("spa")(compute_spa_advantage)
+    register_adv_est("gigpo")(compute_gigpo_advantage)

@@ -1,0 +1,175 @@
+"""Turning trajectory records into estimator inputs: truncation, examples, padding.
+
+Truncation rule (shared by training and serving, so c_t means the same thing in both):
+
+1. Tokens after the last turn's last token are dropped (the model is causal, they cannot change any c_t).
+2. If the sequence still exceeds ``max_length``, whole leading turns are dropped. A turn is dropped together
+   with everything before it back to the previous turn's end (the observation that prompted it), so every kept
+   turn keeps the observation it answered. When ``keep_prefix > 0`` (the prompt length, with the default
+   ``keep_prompt_on_truncation=True``) the first ``keep_prefix`` tokens (system prompt + task) are kept in front
+   of the surviving turns. As few turns as possible are dropped.
+3. If even the last turn alone does not fit after the prompt, the prompt is dropped as well; if the last turn
+   alone (with its preceding observation) is longer than ``max_length``, the last ``max_length`` tokens are
+   kept and only the last turn is scored (on a partial context).
+
+Dropped turns get no c_t: in training they are simply absent from ``sum_t c_t`` (the estimator learns that the
+kept turns carry R); in serving :class:`~spa_reward.progress.serve.ProgressScorer` returns 0.0 for them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..records import TrajectoryRecord
+
+
+@dataclass
+class Truncation:
+    """Result of :func:`truncate_for_estimator`."""
+
+    input_ids: list[int]
+    turn_ends: list[int]  # positions in the truncated ``input_ids``
+    kept: list[int]  # indices (into the original turn list) of the turns that are still scored
+    dropped_tokens: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped_tokens > 0
+
+
+def check_turn_ends(turn_ends: Sequence[int], length: int, name: str = "turn_ends") -> None:
+    """Raise ``ValueError`` unless ``turn_ends`` is strictly increasing inside ``[0, length)``."""
+    prev = -1
+    for i, e in enumerate(turn_ends):
+        if isinstance(e, bool) or not isinstance(e, int):
+            raise ValueError(f"{name}[{i}] must be an int, got {e!r}")
+        if not 0 <= e < length:
+            raise ValueError(f"{name}[{i}]={e} is outside the sequence [0, {length})")
+        if e <= prev:
+            raise ValueError(f"{name} must be strictly increasing, got {name}[{i - 1}]={prev} then {e}")
+        prev = e
+
+
+def truncate_for_estimator(
+    input_ids: Sequence[int], turn_ends: Sequence[int], max_length: int, keep_prefix: int = 0
+) -> Truncation:
+    """Fit one trajectory into ``max_length`` tokens (see the module docstring for the rule).
+
+    Args:
+        input_ids: the full token sequence.
+        turn_ends: index of the last token of every assistant turn, strictly increasing (not checked here).
+        max_length: the model's maximum input length.
+        keep_prefix: number of leading tokens to keep when turns must be dropped (the prompt length);
+            clamped to the first turn end.
+    """
+    if not turn_ends:
+        return Truncation([], [], [], len(input_ids))
+    ids = list(input_ids)
+    ends = list(turn_ends)
+    n = ends[-1] + 1  # rule 1
+    dropped_tail = len(ids) - n
+    if n <= max_length:
+        return Truncation(ids[:n], ends, list(range(len(ends))), dropped_tail)
+
+    heads = [min(max(keep_prefix, 0), ends[0])] if keep_prefix > 0 else []
+    for head in heads + [0]:
+        # drop turns 0..m-1 (m >= 1): keep ids[:head] + ids[ends[m-1]+1 : n]
+        for m in range(1, len(ends)):
+            cut = ends[m - 1] + 1
+            if head + (n - cut) <= max_length:
+                new_ids = ids[:head] + ids[cut:n]
+                new_ends = [e - cut + head for e in ends[m:]]
+                return Truncation(new_ids, new_ends, list(range(m, len(ends))), len(ids) - len(new_ids))
+    # rule 3: the last turn alone is too long: keep the last max_length tokens, score only the last turn
+    start = n - max_length
+    return Truncation(ids[start:n], [max_length - 1], [len(ends) - 1], len(ids) - max_length)
+
+
+@dataclass
+class Example:
+    """One training/eval trajectory after truncation."""
+
+    input_ids: list[int]
+    turn_ends: list[int]
+    reward: float
+    num_turns: int  # turns in the original record
+    kept: list[int]
+    truncated: bool
+    episode_id: str = ""
+
+
+def record_to_example(rec: TrajectoryRecord, max_length: int, keep_prompt: bool = True) -> Example:
+    t = truncate_for_estimator(rec.input_ids, rec.turn_ends, max_length, rec.prompt_length if keep_prompt else 0)
+    return Example(
+        input_ids=t.input_ids,
+        turn_ends=t.turn_ends,
+        reward=float(rec.reward),
+        num_turns=rec.num_turns,
+        kept=t.kept,
+        truncated=t.truncated,
+        episode_id=rec.episode_id,
+    )
+
+
+def records_to_examples(records: Iterable[TrajectoryRecord], max_length: int, keep_prompt: bool = True) -> list[Example]:
+    return [record_to_example(r, max_length, keep_prompt) for r in records]
+
+
+def collate_sequences(
+    seqs: Sequence[Sequence[int]],
+    turn_ends: Sequence[Sequence[int]],
+    pad_token_id: int = 0,
+    device: torch.device | str | None = None,
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: ``input_ids``/``attention_mask`` ``(bs, L)`` and ``turn_end_positions`` ``(bs, K)``
+    (-1 padded)."""
+    if not seqs:
+        raise ValueError("empty batch")
+    length = max(len(s) for s in seqs)
+    if pad_to_multiple_of:
+        length = int(math.ceil(length / pad_to_multiple_of) * pad_to_multiple_of)
+    k = max(1, max(len(e) for e in turn_ends))
+    ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    pos = torch.full((len(seqs), k), -1, dtype=torch.long)
+    for i, (s, e) in enumerate(zip(seqs, turn_ends)):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+        if len(e):
+            pos[i, : len(e)] = torch.as_tensor(list(e), dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask, "turn_end_positions": pos}
+    if device is not None:
+        out = {k_: v.to(device) for k_, v in out.items()}
+    return out
+
+
+def collate_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    batch = collate_sequences([e.input_ids for e in examples], [e.turn_ends for e in examples], pad_token_id)
+    batch["rewards"] = torch.tensor([e.reward for e in examples], dtype=torch.float32)
+    return batch
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """Deterministic shuffled order of ``n`` examples for one epoch (restorable on resume)."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+__all__ = [
+    "Example",
+    "Truncation",
+    "check_turn_ends",
+    "collate_examples",
+    "collate_sequences",
+    "epoch_order",
+    "record_to_example",
+    "records_to_examples",
+    "truncate_for_estimator",
+]

@@ -1,0 +1,347 @@
+"""Serving the progress estimator: score c_t for finished trajectories.
+
+* :class:`ProgressScorer`: in-process scorer. ``score([{"input_ids": [...], "turn_ends": [...]}, ...])`` returns
+  one list of c_t per item (same length as its ``turn_ends``). Items may also carry ``"prompt_length"`` (the
+  number of prompt tokens): pass it to truncate over-long sequences exactly as in training (the prompt is kept,
+  whole leading turns are dropped; see :mod:`spa_reward.progress.data`). Turns dropped by truncation get 0.0.
+  Sequences are sorted by length and run in batches of ``max_batch_size`` (and ``max_batch_tokens``).
+* :func:`get_progress_scorer`: a named Ray actor wrapping the scorer, shared by every process of the Ray job
+  (agent-loop workers, reward workers). ``await actor.score.remote(batch)`` from async code, or
+  ``ray.get(actor.score.remote(batch))``. Concurrent calls are coalesced into shared forward passes.
+* :func:`check_tokenizer_compatible`: the reward feeds the *policy's* token ids to the estimator, so both must
+  share one vocabulary; this raises when they do not.
+
+NaN/inf outputs are returned as they are (not filtered or replaced): the reward layer counts and handles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TRAIN_HINT = (
+    "train one with `python -m spa_reward.progress.train --records <rollout records> --model <SFT policy "
+    "checkpoint> --output <dir>`"
+)
+
+
+def resolve_estimator_dir(checkpoint_dir: str | os.PathLike) -> Path:
+    """The directory holding a saved estimator: ``checkpoint_dir`` itself, or, for a training output dir without
+    a final estimator yet, the checkpoint named by its ``latest`` file. Raises ``FileNotFoundError`` naming the
+    path and how to train one."""
+    from .model import is_estimator_dir
+    from .train import latest_checkpoint
+
+    path = Path(checkpoint_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"progress estimator checkpoint {str(path)!r} does not exist; {TRAIN_HINT}")
+    if is_estimator_dir(path):
+        return path
+    latest = latest_checkpoint(path)
+    if latest is not None and is_estimator_dir(latest):
+        logger.warning("%s has no final estimator yet, using its latest checkpoint %s", path, latest)
+        return latest
+    raise FileNotFoundError(
+        f"{str(path)!r} exists but holds no progress estimator (no config.json with model_type "
+        f"'spa_progress_estimator' and no 'latest' checkpoint); {TRAIN_HINT}"
+    )
+
+
+@dataclass
+class _Prepared:
+    input_ids: list[int]
+    turn_ends: list[int]
+    kept: list[int]
+    num_turns: int
+    truncated: bool
+
+
+class ProgressScorer:
+    """Load a trained estimator and score trajectories.
+
+    Args:
+        checkpoint_dir: a saved estimator (the training ``--output`` dir, or one of its ``checkpoint-*`` dirs).
+        device: ``"cuda"``, ``"cpu"``, ... (default: CUDA when available).
+        dtype: backbone dtype (default bf16 on CUDA, fp32 on CPU).
+        max_batch_size: sequences per forward pass.
+        max_length: truncation length (default: the ``max_length`` the estimator was trained with; a larger value
+            is allowed but scores positions the estimator never saw in training).
+        max_batch_tokens: optional cap on padded tokens per forward pass (longest sequence x batch size).
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike,
+        device: str | None = None,
+        dtype: Any = None,
+        max_batch_size: int = 16,
+        max_length: int | None = None,
+        max_batch_tokens: int | None = None,
+    ):
+        import torch
+
+        from .model import ProgressEstimator
+
+        self.checkpoint_dir = resolve_estimator_dir(checkpoint_dir)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = ProgressEstimator.from_pretrained(self.checkpoint_dir, device=self.device, dtype=dtype, merge_lora=True)
+        self.model.requires_grad_(False)
+        cfg = self.model.config
+        self.max_length = int(max_length or cfg.max_length)
+        if self.max_length > cfg.max_length:
+            logger.warning("max_length %d exceeds the training max_length %d", self.max_length, cfg.max_length)
+        self.keep_prompt = cfg.keep_prompt_on_truncation
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_tokens = max_batch_tokens
+        self.vocab_rows = int(self.model.base_backbone.get_input_embeddings().weight.shape[0])
+        self.stats = {"items": 0, "turns": 0, "truncated_items": 0, "dropped_turns": 0, "calls": 0}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------------- public API
+
+    def score(self, batch: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+        """c_t for every turn of every item (``{"input_ids", "turn_ends"[, "prompt_length"]}``), in input order."""
+        return self.score_prepared(self.prepare(batch))
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {
+            "checkpoint_dir": str(self.checkpoint_dir.resolve()),
+            "device": str(self.device),
+            "dtype": str(self.model.backbone_dtype),
+            "head": cfg.head,
+            "tokenizer": cfg.tokenizer,
+            "max_length": self.max_length,
+            "keep_prompt_on_truncation": self.keep_prompt,
+            "max_batch_size": self.max_batch_size,
+            "stats": dict(self.stats),
+        }
+
+    # ------------------------------------------------------------------------------------------------- internals
+
+    def prepare(self, batch: Sequence[Mapping[str, Any]]) -> list[_Prepared]:
+        """Validate and truncate (cheap, no model call). Raises ``ValueError`` naming the bad item."""
+        from .data import check_turn_ends, truncate_for_estimator
+
+        if isinstance(batch, Mapping):
+            raise TypeError("score() takes a list of items, not a single dict")
+        prepared = []
+        for i, item in enumerate(batch):
+            if not isinstance(item, Mapping) or "input_ids" not in item or "turn_ends" not in item:
+                raise ValueError(f"item {i} must be a dict with 'input_ids' and 'turn_ends'")
+            ids = item["input_ids"]
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            ends = item["turn_ends"]
+            ends = ends.tolist() if hasattr(ends, "tolist") else list(ends)
+            try:
+                check_turn_ends(ends, len(ids), name=f"item {i} turn_ends")
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+            if ids and (min(ids) < 0 or max(ids) >= self.vocab_rows):
+                bad = min(ids) if min(ids) < 0 else max(ids)
+                raise ValueError(
+                    f"item {i} holds token id {bad}, outside the estimator vocabulary [0, {self.vocab_rows}): "
+                    "the policy and the estimator tokenizers differ (see check_tokenizer_compatible)"
+                )
+            head = int(item.get("prompt_length") or 0) if self.keep_prompt else 0
+            if ends and head > ends[0]:
+                raise ValueError(f"item {i}: prompt_length {head} lies after the first turn end {ends[0]}")
+            t = truncate_for_estimator(ids, ends, self.max_length, head)
+            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), len(ids) > self.max_length))
+        return prepared
+
+    def score_prepared(self, prepared: Sequence[_Prepared]) -> list[list[float]]:
+        from .model import predict_batched
+
+        if not prepared:
+            return []
+        with self._lock:  # one forward at a time: torch modules are not re-entrant across threads
+            preds = predict_batched(
+                self.model,
+                [p.input_ids for p in prepared],
+                [p.turn_ends for p in prepared],
+                max_batch_size=self.max_batch_size,
+                max_batch_tokens=self.max_batch_tokens,
+            )
+            self.stats["calls"] += 1
+            self.stats["items"] += len(prepared)
+            for p in prepared:
+                self.stats["turns"] += p.num_turns
+                self.stats["truncated_items"] += int(p.truncated)
+                self.stats["dropped_turns"] += p.num_turns - len(p.kept)
+        out = []
+        for p, pred in zip(prepared, preds):
+            full = [0.0] * p.num_turns
+            for k, value in zip(p.kept, pred):
+                full[k] = value
+            out.append(full)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------- Ray
+
+
+class ProgressScorerActor:
+    """Ray actor body around :class:`ProgressScorer` (async). Concurrent ``score`` calls are validated one by one
+    (a bad request fails alone) and then coalesced into shared forward passes of up to ``coalesce_items`` items,
+    run on one worker thread so the event loop stays responsive."""
+
+    def __init__(self, checkpoint_dir: str, coalesce_items: int = 256, **scorer_kwargs):
+        self.scorer = ProgressScorer(checkpoint_dir, **scorer_kwargs)
+        self.coalesce_items = max(1, int(coalesce_items))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-scorer")
+        self._queue: list[tuple[list[_Prepared], asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+
+    async def score(self, batch: list[dict]) -> list[list[float]]:
+        prepared = self.scorer.prepare(batch)
+        if not prepared:
+            return []
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((prepared, future))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            take, n = [], 0
+            while self._queue and (not take or n + len(self._queue[0][0]) <= self.coalesce_items):
+                req = self._queue.pop(0)
+                take.append(req)
+                n += len(req[0])
+            items = [p for prepared, _ in take for p in prepared]
+            try:
+                results = await loop.run_in_executor(self._executor, self.scorer.score_prepared, items)
+            except Exception as e:  # the model failed on a merged batch: every caller in it gets the error
+                for _, fut in take:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            start = 0
+            for prepared, fut in take:
+                if not fut.done():
+                    fut.set_result(results[start : start + len(prepared)])
+                start += len(prepared)
+
+    async def info(self) -> dict[str, Any]:
+        return self.scorer.info()
+
+
+def get_progress_scorer(
+    checkpoint_dir: str | os.PathLike,
+    name: str = "spa_progress_scorer",
+    num_gpus: float = 0,
+    num_cpus: float = 1,
+    namespace: str | None = None,
+    detached: bool = False,
+    coalesce_items: int = 256,
+    **scorer_kwargs,
+):
+    """Create, or return the existing, named Ray actor serving the estimator in ``checkpoint_dir``.
+
+    Every process of the Ray job (same ``namespace``) that calls this with the same ``name`` gets a handle to
+    the same actor. ``detached=True`` lets the actor outlive the job that created it (kill it with
+    ``ray.kill``). ``num_gpus=1`` puts it on a GPU (device ``cuda``, bf16 by default); ``scorer_kwargs`` go to
+    :class:`ProgressScorer` (``max_batch_size``, ``max_length``, ``dtype``, ...). Calls ``ray.init()`` when Ray is
+    not initialised yet. Raises ``FileNotFoundError`` for a missing checkpoint and ``ValueError`` when an actor of
+    that name already serves a different checkpoint.
+    """
+    import ray
+
+    path = resolve_estimator_dir(checkpoint_dir).resolve()
+    if not ray.is_initialized():
+        ray.init(namespace=namespace) if namespace else ray.init()
+    if num_gpus and "device" not in scorer_kwargs:
+        scorer_kwargs["device"] = "cuda"
+    options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus}
+    if namespace is not None:
+        options["namespace"] = namespace
+    if detached:
+        options["lifetime"] = "detached"
+    actor = ray.remote(ProgressScorerActor).options(**options).remote(str(path), coalesce_items=coalesce_items, **scorer_kwargs)
+    served = ray.get(actor.info.remote())["checkpoint_dir"]
+    if served != str(path):
+        raise ValueError(f"a progress scorer named {name!r} already serves {served!r}, not {str(path)!r}; pick another name")
+    return actor
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizers
+
+
+def _as_tokenizer(tok: Any, what: str):
+    if isinstance(tok, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(tok))
+        except Exception as e:
+            raise ValueError(f"cannot load the {what} tokenizer {str(tok)!r}: {e}") from e
+    if not hasattr(tok, "get_vocab"):
+        raise TypeError(f"the {what} tokenizer must be a name/path or a tokenizer with get_vocab(), got {type(tok).__name__}")
+    return tok
+
+
+def check_tokenizer_compatible(estimator_dir: str | os.PathLike, policy_tokenizer: Any) -> None:
+    """Raise ``ValueError`` unless the estimator's tokenizer maps every token to the same id as the policy's.
+
+    The SPA reward feeds the policy's token ids straight into the estimator, so the vocabularies (including added
+    special tokens) must be identical. ``policy_tokenizer`` is a name/path or a tokenizer object. The estimator's
+    tokenizer is the one saved in ``<estimator_dir>/tokenizer``, else the name in its config."""
+    from .model import ProgressEstimatorConfig, TOKENIZER_DIR
+
+    est_dir = resolve_estimator_dir(estimator_dir)
+    config = ProgressEstimatorConfig.load(est_dir)
+    if (est_dir / TOKENIZER_DIR).is_dir():
+        est_tok = _as_tokenizer(est_dir / TOKENIZER_DIR, "estimator")
+    elif config.tokenizer:
+        est_tok = _as_tokenizer(config.tokenizer, "estimator")
+    else:
+        raise ValueError(
+            f"the progress estimator in {str(est_dir)!r} records no tokenizer, so its vocabulary cannot be checked; "
+            "retrain with --tokenizer <policy tokenizer> (or save one into its tokenizer/ folder)"
+        )
+    pol_tok = _as_tokenizer(policy_tokenizer, "policy")
+    est_vocab, pol_vocab = est_tok.get_vocab(), pol_tok.get_vocab()
+    if est_vocab != pol_vocab:
+        diffs = []
+        for token in sorted(set(est_vocab) | set(pol_vocab), key=str):
+            a, b = est_vocab.get(token), pol_vocab.get(token)
+            if a != b:
+                diffs.append(f"{token!r}: estimator {a}, policy {b}")
+                if len(diffs) == 5:
+                    break
+        raise ValueError(
+            f"tokenizer mismatch: the progress estimator ({str(est_dir)!r}, {len(est_vocab)} tokens) and the policy "
+            f"({getattr(pol_tok, 'name_or_path', '?')}, {len(pol_vocab)} tokens) map tokens to different ids, e.g. "
+            + "; ".join(diffs)
+            + ". The estimator reads the policy's token ids directly: train it on the policy's tokenizer."
+        )
+    rows = (config.backbone_config or {}).get("vocab_size")
+    if rows is not None and pol_vocab and max(pol_vocab.values()) >= int(rows):
+        raise ValueError(
+            f"the policy tokenizer uses ids up to {max(pol_vocab.values())} but the estimator backbone has only "
+            f"{rows} embeddings"
+        )
+
+
+__all__ = [
+    "ProgressScorer",
+    "ProgressScorerActor",
+    "check_tokenizer_compatible",
+    "get_progress_scorer",
+    "resolve_estimator_dir",
+]

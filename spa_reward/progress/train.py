@@ -1,0 +1,669 @@
+"""Train the SPA progress estimator on trajectory records.
+
+    python -m spa_reward.progress.train --records 'rollouts/*.jsonl' --model <SFT checkpoint or estimator dir> \\
+        --output runs/progress
+
+Objective (paper and released code): for every trajectory, ``loss = (sum_t c_t - R)^2``, averaged over the batch;
+there is no per-step target. Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
+1 epoch, effective batch 16 (2 per device x grad-accum), AdamW with weight decay 0.01, gradient clipping 1.0,
+DeepSpeed-style ``WarmupLR`` (log warm-up over 500 optimizer steps, then constant), max length 4096.
+
+Precision: the trainable weights are kept in float32 (master weights) and, on CUDA, the forward pass runs under
+bf16 autocast, like DeepSpeed's bf16 mode. ``--dtype bfloat16`` stores the weights in bf16 (half the memory, but
+AdamW updates of size ~lr * 1 are below bf16's resolution and partly lost).
+
+Over-long sequences are truncated by :func:`spa_reward.progress.data.truncate_for_estimator` (whole leading turns
+are dropped, the prompt is kept; dropped turns get no c_t and are not in the sum). The rule and ``--max-length``
+are stored in the estimator config so that serving truncates identically.
+
+Outputs in ``--output``: ``checkpoint-<step>/`` (estimator + ``trainer_state.pt``), a ``latest`` file naming the
+newest checkpoint, the final estimator at the top level (LoRA merged), ``history.jsonl``, ``metrics.json`` and
+``learning_curve.png``. ``--resume`` restores model, optimizer, scheduler, step, RNG and the position in the data
+order from ``<output>/latest``.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node N -m spa_reward.progress.train ...``; with ``WORLD_SIZE > 1``
+the model is wrapped in ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU), every rank reads a disjoint
+slice of each epoch's order, and only rank 0 evaluates, logs and saves. The whole model must fit on each GPU
+(no ZeRO/FSDP sharding): about 16 bytes per trainable parameter (fp32 weights, grads, two Adam moments), e.g.
+~50 GB for a 3B model -- use ``--lora-r`` or ``--gradient-checkpointing`` to go lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..records import read_records
+from .data import Example, collate_examples, epoch_order, records_to_examples
+from .model import (
+    HEADS,
+    ProgressEstimator,
+    ProgressEstimatorConfig,
+    is_estimator_dir,
+    predict_batched,
+    resolve_dtype,
+)
+
+logger = logging.getLogger("spa_reward.progress.train")
+
+TRAINER_STATE = "trainer_state.pt"
+LATEST = "latest"
+HISTORY = "history.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------------- metrics
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (like scipy.stats.rankdata)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def pearson(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def spearman(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if len(a) < 2:
+        return float("nan")
+    return pearson(_rank(a), _rank(b))
+
+
+def regression_metrics(contributions: list[list[float]], rewards: list[float], prefix: str = "eval/") -> dict[str, float]:
+    """MSE, Pearson and Spearman of ``sum_t c_t`` against R, and the mean ``|c_t|``."""
+    sums = np.array([sum(c) for c in contributions], dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    flat = np.array([x for c in contributions for x in c], dtype=np.float64)
+    return {
+        f"{prefix}mse": float(np.mean((sums - r) ** 2)) if len(r) else float("nan"),
+        f"{prefix}pearson": pearson(sums, r),
+        f"{prefix}spearman": spearman(sums, r),
+        f"{prefix}mean_abs_c": float(np.mean(np.abs(flat))) if len(flat) else float("nan"),
+        f"{prefix}n": float(len(r)),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- schedule
+
+
+def warmup_factor(step: int, warmup_steps: int, warmup_type: str) -> float:
+    """LR multiplier after ``step`` optimizer updates: warm-up to 1 over ``warmup_steps``, then constant.
+    ``log`` follows DeepSpeed's WarmupLR default (``log(step+1) / log(warmup)``, here shifted by one so the first
+    update is not at lr 0), ``linear`` ramps linearly."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    if warmup_type == "log":
+        return min(1.0, math.log(step + 2) / math.log(warmup_steps + 1))
+    return (step + 1) / warmup_steps
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m spa_reward.progress.train",
+        description="Train the SPA progress estimator: MSE between sum_t c_t and the final reward R.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--records", nargs="+", required=True, help="trajectory record files (.jsonl/.parquet), globs or dirs")
+    g.add_argument("--eval-records", nargs="*", default=None, help="held-out records for evaluation")
+    g.add_argument(
+        "--eval-fraction", type=float, default=0.0,
+        help="hold out this fraction of --records for evaluation (split by uid group, so no task leaks) when no "
+        "--eval-records are given",
+    )
+    g.add_argument("--max-length", type=int, default=4096, help="max tokens per sequence (released code: 4096)")
+    g.add_argument(
+        "--no-keep-prompt", action="store_true",
+        help="when truncating, drop the prompt with the leading turns instead of keeping it",
+    )
+    g.add_argument("--skip-invalid", action="store_true", help="skip malformed records with a warning instead of failing")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF causal-LM name/path (the SFT policy) or an existing estimator dir")
+    g.add_argument("--tokenizer", default=None, help="tokenizer to save with the estimator (default: from --model)")
+    g.add_argument("--head", choices=HEADS, default=None, help="head type for a new estimator (default mlp = paper)")
+    g.add_argument("--head-hidden-size", type=int, default=None, help="MLP head width (default: backbone hidden size)")
+    g.add_argument("--head-dropout", type=float, default=0.0)
+    g.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 = full fine-tune (released code)")
+    g.add_argument("--lora-alpha", type=int, default=16)
+    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--dtype", default="float32", help="storage dtype of the weights: float32 (master weights) or bfloat16")
+    g.add_argument("--autocast", choices=["auto", "none", "bf16"], default="auto", help="auto = bf16 autocast on CUDA only")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument(
+        "--num-threads", type=int, default=0,
+        help="torch CPU threads (0 = torch default); 1 is much faster for tiny models on a busy machine",
+    )
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=3e-6, help="learning rate (released code: 3e-6)")
+    g.add_argument("--head-lr", type=float, default=None, help="separate head learning rate (default: --lr)")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (released code: 0.01)")
+    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999))
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (released code: 1.0); 0 = off")
+    g.add_argument("--warmup-steps", type=int, default=500, help="LR warm-up, optimizer steps (released code: 500)")
+    g.add_argument("--warmup-type", choices=["log", "linear"], default="log", help="log = DeepSpeed WarmupLR default")
+    g.add_argument("--epochs", type=int, default=1, help="passes over the data (released code: 1)")
+    g.add_argument("--batch-size", type=int, default=2, help="trajectories per device per micro-batch")
+    g.add_argument(
+        "--grad-accum", type=int, default=None,
+        help="micro-batches per optimizer step; default: so that batch-size x grad-accum x world-size = 16",
+    )
+    g.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0 = no limit)")
+    g.add_argument("--seed", type=int, default=42)
+
+    g = p.add_argument_group("bookkeeping")
+    g.add_argument("--output", required=True, help="output dir: checkpoints, final estimator, logs, plot")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N optimizer steps (0 = only at the end)")
+    g.add_argument("--eval-batch-size", type=int, default=8)
+    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N optimizer steps (0 = only at the end)")
+    g.add_argument("--save-total-limit", type=int, default=2, help="checkpoints to keep (0 = all)")
+    g.add_argument("--resume", action="store_true", help="continue from <output>/latest")
+    g.add_argument("--log-every", type=int, default=1, help="log train metrics every N optimizer steps")
+    g.add_argument(
+        "--logger", default="console",
+        help="comma-separated verl Tracking backends (console, wandb, tensorboard, file, ...) or 'none'",
+    )
+    g.add_argument("--project", default="spa-progress-estimator", help="tracking project name")
+    g.add_argument("--experiment", default=None, help="tracking experiment name (default: output dir name)")
+    g.add_argument("--no-plot", action="store_true", help="do not write learning_curve.png")
+    g.add_argument("--no-progress-bar", action="store_true")
+    return p
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _pick_device(arg: str, local_rank: int) -> torch.device:
+    if arg == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(arg)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def split_by_uid(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out about ``fraction`` of the records, whole uid groups at a time."""
+    uids = sorted({r.uid for r in records})
+    random.Random(seed).shuffle(uids)
+    n_eval = max(1, int(round(fraction * len(uids)))) if fraction > 0 else 0
+    held = set(uids[:n_eval])
+    return [r for r in records if r.uid not in held], [r for r in records if r.uid in held]
+
+
+class _Tracker:
+    """verl's Tracking on rank 0 (imported lazily: importing verl takes seconds), or nothing."""
+
+    def __init__(self, args, config: dict, enabled: bool):
+        self.impl = None
+        backends = [b.strip() for b in args.logger.split(",") if b.strip() and b.strip() != "none"]
+        if enabled and backends:
+            from verl.utils.tracking import Tracking
+
+            self.impl = Tracking(
+                project_name=args.project,
+                experiment_name=args.experiment or Path(args.output).name,
+                default_backend=backends,
+                config=config,
+            )
+
+    def log(self, data: dict, step: int) -> None:
+        if self.impl is not None:
+            self.impl.log(data=data, step=step)
+
+    def finish(self) -> None:
+        if self.impl is not None:
+            self.impl.finish()
+
+
+def _load_tokenizer(name: str | None):
+    if not name:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # a backbone without tokenizer files is fine: the estimator just cannot check vocabs
+        logger.warning("could not load a tokenizer from %r (%s); the estimator will be saved without one", name, e)
+        return None
+
+
+def _build_model(args, dtype: torch.dtype, records_tokenizer: str | None):
+    """(model, tokenizer) for a fresh run: a saved estimator (continued) or a new head on an HF backbone."""
+    if args.model is None:
+        raise SystemExit("--model is required (an HF causal-LM path/name or an estimator dir)")
+    keep_prompt = not args.no_keep_prompt
+    if is_estimator_dir(args.model):
+        model = ProgressEstimator.from_pretrained(args.model, dtype=dtype, merge_lora=True)
+        if args.head and args.head != model.config.head:
+            raise SystemExit(f"--head {args.head} differs from the estimator's head {model.config.head!r} in {args.model}")
+        tok_dir = Path(args.model) / "tokenizer"
+        tokenizer = _load_tokenizer(args.tokenizer or (str(tok_dir) if tok_dir.is_dir() else None))
+        model.config.max_length = args.max_length
+        model.config.keep_prompt_on_truncation = keep_prompt
+        if args.lora_r > 0:
+            model.config.lora_r, model.config.lora_alpha, model.config.lora_dropout = args.lora_r, args.lora_alpha, args.lora_dropout
+            model._wrap_lora()
+        return model, tokenizer
+    tokenizer = _load_tokenizer(args.tokenizer or args.model)
+    pad = 0
+    if tokenizer is not None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    config = ProgressEstimatorConfig(
+        backbone=args.model,
+        head=args.head or "mlp",
+        head_hidden_size=args.head_hidden_size,
+        head_dropout=args.head_dropout,
+        tokenizer=args.tokenizer or (args.model if tokenizer is not None else records_tokenizer),
+        max_length=args.max_length,
+        keep_prompt_on_truncation=keep_prompt,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        pad_token_id=int(pad),
+    )
+    return ProgressEstimator(config, dtype=dtype), tokenizer
+
+
+def _make_optimizer(model: ProgressEstimator, args) -> torch.optim.Optimizer:
+    decay, no_decay, head = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("head."):
+            head.append(param)
+        elif param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay, "lr": args.lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": args.lr},
+        {"params": head, "weight_decay": args.weight_decay, "lr": args.head_lr or args.lr},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(args.adam_betas))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(output: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``<output>/latest``, if any."""
+    marker = Path(output) / LATEST
+    if not marker.is_file():
+        return None
+    ckpt = Path(output) / marker.read_text().strip()
+    return ckpt if (ckpt / TRAINER_STATE).is_file() else None
+
+
+def _save_checkpoint(model: ProgressEstimator, tokenizer, optimizer, scheduler, state: dict, output: Path, limit: int) -> Path:
+    name = f"checkpoint-{state['step']}"
+    final = output / name
+    tmp = output / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, tokenizer=tokenizer, merge_lora=False)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
+        tmp / TRAINER_STATE,
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    marker_tmp = output / f".{LATEST}.tmp"
+    marker_tmp.write_text(name)
+    os.replace(marker_tmp, output / LATEST)
+    if limit > 0:
+        ckpts = sorted(
+            (p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
+        for old in ckpts[:-limit]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def plot_learning_curve(history: list[dict], out_path: str | os.PathLike) -> Path | None:
+    """Train loss (raw and smoothed) and eval metrics against the optimizer step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [h for h in history if "train/loss" in h]
+    evals = [h for h in history if "eval/mse" in h]
+    if not train and not evals:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if train:
+        steps = [h["step"] for h in train]
+        loss = [h["train/loss"] for h in train]
+        ax.plot(steps, loss, alpha=0.35, label="train loss")
+        if len(loss) >= 5:
+            w = max(2, len(loss) // 20)
+            smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1 :], smooth, label=f"train loss (mean of {w})")
+    if evals:
+        ax.plot([h["step"] for h in evals], [h["eval/mse"] for h in evals], "o-", label="eval MSE")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MSE(sum c_t, R)")
+    ax.set_yscale("log" if all(h.get("train/loss", 1) > 0 for h in train) and train else "linear")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if evals:
+        st = [h["step"] for h in evals]
+        ax.plot(st, [h["eval/pearson"] for h in evals], "o-", label="Pearson(sum c_t, R)")
+        ax.plot(st, [h["eval/spearman"] for h in evals], "s-", label="Spearman(sum c_t, R)")
+        ax.plot(st, [h["eval/mean_abs_c"] for h in evals], "^-", label="mean |c_t|")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimizer step")
+    ax.grid(alpha=0.3)
+    fig.suptitle("progress estimator training")
+    fig.tight_layout()
+    out = Path(out_path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def evaluate(model: ProgressEstimator, examples: list[Example], batch_size: int, autocast_dtype) -> dict[str, float]:
+    contributions = predict_batched(
+        model, [e.input_ids for e in examples], [e.turn_ends for e in examples], max_batch_size=batch_size,
+        autocast_dtype=autocast_dtype,
+    )
+    return regression_metrics(contributions, [e.reward for e in examples])
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    world, rank, local_rank = _dist_info()
+    is_main = rank == 0
+    device = _pick_device(args.device, local_rank)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+
+    # ---- data
+    records = read_records(args.records, skip_invalid=args.skip_invalid)
+    if args.eval_records:
+        eval_records = read_records(args.eval_records, skip_invalid=args.skip_invalid)
+    elif args.eval_fraction > 0:
+        records, eval_records = split_by_uid(records, args.eval_fraction, args.seed)
+    else:
+        eval_records = []
+    if not records:
+        raise SystemExit("no training records")
+    rec_tokenizers = sorted({r.tokenizer for r in records})
+    if len(rec_tokenizers) > 1:
+        logger.warning("records come from several tokenizers %s: their token ids must mean the same", rec_tokenizers)
+
+    # ---- model
+    dtype = resolve_dtype(args.dtype, device)
+    ckpt = latest_checkpoint(output) if args.resume else None
+    if args.resume and ckpt is None:
+        logger.warning("--resume: no checkpoint in %s, starting fresh", output)
+    if ckpt is not None:
+        model = ProgressEstimator.from_pretrained(ckpt, dtype=dtype, merge_lora=False, is_trainable=True)
+        model.train()
+        tokenizer = _load_tokenizer(str(ckpt / "tokenizer")) if (ckpt / "tokenizer").is_dir() else None
+    else:
+        model, tokenizer = _build_model(args, dtype, rec_tokenizers[0])
+    cfg = model.config
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.to(device)
+    model.train()
+
+    keep_prompt = cfg.keep_prompt_on_truncation
+    examples = records_to_examples(records, cfg.max_length, keep_prompt)
+    eval_examples = records_to_examples(eval_records, cfg.max_length, keep_prompt)
+    max_id = max(max(e.input_ids) for e in examples + eval_examples)
+    emb_rows = model.base_backbone.get_input_embeddings().weight.shape[0]
+    if max_id >= emb_rows:
+        raise SystemExit(
+            f"records hold token id {max_id} but the backbone has only {emb_rows} embeddings: the records were "
+            f"tokenised with {rec_tokenizers} which does not match the estimator's tokenizer ({cfg.tokenizer})"
+        )
+    n_trunc = sum(e.truncated for e in examples)
+    n_dropped_turns = sum(e.num_turns - len(e.kept) for e in examples)
+
+    # ---- schedule
+    per_rank = len(examples) // world
+    if per_rank == 0:
+        raise SystemExit(f"{len(examples)} training examples for {world} ranks")
+    grad_accum = args.grad_accum or max(1, math.ceil(16 / (args.batch_size * world)))
+    micro_per_epoch = math.ceil(per_rank / args.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+
+    optimizer = _make_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_factor(s, args.warmup_steps, args.warmup_type)
+    )
+    step, epoch, micro_done, history = 0, 0, 0, []
+    if ckpt is not None:
+        state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, micro_done, history = state["step"], state["epoch"], state["micro_done"], state["history"]
+        _set_rng_state(state["rng"])
+        if state.get("world_size", 1) != world:
+            logger.warning("resuming with world size %d, checkpoint was written with %d: data order changes",
+                           world, state.get("world_size", 1))
+        logger.info("resumed from %s at step %d (epoch %d, micro-batch %d)", ckpt, step, epoch, micro_done)
+
+    autocast_dtype = None
+    if args.autocast == "bf16" or (args.autocast == "auto" and device.type == "cuda"):
+        autocast_dtype = torch.bfloat16
+    train_model: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    run_config = {
+        "args": {k: v for k, v in vars(args).items()},
+        "estimator": {k: v for k, v in asdict(cfg).items() if k != "backbone_config"},
+        "data": {
+            "train": len(examples), "eval": len(eval_examples), "truncated": n_trunc, "dropped_turns": n_dropped_turns,
+        },
+        "schedule": {
+            "world_size": world, "grad_accum": grad_accum, "effective_batch": args.batch_size * grad_accum * world,
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+        },
+    }
+    if is_main:
+        logger.info("progress estimator training: %s", json.dumps({k: run_config[k] for k in ("data", "schedule")}))
+        with open(output / "run_config.json", "w") as f:
+            json.dump(run_config, f, indent=2, default=str)
+    tracker = _Tracker(args, run_config, enabled=is_main)
+
+    def log(data: dict) -> None:
+        history.append({"step": step, **data})
+        if is_main:
+            tracker.log(data, step)
+            with open(output / HISTORY, "a") as f:
+                f.write(json.dumps({"step": step, **data}) + "\n")
+
+    def run_eval() -> dict:
+        metrics = {}
+        if is_main and eval_examples:
+            metrics = evaluate(model, eval_examples, args.eval_batch_size, autocast_dtype)
+            log(metrics)
+        if world > 1:
+            torch.distributed.barrier()
+        return metrics
+
+    def save() -> None:
+        if is_main:
+            state = {"step": step, "epoch": epoch, "micro_done": micro_done, "history": history, "world_size": world,
+                     "args": vars(args)}
+            _save_checkpoint(model, tokenizer, optimizer, scheduler, state, output, args.save_total_limit)
+        if world > 1:
+            torch.distributed.barrier()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, desc="progress-estimator", disable=not is_main or args.no_progress_bar)
+    t0 = time.time()
+    last_save_step = step
+    stop = step >= total_steps
+    while not stop and epoch < args.epochs:
+        order = epoch_order(len(examples), args.seed, epoch)[: per_rank * world][rank::world]
+        micro_batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        while micro_done < len(micro_batches):
+            group = micro_batches[micro_done : micro_done + grad_accum]
+            n_group = sum(len(mb) for mb in group)
+            loss_sum, abs_c, n_c, tokens = 0.0, 0.0, 0, 0
+            optimizer.zero_grad(set_to_none=True)
+            for j, mb in enumerate(group):
+                batch = collate_examples([examples[i] for i in mb], cfg.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                sync = j == len(group) - 1
+                ctx = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                with ctx:
+                    with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        contrib = train_model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"])
+                    pred = contrib.float().sum(dim=1)
+                    sq = (pred - batch["rewards"]) ** 2
+                    (sq.sum() / n_group).backward()
+                loss_sum += float(sq.detach().sum())
+                valid = batch["turn_end_positions"] >= 0
+                abs_c += float(contrib.detach().abs()[valid].sum())
+                n_c += int(valid.sum())
+                tokens += int(batch["attention_mask"].sum())
+            grad_norm = float("nan")
+            if args.max_grad_norm and args.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], args.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            micro_done += len(group)
+            step += 1
+            bar.update(1)
+            loss = loss_sum / n_group
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
+            if step % max(1, args.log_every) == 0 or step == total_steps:
+                log({
+                    "train/loss": loss,
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/grad_norm": grad_norm,
+                    "train/mean_abs_c": abs_c / max(1, n_c),
+                    "train/tokens_per_s_rank": tokens / max(1e-9, time.time() - t0),
+                    "train/epoch": epoch + micro_done / len(micro_batches),
+                })
+            t0 = time.time()
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if args.eval_every and step % args.eval_every == 0 and step != total_steps:
+                run_eval()
+            if args.save_every and step % args.save_every == 0 and step != total_steps:
+                save()
+                last_save_step = step
+            if step >= total_steps:
+                stop = True
+                break
+        if micro_done >= len(micro_batches):
+            epoch += 1
+            micro_done = 0
+    bar.close()
+
+    final_metrics = run_eval()
+    if last_save_step != step or latest_checkpoint(output) is None:
+        save()
+    if is_main:
+        model.save_pretrained(output, tokenizer=tokenizer, merge_lora=True)
+        summary = {"step": step, "epoch": epoch, "train_examples": len(examples), "eval_examples": len(eval_examples),
+                   "truncated_examples": n_trunc, "dropped_turns": n_dropped_turns, **final_metrics}
+        train_losses = [h["train/loss"] for h in history if "train/loss" in h]
+        if train_losses:
+            summary["final_train_loss"] = train_losses[-1]
+        with open(output / "metrics.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        if not args.no_plot:
+            plot_learning_curve(history, output / "learning_curve.png")
+        logger.info("saved the progress estimator to %s: %s", output, json.dumps(summary))
+    tracker.finish()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return {"step": step, **final_metrics}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    return train(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

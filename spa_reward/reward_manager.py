@@ -1,0 +1,256 @@
+"""Reward-loop managers ``outcome`` and ``spa`` (verl 0.9 ``verl.experimental.reward_loop`` registry).
+
+Selected by ``reward.reward_manager.name`` (the recipe sets it to ``${algorithm.reward}``). Both read the
+per-turn bookkeeping that the ``env_agent`` agent loop stores in ``extra_fields["env_episode"]`` (arriving here
+as ``non_tensor_batch["tool_extra_fields"]``; positions in response coordinates) and return
+
+    {"reward_score": sum_t r_t, "reward_extra_info": {"spa_turn_rewards": [r_0, ..., r_{T-1}], <scalars>}}
+
+The agent loop's output pops ``spa_turn_rewards`` and writes each r_t on its turn's last token (dense
+``rm_scores``; v1 trainer only). Everything else in ``reward_extra_info`` is a scalar and every sample has the
+same keys (both managers emit the same set):
+
+    acc                            1.0 if the episode was won (verl's core validation metric -> success rate)
+    spa/won, spa/task_score, spa/num_turns, spa/truncated, spa/parse_errors
+    spa/env_reward                 R, the scaled env reward of the episode
+    spa/executable_rate            grounding: executed actions / turns
+    spa/mean_contribution          mean_t c_t   (0 for ``outcome``)
+    spa/sum_contribution           sum_t c_t    (0 for ``outcome``)
+    spa/nonfinite_contributions    c_t that were NaN/inf and replaced by 0 (0 for ``outcome``)
+    spa/mean_fused_reward          mean_t r_t
+    spa/uses_estimator             1.0 for ``spa``, 0.0 for ``outcome``
+    spa/task_type                  str (validation metrics skip strings; kept for the eval table)
+
+corr(sum_t c_t, R) is a batch statistic and cannot be computed per sample: ``spa/sum_contribution`` and
+``spa/env_reward`` are emitted per sample (and copied into ``episode_info``) so the ``spa`` trainer mode
+computes the correlation on the batch.
+
+Per-turn rewards:
+
+* ``outcome``: R on the last turn, minus ``invalid_penalty`` on every turn whose action was not executed.
+* ``spa``: r_t = alpha*c_t + beta*g_t - invalid_penalty*(1-g_t), + outcome_coef*R on the last turn, optionally
+  clipped (``spa_reward.fusion.fuse_turn_rewards``). c_t comes from the progress-estimator Ray actor
+  (``spa_reward.progress.serve.get_progress_scorer``, one named actor shared by every reward worker), scored on
+  input_ids = prompt + response with turn ends converted to input_ids coordinates.
+
+Settings: ``reward.reward_kwargs`` (the recipe yaml fills it from ``algorithm.spa`` and ``algorithm.invalid_penalty``
+by interpolation, so set those): alpha, beta, outcome_coef, clip, invalid_penalty, estimator_path,
+scorer_name, scorer_num_gpus.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager import register
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from spa_reward.fusion import FusionStats, fuse_turn_rewards, outcome_turn_rewards
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+TURN_REWARDS_KEY = "spa_turn_rewards"  # reward_extra_info key: per-turn rewards, popped by the agent loop output
+EPISODE_KEY = "env_episode"  # extra_fields key of the env_agent loop's per-turn bookkeeping
+ESTIMATOR_HELP = (
+    "set algorithm.spa.estimator_path=<dir of a trained progress estimator>; train one with "
+    "examples/train_estimator.sh (python -m spa_reward.progress.train ...) on rollouts collected by "
+    "examples/collect.sh"
+)
+
+
+@dataclass
+class RewardSettings:
+    """``reward.reward_kwargs`` as the managers use them."""
+
+    alpha: float = 1.0
+    beta: float = 0.5
+    outcome_coef: float = 0.0
+    clip: Optional[float] = None
+    invalid_penalty: float = 0.0
+    estimator_path: Optional[str] = None
+    scorer_name: str = "spa_progress_scorer"
+    scorer_num_gpus: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> RewardSettings:
+        reward = config.get("reward", None) if hasattr(config, "get") else None
+        kwargs = (reward.get("reward_kwargs", None) if reward is not None else None) or {}
+        values = {}
+        for f in fields(cls):
+            value = kwargs.get(f.name, None) if hasattr(kwargs, "get") else None
+            if value is not None:
+                values[f.name] = value
+        s = cls(**values)
+        for name in ("alpha", "beta", "outcome_coef", "invalid_penalty", "scorer_num_gpus"):
+            setattr(s, name, float(getattr(s, name)))
+        if s.clip is not None:
+            s.clip = float(s.clip)
+        if s.estimator_path is not None:
+            s.estimator_path = os.path.expanduser(str(s.estimator_path))
+        return s
+
+
+def episode_fields(data: DataProto) -> tuple[Any, dict]:
+    """(last row of ``data``, its ``env_episode`` bookkeeping); a clear error when the agent loop was not
+    ``env_agent``."""
+    item = data[len(data) - 1]
+    extra = item.non_tensor_batch.get("tool_extra_fields", None)
+    episode = extra.get(EPISODE_KEY) if isinstance(extra, dict) else None
+    if not isinstance(episode, dict) or "turn_ends" not in episode:
+        agent = item.non_tensor_batch.get("agent_name", "<default agent loop>")
+        raise ValueError(
+            f"reward managers 'outcome'/'spa' need the per-turn bookkeeping of the env_agent agent loop "
+            f"(tool_extra_fields['{EPISODE_KEY}']), but this sample came from agent loop {agent!r}. Build the "
+            "dataset with `python -m envs.prepare` (column agent_name=env_agent) or set "
+            "actor_rollout_ref.rollout.agent.default_agent_loop=env_agent."
+        )
+    n = len(episode["turn_ends"])
+    if len(episode.get("executable", [])) != n:
+        raise ValueError(f"env_episode has {n} turn ends but {len(episode.get('executable', []))} executable flags")
+    response_len = int(item.batch["responses"].shape[-1])
+    if n and not 0 <= int(episode["turn_ends"][-1]) < response_len:
+        raise ValueError(f"turn end {episode['turn_ends'][-1]} outside the response ({response_len} tokens)")
+    return item, episode
+
+
+def _extra_info(episode: dict, turn_rewards: list[float], stats: FusionStats, uses_estimator: bool) -> dict:
+    n = len(turn_rewards)
+    return {
+        TURN_REWARDS_KEY: [float(r) for r in turn_rewards],
+        "acc": float(bool(episode.get("won", False))),
+        "spa/won": float(bool(episode.get("won", False))),
+        "spa/task_score": float(episode.get("score", 0.0)),
+        "spa/num_turns": float(n),
+        "spa/truncated": float(bool(episode.get("truncated", False))),
+        "spa/parse_errors": float(episode.get("parse_errors", 0) or 0),
+        "spa/env_reward": float(episode.get("episode_reward", 0.0)),
+        "spa/executable_rate": (sum(bool(e) for e in episode["executable"]) / n) if n else 0.0,
+        "spa/mean_contribution": float(stats.mean_contribution),
+        "spa/sum_contribution": float(stats.sum_contribution),
+        "spa/nonfinite_contributions": float(stats.nonfinite),
+        "spa/mean_fused_reward": (sum(turn_rewards) / n) if n else 0.0,
+        "spa/uses_estimator": 1.0 if uses_estimator else 0.0,
+        "spa/task_type": str(episode.get("task_type", "")),
+    }
+
+
+class _EnvRewardManager(RewardManagerBase):
+    uses_estimator = False
+
+    def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None,
+                 reward_model_tokenizer=None, **kwargs):
+        super().__init__(config, tokenizer, compute_score)
+        self.settings = RewardSettings.from_config(config)
+
+    async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
+        raise NotImplementedError
+
+    async def run_single(self, data: DataProto) -> dict:
+        item, episode = episode_fields(data)
+        rewards, stats = await self.turn_rewards(item, episode)
+        return {
+            "reward_score": float(sum(rewards)),
+            "reward_extra_info": _extra_info(episode, rewards, stats, self.uses_estimator),
+        }
+
+
+@register("outcome")
+class OutcomeRewardManager(_EnvRewardManager):
+    """R on the last turn (the GRPO/GiGPO/PPO baselines)."""
+
+    async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
+        n = len(episode["turn_ends"])
+        rewards = outcome_turn_rewards(n, float(episode.get("episode_reward", 0.0)), episode["executable"],
+                                       self.settings.invalid_penalty)
+        stats = FusionStats(num_turns=n, executable_rate=(sum(map(bool, episode["executable"])) / n) if n else 0.0,
+                            sum_reward=float(sum(rewards)), mean_reward=(sum(rewards) / n) if n else 0.0)
+        return rewards, stats
+
+
+@register("spa")
+class SpaRewardManager(_EnvRewardManager):
+    """Fused progress + grounding reward per turn (SPA-RL)."""
+
+    uses_estimator = True
+    _checked_tokenizers: set = set()
+
+    def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None,
+                 reward_model_tokenizer=None, scorer: Any = None, **kwargs):
+        super().__init__(config, tokenizer, compute_score, reward_router_address, reward_model_tokenizer, **kwargs)
+        path = self.settings.estimator_path
+        if not path:
+            raise ValueError(f"reward manager 'spa' needs a progress estimator checkpoint: {ESTIMATOR_HELP}")
+        self._scorer = scorer
+        if scorer is None:  # a test may inject a scorer; the real one must exist and match the policy tokenizer
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"progress estimator checkpoint {path!r} does not exist: {ESTIMATOR_HELP}")
+            self._check_tokenizer(path)
+
+    def _check_tokenizer(self, path: str) -> None:
+        key = (path, getattr(self.tokenizer, "name_or_path", id(self.tokenizer)))
+        if key in SpaRewardManager._checked_tokenizers:
+            return
+        from spa_reward.progress.serve import check_tokenizer_compatible
+
+        ok = check_tokenizer_compatible(path, self.tokenizer)
+        if ok is False:
+            raise ValueError(
+                f"progress estimator {path!r} was trained with a tokenizer that differs from the policy's "
+                f"({key[1]}); turn positions would not line up. Train the estimator on rollouts of this policy "
+                "(same tokenizer) or point algorithm.spa.estimator_path at a matching one."
+            )
+        SpaRewardManager._checked_tokenizers.add(key)
+
+    def scorer(self) -> Any:
+        if self._scorer is None:
+            from spa_reward.progress.serve import get_progress_scorer
+
+            s = self.settings
+            self._scorer = get_progress_scorer(s.estimator_path, name=s.scorer_name, num_gpus=s.scorer_num_gpus)
+        return self._scorer
+
+    async def contributions(self, input_ids: list[int], turn_ends: list[int]) -> list[float]:
+        batch = [{"input_ids": input_ids, "turn_ends": turn_ends}]
+        scorer = self.scorer()
+        score = getattr(scorer, "score")
+        if hasattr(score, "remote"):  # Ray actor handle
+            result = await score.remote(batch)
+        elif inspect.iscoroutinefunction(score):
+            result = await score(batch)
+        else:
+            result = await self.loop.run_in_executor(None, score, batch)
+        if len(result) != 1 or len(result[0]) != len(turn_ends):
+            raise RuntimeError(
+                f"progress scorer returned {[len(r) for r in result]} contributions for one trajectory with "
+                f"{len(turn_ends)} turns"
+            )
+        return [float(c) for c in result[0]]
+
+    async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
+        ends = [int(e) for e in episode["turn_ends"]]
+        if not ends:
+            return [], FusionStats()
+        prompt_len = int(item.non_tensor_batch.get("prompt_len", item.batch["prompts"].shape[-1]))
+        input_ids = [int(t) for t in item.batch["input_ids"].tolist()]
+        c = await self.contributions(input_ids, [prompt_len + e for e in ends])
+        s = self.settings
+        rewards, stats = fuse_turn_rewards(
+            c, episode["executable"], alpha=s.alpha, beta=s.beta, outcome=float(episode.get("episode_reward", 0.0)),
+            outcome_coef=s.outcome_coef, clip=s.clip, invalid_penalty=s.invalid_penalty,
+        )
+        if stats.nonfinite:
+            logger.warning("progress estimator gave %d non-finite contributions of %d (replaced by 0)",
+                           stats.nonfinite, len(ends))
+        assert all(math.isfinite(r) for r in rewards)
+        return rewards, stats
+
+
+__all__ = ["EPISODE_KEY", "OutcomeRewardManager", "RewardSettings", "SpaRewardManager", "TURN_REWARDS_KEY",
+           "episode_fields"]

@@ -1,0 +1,40 @@
+"""Shared test fixtures: where the real data lives, and skips with a reason when it does not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    """`$SPA_SHARED_DATA`, else the `shared/data` folder that sits beside the checkout (as in CI)."""
+    env = os.environ.get("SPA_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def _require(sub: str) -> Path:
+    path = shared_data_root() / sub
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set SPA_SHARED_DATA to the folder holding {sub}/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def alfworld_data() -> Path:
+    """Real json_2.1.1 ALFWorld games (valid_seen, train)."""
+    return _require("alfworld")
+
+
+@pytest.fixture(scope="session")
+def webshop_data() -> Path:
+    """The 1000-product WebShop files."""
+    return _require("webshop")
+
+
+# Nothing in the test suite may reach a model hub: tiny models and tokenizers are built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

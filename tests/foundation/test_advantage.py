@@ -1,0 +1,162 @@
+"""The ``spa`` and ``gigpo`` estimators against hand-computed values, and their error paths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from spa_reward.advantage import compute_gigpo_advantage, compute_spa_advantage, estimator_inputs
+
+# rows 0-2: uid "a"; row 3: uid "b" (group of one, single truncated turn); row 4: uid "c", no assistant tokens
+MASK = torch.tensor(
+    [
+        [1, 1, 0, 1, 1, 0, 1],  # turns (0-1) (3-4) (6)
+        [1, 0, 1, 1, 0, 0, 0],  # turns (0) (2-3)
+        [1, 1, 1, 0, 1, 0, 0],  # turns (0-2) (4)
+        [1, 1, 0, 0, 0, 0, 0],  # one turn
+        [0, 0, 0, 0, 0, 0, 0],  # nothing
+    ]
+)
+INDEX = np.array(["a", "a", "a", "b", "c"], dtype=object)
+ANCHORS = np.array([["s0", "s1", "s2"], ["s0", "s1"], ["s0", "s3"], ["t0"], []] + [None], dtype=object)[:-1]
+
+
+def outcome_rewards():
+    r = torch.zeros(MASK.shape)
+    r[0, 6], r[2, 4], r[3, 1] = 1.0, 1.0, 0.5
+    return r
+
+
+def cfg(**algo):
+    base = {"gamma": 0.5, "lam": 1.0, "gigpo": {"step_advantage_w": 1.0, "mode": "mean_norm"},
+            "spa": {"step_advantage_w": 1.0, "mode": "mean_norm"}}
+    return OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(algo))
+
+
+def spread(row_turn_values):
+    """Broadcast hand-written per-turn values onto MASK's token layout."""
+    out = torch.zeros(MASK.shape, dtype=torch.float64)
+    for b, vals in enumerate(row_turn_values):
+        k, prev = -1, 0
+        for t in range(MASK.shape[1]):
+            m = int(MASK[b, t])
+            if m and not prev:
+                k += 1
+            if m:
+                out[b, t] = vals[k]
+            prev = m
+    return out
+
+
+def test_gigpo_mean_norm_hand_computed():
+    adv, ret = compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(), turn_anchors=ANCHORS)
+    # A_E: group a scores [1,0,1], mean 2/3; group b singleton: mean 0 -> 0.5
+    # G (gamma .5): row0 [.25,.5,1], row1 [0,0], row2 [.5,1]; step groups s0 {.25,0,.5} s1 {.5,0}; s2,s3,t0 singletons
+    expected = spread([
+        [1 / 3 + 0.0, 1 / 3 + 0.25, 1 / 3 + 0.0],
+        [-2 / 3 - 0.25, -2 / 3 - 0.25],
+        [1 / 3 + 0.25, 1 / 3 + 0.0],
+        [0.5],
+        [],
+    ])
+    assert torch.allclose(adv.double(), expected, atol=1e-6)
+    assert torch.equal(adv, ret)
+    assert torch.all(adv[MASK == 0] == 0)
+
+
+def test_gigpo_mean_std_norm_hand_computed():
+    adv, _ = compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(gigpo={"mode": "mean_std_norm"}),
+                                     turn_anchors=ANCHORS)
+    s = math.sqrt(1 / 3)  # unbiased std of [1, 0, 1]
+    ae_hi, ae_lo = (1 / 3) / (s + 1e-6), (-2 / 3) / (s + 1e-6)
+    s1 = 0.25 / (0.25 + 1e-6)  # s0 group [.25, 0, .5]: std .25
+    s2 = 0.25 / (math.sqrt(0.125) + 1e-6)  # s1 group [.5, 0]: std sqrt(.125)
+    expected = spread([
+        [ae_hi, ae_hi + s2, ae_hi],
+        [ae_lo - s1, ae_lo - s2],
+        [ae_hi + s1, ae_hi],
+        [0.5 / (1 + 1e-6)],  # a group of one: mean 0, std 1
+        [],
+    ])
+    assert torch.allclose(adv.double(), expected, atol=1e-5)
+
+
+def test_gigpo_step_weight_and_episode_rewards_kwarg():
+    adv, _ = compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(gigpo={"step_advantage_w": 0.0}),
+                                     turn_anchors=ANCHORS, episode_rewards=[3.0, 0.0, 0.0, 1.0, 0.0])
+    # w=0 leaves only A_E, now computed from episode_rewards: group a mean 1 -> [2,-1,-1]; b -> 1
+    assert torch.allclose(adv.double(), spread([[2.0] * 3, [-1.0] * 2, [-1.0] * 2, [1.0], []]), atol=1e-6)
+
+
+def test_gigpo_all_equal_group_gives_zero():
+    mask = MASK[:3]
+    rewards = torch.zeros(mask.shape)
+    rewards[0, 6], rewards[1, 3], rewards[2, 4] = 1.0, 1.0, 1.0
+    anchors = np.array([["x", "y", "z"], ["x", "z"], ["x", "y"]] + [None], dtype=object)[:-1]
+    for mode in ("mean_norm", "mean_std_norm"):
+        adv, _ = compute_gigpo_advantage(rewards, mask, INDEX[:3], cfg(gamma=1.0, gigpo={"mode": mode}),
+                                         turn_anchors=anchors)
+        assert torch.allclose(adv, torch.zeros_like(adv), atol=1e-5)
+
+
+def test_spa_critic_free_hand_computed():
+    r = torch.zeros(MASK.shape)
+    # per-turn rewards on the last token of each turn
+    r[0, 1], r[0, 4], r[0, 6] = 0.2, 0.5, 1.0
+    r[1, 0], r[1, 3] = 0.1, -0.1
+    r[2, 2], r[2, 4] = 0.3, 0.6
+    r[3, 1] = 0.7
+    adv, ret = compute_spa_advantage(r, MASK, INDEX, cfg(), episode_rewards=[1.0, 0.0, 1.0, 1.0, 0.0])
+    m = 2.6 / 7  # mean over all 7 turns of group a
+    expected = spread([
+        [1 / 3 + 0.2 - m, 1 / 3 + 0.5 - m, 1 / 3 + 1.0 - m],
+        [-2 / 3 + 0.1 - m, -2 / 3 - 0.1 - m],
+        [1 / 3 + 0.3 - m, 1 / 3 + 0.6 - m],
+        [1.0 + 0.7],  # group of one: A_E = 1 - 0; its single turn: mean 0 -> 0.7
+        [],
+    ])
+    assert torch.allclose(adv.double(), expected, atol=1e-6)
+    assert torch.equal(adv, ret)
+
+
+def test_spa_turn_gae_with_values_hand_computed():
+    mask = torch.tensor([[1, 1, 0, 1, 0, 1]])
+    r = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 9.0, 9.0, 1.0, 9.0, 0.25]])  # V read at each turn's first token: .5, 1, .25
+    adv, ret = compute_spa_advantage(r, mask, None, cfg(gamma=0.9, lam=0.8), values=values)
+    # deltas: 1 + .9*1 - .5 = 1.4 ; 0 + .9*.25 - 1 = -.775 ; 2 - .25 = 1.75 ; (gamma lam) = .72
+    a2 = 1.75
+    a1 = -0.775 + 0.72 * a2
+    a0 = 1.4 + 0.72 * a1
+    assert torch.allclose(ret, torch.tensor([[a0 + 0.5, a0 + 0.5, 0.0, a1 + 1.0, 0.0, a2 + 0.25]]), atol=1e-5)
+    raw = np.array([a0, a0, a1, a2])
+    whitened = (raw - raw.mean()) / math.sqrt(raw.var(ddof=1) + 1e-8)
+    assert torch.allclose(adv[mask.bool()].double(), torch.tensor(whitened), atol=1e-5)
+    assert torch.all(adv[mask == 0] == 0)
+
+
+def test_inputs_arrive_through_the_context():
+    with estimator_inputs(turn_anchors=ANCHORS):
+        adv, _ = compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg())
+    direct, _ = compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(), turn_anchors=ANCHORS)
+    assert torch.equal(adv, direct)
+
+
+def test_missing_inputs_and_bad_values_raise_clearly():
+    with pytest.raises(ValueError, match="turn_anchors"):
+        compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg())
+    with pytest.raises(ValueError, match="uid index"):
+        compute_spa_advantage(outcome_rewards(), MASK, None, cfg())
+    with pytest.raises(ValueError, match="one anchor per turn"):
+        short = np.array([["s0"], ["s0", "s1"], ["s0", "s3"], ["t0"], []] + [None], dtype=object)[:-1]
+        compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(), turn_anchors=short)
+    bad = outcome_rewards()
+    bad[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        compute_spa_advantage(bad, MASK, INDEX, cfg())
+    with pytest.raises(ValueError, match="mode"):
+        compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(gigpo={"mode": "median"}), turn_anchors=ANCHORS)

@@ -1,0 +1,203 @@
+"""The env_agent loop on full episodes: expert replay wins, garbage never crashes, truncation keeps the turn
+bookkeeping consistent, dense rewards land on the turn ends, env failures end only that episode."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from envs.actions import format_action
+from recipe.agent_loop import EPISODE_KEY, TURN_REWARDS_KEY
+from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop, row
+
+
+def mask_runs(mask: list[int]) -> list[tuple[int, int]]:
+    """[first, last] of every run of 1s."""
+    runs, start = [], None
+    for i, m in enumerate(mask + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    return runs
+
+
+def check_bookkeeping(out, response_length: int) -> dict:
+    """Invariants every env_agent output satisfies; returns the env_episode dict."""
+    ep = out.extra_fields[EPISODE_KEY]
+    n = ep["num_turns"]
+    assert 1 <= len(out.response_ids) <= response_length
+    assert len(out.response_mask) == len(out.response_ids)
+    if out.response_logprobs is not None:
+        assert len(out.response_logprobs) == len(out.response_ids)
+    assert len(ep["turn_ends"]) == len(ep["turn_starts"]) == len(ep["executable"]) == n
+    assert len(out.turn_anchors) == n == out.episode_info["num_turns"]
+    assert mask_runs(list(out.response_mask)) == list(zip(ep["turn_starts"], ep["turn_ends"]))
+    if n:  # never an observation after the final turn: the response ends on an assistant token
+        assert out.response_mask[-1] == 1 and ep["turn_ends"][-1] == len(out.response_ids) - 1
+    return ep
+
+
+def run_episode(config, server, tokenizer, kwargs: dict):
+    async def go():
+        loop = make_agent_loop(config, server, tokenizer)
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
+
+    return asyncio.run(go())
+
+
+def expert_policy(action: str = "step forward", style: str = "react"):
+    return lambda turn, prompt: format_action(action, f"turn {turn}: I move on.", style)
+
+
+def toy_env_cfg(**kw):
+    env = {"name": "toy", "max_steps": 10, "reward_scale": 10.0, "pool": {"backend": "thread", "num_workers": 2}}
+    env.update(kw)
+    return env
+
+
+def test_expert_replay_wins(tokenizer, toy_env):
+    config = agent_config(toy_env_cfg())
+    server = FakeServer(tokenizer, expert_policy())
+    out = run_episode(config, server, tokenizer, row("t2"))
+    ep = check_bookkeeping(out, 4096)
+    assert ep["won"] and ep["num_turns"] == 3 and ep["executable"] == [True, True, True]
+    assert out.turn_anchors == ["pos0", "pos1", "pos2"]
+    assert out.episode_reward == 10.0 and ep["env_reward_raw"] == 1.0
+    assert out.episode_info == {"won": True, "score": 1.0, "num_turns": 3, "executable_rate": 1.0,
+                                "truncated": False, "env_error": "", "task_type": "even", "env_reward": 10.0,
+                                "parse_errors": 0}
+    assert out.num_turns == 1 + 3 + 2  # first user message, 3 assistant turns, 2 observations
+    assert len({c["request_id"] for c in server.calls}) == 1  # one sticky request id per episode
+    assert out.response_ids[-1] == tokenizer.eos_token_id
+    # observations are in the response, rendered with the chat template, mask 0
+    text = tokenizer.decode(out.response_ids)
+    assert text.count("<|im_start|>user\nYou are at 1.<|im_end|>") == 1
+    assert out.extra_fields["max_global_steps"] == 7
+    # without a reward manager result, as_dict falls back to verl's behaviour (no rm_scores)
+    d = out.as_dict()
+    assert "rm_scores" not in d and d["turn_anchors"] == ["pos0", "pos1", "pos2"] and d["episode_reward"] == 10.0
+
+
+def test_garbage_never_crashes(tokenizer, toy_env):
+    junk = ["", "Action:", "<action>unterminated", "\x00\x01 ☃ " * 20, "Thought: hmm", "act now!!!", "<action></action>"]
+    config = agent_config(toy_env_cfg(max_steps=len(junk)))
+    server = FakeServer(tokenizer, lambda turn, prompt: junk[turn % len(junk)])
+    out = run_episode(config, server, tokenizer, row("t1"))
+    ep = check_bookkeeping(out, 4096)
+    assert ep["num_turns"] == len(junk) and not ep["won"] and not any(ep["executable"])
+    assert ep["truncated"] and ep["truncation_reason"] == "max_steps"
+    assert out.episode_info["parse_errors"] == len(junk) and out.episode_reward == 0.0
+
+
+def test_max_turns_and_per_turn_cap(tokenizer, toy_env):
+    config = agent_config(toy_env_cfg(max_turns=2, max_tokens_per_turn=8))
+    server = FakeServer(tokenizer, expert_policy("wait"))
+    out = run_episode(config, server, tokenizer, row("t0"))
+    ep = check_bookkeeping(out, 4096)
+    assert ep["num_turns"] == 2 and ep["truncation_reason"] == "max_turns"
+    assert all(c["max_tokens"] == 8 and c["n_out"] == 8 for c in server.calls)  # replies cut at 8 tokens
+    assert not any(ep["executable"])  # "Thought: turn 0..." cut at 8 tokens holds no action
+
+
+def test_env_hang_ends_only_that_episode(tokenizer, toy_env):
+    config = agent_config(toy_env_cfg(env_kwargs={"hang_on": "wait", "hang_seconds": 3.0},
+                                      pool={"backend": "thread", "num_workers": 2, "step_timeout": 0.5}))
+    policy = lambda turn, prompt: format_action("step forward" if turn == 0 else "wait", "x", "react")  # noqa: E731
+    out = run_episode(config, FakeServer(tokenizer, policy), tokenizer, row("t3"))
+    ep = check_bookkeeping(out, 4096)
+    assert ep["env_error"] == "timeout:step" and not ep["won"] and out.episode_reward == 0.0
+    assert ep["executable"] == [True, False] and out.episode_info["env_error"] == "timeout:step"
+    # the next episode gets a fresh worker and plays normally
+    out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t0"))
+    assert out.extra_fields[EPISODE_KEY]["won"]
+
+
+def test_reset_failure_gives_minimal_output(tokenizer, toy_env):
+    config = agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1}))
+    out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t0"))
+    ep = out.extra_fields[EPISODE_KEY]
+    assert ep["env_error"] == "error:open" and ep["num_turns"] == 0
+    assert out.response_mask == [0] and len(out.response_ids) == 1 and len(out.prompt_ids) > 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    response_length=st.integers(1, 300),
+    per_turn=st.one_of(st.none(), st.integers(1, 60)),
+    obs_pad=st.integers(0, 30),
+    seed=st.integers(0, 10_000),
+)
+def test_truncation_keeps_bookkeeping(tokenizer, toy_env, response_length, per_turn, obs_pad, seed):
+    rng = random.Random(seed)
+    replies = [rng.choice([format_action("step forward", "go" * rng.randint(0, 20), "react"),
+                           format_action("wait", None, "react"), "garbage " * rng.randint(0, 10)])
+               for _ in range(12)]
+    config = agent_config(toy_env_cfg(max_steps=12, max_tokens_per_turn=per_turn, env_kwargs={"obs_pad": obs_pad}),
+                          response_length=response_length)
+    out = run_episode(config, FakeServer(tokenizer, lambda turn, prompt: replies[turn]), tokenizer, row("t4"))
+    ep = check_bookkeeping(out, response_length)
+    # dense rewards land exactly on the turn ends and sum to the turn rewards
+    turn_rewards = [rng.uniform(-1, 1) for _ in range(ep["num_turns"])]
+    out.extra_fields["reward_extra_info"] = {TURN_REWARDS_KEY: turn_rewards, "acc": 0.0}
+    out.reward_score = sum(turn_rewards)
+    d = out.as_dict()
+    rm = d["rm_scores"]
+    assert rm.shape == d["responses"].shape
+    expected = torch.zeros(len(out.response_ids))
+    for r, pos in zip(turn_rewards, ep["turn_ends"]):
+        expected[pos] = r
+    assert torch.allclose(rm, expected)
+    assert TURN_REWARDS_KEY not in d["extra_fields"]["reward_extra_info"]  # popped: downstream sees scalars
+    assert TURN_REWARDS_KEY in out.extra_fields["reward_extra_info"]  # as_dict does not mutate the output
+
+
+def test_collect_writes_records(tokenizer, toy_env, tmp_path):
+    from spa_reward.records import read_records
+
+    config = agent_config(toy_env_cfg(collect_dir=str(tmp_path)))
+    out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t1", uid="g1"))
+    import recipe.agent_loop as al
+
+    for w in al._WRITERS.values():
+        w.close()
+    al._WRITERS.clear()
+    (rec,) = read_records(tmp_path)
+    assert rec.uid == "g1" and rec.env_name == "toy" and rec.task_id == "t1" and rec.won and rec.reward == 1.0
+    assert rec.input_ids == list(out.prompt_ids) + list(out.response_ids)
+    assert rec.prompt_length == len(out.prompt_ids)
+    ep = out.extra_fields[EPISODE_KEY]
+    assert rec.turn_ends == [len(out.prompt_ids) + e for e in ep["turn_ends"]]
+    assert rec.actions == ["step forward", "step forward"] and rec.executable == [True, True]
+    assert rec.extra["episode_reward"] == 10.0 and rec.tokenizer == tokenizer.name_or_path
+    assert rec.messages[-1]["role"] == "assistant" or rec.messages[-1]["role"] == "user"
+
+
+@pytest.mark.slow
+def test_webshop_expert_and_garbage_real_env(tokenizer, webshop_data):
+    """Real WebShop (1k products) in the process backend: the expert replay wins, garbage fails cleanly."""
+    from envs import make_env
+
+    env = make_env("webshop", data_dir=str(webshop_data))
+    task = env.list_tasks("train")[3]
+    env.reset(task)
+    actions = env.expert_actions()
+    env.close()
+    cfg = {"name": "webshop", "max_steps": 15, "reward_scale": 10.0, "env_kwargs": {"data_dir": str(webshop_data)},
+           "pool": {"backend": "process", "num_workers": 2}}
+    config = agent_config(cfg, response_length=16384)
+    policy = lambda turn, prompt: format_action(actions[turn], "I follow the plan.", "react")  # noqa: E731
+    out = run_episode(config, FakeServer(tokenizer, policy), tokenizer, row(task, "webshop"))
+    ep = check_bookkeeping(out, 16384)
+    assert ep["won"] and ep["num_turns"] == len(actions) and all(ep["executable"])
+    assert out.episode_reward == pytest.approx(10.0) and ep["task_type"]
+    out = run_episode(config, FakeServer(tokenizer, lambda t, p: "I do not know.\nAct: ???"), tokenizer,
+                      row(task, "webshop"))
+    ep = check_bookkeeping(out, 16384)
+    assert not ep["won"] and ep["num_turns"] == 15 and not any(ep["executable"])

@@ -1,0 +1,88 @@
+"""Reward fusion and placement, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from spa_reward.fusion import (
+    clamp_turn_positions,
+    fuse_turn_rewards,
+    outcome_turn_rewards,
+    place_turn_rewards,
+)
+
+
+def test_fuse_spa_defaults():
+    # r_t = 1.0*c_t + 0.5*g_t
+    rewards, stats = fuse_turn_rewards([0.2, -0.1, 0.7], [True, False, True])
+    assert rewards == pytest.approx([0.7, -0.1, 1.2])
+    assert stats.num_turns == 3 and stats.nonfinite == 0 and stats.clipped == 0
+    assert stats.sum_contribution == pytest.approx(0.8)
+    assert stats.mean_contribution == pytest.approx(0.8 / 3)
+    assert stats.executable_rate == pytest.approx(2 / 3)
+    assert stats.sum_reward == pytest.approx(1.8)
+    assert stats.mean_reward == pytest.approx(0.6)
+
+
+def test_fuse_all_terms():
+    # alpha=2, beta=0.5, penalty 0.1 on the non-executable turn, outcome 10 * 0.5 on the last turn, clip 4
+    rewards, stats = fuse_turn_rewards(
+        [0.25, 1.0, -3.0], [False, True, True], alpha=2.0, beta=0.5, outcome=10.0, outcome_coef=0.5,
+        clip=4.0, invalid_penalty=0.1,
+    )
+    # turn 0: 0.5 - 0.1 = 0.4; turn 1: 2.0 + 0.5 = 2.5; turn 2: -6 + 0.5 + 5 = -0.5
+    assert rewards == pytest.approx([0.4, 2.5, -0.5])
+    assert stats.clipped == 0
+    rewards, stats = fuse_turn_rewards([3.0, -3.0], [True, False], clip=1.0)
+    assert rewards == [1.0, -1.0] and stats.clipped == 2
+
+
+def test_fuse_nonfinite_replaced_and_counted():
+    rewards, stats = fuse_turn_rewards([float("nan"), 0.3, float("inf")], [True, True, False])
+    assert rewards == pytest.approx([0.5, 0.8, 0.0])
+    assert stats.nonfinite == 2
+    assert stats.sum_contribution == pytest.approx(0.3)
+    assert all(math.isfinite(r) for r in rewards)
+    # all non-finite: no exception, only the grounding term is left
+    rewards, stats = fuse_turn_rewards([float("nan")] * 2, [True, False])
+    assert rewards == [0.5, 0.0] and stats.nonfinite == 2
+
+
+def test_fuse_errors_and_empty():
+    with pytest.raises(ValueError, match="one flag per assistant turn"):
+        fuse_turn_rewards([0.1, 0.2], [True])
+    with pytest.raises(ValueError, match="finite"):
+        fuse_turn_rewards([0.1], [True], outcome=float("nan"), outcome_coef=1.0)
+    with pytest.raises(ValueError, match="clip"):
+        fuse_turn_rewards([0.1], [True], clip=0.0)
+    rewards, stats = fuse_turn_rewards([], [])
+    assert rewards == [] and stats.num_turns == 0
+
+
+def test_outcome_turn_rewards():
+    assert outcome_turn_rewards(3, 10.0) == [0.0, 0.0, 10.0]
+    assert outcome_turn_rewards(3, 10.0, [True, False, False], invalid_penalty=0.1) == pytest.approx([0.0, -0.1, 9.9])
+    assert outcome_turn_rewards(0, 1.0) == []
+    with pytest.raises(ValueError):
+        outcome_turn_rewards(2, 1.0, None, invalid_penalty=0.1)
+
+
+def test_place_turn_rewards():
+    dense = place_turn_rewards([1.0, 2.0, 3.0], [2, 6, 9], 12)
+    assert dense == [0, 0, 1.0, 0, 0, 0, 2.0, 0, 0, 3.0, 0, 0]
+    # response cut at 8 tokens: turn 2 (spans 7..9) survives partly -> its reward lands on token 7
+    assert place_turn_rewards([1.0, 2.0, 3.0], [2, 6, 9], 8, turn_start_positions=[0, 5, 7]) == [
+        0, 0, 1.0, 0, 0, 0, 2.0, 3.0
+    ]
+    # cut at 8 but turn 2 starts at 8: dropped
+    assert place_turn_rewards([1.0, 2.0, 3.0], [2, 6, 9], 8, turn_start_positions=[0, 5, 8]) == [
+        0, 0, 1.0, 0, 0, 0, 2.0, 0
+    ]
+    # without starts the first crossing turn is kept, later ones dropped
+    assert clamp_turn_positions([2, 6, 9, 12], 8) == [2, 6, 7, None]
+    with pytest.raises(ValueError):
+        place_turn_rewards([1.0, 2.0], [5, 5], 10)
+    with pytest.raises(ValueError):
+        place_turn_rewards([1.0], [1, 2], 10)
