@@ -9,7 +9,7 @@ extras = {
     # text ALFWorld: the real TextWorld/PDDL engine (jericho and fast-downward build from source: gcc, g++, make)
     "alfworld": ["alfworld==0.4.2", "textworld[pddl]==1.7.0"],
     # our own WebShop engine: fuzzy attribute matching and Lucene's Porter stemmer
-    "webshop": ["thefuzz>=0.22", "nltk>=3.8"],
+    "webshop": ["thefuzz>=0.22", "nltk>=3.8", "regex"],
     # VirtualHome's evolving_graph simulator comes from virtualhome-eval, which must be installed with --no-deps
     # (its declared deps are pinned and heavy): pip install --no-deps virtualhome-eval==0.1.1
     "virtualhome": ["networkx>=3.1", "termcolor", "tqdm"],

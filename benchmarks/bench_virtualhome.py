@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tqdm import tqdm  # noqa: E402
+
 from envs.virtualhome import VirtualHomeEnv  # noqa: E402
 
 
@@ -37,7 +39,7 @@ def run(data_dir: str | None = None, max_steps: int = 40, limit: int | None = No
     cold, warm, step_time, step_cpu = [], [], 0.0, 0.0
     steps = won = 0
     failures = []
-    for task_id in tasks:
+    for task_id in tqdm(tasks, desc="virtualhome expert replay", unit="task", mininterval=1.0):
         t0 = time.perf_counter()
         env.reset(task_id)
         cold.append(time.perf_counter() - t0)

@@ -76,6 +76,13 @@ class TextEnv(ABC):
     def close(self) -> None:
         """Release engine resources."""
 
+    def _no_op(self, reason: str) -> tuple[str, dict]:
+        """Observation and info for a step that changed nothing (empty or unparseable action).
+
+        Adapters override this to show the current page/room again and keep ``admissible_actions`` in the info,
+        so every step's info has the same shape whatever the model wrote."""
+        return NOTHING_HAPPENS, {}
+
     # ----------------------------------------------------------------- public API
     def reset(self, task: str | int | None = None, seed: int | None = None, split: str = "train") -> tuple[str, dict]:
         """Start an episode. ``task`` is a task id, an index into ``list_tasks(split)``, or None (seeded pick)."""
@@ -95,7 +102,8 @@ class TextEnv(ABC):
             return self._finished_step("The episode is over.")
         action = clean_action(action_text)
         if not action:
-            obs, reward, done, info = NOTHING_HAPPENS, 0.0, False, {"executable": False, "error": "empty action"}
+            obs, info = self._no_op("empty action")
+            reward, done, info = 0.0, False, {**info, "executable": False, "error": "empty action"}
         else:
             try:
                 obs, reward, done, info = self._step(action)
@@ -108,8 +116,8 @@ class TextEnv(ABC):
         """Spend a step on output that held no parseable action (it is an invalid action, not a crash)."""
         if self._done:
             return self._finished_step("The episode is over.")
-        obs = f"{NOTHING_HAPPENS} (Your response had no valid action: {reason}.)"
-        return self._finish(obs, 0.0, False, {"executable": False, "error": reason})
+        obs, info = self._no_op(f"your response had no valid action: {reason}")
+        return self._finish(obs, 0.0, False, {**info, "executable": False, "error": reason})
 
     # ----------------------------------------------------------------- internals
     def _finish(self, obs: str, reward: float, done: bool, info: dict) -> tuple[str, float, bool, dict]:

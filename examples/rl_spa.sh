@@ -3,8 +3,15 @@
 #   bash examples/rl_spa.sh <alfworld|webshop|virtualhome> [hydra overrides...]
 # Needs a trained estimator: ESTIMATOR=<dir> (default $ESTIMATOR_DIR/<env>; see examples/train_estimator.sh).
 # SPA_CRITIC=1 adds a critic (the paper's PPO setting): the spa estimator then runs turn-level GAE on its values.
+# The progress scorer is a Ray actor outside verl's resource pool, which claims every GPU it is given: the trainer
+# gets N_GPUS - SCORER_GPUS GPUs and the scorer the rest (SCORER_GPUS=0 scores on CPU, only for tiny models).
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
+SCORER_GPUS=${SCORER_GPUS:-1}
+TRAIN_GPUS=$((N_GPUS - SCORER_GPUS))
+if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with SCORER_GPUS=$SCORER_GPUS" >&2; exit 2; fi
+if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
+N_GPUS=$TRAIN_GPUS  # what run_verl gives the trainer
 ESTIMATOR=${ESTIMATOR:-$ESTIMATOR_DIR/$ENV}
 SPA_INVALID_PENALTY=${SPA_INVALID_PENALTY:-0.0}  # SPA's grounding term beta * g_t already rewards valid actions
 SPA_CRITIC=${SPA_CRITIC:-0}
@@ -18,5 +25,6 @@ fi
 run_verl "$ENV" \
   algorithm.reward=spa algorithm.adv_estimator=spa "algorithm.spa.estimator_path=$ESTIMATOR" \
   algorithm.spa.alpha=1.0 algorithm.spa.beta=0.5 "algorithm.invalid_penalty=$SPA_INVALID_PENALTY" \
+  "algorithm.spa.scorer_num_gpus=$SCORER_GPUS" \
   ${critic[@]+"${critic[@]}"} \
   "trainer.experiment_name=${ENV}_spa$EXPERIMENT_SUFFIX" "$@"

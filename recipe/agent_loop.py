@@ -26,9 +26,10 @@ Per-turn bookkeeping goes to ``extra_fields["env_episode"]`` (what the reward ma
 
     turn_starts, turn_ends   list[int]   first/last token of each assistant turn
     executable               list[bool]  the env executed the turn's action (grounding g_t)
+    actions                  list[str]   the parsed action of each turn ("" when none parsed)
     episode_reward           float       R = env.reward_scale * raw env reward (0 on env failure)
     env_reward_raw           float       the env's final reward (env.reward_mode: final | won)
-    won, score, task_type, num_turns, truncated, truncation_reason, env_error, env_name, task_id
+    won, score, task_type, num_turns, truncated, truncation_reason, env_error, parse_errors, env_name, task_id
 
 The returned :class:`EnvAgentLoopOutput` adds three top-level TransferQueue fields (read by the ``spa`` trainer
 mode): ``turn_anchors`` (list[str], the anchor of the state each turn acted on: the reset anchor for turn 0, then
@@ -62,6 +63,7 @@ from envs.actions import parse_action
 from envs.prepare import SPLITS
 from envs.prompts import build_messages, format_observation
 from recipe.env_pool import EnvFailure, get_env_pool
+from spa_reward.config_check import select_key
 from spa_reward.fusion import place_turn_rewards
 from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
 
@@ -72,13 +74,6 @@ REWARD_MODES = ("final", "won")
 
 
 # ----------------------------------------------------------------------------------------------- settings
-
-
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if node is None:
-        return default
-    value = node.get(key, default) if hasattr(node, "get") else getattr(node, key, default)
-    return default if value is None else value
 
 
 @dataclass
@@ -106,34 +101,34 @@ class EnvRolloutSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> EnvRolloutSettings:
-        env = _get(config, "env")
+        env = select_key(config, "env")
         if env is None:
             raise ValueError(
                 "the env_agent agent loop needs the top-level 'env' config block; compose the trainer config from "
                 "recipe/spa/config/spa_trainer.yaml (--config-path recipe/spa/config --config-name spa_trainer env=...)"
             )
-        pool = _get(env, "pool", {})
-        kwargs = _get(env, "env_kwargs", {})
+        pool = select_key(env, "pool", {})
+        kwargs = select_key(env, "env_kwargs", {})
         kwargs = dict(kwargs.items()) if hasattr(kwargs, "items") else {}
         return cls(
-            name=str(_get(env, "name", cls.name)),
-            max_steps=_get(env, "max_steps"),
-            max_turns=_get(env, "max_turns"),
-            prompt_style=str(_get(env, "prompt_style", cls.prompt_style)),
-            parse_style=_get(env, "parse_style"),
-            one_shot=bool(_get(env, "one_shot", False)),
-            system_prompt=bool(_get(env, "system_prompt", True)),
-            include_admissible=_get(env, "include_admissible"),
-            reward_scale=float(_get(env, "reward_scale", 1.0)),
-            reward_mode=str(_get(env, "reward_mode", "final")),
-            max_tokens_per_turn=_get(env, "max_tokens_per_turn"),
+            name=str(select_key(env, "name", cls.name)),
+            max_steps=select_key(env, "max_steps"),
+            max_turns=select_key(env, "max_turns"),
+            prompt_style=str(select_key(env, "prompt_style", cls.prompt_style)),
+            parse_style=select_key(env, "parse_style"),
+            one_shot=bool(select_key(env, "one_shot", False)),
+            system_prompt=bool(select_key(env, "system_prompt", True)),
+            include_admissible=select_key(env, "include_admissible"),
+            reward_scale=float(select_key(env, "reward_scale", 1.0)),
+            reward_mode=str(select_key(env, "reward_mode", "final")),
+            max_tokens_per_turn=select_key(env, "max_tokens_per_turn"),
             env_kwargs=kwargs,
-            pool_backend=str(_get(pool, "backend", "process")),
-            pool_num_workers=_get(pool, "num_workers"),
-            step_timeout=float(_get(pool, "step_timeout", 60.0)),
-            reset_timeout=float(_get(pool, "reset_timeout", 300.0)),
-            collect_dir=_get(env, "collect_dir"),
-            collect_messages=bool(_get(env, "collect_messages", True)),
+            pool_backend=str(select_key(pool, "backend", "process")),
+            pool_num_workers=select_key(pool, "num_workers"),
+            step_timeout=float(select_key(pool, "step_timeout", 60.0)),
+            reset_timeout=float(select_key(pool, "reset_timeout", 300.0)),
+            collect_dir=select_key(env, "collect_dir"),
+            collect_messages=bool(select_key(env, "collect_messages", True)),
         )
         return s
 
@@ -146,11 +141,10 @@ class EnvRolloutSettings:
 
 def default_pool_size(config: Any) -> int:
     """Enough env workers for every episode one agent-loop worker runs at once (train or val), at least 4."""
-    data, rollout = _get(config, "data"), _get(_get(config, "actor_rollout_ref"), "rollout")
-    workers = max(int(_get(_get(rollout, "agent"), "num_workers", 8)), 1)
-    train = int(_get(data, "train_batch_size", 16)) * int(_get(rollout, "n", 1))
-    val_bs = _get(data, "val_batch_size")
-    val = int(val_bs) * int(_get(_get(rollout, "val_kwargs"), "n", 1)) if val_bs else 0
+    workers = max(int(select_key(config, "actor_rollout_ref.rollout.agent.num_workers", 8)), 1)
+    train = int(select_key(config, "data.train_batch_size", 16)) * int(select_key(config, "actor_rollout_ref.rollout.n", 1))
+    val_bs = select_key(config, "data.val_batch_size")
+    val = int(val_bs) * int(select_key(config, "actor_rollout_ref.rollout.val_kwargs.n", 1)) if val_bs else 0
     return max(4, math.ceil(max(train, val) / workers))
 
 
@@ -397,6 +391,7 @@ class EnvAgentLoop(AgentLoopBase):
             "turn_starts": list(ep.turn_starts),
             "turn_ends": list(ep.turn_ends),
             "executable": list(ep.executable),
+            "actions": list(ep.actions),
             "episode_reward": R,
             "env_reward_raw": raw,
             "won": bool(ep.won) and not ep.env_error,
@@ -449,7 +444,7 @@ class EnvAgentLoop(AgentLoopBase):
             "env_name": ep.env_name,
             "task_id": ep.task_id,
             "tokenizer": str(getattr(self.tokenizer, "name_or_path", "") or
-                             _get(_get(_get(self.config, "actor_rollout_ref"), "model"), "path", "unknown")),
+                             select_key(self.config, "actor_rollout_ref.model.path", "unknown")),
             "input_ids": list(output.prompt_ids) + list(output.response_ids),
             "prompt_length": P,
             "turn_spans": [[P + a, P + b + 1] for a, b in zip(ep.turn_starts, ep.turn_ends)],

@@ -27,7 +27,8 @@ class ConfigError(ValueError):
     """One or more problems in a spa-rl config; the message lists them all."""
 
 
-def _sel(cfg: Any, path: str, default: Any = None) -> Any:
+def select_key(cfg: Any, path: str, default: Any = None) -> Any:
+    """``cfg.a.b`` for ``path='a.b'`` on a DictConfig/dict/object; ``default`` when missing, None or unresolvable."""
     node = cfg
     for key in path.split("."):
         if node is None:
@@ -90,7 +91,7 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     problems: list[str] = []
 
     # env block
-    if _sel(cfg, "env") is None:
+    if select_key(cfg, "env") is None:
         problems.append("no 'env' block: compose from recipe/spa/config/spa_trainer.yaml and pick env=<name>")
     else:
         from recipe.agent_loop import EnvRolloutSettings
@@ -101,11 +102,11 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
             problems.append(str(exc))
 
     # reward
-    reward = _sel(cfg, "algorithm.reward")
+    reward = select_key(cfg, "algorithm.reward")
     if reward not in REWARDS:
         problems.append(f"algorithm.reward={reward!r} is not one of {REWARDS}")
-    source = _sel(cfg, "reward.reward_manager.source", "register")
-    manager = _sel(cfg, "reward.reward_manager.name")
+    source = select_key(cfg, "reward.reward_manager.source", "register")
+    manager = select_key(cfg, "reward.reward_manager.name")
     if source == "register":
         import spa_reward.reward_manager  # noqa: F401  (registers outcome/spa)
         from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
@@ -126,7 +127,7 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
             problems.append(f"algorithm.spa.estimator_path={path!r} does not exist: {ESTIMATOR_HELP}")
 
     # advantage estimator
-    estimator = _sel(cfg, "algorithm.adv_estimator")
+    estimator = select_key(cfg, "algorithm.adv_estimator")
     try:
         import spa_reward.register  # noqa: F401  (registers spa/gigpo)
     except ImportError:
@@ -141,19 +142,19 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     # data
     if check_files:
         for key in ("data.train_files", "data.val_files"):
-            for path in _files(_sel(cfg, key)):
+            for path in _files(select_key(cfg, key)):
                 if path.startswith(REMOTE_PREFIXES):
                     continue
                 if not os.path.exists(os.path.expanduser(path)):
-                    env = _sel(cfg, "env.name", "<env>")
+                    env = select_key(cfg, "env.name", "<env>")
                     problems.append(f"{key}: {path!r} does not exist; write it with "
                                     f"`python -m envs.prepare {env} --output-dir <dir>` and set DATA_DIR")
 
     # dense per-turn rewards need the v1 trainer and the streaming reward path
-    if _sel(cfg, "trainer.use_v1", True) is False:
+    if select_key(cfg, "trainer.use_v1", True) is False:
         problems.append("trainer.use_v1=false: the legacy trainer rebuilds rm_scores from one scalar per "
                         "trajectory, which loses the per-turn rewards; use the v1 trainer (trainer.use_v1=true)")
-    if _sel(cfg, "reward.reward_model.enable", False):
+    if select_key(cfg, "reward.reward_model.enable", False):
         problems.append("reward.reward_model.enable=true: a colocated reward model overwrites the per-turn "
                         "rm_scores; the progress estimator runs as its own Ray actor, keep this false")
     return problems
@@ -167,4 +168,5 @@ def validate_config(cfg: Any, check_files: bool = True) -> None:
                           + ":\n  - " + "\n  - ".join(problems))
 
 
-__all__ = ["ConfigError", "config_problems", "env_settings_problems", "validate_config", "validate_env_settings"]
+__all__ = ["ConfigError", "config_problems", "env_settings_problems", "select_key", "validate_config",
+           "validate_env_settings"]

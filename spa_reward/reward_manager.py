@@ -80,11 +80,11 @@ class RewardSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> RewardSettings:
-        reward = config.get("reward", None) if hasattr(config, "get") else None
-        kwargs = (reward.get("reward_kwargs", None) if reward is not None else None) or {}
+        from spa_reward.config_check import select_key
+
         values = {}
         for f in fields(cls):
-            value = kwargs.get(f.name, None) if hasattr(kwargs, "get") else None
+            value = select_key(config, f"reward.reward_kwargs.{f.name}")
             if value is not None:
                 values[f.name] = value
         s = cls(**values)
@@ -199,13 +199,7 @@ class SpaRewardManager(_EnvRewardManager):
             return
         from spa_reward.progress.serve import check_tokenizer_compatible
 
-        ok = check_tokenizer_compatible(path, self.tokenizer)
-        if ok is False:
-            raise ValueError(
-                f"progress estimator {path!r} was trained with a tokenizer that differs from the policy's "
-                f"({key[1]}); turn positions would not line up. Train the estimator on rollouts of this policy "
-                "(same tokenizer) or point algorithm.spa.estimator_path at a matching one."
-            )
+        check_tokenizer_compatible(path, self.tokenizer)  # raises ValueError naming the differing tokens
         SpaRewardManager._checked_tokenizers.add(key)
 
     def scorer(self) -> Any:
@@ -216,8 +210,9 @@ class SpaRewardManager(_EnvRewardManager):
             self._scorer = get_progress_scorer(s.estimator_path, name=s.scorer_name, num_gpus=s.scorer_num_gpus)
         return self._scorer
 
-    async def contributions(self, input_ids: list[int], turn_ends: list[int]) -> list[float]:
-        batch = [{"input_ids": input_ids, "turn_ends": turn_ends}]
+    async def contributions(self, input_ids: list[int], turn_ends: list[int], prompt_length: int) -> list[float]:
+        # prompt_length lets the scorer truncate over-long sequences exactly as in estimator training
+        batch = [{"input_ids": input_ids, "turn_ends": turn_ends, "prompt_length": prompt_length}]
         scorer = self.scorer()
         score = getattr(scorer, "score")
         if hasattr(score, "remote"):  # Ray actor handle
@@ -239,7 +234,7 @@ class SpaRewardManager(_EnvRewardManager):
             return [], FusionStats()
         prompt_len = int(item.non_tensor_batch.get("prompt_len", item.batch["prompts"].shape[-1]))
         input_ids = [int(t) for t in item.batch["input_ids"].tolist()]
-        c = await self.contributions(input_ids, [prompt_len + e for e in ends])
+        c = await self.contributions(input_ids, [prompt_len + e for e in ends], prompt_len)
         s = self.settings
         rewards, stats = fuse_turn_rewards(
             c, episode["executable"], alpha=s.alpha, beta=s.beta, outcome=float(episode.get("episode_reward", 0.0)),

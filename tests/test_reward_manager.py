@@ -87,7 +87,7 @@ def test_spa_manager_hand_computed(tokenizer, toy, monkeypatch):
     (batch,) = scorer.batches
     (item,) = batch
     P = len(out.prompt_ids)
-    assert item["input_ids"] == list(out.prompt_ids) + list(out.response_ids)
+    assert item["input_ids"] == list(out.prompt_ids) + list(out.response_ids) and item["prompt_length"] == P
     ends = out.extra_fields[EPISODE_KEY]["turn_ends"]
     assert item["turn_ends"] == [P + e for e in ends]
     assert all(item["input_ids"][e] == tokenizer.eos_token_id for e in item["turn_ends"])
@@ -165,7 +165,31 @@ def test_real_tiny_estimator(tokenizer, toy, monkeypatch, tmp_path):
                                **{"algorithm.spa.estimator_path": str(tmp_path / "est")})
     P = len(out.prompt_ids)
     ends = [P + e for e in out.extra_fields[EPISODE_KEY]["turn_ends"]]
-    (c,) = scorer.score([{"input_ids": list(out.prompt_ids) + list(out.response_ids), "turn_ends": ends}])
+    (c,) = scorer.score([{"input_ids": list(out.prompt_ids) + list(out.response_ids), "turn_ends": ends,
+                          "prompt_length": P}])
     g = out.extra_fields[EPISODE_KEY]["executable"]
     expected = [ct + 0.5 * float(gt) for ct, gt in zip(c, g)]
     assert out.extra_fields["reward_extra_info"][TURN_REWARDS_KEY] == pytest.approx(expected, abs=1e-5)
+
+
+def test_tokenizer_mismatch_is_refused(tokenizer, tmp_path):
+    """The manager checks the estimator's saved tokenizer against the policy's at construction."""
+    pytest.importorskip("spa_reward.progress.serve")
+    from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig, build_tiny_backbone_config
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from tests.recipe.helpers import byte_tokenizer
+
+    other = byte_tokenizer()
+    other.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<tool>"]})
+    for name, tok in (("same", tokenizer), ("other", other)):
+        cfg = ProgressEstimatorConfig(backbone_config=build_tiny_backbone_config(vocab_size=len(tok)))
+        ProgressEstimator(cfg).save_pretrained(tmp_path / name, tokenizer=tok)
+
+    async def build(path):
+        return load_reward_manager(trainer_config("algorithm.reward=spa", f"algorithm.spa.estimator_path={path}"),
+                                   tokenizer)
+
+    assert asyncio.run(build(tmp_path / "same")).settings.estimator_path == str(tmp_path / "same")
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        asyncio.run(build(tmp_path / "other"))

@@ -256,6 +256,10 @@ class WebShopEnv(TextEnv):
         obs = f"Invalid action! {reason}.{pages.SEP}{self._view[0]}"
         return obs, 0.0, False, self._info(executable=False, error=reason)
 
+    def _no_op(self, reason: str) -> tuple[str, dict]:
+        obs, _, _, info = self._invalid(reason)
+        return obs, info
+
     def anchor(self) -> str:
         s = self._state
         opts = ";".join(f"{k}={v}" for k, v in sorted(s.options.items()))

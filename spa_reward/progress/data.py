@@ -35,11 +35,8 @@ class Truncation:
     input_ids: list[int]
     turn_ends: list[int]  # positions in the truncated ``input_ids``
     kept: list[int]  # indices (into the original turn list) of the turns that are still scored
-    dropped_tokens: int
-
-    @property
-    def truncated(self) -> bool:
-        return self.dropped_tokens > 0
+    dropped_tokens: int  # all removed tokens, including the harmless tail after the last turn
+    truncated: bool  # True when max_length forced a cut (rules 2-3), not for the tail alone
 
 
 def check_turn_ends(turn_ends: Sequence[int], length: int, name: str = "turn_ends") -> None:
@@ -68,13 +65,13 @@ def truncate_for_estimator(
             clamped to the first turn end.
     """
     if not turn_ends:
-        return Truncation([], [], [], len(input_ids))
+        return Truncation([], [], [], len(input_ids), False)
     ids = list(input_ids)
     ends = list(turn_ends)
     n = ends[-1] + 1  # rule 1
     dropped_tail = len(ids) - n
     if n <= max_length:
-        return Truncation(ids[:n], ends, list(range(len(ends))), dropped_tail)
+        return Truncation(ids[:n], ends, list(range(len(ends))), dropped_tail, False)
 
     heads = [min(max(keep_prefix, 0), ends[0])] if keep_prefix > 0 else []
     for head in heads + [0]:
@@ -84,10 +81,10 @@ def truncate_for_estimator(
             if head + (n - cut) <= max_length:
                 new_ids = ids[:head] + ids[cut:n]
                 new_ends = [e - cut + head for e in ends[m:]]
-                return Truncation(new_ids, new_ends, list(range(m, len(ends))), len(ids) - len(new_ids))
+                return Truncation(new_ids, new_ends, list(range(m, len(ends))), len(ids) - len(new_ids), True)
     # rule 3: the last turn alone is too long: keep the last max_length tokens, score only the last turn
     start = n - max_length
-    return Truncation(ids[start:n], [max_length - 1], [len(ends) - 1], len(ids) - max_length)
+    return Truncation(ids[start:n], [max_length - 1], [len(ends) - 1], len(ids) - max_length, True)
 
 
 @dataclass

@@ -201,6 +201,12 @@ class ProgressEstimator(nn.Module):
             in_features = self.hidden_size
         head_hidden = config.head_hidden_size or self.hidden_size
         self.backbone = backbone
+        if config.head != "logits_linear":
+            # the LM head is never run (the hidden state is read directly): freeze an untied one so it gets no
+            # optimizer state and DDP does not wait for its gradient
+            out_emb, in_emb = backbone.get_output_embeddings(), backbone.get_input_embeddings()
+            if out_emb is not None and in_emb is not None and out_emb.weight is not in_emb.weight:
+                out_emb.requires_grad_(False)
         if config.lora_r > 0:
             self._wrap_lora()
         self.head = _build_head(config.head, in_features, head_hidden, config.head_dropout)

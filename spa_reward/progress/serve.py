@@ -158,7 +158,7 @@ class ProgressScorer:
             if ends and head > ends[0]:
                 raise ValueError(f"item {i}: prompt_length {head} lies after the first turn end {ends[0]}")
             t = truncate_for_estimator(ids, ends, self.max_length, head)
-            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), len(ids) > self.max_length))
+            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated))
         return prepared
 
     def score_prepared(self, prepared: Sequence[_Prepared]) -> list[list[float]]:

@@ -22,13 +22,14 @@ def test_no_truncation_only_drops_the_tail_after_the_last_turn():
     ids, ends = _traj(4, [(2, 3), (2, 3)])
     t = truncate_for_estimator(ids + [99, 99], ends, max_length=100, keep_prefix=4)
     assert t.input_ids == ids and t.turn_ends == ends and t.kept == [0, 1] and t.dropped_tokens == 2
+    assert not t.truncated  # dropping the tail alone is not a truncation
 
 
 def test_keeps_prompt_and_drops_whole_leading_turns():
     ids, ends = _traj(5, [(3, 4), (3, 4), (3, 4)])  # len 26, ends 11, 18, 25
     t = truncate_for_estimator(ids, ends, max_length=20, keep_prefix=5)
     # drop turn 0 (tokens 5..11): prompt (5) + tokens 12..25 (14) = 19 <= 20
-    assert t.kept == [1, 2]
+    assert t.kept == [1, 2] and t.truncated and t.dropped_tokens == 7
     assert t.input_ids == ids[:5] + ids[12:]
     assert [t.input_ids[e] for e in t.turn_ends] == [ids[18], ids[25]]
     t = truncate_for_estimator(ids, ends, max_length=12, keep_prefix=5)
@@ -76,6 +77,7 @@ def test_truncation_invariants(prompt, turns, tail, max_length, keep):
         assert t.input_ids[len(t.input_ids) - (n - start) :] == ids[start:n]
         if keep and prompt + len(segment(len(ends) - 1)) <= max_length:
             assert t.input_ids[:prompt] == ids[:prompt]  # the prompt survives
+    assert t.truncated == (ends[-1] + 1 > max_length)
     if ends[-1] + 1 <= max_length:
         assert t.kept == list(range(len(ends))) and t.input_ids == ids
 

@@ -102,7 +102,8 @@ def test_new_estimator_from_hf_backbone_with_lora(record_files, tmp_path, tiny_t
         "--output", str(out), "--head", "linear", "--lora-r", "4", "--lr", "1e-3", "--max-steps", "2",
         "--save-every", "1", "--logger", "none", "--no-progress-bar", "--device", "cpu",
     ])
-    assert (out / "checkpoint-2" / "adapter").is_dir()  # checkpoints keep the adapter separate (resumable)
+    latest = out / (out / "latest").read_text()
+    assert (latest / "adapter").is_dir()  # checkpoints keep the adapter separate (resumable)
     assert not (out / "adapter").exists()  # the final estimator has it merged
     assert (out / "tokenizer").is_dir()
     est = ProgressEstimator.from_pretrained(out)
@@ -140,3 +141,21 @@ def test_help_documents_paper_defaults(capsys):
     text = capsys.readouterr().out
     for fragment in ("3e-06", "0.01", "500", "released code", "4096"):
         assert fragment in text
+
+
+def test_torchrun_ddp_on_cpu(record_files, init_dir, tmp_path):
+    """The WORLD_SIZE > 1 path (DistributedDataParallel, gloo on CPU): two ranks train, rank 0 saves."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           "-m", "spa_reward.progress.train", *_args(record_files, init_dir, out, "--logger", "none", "--save-every", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["schedule"]["world_size"] == 2 and run["schedule"]["total_steps"] == 3  # 12 per rank / (2 x 2)
+    assert (out / "latest").read_text() == "checkpoint-3"
+    assert json.loads((out / "metrics.json").read_text())["eval/n"] == 8

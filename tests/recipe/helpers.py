@@ -75,10 +75,11 @@ class ToyEnv(TextEnv):
     name = "toy"
 
     def __init__(self, max_steps: int = 10, obs_pad: int = 0, hang_on: str | None = None, hang_seconds: float = 5.0,
-                 crash_on: str | None = None):
+                 crash_on: str | None = None, wait_for_file: str | None = None):
         super().__init__(max_steps)
         self.position, self.need, self.obs_pad = 0, 1, obs_pad
         self.hang_on, self.hang_seconds, self.crash_on = hang_on, hang_seconds, crash_on
+        self.wait_for_file = wait_for_file  # "wait" blocks until this file exists (written by the test)
 
     def list_tasks(self, split: str) -> list[str]:
         return [f"t{i}" for i in range(5)]
@@ -100,6 +101,11 @@ class ToyEnv(TextEnv):
             time.sleep(self.hang_seconds)
         if self.crash_on and action == self.crash_on:
             os._exit(3)
+        if self.wait_for_file and action == "wait":
+            import time
+
+            while not os.path.exists(self.wait_for_file):
+                time.sleep(0.01)
         if action == "step forward":
             self.position += 1
             won = self.position >= self.need

@@ -179,25 +179,40 @@ def test_collect_writes_records(tokenizer, toy_env, tmp_path):
     assert rec.messages[-1]["role"] == "assistant" or rec.messages[-1]["role"] == "user"
 
 
+REAL_ENVS = {"webshop": ("webshop_data", "train", 3), "alfworld": ("alfworld_data", "train", 0),
+             "virtualhome": (None, "train", 0)}
+
+
 @pytest.mark.slow
-def test_webshop_expert_and_garbage_real_env(tokenizer, webshop_data):
-    """Real WebShop (1k products) in the process backend: the expert replay wins, garbage fails cleanly."""
+@pytest.mark.parametrize("env_name", sorted(REAL_ENVS))
+def test_real_env_expert_and_garbage(tokenizer, request, env_name):
+    """Each real environment in the process backend: the expert replay wins, garbage fails cleanly."""
     from envs import make_env
 
-    env = make_env("webshop", data_dir=str(webshop_data))
-    task = env.list_tasks("train")[3]
+    fixture, split, index = REAL_ENVS[env_name]
+    kwargs = {"data_dir": str(request.getfixturevalue(fixture))} if fixture else {}
+    try:
+        env = make_env(env_name, **kwargs)
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(f"{env_name} not available here: {exc}")
+    from envs.prepare import SPLITS
+
+    task = env.list_tasks(SPLITS[env_name][split])[index]
     env.reset(task)
     actions = env.expert_actions()
     env.close()
-    cfg = {"name": "webshop", "max_steps": 15, "reward_scale": 10.0, "env_kwargs": {"data_dir": str(webshop_data)},
+    assert actions, f"{env_name} has no expert for task {task}"
+    cfg = {"name": env_name, "max_steps": len(actions) + 2, "reward_scale": 10.0, "env_kwargs": kwargs,
            "pool": {"backend": "process", "num_workers": 2}}
-    config = agent_config(cfg, response_length=16384)
+    config = agent_config(cfg, response_length=32768)
     policy = lambda turn, prompt: format_action(actions[turn], "I follow the plan.", "react")  # noqa: E731
-    out = run_episode(config, FakeServer(tokenizer, policy), tokenizer, row(task, "webshop"))
-    ep = check_bookkeeping(out, 16384)
-    assert ep["won"] and ep["num_turns"] == len(actions) and all(ep["executable"])
-    assert out.episode_reward == pytest.approx(10.0) and ep["task_type"]
+    out = run_episode(config, FakeServer(tokenizer, policy), tokenizer, row(task, env_name))
+    ep = check_bookkeeping(out, 32768)
+    assert ep["won"] and ep["num_turns"] == len(actions) and not ep["env_error"]
+    assert out.episode_reward == pytest.approx(10.0 * ep["env_reward_raw"]) and out.episode_reward > 0
+    assert ep["task_type"] and len(set(out.turn_anchors)) > 1
     out = run_episode(config, FakeServer(tokenizer, lambda t, p: "I do not know.\nAct: ???"), tokenizer,
-                      row(task, "webshop"))
-    ep = check_bookkeeping(out, 16384)
-    assert not ep["won"] and ep["num_turns"] == 15 and not any(ep["executable"])
+                      row(task, env_name))
+    ep = check_bookkeeping(out, 32768)
+    assert not ep["won"] and ep["num_turns"] == len(actions) + 2 and not any(ep["executable"])
+    assert ep["truncation_reason"] == "max_steps" and out.episode_reward == 0.0

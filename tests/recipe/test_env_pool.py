@@ -4,8 +4,6 @@ and is replaced."""
 from __future__ import annotations
 
 import asyncio
-import time
-
 import pytest
 
 from recipe.env_pool import EnvFailure, EnvPool
@@ -54,10 +52,9 @@ def test_process_hang_and_crash_are_replaced():
             return await env.step(action)
 
     try:
-        t0 = time.monotonic()
         with pytest.raises(EnvFailure) as hang:
             run(play({"hang_on": "wait", "hang_seconds": 600}, "wait"))
-        assert hang.value.reason == "timeout:step" and time.monotonic() - t0 < 30
+        assert hang.value.reason == "timeout:step"
         assert pool.replaced == 1 and not pool._idle  # the hung child was killed, not kept
         with pytest.raises(EnvFailure) as crash:
             run(play({"crash_on": "wait"}, "wait"))
@@ -73,27 +70,25 @@ def test_process_hang_and_crash_are_replaced():
         pool.close()
 
 
-def test_event_loop_not_blocked_by_slow_env():
-    """A slow env step does not stall other coroutines (generation goes on)."""
-    pool = EnvPool(num_workers=1, backend="process", step_timeout=30, reset_timeout=60)
+def test_event_loop_not_blocked_by_env_step(tmp_path):
+    """While an env step runs, other coroutines keep running: here the step can only finish after another
+    coroutine has written a file, which would deadlock (and time out) if the step blocked the event loop."""
+    pool = EnvPool(num_workers=1, backend="process", step_timeout=60, reset_timeout=60)
+    flag = tmp_path / "go"
 
     async def main():
-        ticks = 0
+        async def release():
+            await asyncio.sleep(0)
+            flag.write_text("go")
 
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.05)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        async with pool.session(TOY, {"hang_on": "wait", "hang_seconds": 1.0}) as env:
+        async with pool.session(TOY, {"wait_for_file": str(flag)}) as env:
             await env.reset("t0")
-            await env.step("wait")
-        task.cancel()
-        return ticks
+            step = asyncio.create_task(env.step("wait"))
+            await release()
+            return await step
 
     try:
-        assert run(main()) >= 10
+        obs, reward, done, info = run(main())
+        assert info["executable"] and not done
     finally:
         pool.close()

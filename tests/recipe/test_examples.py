@@ -37,7 +37,9 @@ RL = [
 ]
 
 
-@pytest.mark.parametrize("script,env,reward,estimator", RL)
+@pytest.mark.parametrize("script,env,reward,estimator", [
+    pytest.param(*case, marks=() if case[0] == "rl_spa.sh" else pytest.mark.slow) for case in RL
+])
 def test_rl_scripts_compose(script, env, reward, estimator):
     extra = ("algorithm.spa.clip=5", "env.max_turns=20") if reward == "spa" else ()
     cfg = composed(script, env, *extra, SPA_CRITIC="1")
@@ -58,11 +60,15 @@ def test_rl_scripts_compose(script, env, reward, estimator):
         assert cfg.reward.reward_kwargs.clip == 5 and cfg.env.max_turns == 20 and cfg.critic.enable
         assert cfg.reward.reward_kwargs.estimator_path == f"/out/estimator/{env}"
         assert cfg.reward.reward_kwargs.beta == 0.5 and cfg.reward.reward_kwargs.invalid_penalty == 0.0
+        # one of the 2 GPUs goes to the progress scorer actor, so TP shrinks to the trainer's single GPU
+        assert cfg.reward.reward_kwargs.scorer_num_gpus == 1 and cfg.trainer.n_gpus_per_node == 1
+        assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
     else:
         assert cfg.reward.reward_kwargs.invalid_penalty == 0.1
     assert config_problems(cfg, check_files=False) == []
 
 
+@pytest.mark.slow
 def test_collect_eval_sft_compose():
     cfg = composed("collect.sh", "alfworld", SFT_MODEL="/ckpt/sft")
     assert cfg.trainer.val_only and cfg.actor_rollout_ref.rollout.val_kwargs.n == 10
