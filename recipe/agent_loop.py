@@ -130,7 +130,6 @@ class EnvRolloutSettings:
             collect_dir=select_key(env, "collect_dir"),
             collect_messages=bool(select_key(env, "collect_messages", True)),
         )
-        return s
 
     def make_kwargs(self) -> dict:
         kwargs = {k: (dict(v) if hasattr(v, "items") else v) for k, v in self.env_kwargs.items() if v is not None}

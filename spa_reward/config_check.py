@@ -128,10 +128,7 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
 
     # advantage estimator
     estimator = select_key(cfg, "algorithm.adv_estimator")
-    try:
-        import spa_reward.register  # noqa: F401  (registers spa/gigpo)
-    except ImportError:
-        pass
+    import spa_reward.register  # noqa: F401  (registers spa/gigpo; verl's plugin hook normally did already)
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     try:

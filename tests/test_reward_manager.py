@@ -16,7 +16,7 @@ import torch
 from envs.actions import format_action
 from recipe.agent_loop import EPISODE_KEY
 from spa_reward.reward_manager import TURN_REWARDS_KEY
-from tests.recipe.conftest import tokenizer, toy_env  # noqa: F401  (fixtures shared with tests/recipe)
+from tests.recipe.conftest import tokenizer, toy_env  # noqa: F401,F811  (fixtures shared with tests/recipe)
 from tests.recipe.helpers import row, score_episodes, trainer_config
 
 C = [0.1, -0.2, 0.4, 0.5]  # stand-in contributions for the 4-turn episode below

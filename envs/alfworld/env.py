@@ -1,0 +1,180 @@
+"""ALFWorld (text) on the real TextWorld PDDL engine, behind ``envs.base.TextEnv``.
+
+Episode contract (what ``reset``/``step`` return beyond the base class):
+
+* observation: the engine's text. The first one drops TextWorld's ``-= Welcome to TextWorld, ALFRED! =-`` banner and
+  is the room description followed by ``Your task is to: ...``, as in ALFWorld/ReAct/ETO prompts.
+* ``reset`` info: ``goal`` (the task sentence), ``admissible_actions`` (the engine's list without ``help``),
+  ``anchor``, ``gamefile``, ``task_type`` (one of ALFWorld's six), ``grammar`` (``"put"``: json_2.1.1's
+  ``put X in/on Y``; ``"move"``: 2.1.2's ``move X to Y``).
+* ``step``: reward 1.0 on the step that wins, else 0.0; ``done`` once won (``max_steps`` truncation is the base
+  class's). Info: ``won``, ``executable``, ``anchor``, ``score`` (1.0 if won), ``admissible_actions`` (for the next
+  step) and ``command`` (what was sent to the game after the put/move mapping below).
+* ``executable`` is False when the command is not in the admissible list before the step. Such a command does not
+  reach the engine: the answer is ``Nothing happens.``, which is what the engine itself answers for any command
+  outside its list, and the state is unchanged. (The one difference: 2.1.2 games' own ``help`` command, which is
+  dropped from the list, answers ``Nothing happens.`` here instead of printing the command list.)
+* Put/move variants: when a command is not admissible as written, ``put|move|place X in|on|in/on|into|onto|to Y``
+  is rewritten to the loaded game's form (``put X in/on Y`` or ``move X to Y``) if that form is admissible. Every
+  other command goes to the game unchanged (no case folding).
+* ``anchor`` (for GiGPO's step groups) is an exact world-state key: a hash of the task id and the sorted facts
+  that can affect the future (fluents some precondition, the goal or the grammar reads, see
+  ``engine._anchor_predicates``): agent location, what it holds, where every object is, what is open, on, clean,
+  hot, cool, sliced. Two trajectories of one task that reach the same world state get the same anchor whatever
+  the path or the last observation; raw text would alias (``Nothing happens.`` is the same text everywhere) and
+  split (``look`` vs arriving describe one state differently). ``anchor="observation"`` gives verl-agent's raw
+  observation anchor instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from envs.alfworld.engine import BANNER, Engine
+from envs.alfworld.games import GAME_FILE, GameIndex, resolve_data_dir, task_type_of
+from envs.base import NOTHING_HAPPENS, TextEnv
+
+_GOAL = re.compile(r"Your task is to:\s*(.*)", re.S)
+_PLACE_VERBS = {"put", "move", "place"}
+_PLACE_PREPOSITIONS = {"in", "on", "in/on", "into", "onto", "to"}
+_ANCHOR_MODES = ("state", "observation")
+
+
+class AlfWorldEnv(TextEnv):
+    """Text ALFWorld. ``data_dir``: a folder holding ``json_2.1.1/`` (or that folder), else ``$ALFWORLD_DATA``."""
+
+    name = "alfworld"
+
+    def __init__(self, data_dir: str | Path | None = None, max_steps: int = 40, anchor: str = "state"):
+        super().__init__(max_steps=max_steps)
+        if anchor not in _ANCHOR_MODES:
+            raise ValueError(f"alfworld: anchor must be one of {_ANCHOR_MODES}, got {anchor!r}")
+        self.anchor_mode = anchor
+        self.root = resolve_data_dir(data_dir)
+        self.games = GameIndex(self.root)
+        self._engine: Engine | None = None  # created on the first reset, reused for every game after
+        self._admissible: list[str] = []
+        self._place: str | None = None
+        self._plan: list[str] | None = None
+        self._executed: list[str] = []
+        self._key_id = ""
+
+    # ----------------------------------------------------------------- TextEnv
+    def list_tasks(self, split: str) -> list[str]:
+        return self.games.list_tasks(split)
+
+    def task_type(self, task_id: str) -> str:
+        try:
+            return task_type_of(self.games.game_dir(task_id))
+        except ValueError:
+            return "unknown"
+
+    def _reset(self, task_id: str, seed: int | None) -> tuple[str, dict]:
+        game_dir = self.games.game_dir(task_id)
+        if self._engine is None:
+            self._engine = Engine()
+        self._engine.load(str(game_dir / GAME_FILE))
+        state = self._engine.reset()
+        self._key_id = self.games.relative_id(game_dir)
+        self._place = self._engine.place_template()
+        self._plan, self._executed = None, []
+        obs = BANNER.sub("", state.feedback, count=1).strip()
+        self._admissible = self._admissible_of(state)
+        match = _GOAL.search(obs)
+        info = {
+            "goal": match.group(1).strip() if match else "",
+            "admissible_actions": list(self._admissible),
+            "anchor": self._make_anchor(obs),
+            "gamefile": str(game_dir / GAME_FILE),
+            "grammar": (self._place or "unknown").split(" ", 1)[0],
+        }
+        return obs, info
+
+    def _step(self, action: str) -> tuple[str, float, bool, dict]:
+        command = self.to_game_command(action)
+        if command not in self._admissible:
+            obs, won, executable = NOTHING_HAPPENS, self._won, False
+            anchor = self._anchor
+        else:
+            state = self._engine.step(command)
+            self._executed.append(command)
+            obs = state.feedback.strip()
+            won = bool(state["won"])
+            executable = obs != NOTHING_HAPPENS
+            self._admissible = self._admissible_of(state)
+            anchor = self._make_anchor(obs)
+        info = {
+            "won": won,
+            "executable": executable,
+            "anchor": anchor,
+            "score": 1.0 if won else 0.0,
+            "admissible_actions": list(self._admissible),
+            "command": command,
+        }
+        return obs, (1.0 if won and not self._won else 0.0), won, info
+
+    def expert_actions(self) -> list[str] | None:
+        """The planner's walkthrough from the initial state (the game's stored walkthrough if it has one)."""
+        if self._engine is None or self.task_id is None:
+            return None
+        if self._plan is None:
+            if self._executed:  # plan from the initial state, then replay this episode's commands to come back
+                self._engine.reset()
+                self._plan = self._engine.plan()
+                for command in self._executed:
+                    self._engine.step(command)
+            else:
+                self._plan = self._engine.plan()
+        return [self._to_place_form(c) for c in self._plan]
+
+    def step(self, action_text):
+        """``TextEnv.step``; the info also carries ``admissible_actions`` on the steps the base class answers itself
+        (empty action, finished episode)."""
+        obs, reward, done, info = super().step(action_text)
+        info.setdefault("admissible_actions", list(self._admissible))
+        return obs, reward, done, info
+
+    def invalid_step(self, reason: str = "invalid action format"):
+        obs, reward, done, info = super().invalid_step(reason)
+        info.setdefault("admissible_actions", list(self._admissible))
+        return obs, reward, done, info
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self._done = True
+
+    # ----------------------------------------------------------------- helpers
+    def to_game_command(self, action: str) -> str:
+        """``action`` as the loaded game understands it (see the module docstring's put/move rule)."""
+        if action in self._admissible or not self._place:
+            return action
+        words = action.split(" ")
+        if len(words) < 4 or words[0].lower() not in _PLACE_VERBS:
+            return action
+        for i in range(2, len(words) - 1):
+            if words[i].lower() in _PLACE_PREPOSITIONS:
+                candidate = self._place.format(o=" ".join(words[1:i]), r=" ".join(words[i + 1:]))
+                if candidate in self._admissible:
+                    return candidate
+        return action
+
+    def _to_place_form(self, command: str) -> str:
+        """A planner/walkthrough command in the game's put grammar (they already are, for the games we know)."""
+        match = re.fullmatch(r"(?:put (.+) in/on|move (.+) to) (.+)", command)
+        if not match or not self._place:
+            return command
+        return self._place.format(o=match.group(1) or match.group(2), r=match.group(3))
+
+    @staticmethod
+    def _admissible_of(state) -> list[str]:
+        return [c for c in state["admissible_commands"] if c != "help"]
+
+    def _make_anchor(self, obs: str) -> str:
+        if self.anchor_mode == "observation":
+            return obs
+        digest = hashlib.blake2b(f"{self._key_id}\n{self._engine.state_key()}".encode(), digest_size=16)
+        return f"alfworld:{digest.hexdigest()}"

@@ -1,0 +1,148 @@
+"""ALFWorld game files on disk: where the data is, which games a split holds, and each game's task type.
+
+Pure file handling: this module imports neither textworld nor alfworld, so listing tasks works without the engine.
+
+Layout (what ``alfworld-download`` writes, and the shared json_2.1.1 copy)::
+
+    <data_dir>/json_2.1.1/<split>/<task>/<trial>/{traj_data.json, game.tw-pddl}
+
+A task id is the trial folder relative to ``<data_dir>/json_2.1.1``, with ``/`` separators, e.g.
+``valid_seen/pick_and_place_simple-Book-None-Sofa-201/trial_T20190908_103648_829231``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+
+JSON_DIR = "json_2.1.1"
+GAME_FILE = "game.tw-pddl"
+TRAJ_FILE = "traj_data.json"
+
+# ALFWorld's six task types (alfworld.agents.environment.alfred_tw_env.TASK_TYPES, in its order).
+TASK_TYPES = (
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_two_obj_and_place",
+)
+
+# AlfredTWEnv's train_eval names -> folder names.
+SPLIT_ALIASES = {"eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
+
+NO_DATA_HELP = (
+    "ALFWorld game files are needed. Either `pip install alfworld && alfworld-download` (it writes "
+    "~/.cache/alfworld; then export ALFWORLD_DATA=~/.cache/alfworld), or pass data_dir= / set $ALFWORLD_DATA "
+    f"to a folder that holds {JSON_DIR}/<split>/<task>/<trial>/{{{GAME_FILE},{TRAJ_FILE}}} (or to the "
+    f"{JSON_DIR} folder itself)."
+)
+
+_SOLVABLE = re.compile(rb'"solvable"\s*:\s*(true|false)')
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The ``json_2.1.1`` folder: from ``data_dir``, else ``$ALFWORLD_DATA``; a clear error when neither has games."""
+    source = "data_dir"
+    if data_dir is None:
+        data_dir, source = os.environ.get("ALFWORLD_DATA"), "$ALFWORLD_DATA"
+    if not data_dir:
+        raise FileNotFoundError(f"No ALFWorld data: data_dir is not given and $ALFWORLD_DATA is not set. {NO_DATA_HELP}")
+    path = Path(os.path.expandvars(os.path.expanduser(str(data_dir))))
+    for candidate in (path / JSON_DIR, path):
+        if candidate.is_dir() and (candidate.name == JSON_DIR or (candidate / "train").is_dir()
+                                   or (candidate / "valid_seen").is_dir()):
+            return candidate.resolve()
+    raise FileNotFoundError(f"No ALFWorld games under {source}={str(data_dir)!r}. {NO_DATA_HELP}")
+
+
+def canonical_split(split: str) -> str:
+    return SPLIT_ALIASES.get(split, split)
+
+
+def is_solvable(game_file: Path) -> bool:
+    """``"solvable": true`` in a game file (AlfredTWEnv skips games without the key or with false).
+
+    The key is found in the raw bytes: every other value in the file is an escaped JSON string, so an unescaped
+    ``"solvable"`` can only be the key, and this is ~20x cheaper than parsing 80 KB of JSON per game.
+    """
+    match = _SOLVABLE.search(game_file.read_bytes())
+    return bool(match) and match.group(1) == b"true"
+
+
+def task_type_of(game_dir: Path) -> str:
+    """The ALFWorld task type of a game folder: its task folder's name prefix, else ``traj_data.json``."""
+    for part in (game_dir.parent.name, game_dir.name):
+        prefix = part.split("-", 1)[0]
+        if prefix in TASK_TYPES:
+            return prefix
+    try:
+        with open(game_dir / TRAJ_FILE, encoding="utf-8") as f:
+            return str(json.load(f).get("task_type", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def _keep(rel_dir: str, game_dir: Path) -> bool:
+    """AlfredTWEnv.collect_game_files' filters: no movable/Sliced, a known task type, a solvable game file."""
+    if "movable" in rel_dir or "Sliced" in rel_dir:
+        return False
+    game_file = game_dir / GAME_FILE
+    if not game_file.is_file():
+        return False
+    return task_type_of(game_dir) in TASK_TYPES and is_solvable(game_file)
+
+
+class GameIndex:
+    """The games of each split under one ``json_2.1.1`` folder (scanned once per split, shared per process)."""
+
+    _cache: dict[tuple[str, str], list[str]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def splits(self) -> list[str]:
+        """Split folders present, plus the aliases whose target is present."""
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        return found + sorted(alias for alias, target in SPLIT_ALIASES.items() if target in found)
+
+    def list_tasks(self, split: str) -> list[str]:
+        name = canonical_split(split)
+        split_dir = self.root / name
+        if not name or "/" in name or name.startswith(".") or not split_dir.is_dir():
+            raise ValueError(f"alfworld: unknown split {split!r} under {self.root}. Available: {self.splits()}")
+        key = (str(self.root), name)
+        with self._lock:
+            if key not in self._cache:
+                tasks = []
+                for dirpath, _dirnames, filenames in os.walk(split_dir):
+                    if TRAJ_FILE in filenames:
+                        rel = Path(dirpath).relative_to(self.root).as_posix()
+                        if _keep(rel, Path(dirpath)):
+                            tasks.append(rel)
+                self._cache[key] = sorted(tasks)
+            return list(self._cache[key])
+
+    def game_dir(self, task_id: str) -> Path:
+        """The folder of a task id; also accepts ``.../game.tw-pddl`` and absolute paths (e.g. synthetic games)."""
+        text = str(task_id).strip()
+        if text.endswith(GAME_FILE):
+            text = text[: -len(GAME_FILE)].rstrip("/\\") or "."
+        path = Path(text)
+        candidates = [path] if path.is_absolute() else [self.root / path]
+        for candidate in candidates:
+            if (candidate / GAME_FILE).is_file():
+                return candidate
+        raise ValueError(f"alfworld: no game for task id {task_id!r} (looked for {candidates[0] / GAME_FILE})")
+
+    def relative_id(self, game_dir: Path) -> str:
+        """A task id for a game folder: relative to the root when inside it, else the absolute path."""
+        try:
+            return game_dir.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return game_dir.resolve().as_posix()

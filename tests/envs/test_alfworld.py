@@ -1,0 +1,460 @@
+"""ALFWorld adapter on the real TextWorld/PDDL engine.
+
+Most tests play a synthetic game built at test time from the PDDL domain and grammar inside the installed alfworld
+wheel (``envs.alfworld.synthetic``), so they need the engine but no ALFWorld data. The tests that take the
+``alfworld_data`` fixture play the real json_2.1.1 games in ``shared/data/alfworld`` (skipped without them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textworld", reason="the ALFWorld engine is not installed: pip install -e '.[alfworld]'")
+pytest.importorskip("fast_downward", reason="textworld[pddl] is not installed: pip install -e '.[alfworld]'")
+pytest.importorskip("alfworld", reason="alfworld is not installed: pip install -e '.[alfworld]'")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from envs import make_env  # noqa: E402
+from envs.alfworld import TASK_TYPES, AlfWorldEnv, build_synthetic_game  # noqa: E402
+from envs.alfworld.synthetic import EXPERT_PLAN, logic_files  # noqa: E402
+from envs.base import NOTHING_HAPPENS, STEP_INFO_KEYS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RESET_KEYS = ("goal", "admissible_actions", "anchor", "gamefile", "task_type", "task_id", "grammar")
+GOAL = "put a book in sofa."
+MOVE_TASK = "valid_seen/pick_and_place_simple-Book-None-Sofa-999/trial_T20000101_000000_000000"
+PUT_TASK = "valid_seen/pick_and_place_simple-Book-None-Sofa-999/trial_T20000101_000000_000001"
+TASK_OF = {"move": MOVE_TASK, "put": PUT_TASK}
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("alfworld_synthetic")
+    for grammar in ("move", "put"):
+        build_synthetic_game(root, grammar=grammar)
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(synth_dir):
+    e = AlfWorldEnv(data_dir=synth_dir, max_steps=40)
+    yield e
+    e.close()
+
+
+def play(env, actions):
+    out = []
+    for action in actions:
+        out.append(env.step(action))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- data and tasks
+def test_data_dir_resolution(synth_dir, monkeypatch, tmp_path):
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="alfworld-download"):
+        AlfWorldEnv()
+    with pytest.raises(FileNotFoundError, match="json_2.1.1"):
+        AlfWorldEnv(data_dir=tmp_path)
+    monkeypatch.setenv("ALFWORLD_DATA", str(synth_dir))
+    assert AlfWorldEnv().list_tasks("valid_seen") == [MOVE_TASK, PUT_TASK]
+    # the json_2.1.1 folder itself works too, and gives the same task ids
+    assert AlfWorldEnv(data_dir=synth_dir / "json_2.1.1").list_tasks("valid_seen") == [MOVE_TASK, PUT_TASK]
+
+
+def test_splits_aliases_and_filters(tmp_path):
+    build_synthetic_game(tmp_path, split="valid_seen")
+    build_synthetic_game(tmp_path, split="train")
+    good = build_synthetic_game(tmp_path, split="train", grammar="put")
+    # games AlfredTWEnv skips: unsolvable, missing game file, movable/Sliced, unknown task type
+    for name, change in [("unsolvable", "solvable"), ("nogame", "missing"), ("movable", None), ("Sliced", None),
+                         ("weird", "type")]:
+        task = "pick_and_place_simple-Book-None-Sofa-1" if change else f"pick_and_place_simple-Book-{name}-Sofa-1"
+        if change == "type":
+            task = "make_coffee-Book-None-Sofa-1"
+        bad = tmp_path / "json_2.1.1" / "train" / task / f"trial_{name}"
+        bad.mkdir(parents=True)
+        (bad / "traj_data.json").write_text((good / "traj_data.json").read_text().replace(
+            "pick_and_place_simple", "make_coffee" if change == "type" else "pick_and_place_simple"))
+        if change != "missing":
+            game = json.loads((good / "game.tw-pddl").read_text())
+            game["solvable"] = change != "solvable"
+            (bad / "game.tw-pddl").write_text(json.dumps(game))
+    env = AlfWorldEnv(data_dir=tmp_path)
+    assert env.list_tasks("train") == sorted(env.list_tasks("train"))
+    assert [t.rsplit("/", 1)[1] for t in env.list_tasks("train")] == ["trial_T20000101_000000_000000",
+                                                                       "trial_T20000101_000000_000001"]
+    assert env.list_tasks("eval_in_distribution") == env.list_tasks("valid_seen")
+    with pytest.raises(ValueError, match=r"valid_unseen.*Available: \['train', 'valid_seen', 'eval_in_distribution'\]"):
+        env.list_tasks("valid_unseen")
+    with pytest.raises(ValueError, match="Available"):
+        env.list_tasks("eval_out_of_distribution")
+    with pytest.raises(ValueError, match="Available"):
+        env.list_tasks("../train")
+    assert env.task_type(env.list_tasks("train")[0]) == "pick_and_place_simple"
+
+
+def test_importing_envs_loads_no_engine_and_alfworld_keeps_env_var():
+    code = (
+        "import os, sys\n"
+        "import envs\n"
+        "assert not {'textworld', 'alfworld', 'fast_downward'} & set(sys.modules), 'envs imported an engine'\n"
+        "import envs.alfworld\n"
+        "assert 'textworld' in sys.modules\n"
+        "assert 'ALFWORLD_DATA' not in os.environ, os.environ.get('ALFWORLD_DATA')\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "ALFWORLD_DATA"}
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environ, check=True, timeout=120)
+
+
+def test_make_env_registry(synth_dir):
+    env = make_env("alfworld", data_dir=synth_dir, max_steps=5)
+    assert isinstance(env, AlfWorldEnv) and env.max_steps == 5
+    env.close()
+
+
+# ----------------------------------------------------------------------------------------------- episodes
+@pytest.mark.parametrize("grammar", ["move", "put"])
+def test_reset_and_expert_wins(env, grammar):
+    argv = list(sys.argv)
+    obs, info = env.reset(TASK_OF[grammar])
+    assert sys.argv == argv  # fast_downward's translator overwrites sys.argv; the engine puts it back
+    assert obs.startswith("You are in the middle of a room. Looking quickly around you, you see a bed 1, a drawer 1")
+    assert obs.endswith("Your task is to: " + GOAL) and "Welcome to TextWorld" not in obs
+    assert set(RESET_KEYS) <= set(info)
+    assert info["goal"] == GOAL and info["task_type"] == "pick_and_place_simple" and info["grammar"] == grammar
+    assert info["admissible_actions"] == ["go to bed 1", "go to drawer 1", "go to sidetable 1", "go to sofa 1",
+                                          "inventory", "look"]
+    assert info["gamefile"].endswith("game.tw-pddl") and Path(info["gamefile"]).is_file()
+    assert env.expert_actions() == EXPERT_PLAN[grammar]
+    rewards = []
+    for action in env.expert_actions():
+        obs, reward, done, info = env.step(action)
+        rewards.append(reward)
+        assert set(STEP_INFO_KEYS) <= set(info) and "admissible_actions" in info
+        assert info["executable"] and info["command"] == action
+    assert rewards == [0.0, 0.0, 0.0, 1.0]
+    assert done and info["won"] and info["score"] == 1.0 and not info["truncated"]
+    verb = "move the book 1 to" if grammar == "move" else "put the book 1 in/on"
+    assert obs == f"You {verb} the sofa 1."
+    # a finished episode is a non-executable no-op
+    obs, reward, done, info = env.step("look")
+    assert done and reward == 0.0 and not info["executable"] and info["won"] and info["score"] == 1.0
+
+
+def test_step_texts_and_admissible_lists(env):
+    env.reset(MOVE_TASK)
+    obs, _, _, info = env.step("go to drawer 1")
+    assert obs == "You arrive at drawer 1. The drawer 1 is closed."
+    assert info["admissible_actions"] == ["examine drawer 1", "go to bed 1", "go to sidetable 1", "go to sofa 1",
+                                          "inventory", "look", "open drawer 1"]
+    obs, _, _, info = env.step("open drawer 1")
+    assert obs == "You open the drawer 1. The drawer 1 is open. In it, you see a cellphone 1."
+    assert "take cellphone 1 from drawer 1" in info["admissible_actions"] and "help" not in info["admissible_actions"]
+    env.reset(PUT_TASK)
+    obs, _, _, _ = env.step("go to bed 1")
+    assert obs == "You arrive at loc 1. On the bed 1, you see a book 1."  # json_2.1.1 names the location
+
+
+@pytest.mark.parametrize("action", ["open drawer 1", "take book 1 from bed 1", "xyzzy", "go to the moon",
+                                    "help", "Go to bed 1", "go to bed 1 ", "go  to\nbed 1\t"])
+def test_executable_flags(env, action):
+    _, info0 = env.reset(MOVE_TASK)
+    obs, reward, done, info = env.step(action)
+    if " ".join(action.split()) == "go to bed 1":  # whitespace is normalised by the base class
+        assert info["executable"] and obs.startswith("You arrive at bed 1.")
+        return
+    assert obs == NOTHING_HAPPENS and reward == 0.0 and not done
+    assert info["executable"] is False
+    assert info["anchor"] == info0["anchor"] and info["admissible_actions"] == info0["admissible_actions"]
+
+
+@pytest.mark.parametrize("grammar", ["move", "put"])
+@pytest.mark.parametrize("variant", ["put book 1 in sofa 1", "put book 1 on sofa 1", "put book 1 in/on sofa 1",
+                                     "move book 1 to sofa 1", "place book 1 onto sofa 1", "Put book 1 into sofa 1"])
+def test_put_move_variants_map_to_the_game_grammar(env, grammar, variant):
+    env.reset(TASK_OF[grammar])
+    play(env, EXPERT_PLAN[grammar][:3])
+    obs, reward, done, info = env.step(variant)
+    assert info["command"] == EXPERT_PLAN[grammar][3]
+    assert info["executable"] and reward == 1.0 and done and info["won"]
+
+
+def test_put_variant_that_is_not_admissible_passes_through(env):
+    env.reset(MOVE_TASK)
+    play(env, EXPERT_PLAN["move"][:2])  # holding the book, at the bed
+    obs, _, _, info = env.step("put book 1 in sofa 1")  # the sofa is not here
+    assert info["command"] == "put book 1 in sofa 1" and not info["executable"] and obs == NOTHING_HAPPENS
+    obs, _, _, info = env.step("put book 1 in bed 1")
+    assert info["command"] == "move book 1 to bed 1" and info["executable"]
+
+
+def test_invalid_step_and_empty_action_keep_the_info_keys(env):
+    _, info0 = env.reset(MOVE_TASK)
+    for obs, reward, done, info in (env.step(""), env.step(None), env.invalid_step("no <action> tag")):
+        assert obs.startswith(NOTHING_HAPPENS) and not done and not info["executable"]
+        assert info["admissible_actions"] == info0["admissible_actions"] and info["anchor"] == info0["anchor"]
+    assert env.steps == 3
+
+
+def test_truncation_at_max_steps(synth_dir):
+    env = AlfWorldEnv(data_dir=synth_dir, max_steps=3)
+    env.reset(MOVE_TASK)
+    results = play(env, ["look", "xyzzy", "look"])
+    assert [r[2] for r in results] == [False, False, True]
+    assert results[-1][3]["truncated"] and not results[-1][3]["won"] and results[-1][3]["step"] == 3
+    obs, reward, done, info = env.step("go to bed 1")
+    assert done and not info["executable"] and obs == "The episode is over."
+    env.close()
+
+
+def test_reset_by_index_and_seed(env):
+    assert env.reset(0, split="valid_seen")[1]["task_id"] == MOVE_TASK
+    assert env.reset(1, split="eval_in_distribution")[1]["task_id"] == PUT_TASK
+    picks = {env.reset(seed=s, split="valid_seen")[1]["task_id"] for s in (3, 3)}
+    assert len(picks) == 1
+    with pytest.raises(ValueError):
+        env.reset("valid_seen/no-such-task/trial_x")
+
+
+def test_absolute_game_paths(env, synth_dir):
+    game_file = synth_dir / "json_2.1.1" / MOVE_TASK / "game.tw-pddl"
+    for task in (str(game_file), str(game_file.parent)):
+        obs, info = env.reset(task)
+        assert info["goal"] == GOAL and info["task_type"] == "pick_and_place_simple"
+
+
+# ----------------------------------------------------------------------------------------------- anchors
+def anchors_after(env, actions, task=MOVE_TASK):
+    _, info = env.reset(task)
+    anchor = info["anchor"]
+    for action in actions:
+        _, _, _, info = env.step(action)
+        assert info["executable"], action
+        anchor = info["anchor"]
+    return anchor
+
+
+def test_anchor_equal_for_equal_states_reached_differently(env):
+    a = anchors_after(env, ["go to drawer 1", "open drawer 1", "go to bed 1"])
+    b = anchors_after(env, ["go to bed 1", "look", "go to drawer 1", "open drawer 1", "examine drawer 1",
+                            "inventory", "go to sofa 1", "go to bed 1"])
+    c = anchors_after(env, ["go to drawer 1", "open drawer 1", "go to bed 1", "take book 1 from bed 1",
+                            "move book 1 to bed 1"])
+    assert a == b == c
+    start = anchors_after(env, [])
+    assert anchors_after(env, ["look", "inventory"]) == start  # looking around changes nothing that matters
+
+
+def test_anchor_differs_for_different_states(env):
+    anchors = [
+        anchors_after(env, []),
+        anchors_after(env, ["go to bed 1"]),
+        anchors_after(env, ["go to drawer 1", "open drawer 1", "go to bed 1"]),  # drawer open
+        anchors_after(env, ["go to bed 1", "take book 1 from bed 1"]),  # holding the book
+        anchors_after(env, ["go to bed 1", "take book 1 from bed 1", "go to sofa 1", "move book 1 to sofa 1"]),
+        anchors_after(env, [], task=PUT_TASK),  # same world, other game
+    ]
+    assert len(set(anchors)) == len(anchors)
+    # opening and closing the drawer again comes back to the state of just walking to the bed
+    assert anchors_after(env, ["go to drawer 1", "open drawer 1", "close drawer 1", "go to bed 1"]) == anchors[1]
+    assert all(a.startswith("alfworld:") for a in anchors)
+
+
+def test_observation_anchor_mode(synth_dir):
+    env = AlfWorldEnv(data_dir=synth_dir, anchor="observation")
+    obs, info = env.reset(MOVE_TASK)
+    assert info["anchor"] == obs
+    obs, _, _, info = env.step("go to bed 1")
+    assert info["anchor"] == obs
+    env.close()
+    with pytest.raises(ValueError, match="anchor"):
+        AlfWorldEnv(data_dir=synth_dir, anchor="text")
+
+
+# ----------------------------------------------------------------------------------------------- expert
+def test_expert_after_steps_is_from_the_initial_state_and_keeps_the_episode(env):
+    env.reset(MOVE_TASK)
+    play(env, ["go to drawer 1", "open drawer 1"])
+    _, _, _, before = env.step("look")
+    assert env.expert_actions() == EXPERT_PLAN["move"]
+    obs, _, _, info = env.step("take cellphone 1 from drawer 1")  # still at the open drawer
+    assert info["executable"] and obs == "You pick up the cellphone 1 from the drawer 1."
+    assert env.steps == 4
+
+
+def test_expert_uses_a_stored_walkthrough(tmp_path):
+    walk = ["go to sidetable 1", "go to bed 1", "take book 1 from bed 1", "go to sofa 1", "put book 1 in/on sofa 1"]
+    build_synthetic_game(tmp_path, walkthrough=walk)  # a 'move' game with a walkthrough in the other grammar
+    env = AlfWorldEnv(data_dir=tmp_path)
+    env.reset(0, split="valid_seen")
+    plan = env.expert_actions()
+    assert plan == walk[:4] + ["move book 1 to sofa 1"]
+    assert play(env, plan)[-1][3]["won"]
+    env.close()
+
+
+# ----------------------------------------------------------------------------------------------- fidelity
+def test_fast_engine_matches_stock_textworld(synth_dir):
+    """Our cached engine produces exactly the stock PddlEnv + AlfredDemangler texts and lists."""
+    import textworld
+    from textworld.envs.pddl import PddlEnv
+
+    from envs.alfworld import engine as E
+
+    env = AlfWorldEnv(data_dir=synth_dir, max_steps=100)
+    stock = E.AlfredDemangler(shuffle=False)(PddlEnv(textworld.EnvInfos(won=True, admissible_commands=True)))
+    try:
+        for grammar, task in TASK_OF.items():
+            rng = random.Random(grammar)
+            E.uninstall_parse_cache()
+            stock.load(str(synth_dir / "json_2.1.1" / task / "game.tw-pddl"))
+            ref = stock.reset()
+            E.install_parse_cache()
+            obs, info = env.reset(task)
+            assert obs == E.BANNER.sub("", ref.feedback).strip()
+            for _ in range(25):
+                action = rng.choice(info["admissible_actions"] + ["look", "xyzzy"])
+                E.uninstall_parse_cache()
+                ref, _, _ = stock.step(action)
+                E.install_parse_cache()
+                obs, _, done, info = env.step(action)
+                assert obs == ref.feedback.strip()
+                assert info["admissible_actions"] == [c for c in ref["admissible_commands"] if c != "help"]
+                assert info["won"] == ref["won"]
+                if done:
+                    break
+    finally:
+        E.install_parse_cache()
+        stock.close()
+        env.close()
+
+
+def test_grammar_put_matches_json_2_1_1_logic_files(alfworld_data):
+    domain, grammar = logic_files("put")
+    strip = lambda text: [line.rstrip() for line in text.strip().splitlines()]  # noqa: E731
+    assert domain == (alfworld_data / "logic" / "alfred.pddl").read_text()
+    assert strip(grammar) == strip((alfworld_data / "logic" / "alfred.twl2").read_text())
+
+
+# ----------------------------------------------------------------------------------------------- fuzz
+ACTION_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from(["", " ", "\n\n", "help", "look", "go to", "put", "put  in ", "move to to to", "put a in b",
+                     "take {o} from {r}", "#intro#", "{r.name}", "[{o.name | holds(a:agent, o:object)}]",
+                     "'; DROP TABLE games; --", "__import__('os').system('true')", "go to bed 1\x00",
+                     "\u202egnihton\u202c", "ü" * 5000, "go to " + "a" * 100000, "examine " * 200]),
+    st.lists(st.sampled_from(["go", "to", "put", "move", "in", "on", "in/on", "bed", "1", "book", "sofa", "#", "{"]),
+             max_size=12).map(" ".join),
+)
+
+
+def fuzz_env(env, actions):
+    for action in actions:
+        obs, reward, done, info = env.step(action)
+        assert isinstance(obs, str) and reward in (0.0, 1.0) and isinstance(done, bool)
+        assert set(STEP_INFO_KEYS) <= set(info) and isinstance(info["admissible_actions"], list)
+        if done:
+            break
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.lists(ACTION_TEXT, min_size=1, max_size=8))
+def test_fuzz_step_never_raises_synthetic(env, actions):
+    env.reset(MOVE_TASK)
+    fuzz_env(env, actions)
+
+
+# ----------------------------------------------------------------------------------------------- real games
+@pytest.fixture(scope="module")
+def real_env(alfworld_data):
+    env = AlfWorldEnv(data_dir=alfworld_data, max_steps=50)
+    yield env
+    env.close()
+
+
+def one_per_type(env, split):
+    seen, picked = set(), []
+    for task in env.list_tasks(split):
+        kind = env.task_type(task)
+        if kind not in seen:
+            seen.add(kind)
+            picked.append(task)
+    return picked
+
+
+def test_real_splits(real_env):
+    seen = real_env.list_tasks("valid_seen")
+    assert len(seen) == 140 and len(real_env.list_tasks("train")) == 200
+    assert real_env.list_tasks("eval_in_distribution") == seen
+    counts = Counter(real_env.task_type(t) for t in seen)
+    assert counts == {"pick_and_place_simple": 35, "look_at_obj_in_light": 13, "pick_clean_then_place_in_recep": 27,
+                      "pick_heat_then_place_in_recep": 16, "pick_cool_then_place_in_recep": 25,
+                      "pick_two_obj_and_place": 24}
+
+
+@pytest.mark.parametrize("split", ["valid_seen", "train"])
+def test_real_expert_wins_one_game_per_type(real_env, split):
+    tasks = one_per_type(real_env, split)
+    assert {real_env.task_type(t) for t in tasks} == set(TASK_TYPES)
+    for task in tasks:
+        obs, info = real_env.reset(task)
+        assert info["grammar"] == "put" and "Your task is to: " + info["goal"] in obs
+        assert obs.startswith("You are in the middle of a room.")
+        plan = real_env.expert_actions()
+        assert plan
+        for action in plan:
+            obs, reward, done, info = real_env.step(action)
+            assert info["executable"], (task, action, obs)
+        assert done and info["won"] and reward == 1.0, task
+
+
+@pytest.mark.parametrize("variant", ["put {o} in {r}", "put {o} on {r}", "move {o} to {r}"])
+def test_real_put_grammar_variants(real_env, variant):
+    task = next(t for t in real_env.list_tasks("valid_seen") if real_env.task_type(t) == "pick_and_place_simple")
+    real_env.reset(task)
+    plan = real_env.expert_actions()
+    put = plan[-1]
+    assert put.startswith("put ") and " in/on " in put
+    for action in plan[:-1]:
+        real_env.step(action)
+    obj, rec = put[len("put "):].split(" in/on ")
+    obs, reward, done, info = real_env.step(variant.format(o=obj, r=rec))
+    assert info["command"] == put and info["executable"] and done and reward == 1.0
+    assert obs == f"You put the {obj} in/on the {rec}."
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.lists(ACTION_TEXT, min_size=1, max_size=6))
+def test_fuzz_step_never_raises_real(real_env, actions):
+    real_env.reset(0, split="valid_seen")
+    fuzz_env(real_env, actions)
+
+
+@pytest.mark.slow
+def test_real_expert_success_rate_all_valid_seen(alfworld_data):
+    """The planner's walkthrough wins >= 95% of the 140 valid_seen games (all of them, in ~2 minutes)."""
+    env = AlfWorldEnv(data_dir=alfworld_data, max_steps=50)
+    tasks = env.list_tasks("valid_seen")
+    wins = 0
+    for task in tasks:
+        env.reset(task)
+        info = {"won": False}
+        for action in env.expert_actions() or []:
+            _, _, done, info = env.step(action)
+            if done:
+                break
+        wins += bool(info["won"])
+    env.close()
+    assert len(tasks) == 140
+    assert wins / len(tasks) >= 0.95, f"expert won {wins}/{len(tasks)}"
