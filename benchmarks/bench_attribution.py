@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from spa_reward.progress.synthetic import SyntheticTaskConfig, run_attribution_experiment  # noqa: E402
+from spa_reward.progress.synthetic import SyntheticTaskConfig, run_attribution_experiment
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -32,10 +29,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--n-eval", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", nargs="+", default=["mlp"], help="estimator heads to compare")
+    p.add_argument("--tasks", nargs="+", default=["values", "first-time"], choices=["values", "first-time"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -47,7 +45,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spa_bench_attr_"))
     rows = []
-    for variant, task in [("values", SyntheticTaskConfig(count_once=False)), ("first-time", SyntheticTaskConfig(count_once=True))]:
+    tasks = {"values": SyntheticTaskConfig(count_once=False), "first-time": SyntheticTaskConfig(count_once=True)}
+    for variant in args.tasks:
+        task = tasks[variant]
         for head in args.heads:
             t0 = time.time()
             m = run_attribution_experiment(
@@ -61,15 +61,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "step_pearson": round(m["step_pearson"], 4), "step_spearman": round(m["step_spearman"], 4),
                 "step_mae": round(m["step_mae"], 4), "sum_mse": round(m["sum_mse"], 5),
                 "sum_pearson": round(m["sum_pearson"], 4), "eval_steps": int(m["n_steps"]),
+                **{k: round(m[k], 4) for k in ("progress_mae", "repeat_mae", "noop_mae", "repeat_bias") if k in m},
                 "train_time_s": round(m["train_time_s"], 1), "total_time_s": round(time.time() - t0, 1),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    cols = ["task", "head", "backbone_params", "step_pearson", "step_spearman", "step_mae", "sum_mse", "sum_pearson", "train_time_s"]
+    cols = ["task", "head", "step_pearson", "step_mae", "progress_mae", "repeat_mae", "noop_mae", "sum_mse", "sum_pearson",
+            "train_time_s"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return rows

@@ -1,4 +1,5 @@
-"""Environment speed on one core: reset time and expert-replay steps per second (+ WebShop search latency).
+"""Environment speed on one core: reset time, expert_actions() time, steps per second replaying the expert
+(+ WebShop search latency). Steps/s counts ``step`` calls only (not reset or expert planning).
 
     python benchmarks/bench_envs.py                      # every installed env, 20 train tasks each
     python benchmarks/bench_envs.py --envs webshop --tasks 50 --data-root ../shared/data
@@ -45,14 +46,17 @@ def bench_env(env_name: str, data_root: Path, n_tasks: int, seed: int) -> dict:
     build_s = time.perf_counter() - t0
     try:
         task_ids = subsample_tasks(list_split(env, "train"), n_tasks, seed)
-        resets, step_times, won, goals = [], [], 0, []
+        resets, plans, step_times, won, goals = [], [], [], 0, []
         for task_id in task_ids:
             t0 = time.perf_counter()
             _obs, info = env.reset(task_id)
             resets.append(time.perf_counter() - t0)
             goals.append(str(info.get("goal", "")))
+            t0 = time.perf_counter()
+            actions = env.expert_actions() or []
+            plans.append(time.perf_counter() - t0)
             done, step_info = False, {}
-            for action in env.expert_actions() or []:
+            for action in actions:
                 t0 = time.perf_counter()
                 _obs, _r, done, step_info = env.step(action)
                 step_times.append(time.perf_counter() - t0)
@@ -65,6 +69,8 @@ def bench_env(env_name: str, data_root: Path, n_tasks: int, seed: int) -> dict:
             "tasks": len(task_ids),
             "expert_won": won,
             "reset_ms": 1000 * statistics.mean(resets) if resets else float("nan"),
+            "expert_ms": 1000 * statistics.mean(plans) if plans else float("nan"),
+            "expert_max_ms": 1000 * max(plans) if plans else float("nan"),
             "steps": len(step_times),
             "step_ms": 1000 * statistics.mean(step_times) if step_times else float("nan"),
             "steps_per_s": len(step_times) / sum(step_times) if step_times else float("nan"),
@@ -100,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append((env_name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
 
     print(f"Single process (one core), {args.tasks} train tasks per env, expert actions replayed.\n")
-    print("| env | env build (s) | reset (ms) | step (ms) | expert steps/s | steps | expert won | search (ms) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| env | env build (s) | reset (ms) | expert_actions() mean / max (ms) | step (ms) | steps/s | steps "
+          "| expert won | search (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         search = f"{r['search_ms']:.1f}" if r["search_ms"] is not None else "n/a"
-        print(f"| {r['env']} | {r['build_s']:.2f} | {r['reset_ms']:.1f} | {r['step_ms']:.2f} | {r['steps_per_s']:.0f} "
-              f"| {r['steps']} | {r['expert_won']}/{r['tasks']} | {search} |")
+        plan = f"{r['expert_ms']:.0f} / {r['expert_max_ms']:.0f}"
+        print(f"| {r['env']} | {r['build_s']:.2f} | {r['reset_ms']:.1f} | {plan} | {r['step_ms']:.2f} "
+              f"| {r['steps_per_s']:.0f} | {r['steps']} | {r['expert_won']}/{r['tasks']} | {search} |")
     for env_name, reason in skipped:
         print(f"\nskipped {env_name}: {reason}")
     return 0 if rows else 1

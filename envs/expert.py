@@ -2,6 +2,7 @@
 
     python -m envs.expert alfworld --output data/alfworld_sft.parquet --data-dir ../shared/data/alfworld
     python -m envs.expert webshop --output data/webshop_sft.parquet --max-tasks 500 --style react --one-shot
+    python -m envs.expert alfworld --output data/alfworld_sft.parquet --workers 8   # planner: ~10-60 s a game
 
 For each task of the split: ``env.reset(task_id)``, ``env.expert_actions()``, then every expert action is
 written as an assistant reply with ``envs.actions.format_action`` (a templated one-sentence thought, no LLM),
@@ -12,7 +13,8 @@ is written next to the output as ``<output>.summary.json``.
 
 Output columns: ``messages`` (list of ``{"role", "content"}``: system, user, then assistant/user turns,
 ending with the assistant's last action), ``data_source`` (``spa_rl/<env>``), ``env_name``, ``task_id``,
-``task_type``, ``split``, ``num_turns`` (assistant turns), ``score``, ``style``, ``prompt_version``.
+``task_type``, ``split``, ``num_turns`` (assistant turns), ``actions`` (the env actions of the assistant turns,
+as parsed back), ``score``, ``style``, ``prompt_version``.
 
 Training with verl 0.9.1 (the engine SFT trainer; its dataset is ``verl.utils.dataset.multiturn_sft_dataset.
 MultiTurnSFTDataset``, which reads ``data.messages_key`` and puts the loss on assistant turns only)::
@@ -38,6 +40,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -112,26 +115,32 @@ def make_thought(env_name: str, action: str, goal: str | None = None, step: int 
     return thought
 
 
+def _failed(error: str, actions: list[str] | None = None) -> dict[str, Any]:
+    actions = actions or []
+    return {"won": False, "messages": None, "actions": actions, "score": 0.0, "turns": len(actions), "error": error}
+
+
 def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_shot: bool = False,
                    system_prompt: bool = True, include_admissible: bool | None = None) -> dict[str, Any]:
-    """Replay the expert of one task. Returns {"won", "messages", "score", "turns", "error"}."""
+    """Replay the expert of one task. Returns {"won", "messages", "actions", "score", "turns", "error"}, where
+    ``actions`` are the actions stepped (the expert's, as parsed back from the assistant replies)."""
     obs, info = env.reset(task_id)
     actions = env.expert_actions()
     if not actions:
-        return {"won": False, "messages": None, "score": 0.0, "turns": 0, "error": "no expert actions"}
+        return _failed("no expert actions")
     messages = build_messages(env_name, obs, info, style=style, one_shot=one_shot, system_prompt=system_prompt,
                               include_admissible=include_admissible)
     goal = info.get("goal")
     step_info: dict = {"won": False, "score": 0.0}
-    turns = 0
+    stepped: list[str] = []
     for step, action in enumerate(actions):
         try:
             reply = format_action(action, make_thought(env_name, action, goal, step), style)
         except ValueError as exc:
-            return {"won": False, "messages": None, "score": 0.0, "turns": turns, "error": f"unformattable: {exc}"}
+            return _failed(f"unformattable: {exc}", stepped)
         parsed = parse_action(reply, style)  # what the RL agent loop would send to the env
         messages.append({"role": "assistant", "content": reply})
-        turns += 1
+        stepped.append(parsed.action)
         obs, _reward, done, step_info = env.step(parsed.action)
         if done:
             break
@@ -139,37 +148,72 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
     won = bool(step_info.get("won"))
     if messages[-1]["role"] != "assistant":  # expert ran out of actions before the episode ended
         won = False
-    return {"won": won, "messages": messages, "score": float(step_info.get("score", 0.0)), "turns": turns,
-            "error": None if won else "expert did not win"}
+    return {"won": won, "messages": messages, "actions": stepped, "score": float(step_info.get("score", 0.0)),
+            "turns": len(stepped), "error": None if won else "expert did not win"}
+
+
+def _replay(env, env_name: str, task_id: str, options: dict) -> tuple[str, dict]:
+    """(task type, episode) of one task; an engine failure becomes a failed episode, not a lost run."""
+    try:
+        return str(env.task_type(task_id)), expert_episode(env, env_name, task_id, **options)
+    except Exception as exc:
+        return str(env.task_type(task_id)), _failed(f"error: {exc!r}")
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: its own environment
+
+
+def _worker_init(env_name: str, kwargs: dict, options: dict) -> None:
+    _WORKER.update(env=make_env(env_name, **kwargs), env_name=env_name, options=options)
+
+
+def _worker_replay(task_id: str) -> tuple[str, dict]:
+    return _replay(_WORKER["env"], _WORKER["env_name"], task_id, _WORKER["options"])
 
 
 def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str | Path | None = None,
                 max_tasks: int | None = None, seed: int = 0, style: str = "react", one_shot: bool = False,
-                system_prompt: bool = True, include_admissible: bool | None = None,
-                progress: bool = True) -> tuple[list[dict], dict]:
-    """SFT rows of the won expert episodes of a split, and the summary dict."""
+                system_prompt: bool = True, include_admissible: bool | None = None, progress: bool = True,
+                task_ids: list[str] | None = None, workers: int = 1) -> tuple[list[dict], dict]:
+    """SFT rows of the won expert episodes of a split (or of ``task_ids``, labelled ``split``), and the summary.
+
+    ``workers > 1`` replays tasks in that many forked processes, each with its own environment built from
+    ``data_dir`` (ALFWorld's planner takes seconds to minutes per game); rows keep the task order, so the
+    output does not depend on ``workers``.
+    """
     check_env_name(env_name)
     if style not in STYLES:
         raise ValueError(f"Unknown response style {style!r}; use one of {', '.join(STYLES)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    options = {"style": style, "one_shot": one_shot, "system_prompt": system_prompt,
+               "include_admissible": include_admissible}
     own_env = env is None
     env = make_env(env_name, **env_kwargs(env_name, data_dir)) if own_env else env
+    start = time.perf_counter()
     rows: list[dict] = []
     per_type: dict[str, Counter] = defaultdict(Counter)
     failures: Counter = Counter()
+    pool = None
     try:
-        task_ids = subsample_tasks(list_split(env, split), max_tasks, seed)
-        iterator = task_ids
+        if task_ids is None:
+            task_ids = subsample_tasks(list_split(env, split), max_tasks, seed)
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_worker_init,
+                                       initargs=(env_name, env_kwargs(env_name, data_dir), options))
+            results = pool.map(_worker_replay, task_ids)
+        else:
+            results = (_replay(env, env_name, task_id, options) for task_id in task_ids)
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(task_ids, desc=f"{env_name} expert ({split})", unit="task",
-                            mininterval=0.1 if sys.stderr.isatty() else 10.0)
-        for task_id in iterator:
-            task_type = str(env.task_type(task_id))
-            try:
-                episode = expert_episode(env, env_name, task_id, style, one_shot, system_prompt, include_admissible)
-            except Exception as exc:  # an engine failure on one task must not lose the others
-                episode = {"won": False, "messages": None, "score": 0.0, "turns": 0, "error": f"error: {exc!r}"}
+            results = tqdm(results, total=len(task_ids), desc=f"{env_name} expert ({split})", unit="task",
+                           mininterval=0.1 if sys.stderr.isatty() else 10.0)
+        for task_id, (task_type, episode) in zip(task_ids, results):
             per_type[task_type]["tasks"] += 1
             if not episode["won"]:
                 failures[episode["error"].split(":")[0]] += 1
@@ -183,11 +227,14 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
                 "task_type": task_type,
                 "split": split,
                 "num_turns": episode["turns"],
+                "actions": episode["actions"],
                 "score": episode["score"],
                 "style": style,
                 "prompt_version": SPA_PROMPT_VERSION,
             })
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if own_env:
             env.close()
     n_tasks = sum(c["tasks"] for c in per_type.values())
@@ -203,6 +250,8 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
         "kept": len(rows),
         "success_rate": len(rows) / n_tasks if n_tasks else 0.0,
         "mean_turns": sum(r["num_turns"] for r in rows) / len(rows) if rows else 0.0,
+        "seconds": round(time.perf_counter() - start, 1),
+        "workers": workers,
         "per_task_type": {
             t: {"tasks": c["tasks"], "won": c["won"], "success_rate": c["won"] / c["tasks"]}
             for t, c in sorted(per_type.items())
@@ -223,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one-shot", action="store_true", help="put the one-shot example in the system prompt")
     parser.add_argument("--no-system-prompt", action="store_true", help="instructions in the first user message")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--workers", type=int, default=1, help="replay in N processes (one env each)")
     args = parser.parse_args(argv)
     try:
         check_env_name(args.env)
@@ -230,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     rows, summary = expert_rows(args.env, args.split, data_dir=args.data_dir, max_tasks=args.max_tasks,
                                 seed=args.seed, style=args.style, one_shot=args.one_shot,
-                                system_prompt=not args.no_system_prompt)
+                                system_prompt=not args.no_system_prompt, workers=args.workers)
     output = Path(args.output)
     summary["output"] = str(output)
     if rows:

@@ -8,9 +8,11 @@ which is what alfworld's ``AlfredTWEnv`` builds. Each game loads with the domain
 Speed-ups, none of which changes any text the engine produces (``tests/envs/test_alfworld.py`` compares with the
 stock engine):
 
-* ``PddlEnv.load`` and ``PddlEnv.reset`` each translate the game's PDDL to SAS twice (fast-downward's Python
-  translator, ~0.3-0.8 s each). ``_FastPddlEnv`` keeps the translations in a small per-process LRU, and the first
-  reset after a load reuses the state that the load built.
+* ``PddlEnv.load`` and ``PddlEnv.reset`` each translate the game's PDDL to SAS twice, once plain and once optimised
+  for the planner (fast-downward's Python translator: 0.2 s for a small bedroom, several seconds for a kitchen).
+  ``_FastPddlEnv`` translates once per game (kept in a small per-process LRU, so group members that reset the same
+  game share it), makes the planner's translation only when a plan is asked for, and lets the first reset after
+  a load reuse the state that the load built.
 * The grammar (~12 KB of twl2 parsed by TatSu, ~0.3 s) differs between games only in its ``task`` rule. The parsed
   grammar is cached per (domain, grammar-without-task); each game gets a copy with its own task rule.
 * Every step derives each admissible command and the feedback through the grammar, which re-parses the same short
@@ -72,7 +74,9 @@ _CACHE_SIZE = 32  # games whose translation / parsed grammar stay in memory (a f
 
 # --------------------------------------------------------------------------------------------- parse cache
 _parse_cache_lock = threading.Lock()
-_ORIGINAL = {"parse": _textgen._parse_and_convert, "Rule": _textgen.Rule}
+# kept on the textgen module itself, so that reloading this module never takes a patched function for the original
+_ORIGINAL = _textgen.__dict__.setdefault("_spa_rl_originals",
+                                         {"parse": _textgen._parse_and_convert, "Rule": _textgen.Rule})
 
 
 @functools.lru_cache(maxsize=8192)
@@ -155,14 +159,25 @@ def _kept_argv():
 
 
 class Translation:
-    """fast-downward's translation of one (domain, problem), plus which fluents the anchor keeps."""
+    """fast-downward's translation of one (domain, problem), plus which fluents the anchor keeps.
+
+    The planner's own (optimised) translation is made only when a plan is asked for: playing never needs it, and
+    it costs as much as the first one.
+    """
 
     def __init__(self, domain: str, problem: str, grammar: str):
-        verbose = check_flag("TW_PDDL_DEBUG")
+        self.domain, self.problem = domain, problem
         with _kept_argv():
-            self.task, self.sas = fast_downward.pddl2sas(domain, problem, verbose=verbose)
-            _, self.sas_replan = fast_downward.pddl2sas(domain, problem, verbose=verbose, optimize=True)
+            self.task, self.sas = fast_downward.pddl2sas(domain, problem, verbose=check_flag("TW_PDDL_DEBUG"))
+        self.sas_replan: str | None = None
         self.anchor_predicates = _anchor_predicates(self.task, grammar)
+
+    def replan_sas(self) -> str:
+        if self.sas_replan is None:
+            with _kept_argv():
+                _, self.sas_replan = fast_downward.pddl2sas(self.domain, self.problem,
+                                                            verbose=check_flag("TW_PDDL_DEBUG"), optimize=True)
+        return self.sas_replan
 
 
 def _condition_predicates(cond, out: set) -> set:
@@ -199,7 +214,7 @@ def _anchor_predicates(task, grammar: str) -> frozenset:
 
 
 def _translation(domain: str, problem: str, grammar: str) -> Translation:
-    return _TRANSLATIONS.get(_digest(domain, problem), lambda: Translation(domain, problem, grammar))
+    return _TRANSLATIONS.get(_digest(domain, problem, grammar), lambda: Translation(domain, problem, grammar))
 
 
 def _game_logic(domain: str, grammar: str):
@@ -230,16 +245,15 @@ class _FastPddlState(pddl_logic.PddlState):
         self._var_counts = Counter()
         self._logic = logic
         self.downward_lib = downward_lib
-        self.pddl_problem = None
-        self.task, self.sas, self.sas_replan = translation.task, translation.sas, translation.sas_replan
+        self.pddl_problem = translation.problem
+        self.task, self.sas, self.sas_replan = translation.task, translation.sas, None
         self._actions = {a.name: a for a in self.task.actions}
         for type_ in self.task.types:
             try:
                 self._logic.types.add(textworld.logic.Type(type_.name, type_.supertype_names))
             except ValueError:
                 pass
-        self.downward_lib.load_sas(self.sas.encode("utf-8"))
-        self.downward_lib.load_sas_replan(self.sas_replan.encode("utf-8"))
+        self.downward_lib.load_sas(self.sas.encode("utf-8"))  # the planner's task is loaded by Engine.plan
         self.name2type = {o.name: o.type_name for o in self.task.objects}
 
         def _atom2proposition(atom):
@@ -302,8 +316,6 @@ class _FastPddlEnv(PddlEnv):
         self.state.feedback = self._logic.grammar.derive("#intro#", context)
         self.state.raw = self.state.feedback
         self._gather_infos()
-        if "walkthrough" in self.request_infos.extras:
-            self.state["extra.walkthrough"] = self.walkthrough or self._pddl_state.replan(self._entity_infos)
         return self.state
 
     def close(self) -> None:
@@ -345,7 +357,11 @@ class Engine:
         walkthrough = self.pddl._game_data.get("walkthrough")
         if walkthrough:
             return [str(c) for c in walkthrough]
-        return list(self.pddl._pddl_state.replan(self.pddl._entity_infos))
+        state = self.pddl._pddl_state
+        if state.sas_replan is None:  # load_sas_replan only stores the text: the game state is untouched
+            state.sas_replan = self.pddl.translation.replan_sas()
+            self.pddl.downward_lib.load_sas_replan(state.sas_replan.encode("utf-8"))
+        return list(state.replan(self.pddl._entity_infos))
 
     def state_key(self) -> str:
         """The facts that matter (see ``_anchor_predicates``), one per line, sorted."""

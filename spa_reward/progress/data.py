@@ -23,6 +23,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..records import TrajectoryRecord
@@ -89,9 +90,10 @@ def truncate_for_estimator(
 
 @dataclass
 class Example:
-    """One training/eval trajectory after truncation."""
+    """One training/eval trajectory after truncation (token ids as a compact int32 array: a few thousand
+    trajectories of a few thousand tokens would take gigabytes as Python lists)."""
 
-    input_ids: list[int]
+    input_ids: np.ndarray
     turn_ends: list[int]
     reward: float
     num_turns: int  # turns in the original record
@@ -103,7 +105,7 @@ class Example:
 def record_to_example(rec: TrajectoryRecord, max_length: int, keep_prompt: bool = True) -> Example:
     t = truncate_for_estimator(rec.input_ids, rec.turn_ends, max_length, rec.prompt_length if keep_prompt else 0)
     return Example(
-        input_ids=t.input_ids,
+        input_ids=np.asarray(t.input_ids, dtype=np.int32),
         turn_ends=t.turn_ends,
         reward=float(rec.reward),
         num_turns=rec.num_turns,
@@ -136,7 +138,7 @@ def collate_sequences(
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     pos = torch.full((len(seqs), k), -1, dtype=torch.long)
     for i, (s, e) in enumerate(zip(seqs, turn_ends)):
-        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        ids[i, : len(s)] = torch.as_tensor(np.asarray(s), dtype=torch.long)
         mask[i, : len(s)] = 1
         if len(e):
             pos[i, : len(e)] = torch.as_tensor(list(e), dtype=torch.long)

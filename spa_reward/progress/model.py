@@ -29,9 +29,9 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -169,6 +169,14 @@ def _build_head(kind: str, in_features: int, hidden: int, dropout: float) -> nn.
     return head.float()
 
 
+def _import_peft():
+    try:
+        import peft
+    except ImportError as e:
+        raise ImportError("LoRA needs peft: pip install 'spa-rl[lora]' (or peft>=0.13)") from e
+    return peft
+
+
 class ProgressEstimator(nn.Module):
     """Causal-LM backbone + scalar head at the last token of each assistant turn.
 
@@ -214,7 +222,8 @@ class ProgressEstimator(nn.Module):
     # ------------------------------------------------------------------------------------------------- backbone
 
     def _wrap_lora(self) -> None:
-        from peft import LoraConfig, get_peft_model
+        peft = _import_peft()
+        LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
         cfg = self.config
         lora = LoraConfig(
@@ -228,7 +237,7 @@ class ProgressEstimator(nn.Module):
 
     @property
     def has_lora(self) -> bool:
-        return hasattr(self.backbone, "peft_config")
+        return type(self.backbone).__module__.startswith("peft.")
 
     @property
     def base_backbone(self) -> nn.Module:
@@ -383,7 +392,6 @@ class ProgressEstimator(nn.Module):
             merge_lora: merge a saved LoRA adapter into the backbone (fast inference). ``False`` keeps it as a
                 separate peft adapter (``is_trainable`` makes it trainable, for resuming training).
         """
-        from peft import PeftModel
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
 
@@ -401,6 +409,7 @@ class ProgressEstimator(nn.Module):
         config.lora_r = 0  # the adapter is attached below, not re-created
         model = cls(config, backbone=backbone, dtype=torch_dtype)
         if adapter.is_dir():
+            PeftModel = _import_peft().PeftModel
             peft_model = PeftModel.from_pretrained(model.backbone, adapter, is_trainable=is_trainable and not merge_lora)
             if merge_lora:
                 model.backbone = peft_model.merge_and_unload()
@@ -502,7 +511,7 @@ __all__ = [
     "ProgressEstimatorConfig",
     "build_tiny_backbone_config",
     "default_dtype",
-    "predict_batched",
     "is_estimator_dir",
+    "predict_batched",
     "resolve_dtype",
 ]

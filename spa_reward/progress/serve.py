@@ -301,7 +301,7 @@ def check_tokenizer_compatible(estimator_dir: str | os.PathLike, policy_tokenize
     The SPA reward feeds the policy's token ids straight into the estimator, so the vocabularies (including added
     special tokens) must be identical. ``policy_tokenizer`` is a name/path or a tokenizer object. The estimator's
     tokenizer is the one saved in ``<estimator_dir>/tokenizer``, else the name in its config."""
-    from .model import ProgressEstimatorConfig, TOKENIZER_DIR
+    from .model import TOKENIZER_DIR, ProgressEstimatorConfig
 
     est_dir = resolve_estimator_dir(estimator_dir)
     config = ProgressEstimatorConfig.load(est_dir)

@@ -134,6 +134,13 @@ def attribution_metrics(predicted: list[list[float]], records: list[TrajectoryRe
         raise ValueError(f"{len(pred)} predicted steps for {len(true)} true steps")
     sums = np.array([sum(p) for p in predicted])
     rewards = np.array([r.reward for r in records])
+    kinds = np.array([_kind(a) for r in records for a in (r.actions or [""] * r.num_turns)])
+    by_kind = {}
+    for kind in ("progress", "repeat", "noop"):
+        sel = kinds == kind
+        if sel.any():  # mean signed error shows a bias, e.g. repeats credited as if they were new progress
+            by_kind[f"{kind}_mae"] = float(np.mean(np.abs(pred[sel] - true[sel])))
+            by_kind[f"{kind}_bias"] = float(np.mean(pred[sel] - true[sel]))
     return {
         "step_pearson": float(pearson(pred, true)),
         "step_spearman": float(spearman(pred, true)),
@@ -142,7 +149,15 @@ def attribution_metrics(predicted: list[list[float]], records: list[TrajectoryRe
         "sum_pearson": float(pearson(sums, rewards)),
         "n_steps": float(len(true)),
         "n_episodes": float(len(records)),
+        **by_kind,
     }
+
+
+def _kind(action: str) -> str:
+    """``progress`` (first time), ``repeat`` (progress action already taken: worth 0) or ``noop``."""
+    if action.startswith("noop"):
+        return "noop"
+    return "repeat" if action.endswith("(repeat)") else "progress"
 
 
 def run_attribution_experiment(
@@ -225,8 +240,8 @@ def run_attribution_experiment(
 
 
 __all__ = [
-    "SyntheticTaskConfig",
     "TRUE_KEY",
+    "SyntheticTaskConfig",
     "attribution_metrics",
     "make_episode",
     "make_synthetic_records",

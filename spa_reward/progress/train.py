@@ -225,7 +225,7 @@ def split_by_uid(records: list, fraction: float, seed: int) -> tuple[list, list]
     """Hold out about ``fraction`` of the records, whole uid groups at a time."""
     uids = sorted({r.uid for r in records})
     random.Random(seed).shuffle(uids)
-    n_eval = max(1, int(round(fraction * len(uids)))) if fraction > 0 else 0
+    n_eval = max(1, round(fraction * len(uids))) if fraction > 0 else 0
     held = set(uids[:n_eval])
     return [r for r in records if r.uid not in held], [r for r in records if r.uid in held]
 
@@ -398,7 +398,8 @@ def plot_learning_curve(history: list[dict], out_path: str | os.PathLike) -> Pat
         ax.plot([h["step"] for h in evals], [h["eval/mse"] for h in evals], "o-", label="eval MSE")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("MSE(sum c_t, R)")
-    ax.set_yscale("log" if all(h.get("train/loss", 1) > 0 for h in train) and train else "linear")
+    plotted = [h["train/loss"] for h in train] + [h["eval/mse"] for h in evals]
+    ax.set_yscale("log" if plotted and min(plotted) > 0 else "linear")
     ax.legend()
     ax.grid(alpha=0.3)
     ax = axes[1]
@@ -485,13 +486,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     keep_prompt = cfg.keep_prompt_on_truncation
     examples = records_to_examples(records, cfg.max_length, keep_prompt)
     eval_examples = records_to_examples(eval_records, cfg.max_length, keep_prompt)
-    max_id = max(max(e.input_ids) for e in examples + eval_examples)
+    max_id = max(int(e.input_ids.max()) for e in examples + eval_examples)
     emb_rows = model.base_backbone.get_input_embeddings().weight.shape[0]
     if max_id >= emb_rows:
         raise SystemExit(
             f"records hold token id {max_id} but the backbone has only {emb_rows} embeddings: the records were "
             f"tokenised with {rec_tokenizers} which does not match the estimator's tokenizer ({cfg.tokenizer})"
         )
+    if cfg.tokenizer and any(Path(t).name != Path(cfg.tokenizer).name for t in rec_tokenizers):
+        logger.warning("records were tokenised with %s, the estimator expects %s: make sure the vocabularies match",
+                       rec_tokenizers, cfg.tokenizer)
+    del records, eval_records  # the examples hold what training needs
     n_trunc = sum(e.truncated for e in examples)
     n_dropped_turns = sum(e.num_turns - len(e.kept) for e in examples)
 
@@ -546,6 +551,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         logger.info("progress estimator training: %s", json.dumps({k: run_config[k] for k in ("data", "schedule")}))
         with open(output / "run_config.json", "w") as f:
             json.dump(run_config, f, indent=2, default=str)
+        with open(output / HISTORY, "w") as f:  # fresh run: empty; resumed: what the checkpoint knew
+            f.writelines(json.dumps(h) + "\n" for h in history)
     tracker = _Tracker(args, run_config, enabled=is_main)
 
     def log(data: dict) -> None:

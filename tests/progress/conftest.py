@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from progress_helpers import make_tiny_tokenizer, tiny_config
 
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tiny_tokenizer()
@@ -22,3 +23,14 @@ def tiny_estimator_dir(tmp_path_factory, tiny_tokenizer):
     out = tmp_path_factory.mktemp("tiny_estimator")
     model.save_pretrained(out, tokenizer=tiny_tokenizer)
     return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and on a shared machine extra OpenMP threads only spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

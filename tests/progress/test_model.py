@@ -88,6 +88,7 @@ def test_save_load_round_trip(tmp_path, head, tiny_tokenizer):
 
 @pytest.mark.parametrize("merge", [True, False])
 def test_lora_round_trip(tmp_path, merge):
+    pytest.importorskip("peft")
     torch.manual_seed(2)
     model = ProgressEstimator(tiny_config(lora_r=4, lora_alpha=8)).eval()
     assert model.has_lora

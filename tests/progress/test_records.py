@@ -244,8 +244,9 @@ def test_numpy_values_are_accepted_and_converted():
 
 
 def test_jsonl_appends_and_reader_reports_location(tmp_path):
-    from progress_helpers import random_record
     import random
+
+    from progress_helpers import random_record
 
     rng = random.Random(0)
     path = tmp_path / "r.jsonl"
@@ -297,8 +298,9 @@ def test_sharded_writers_in_parallel_processes(tmp_path):
 
 
 def test_parquet_write_is_atomic_and_replaces(tmp_path):
-    from progress_helpers import random_record
     import random
+
+    from progress_helpers import random_record
 
     rng = random.Random(1)
     path = tmp_path / "r.parquet"

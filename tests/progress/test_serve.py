@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import pytest
@@ -71,7 +72,7 @@ def test_non_finite_outputs_are_passed_through(tiny_estimator_dir):
     with torch.no_grad():
         scorer.model.head[-1].bias.fill_(float("nan"))
     out = scorer.score([{"input_ids": [1, 2, 3], "turn_ends": [1, 2]}])
-    assert len(out[0]) == 2 and all(x != x for x in out[0])  # NaN reaches the caller: the reward layer handles it
+    assert len(out[0]) == 2 and all(math.isnan(x) for x in out[0])  # NaN reaches the caller: the reward layer handles it
 
 
 def test_missing_checkpoint_names_the_path_and_how_to_train(tmp_path):
@@ -128,7 +129,7 @@ def test_named_ray_actor_is_shared_and_coalesces(ray_cluster, tiny_estimator_dir
     # another process of the job finds it by name
     assert ray.get_actor("scorer-test", namespace="spa-test")._actor_id == actor._actor_id
 
-    recs, items = _items(9, seed=2)
+    _, items = _items(9, seed=2)
     reference = ProgressScorer(tiny_estimator_dir, device="cpu").score(items)
 
     async def many_callers():
@@ -165,7 +166,7 @@ def test_actor_body_coalesces_concurrent_requests(tiny_estimator_dir):
     from spa_reward.progress.serve import ProgressScorerActor
 
     body = ProgressScorerActor(str(tiny_estimator_dir), coalesce_items=6, device="cpu")
-    recs, items = _items(8, seed=3)
+    _, items = _items(8, seed=3)
     reference = body.scorer.score(items)
     body.scorer.stats["calls"] = 0
 

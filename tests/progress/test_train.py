@@ -89,6 +89,7 @@ def test_truncation_is_applied_and_recorded(record_files, init_dir, tmp_path):
 
 
 def test_new_estimator_from_hf_backbone_with_lora(record_files, tmp_path, tiny_tokenizer):
+    pytest.importorskip("peft")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -143,6 +144,7 @@ def test_help_documents_paper_defaults(capsys):
         assert fragment in text
 
 
+@pytest.mark.slow  # two extra processes each import torch + transformers (~15 s)
 def test_torchrun_ddp_on_cpu(record_files, init_dir, tmp_path):
     """The WORLD_SIZE > 1 path (DistributedDataParallel, gloo on CPU): two ranks train, rank 0 saves."""
     import os
@@ -153,7 +155,7 @@ def test_torchrun_ddp_on_cpu(record_files, init_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "spa_reward.progress.train", *_args(record_files, init_dir, out, "--logger", "none", "--save-every", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((out / "run_config.json").read_text())
     assert run["schedule"]["world_size"] == 2 and run["schedule"]["total_steps"] == 3  # 12 per rank / (2 x 2)
