@@ -17,4 +17,5 @@ export SFT_MODEL=${SFT_MODEL:-$(latest_hf)}
 skip collect || bash "$HERE/collect.sh" "$ENV"
 skip estimator || bash "$HERE/train_estimator.sh" "$ENV"
 skip rl || RL_INIT=$SFT_MODEL bash "$HERE/rl_spa.sh" "$ENV" "$@"
-skip eval || MODEL=$SFT_MODEL bash "$HERE/eval.sh" "$ENV"
+# eval: the SFT policy by default; set RL_MODEL to an HF export of the RL run (python -m verl.model_merger merge ...)
+skip eval || MODEL=${RL_MODEL:-$SFT_MODEL} bash "$HERE/eval.sh" "$ENV"

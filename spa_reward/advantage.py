@@ -127,6 +127,17 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} has {bad} non-finite values (NaN/inf); fix the reward before the advantage step")
 
 
+def _turn_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor):
+    """Turn index (bs, L), turn counts (bs,), valid turn slots (bs, K) and turn rewards r (bs, K, float64)."""
+    idx = turns.turn_index(response_mask)
+    counts = turns.num_turns(response_mask, idx)
+    k = int(counts.max()) if counts.numel() else 0
+    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
+    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
+    _check_finite("token_level_rewards", r)
+    return idx, counts, valid, r
+
+
 def compute_gigpo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -150,14 +161,8 @@ def compute_gigpo_advantage(
     weight = float(_cfg(config, "gigpo.step_advantage_w", 1.0))
     gamma = float(_cfg(config, "gamma", 1.0))
 
-    idx = turns.turn_index(response_mask)
-    counts = turns.num_turns(response_mask, idx)
-    k = int(counts.max()) if counts.numel() else 0
-    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
-    _check_finite("token_level_rewards", r)
+    idx, counts, valid, r = _turn_rewards(token_level_rewards, response_mask)
     returns = discounted_turn_returns(r, gamma)
-
-    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
     rows, cols = valid.nonzero(as_tuple=True)  # row-major, so it lines up with the flattened anchors below
     step_adv = torch.zeros_like(returns)
     if rows.numel():
@@ -194,13 +199,7 @@ def _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs):
     index = _require_index(index, "spa")
     std_norm = _norm_mode(config, "spa")
     weight = float(_cfg(config, "spa.step_advantage_w", 1.0))
-    idx = turns.turn_index(response_mask)
-    counts = turns.num_turns(response_mask, idx)
-    k = int(counts.max()) if counts.numel() else 0
-    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
-    _check_finite("token_level_rewards", r)
-
-    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
+    idx, _, valid, r = _turn_rewards(token_level_rewards, response_mask)
     rows, cols = valid.nonzero(as_tuple=True)
     step_adv = torch.zeros_like(r)
     if rows.numel():
@@ -218,13 +217,8 @@ def _spa_turn_gae(token_level_rewards, response_mask, values, config):
         raise ValueError(f"values shape {tuple(values.shape)} != rewards shape {tuple(token_level_rewards.shape)}")
     gamma = float(_cfg(config, "gamma", 1.0))
     lam = float(_cfg(config, "lam", 1.0))
-    idx = turns.turn_index(response_mask)
-    counts = turns.num_turns(response_mask, idx)
-    k = int(counts.max()) if counts.numel() else 0
-    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
-    r = turns.turn_sums(token_level_rewards, response_mask, max_turns=k, idx=idx).double()
-    _check_finite("token_level_rewards", r)
-    first = turns.turn_positions(response_mask, "first", max_turns=k, idx=idx)
+    idx, _, valid, r = _turn_rewards(token_level_rewards, response_mask)
+    first = turns.turn_positions(response_mask, "first", max_turns=valid.shape[1], idx=idx)
     v = turns.gather_turn_values(values, first).double()
     _check_finite("values", v)
     v = torch.where(valid, v, torch.zeros_like(v))

@@ -5,20 +5,20 @@ grammar for the text) wrapped in alfworld's ``AlfredDemangler`` (``Book_bar__plu
 which is what alfworld's ``AlfredTWEnv`` builds. Each game loads with the domain and grammar inside its own
 ``game.tw-pddl``, so json_2.1.1 (``put X in/on Y``) and 2.1.2 (``move X to Y``) games both play as released.
 
-Speed-ups, none of which changes any text the engine produces (``tests/envs/test_alfworld.py`` compares with the
-stock engine):
+textworld's own ``load``/``reset``/``step`` run unchanged; four of the functions they call are answered from caches
+while an ``Engine`` method runs (a thread-local switch: any other use of textworld in the process sees the
+originals). None changes any text or list the engine produces (the tests compare with the stock engine):
 
-* ``PddlEnv.load`` and ``PddlEnv.reset`` each translate the game's PDDL to SAS twice, once plain and once optimised
-  for the planner (fast-downward's Python translator: 0.2 s for a small bedroom, several seconds for a kitchen).
-  ``_FastPddlEnv`` translates once per game (kept in a small per-process LRU, so group members that reset the same
-  game share it), makes the planner's translation only when a plan is asked for, and lets the first reset after
-  a load reuse the state that the load built.
-* The grammar (~12 KB of twl2 parsed by TatSu, ~0.3 s) differs between games only in its ``task`` rule. The parsed
-  grammar is cached per (domain, grammar-without-task); each game gets a copy with its own task rule.
-* Every step derives each admissible command and the feedback through the grammar, which re-parses the same short
-  templates and conditions with TatSu each time (~0.2 s a step). ``install_parse_cache`` memoises those two pure
-  parse functions inside ``textworld.envs.pddl.textgen`` (parsed templates are handed out as deep copies, because
-  derivation mutates them). That is a process-wide patch of that one module; ``uninstall_parse_cache`` undoes it.
+* ``fast_downward.pddl2sas`` (seen from ``textworld.envs.pddl.logic``): ``load`` and ``reset`` each translate the
+  game's PDDL twice, plain and optimised for the planner (0.1 s for a bathroom, several seconds for a kitchen).
+  Here the plain translation is made once per game and kept in a per-process LRU (so envs of one process that
+  reset the same game share it); the planner's is made only when a plan is asked for.
+* ``GameLogic``: the grammar (~12 KB of twl2 parsed by TatSu, ~0.3 s) differs between games only in its ``task``
+  rule, so it is parsed once per (domain, grammar without the task) and each game gets a copy with its own task.
+* textgen's ``_parse_and_convert`` and ``Rule.parse_conjunctive_query``: every step derives each admissible command
+  and the feedback through the grammar, re-parsing the same short templates and conditions with TatSu (most of a
+  ~0.1-0.2 s step). Both are pure; they are memoised (parsed symbols are handed out as deep copies, because
+  derivation mutates them).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import threading
-from collections import Counter, OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
 
 
@@ -59,66 +59,34 @@ import fast_downward  # noqa: E402
 import textworld  # noqa: E402
 import textworld.envs.pddl.textgen as _textgen  # noqa: E402
 from textworld.envs.pddl import PddlEnv  # noqa: E402
-from textworld.envs.pddl import logic as pddl_logic  # noqa: E402
-from textworld.core import GameState  # noqa: E402
+from textworld.envs.pddl import logic as _logic  # noqa: E402
 from textworld.utils import check_flag  # noqa: E402
 
 ALFRED_PDDL_PATH = alfworld_info.ALFRED_PDDL_PATH
 ALFRED_TWL2_PATH = alfworld_info.ALFRED_TWL2_PATH
 
 BANNER = re.compile(r"^\s*-= Welcome to TextWorld, ALFRED! =-\s*")
-_TASK_RULE = re.compile(r'("task"\s*:\s*\[\s*\{\s*"rhs"\s*:\s*)"((?:[^"\\]|\\.)*)"(\s*\}\s*\])')
+_TASK_RULE = re.compile(r'"task"\s*:\s*\[\s*\{\s*"rhs"\s*:\s*"((?:[^"\\]|\\.)*)"\s*\}\s*\]')
 _TASK_PLACEHOLDER = "__SPA_RL_TASK__"
-_CACHE_SIZE = 32  # games whose translation / parsed grammar stay in memory (a few MB each)
+_CACHE_SIZE = 32  # games whose translation / parsed grammar stay in memory (~5 MB each for a kitchen)
+
+_local = threading.local()
 
 
-# --------------------------------------------------------------------------------------------- parse cache
-_parse_cache_lock = threading.Lock()
-# kept on the textgen module itself, so that reloading this module never takes a patched function for the original
-_ORIGINAL = _textgen.__dict__.setdefault("_spa_rl_originals",
-                                         {"parse": _textgen._parse_and_convert, "Rule": _textgen.Rule})
+def _active() -> bool:
+    return getattr(_local, "depth", 0) > 0
 
 
-@functools.lru_cache(maxsize=8192)
-def _parsed_symbols(text: str, rule_name: str):
-    return _ORIGINAL["parse"](text, rule_name=rule_name)
+@contextmanager
+def _engine_calls():
+    """Route textworld's calls through the caches below, for this thread, for the duration."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
 
 
-def _cached_parse_and_convert(*args, **kwargs):
-    rule_name = kwargs.get("rule_name")
-    if len(args) == 1 and isinstance(args[0], str) and set(kwargs) <= {"rule_name", "trace"} \
-            and isinstance(rule_name, str) and not kwargs.get("trace"):
-        return copy.deepcopy(_parsed_symbols(args[0], rule_name))
-    return _ORIGINAL["parse"](*args, **kwargs)
-
-
-class _CachedQueryRule(_ORIGINAL["Rule"]):
-    """textworld's ``Rule`` whose ``parse_conjunctive_query`` (a pure parse to an immutable Rule) is memoised."""
-
-    @classmethod
-    def parse_conjunctive_query(cls, expr):
-        return _cached_query(expr)
-
-
-@functools.lru_cache(maxsize=8192)
-def _cached_query(expr):
-    return _ORIGINAL["Rule"].parse_conjunctive_query(expr)
-
-
-def install_parse_cache() -> None:
-    """Memoise textworld's grammar parsing (see the module docstring). Idempotent."""
-    with _parse_cache_lock:
-        _textgen._parse_and_convert = _cached_parse_and_convert
-        _textgen.Rule = _CachedQueryRule
-
-
-def uninstall_parse_cache() -> None:
-    with _parse_cache_lock:
-        _textgen._parse_and_convert = _ORIGINAL["parse"]
-        _textgen.Rule = _ORIGINAL["Rule"]
-
-
-# --------------------------------------------------------------------------------------------- game caches
 class _LRU:
     def __init__(self, size: int):
         self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
@@ -136,10 +104,6 @@ class _LRU:
         return value
 
 
-_TRANSLATIONS = _LRU(_CACHE_SIZE)
-_LOGICS = _LRU(_CACHE_SIZE)
-
-
 def _digest(*texts: str) -> str:
     h = hashlib.blake2b(digest_size=20)
     for text in texts:
@@ -148,38 +112,113 @@ def _digest(*texts: str) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def _kept_argv():
-    """fast_downward.pddl2sas overwrites ``sys.argv`` (a hack for its option parser): put it back."""
-    argv = sys.argv
-    try:
-        yield
-    finally:
-        sys.argv = argv
-
-
+# --------------------------------------------------------------------------------------------- translations
 class Translation:
-    """fast-downward's translation of one (domain, problem), plus which fluents the anchor keeps.
+    """fast-downward's translation of one (domain, problem); the planner's own is made on first use."""
 
-    The planner's own (optimised) translation is made only when a plan is asked for: playing never needs it, and
-    it costs as much as the first one.
-    """
-
-    def __init__(self, domain: str, problem: str, grammar: str):
+    def __init__(self, domain: str, problem: str):
         self.domain, self.problem = domain, problem
-        with _kept_argv():
-            self.task, self.sas = fast_downward.pddl2sas(domain, problem, verbose=check_flag("TW_PDDL_DEBUG"))
-        self.sas_replan: str | None = None
-        self.anchor_predicates = _anchor_predicates(self.task, grammar)
+        self.task, self.sas = self._pddl2sas(optimize=False)
+        self._sas_replan: str | None = None
+        self.initial_plan: list[str] | None = None  # the plan from the initial state, once asked for
+
+    def _pddl2sas(self, optimize: bool):
+        argv = sys.argv  # fast_downward.pddl2sas overwrites sys.argv (a hack for its option parser)
+        try:
+            return fast_downward.pddl2sas(self.domain, self.problem, verbose=check_flag("TW_PDDL_DEBUG"),
+                                          optimize=optimize)
+        finally:
+            sys.argv = argv
 
     def replan_sas(self) -> str:
-        if self.sas_replan is None:
-            with _kept_argv():
-                _, self.sas_replan = fast_downward.pddl2sas(self.domain, self.problem,
-                                                            verbose=check_flag("TW_PDDL_DEBUG"), optimize=True)
-        return self.sas_replan
+        if self._sas_replan is None:
+            self._sas_replan = self._pddl2sas(optimize=True)[1]
+        return self._sas_replan
 
 
+_TRANSLATIONS = _LRU(_CACHE_SIZE)
+
+
+def translation_of(domain: str, problem: str) -> Translation:
+    return _TRANSLATIONS.get(_digest(domain, problem), lambda: Translation(domain, problem))
+
+
+class _FastDownwardSeenByTextworld:
+    """Stands in for the ``fast_downward`` module inside ``textworld.envs.pddl.logic``."""
+
+    def __getattr__(self, name):
+        return getattr(fast_downward, name)
+
+    @staticmethod
+    def pddl2sas(domain, problem, verbose=False, optimize=False):
+        if not _active():
+            return fast_downward.pddl2sas(domain, problem, verbose=verbose, optimize=optimize)
+        translation = translation_of(domain, problem)
+        if not optimize:
+            return translation.task, translation.sas
+        # The planner's task: only stored by load_sas_replan; Engine.initial_plan loads the real one before planning.
+        return translation.task, translation._sas_replan or ""
+
+
+# --------------------------------------------------------------------------------------------- grammar
+_LOGICS = _LRU(_CACHE_SIZE)
+_ORIGINAL = _textgen.__dict__.setdefault("_spa_rl_originals", {  # on textworld's module: survives a reload of ours
+    "parse": _textgen._parse_and_convert, "Rule": _textgen.Rule, "GameLogic": _logic.GameLogic})
+
+
+def _game_logic(domain: str, grammar: str):
+    """``GameLogic(domain, grammar)``, parsed once for all games that differ only in their task sentence."""
+    make = _ORIGINAL["GameLogic"]
+    if not _active():
+        return make(domain=domain, grammar=grammar)
+    matches = list(_TASK_RULE.finditer(grammar))
+    if len(matches) != 1:  # not the layout we know: parse it as is
+        return _LOGICS.get(_digest(domain, grammar), lambda: make(domain=domain, grammar=grammar))
+    match = matches[0]
+    template = grammar[: match.start(1)] + _TASK_PLACEHOLDER + grammar[match.end(1):]
+    base = _LOGICS.get(_digest(domain, template), lambda: make(domain=domain, grammar=template))
+    task_text = json.loads('"' + match.group(1) + '"')
+    task_rules = _textgen.ContextSensitiveGrammar.parse(json.dumps({"task": [{"rhs": task_text}]}))._rules["task"]
+    logic = copy.copy(base)  # actions and types are shared read-only; the grammar's rule table is the game's own
+    logic.grammar = _textgen.ContextSensitiveGrammar()
+    logic.grammar._rules = defaultdict(list, {k: list(v) for k, v in base.grammar._rules.items()})
+    logic.grammar._rules["task"] = list(task_rules)
+    return logic
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_symbols(text: str, rule_name: str):
+    return _ORIGINAL["parse"](text, rule_name=rule_name)
+
+
+def _parse_and_convert(*args, **kwargs):
+    rule_name = kwargs.get("rule_name")
+    if _active() and len(args) == 1 and isinstance(args[0], str) and isinstance(rule_name, str) \
+            and set(kwargs) <= {"rule_name", "trace"} and not kwargs.get("trace"):
+        return copy.deepcopy(_parsed_symbols(args[0], rule_name))
+    return _ORIGINAL["parse"](*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_query(expr: str):
+    return _ORIGINAL["Rule"].parse_conjunctive_query(expr)
+
+
+class _Rule(_ORIGINAL["Rule"]):
+    """textworld's ``Rule`` whose ``parse_conjunctive_query`` (a pure parse to an immutable Rule) is memoised."""
+
+    @classmethod
+    def parse_conjunctive_query(cls, expr):
+        return _parsed_query(expr) if _active() else _ORIGINAL["Rule"].parse_conjunctive_query(expr)
+
+
+_textgen._parse_and_convert = _parse_and_convert
+_textgen.Rule = _Rule
+_logic.GameLogic = _game_logic
+_logic.fast_downward = _FastDownwardSeenByTextworld()
+
+
+# --------------------------------------------------------------------------------------------- anchors
 def _condition_predicates(cond, out: set) -> set:
     predicate = getattr(cond, "predicate", None)
     if isinstance(predicate, str):
@@ -189,14 +228,14 @@ def _condition_predicates(cond, out: set) -> set:
     return out
 
 
-def _anchor_predicates(task, grammar: str) -> frozenset:
+def anchor_predicates(task, grammar: str) -> frozenset:
     """Fluents that matter for what comes next: changed by some action AND read somewhere.
 
     "Read" means used by an action precondition, an effect condition, an axiom, the goal, or the grammar's text
     conditions (what the observations say). In the ALFRED domain this drops ``checked``, which ``look``,
-    ``inventory``, ``examine`` and ``open`` set but nothing ever reads, so e.g. a ``look`` does not split an
-    otherwise identical state. Static facts (object types, locations of receptacles) are dropped too: they are the
-    same in every state of a game.
+    ``inventory``, ``examine`` and ``open`` set but nothing reads, so a ``look`` does not split an otherwise
+    identical state. Static facts (object types, where receptacles are) are dropped too: every state of a game has
+    the same ones.
     """
     written, read = set(), set()
     for action in task.actions:
@@ -213,112 +252,10 @@ def _anchor_predicates(task, grammar: str) -> frozenset:
     return frozenset(written & read)
 
 
-def _translation(domain: str, problem: str, grammar: str) -> Translation:
-    return _TRANSLATIONS.get(_digest(domain, problem, grammar), lambda: Translation(domain, problem, grammar))
-
-
-def _game_logic(domain: str, grammar: str):
-    """The parsed GameLogic, shared between games that differ only in their task sentence."""
-    matches = list(_TASK_RULE.finditer(grammar))
-    if len(matches) != 1:  # not the layout we know: parse it as is
-        return _LOGICS.get(_digest(domain, grammar), lambda: pddl_logic.GameLogic(domain=domain, grammar=grammar))
-    match = matches[0]
-    template = grammar[: match.start(2)] + _TASK_PLACEHOLDER + grammar[match.end(2):]
-    base = _LOGICS.get(_digest(domain, template), lambda: pddl_logic.GameLogic(domain=domain, grammar=template))
-    task_text = json.loads('"' + match.group(2) + '"')
-    task_rules = _textgen.ContextSensitiveGrammar.parse(json.dumps({"task": [{"rhs": task_text}]}))._rules["task"]
-    logic = copy.copy(base)
-    logic.grammar = _textgen.ContextSensitiveGrammar()
-    logic.grammar._rules = defaultdict(list, {k: list(v) for k, v in base.grammar._rules.items()})
-    logic.grammar._rules["task"] = list(task_rules)
-    return logic
-
-
 # --------------------------------------------------------------------------------------------- engine
-class _FastPddlState(pddl_logic.PddlState):
-    """``PddlState`` built from a cached translation (same code as textworld 1.7.0's ``__init__`` otherwise)."""
-
-    def __init__(self, downward_lib, translation: Translation, logic):  # noqa: D107 - mirrors the parent
-        self._facts = defaultdict(set)
-        self._vars_by_name = {}
-        self._vars_by_type = defaultdict(set)
-        self._var_counts = Counter()
-        self._logic = logic
-        self.downward_lib = downward_lib
-        self.pddl_problem = translation.problem
-        self.task, self.sas, self.sas_replan = translation.task, translation.sas, None
-        self._actions = {a.name: a for a in self.task.actions}
-        for type_ in self.task.types:
-            try:
-                self._logic.types.add(textworld.logic.Type(type_.name, type_.supertype_names))
-            except ValueError:
-                pass
-        self.downward_lib.load_sas(self.sas.encode("utf-8"))  # the planner's task is loaded by Engine.plan
-        self.name2type = {o.name: o.type_name for o in self.task.objects}
-
-        def _atom2proposition(atom):
-            if isinstance(atom, fast_downward.translate.pddl.conditions.Atom):
-                if atom.predicate == "=":
-                    return None
-                return textworld.logic.Proposition(
-                    atom.predicate, [textworld.logic.Variable(arg, self.name2type[arg]) for arg in atom.args])
-            if isinstance(atom, fast_downward.translate.pddl.f_expression.Assign):
-                if atom.fluent.symbol == "total-cost":
-                    return None
-                name = "{}".format(atom.expression.value)
-                if str.isdigit(name):
-                    return None
-                return textworld.logic.Proposition(
-                    name, [textworld.logic.Variable(arg, self.name2type[arg]) for arg in atom.fluent.args])
-            return None
-
-        self.add_facts(list(filter(None, (_atom2proposition(atom) for atom in self.task.init))))
-        state_size = self.downward_lib.get_state_size()
-        atoms = (pddl_logic.Atom * state_size)()
-        self.downward_lib.get_state(atoms)
-        facts = [atom.get_fact(self.name2type) for atom in atoms]
-        self.add_facts([fact for fact in facts if not fact.is_negation])
-
-
-class _FastPddlEnv(PddlEnv):
-    """textworld's PddlEnv with cached translations/grammars (``load`` and ``reset`` as in textworld 1.7.0)."""
-
-    def load(self, filename_or_data) -> None:
-        if isinstance(filename_or_data, (str, os.PathLike)):
-            with open(filename_or_data, encoding="utf-8") as f:
-                data = json.load(f)
-            self._game_file = str(filename_or_data)
-        else:
-            data, self._game_file = filename_or_data, None
-        self._game_data = data
-        self.walkthrough = data.get("walkthrough", None)
-        self._logic = _game_logic(data["pddl_domain"], data["grammar"])
-        self.translation = _translation(data["pddl_domain"], data["pddl_problem"], data["grammar"])
-        self._pddl_state = _FastPddlState(self.downward_lib, self.translation, self._logic)
-        self._pristine = True  # the state is the initial one: the next reset may keep it
-        self._entity_infos = self._get_entity_infos()
-
-    def reset(self):
-        if not getattr(self, "_pristine", False):
-            self._pddl_state = _FastPddlState(self.downward_lib, self.translation, self._logic)
-        self._pristine = False
-        self.prev_state = None
-        self.state = GameState()
-        self._last_action = None
-        self._moves = 0
-        context = {
-            "state": self._pddl_state,
-            "facts": list(self._pddl_state.facts),
-            "variables": {},
-            "mapping": {},
-            "entity_infos": self._entity_infos,
-        }
-        self.state.feedback = self._logic.grammar.derive("#intro#", context)
-        self.state.raw = self.state.feedback
-        self._gather_infos()
-        return self.state
-
+class _PddlEnv(PddlEnv):
     def close(self) -> None:
+        """Unload this env's private copy of fast-downward's library."""
         lib, self.downward_lib = getattr(self, "downward_lib", None), None
         if lib is not None:
             fast_downward.close_lib(lib)
@@ -328,23 +265,30 @@ class Engine:
     """One TextWorld PDDL engine (its own copy of fast-downward's library): load a game, reset, step."""
 
     def __init__(self):
-        install_parse_cache()
-        infos = textworld.EnvInfos(won=True, admissible_commands=True)
-        self.pddl = _FastPddlEnv(infos)
+        self.pddl = _PddlEnv(textworld.EnvInfos(won=True, admissible_commands=True))
         self.env = AlfredDemangler(shuffle=False)(self.pddl)
         self.game_file: str | None = None
+        self.translation: Translation | None = None
+        self.anchor_predicates: frozenset = frozenset()
 
     def load(self, game_file: str) -> None:
-        if game_file != self.game_file:
-            self.game_file = None
+        if game_file == self.game_file:
+            return
+        self.game_file = None
+        with _engine_calls():
             self.env.load(game_file)
-            self.game_file = game_file
+        data = self.pddl._game_data
+        self.translation = translation_of(data["pddl_domain"], data["pddl_problem"])
+        self.anchor_predicates = anchor_predicates(self.translation.task, data["grammar"])
+        self.game_file = game_file
 
     def reset(self):
-        return self.env.reset()
+        with _engine_calls():
+            return self.env.reset()
 
     def step(self, command: str):
-        state, _score, _done = self.env.step(command)
+        with _engine_calls():
+            state, _score, _done = self.env.step(command)
         return state
 
     def place_template(self) -> str | None:
@@ -352,20 +296,28 @@ class Engine:
         action = self.pddl._logic.actions.get("putobject")
         return action.template if action is not None else None
 
-    def plan(self) -> list[str]:
-        """The game's stored walkthrough, else fast-downward's plan from the current state (as game commands)."""
+    def has_initial_plan(self) -> bool:
+        return bool(self.pddl._game_data.get("walkthrough")) or self.translation.initial_plan is not None
+
+    def initial_plan(self) -> list[str]:
+        """The game's stored walkthrough, else fast-downward's plan (game commands), kept with the translation.
+
+        Call it in the game's initial state unless ``has_initial_plan()``. Planning takes from 0.1 s to minutes
+        (a few two-object kitchen games).
+        """
         walkthrough = self.pddl._game_data.get("walkthrough")
         if walkthrough:
             return [str(c) for c in walkthrough]
-        state = self.pddl._pddl_state
-        if state.sas_replan is None:  # load_sas_replan only stores the text: the game state is untouched
-            state.sas_replan = self.pddl.translation.replan_sas()
-            self.pddl.downward_lib.load_sas_replan(state.sas_replan.encode("utf-8"))
-        return list(state.replan(self.pddl._entity_infos))
+        if self.translation.initial_plan is None:
+            # load_sas_replan only stores the planner's task: the game state is untouched
+            self.pddl.downward_lib.load_sas_replan(self.translation.replan_sas().encode("utf-8"))
+            with _engine_calls():
+                self.translation.initial_plan = list(self.pddl._pddl_state.replan(self.pddl._entity_infos))
+        return list(self.translation.initial_plan)
 
     def state_key(self) -> str:
-        """The facts that matter (see ``_anchor_predicates``), one per line, sorted."""
-        keep = self.pddl.translation.anchor_predicates
+        """The facts that matter (see ``anchor_predicates``), one per line, sorted."""
+        keep = self.anchor_predicates
         return "\n".join(sorted(str(fact) for fact in self.pddl._pddl_state.facts if fact.name in keep))
 
     def close(self) -> None:

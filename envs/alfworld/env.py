@@ -57,7 +57,6 @@ class AlfWorldEnv(TextEnv):
         self._engine: Engine | None = None  # created on the first reset, reused for every game after
         self._admissible: list[str] = []
         self._place: str | None = None
-        self._plan: list[str] | None = None
         self._executed: list[str] = []
         self._key_id = ""
 
@@ -79,7 +78,7 @@ class AlfWorldEnv(TextEnv):
         state = self._engine.reset()
         self._key_id = self.games.relative_id(game_dir)
         self._place = self._engine.place_template()
-        self._plan, self._executed = None, []
+        self._executed = []
         obs = BANNER.sub("", state.feedback, count=1).strip()
         self._admissible = self._admissible_of(state)
         match = _GOAL.search(obs)
@@ -119,15 +118,15 @@ class AlfWorldEnv(TextEnv):
         """The planner's walkthrough from the initial state (the game's stored walkthrough if it has one)."""
         if self._engine is None or self.task_id is None:
             return None
-        if self._plan is None:
-            if self._executed:  # plan from the initial state, then replay this episode's commands to come back
-                self._engine.reset()
-                self._plan = self._engine.plan()
-                for command in self._executed:
-                    self._engine.step(command)
-            else:
-                self._plan = self._engine.plan()
-        return [self._to_place_form(c) for c in self._plan]
+        if self._executed and not self._engine.has_initial_plan():
+            # plan from the initial state, then replay this episode's commands to come back where we were
+            self._engine.reset()
+            plan = self._engine.initial_plan()
+            for command in self._executed:
+                self._engine.step(command)
+        else:
+            plan = self._engine.initial_plan()
+        return [self._to_place_form(c) for c in plan]
 
     def step(self, action_text):
         """``TextEnv.step``; the info also carries ``admissible_actions`` on the steps the base class answers itself

@@ -51,7 +51,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if data_dir is None:
         data_dir, source = os.environ.get("ALFWORLD_DATA"), "$ALFWORLD_DATA"
     if not data_dir:
-        raise FileNotFoundError(f"No ALFWorld data: data_dir is not given and $ALFWORLD_DATA is not set. {NO_DATA_HELP}")
+        raise FileNotFoundError(f"No ALFWorld data: data_dir is not given and $ALFWORLD_DATA is not set. "
+                                f"{NO_DATA_HELP}")
     path = Path(os.path.expandvars(os.path.expanduser(str(data_dir))))
     for candidate in (path / JSON_DIR, path):
         if candidate.is_dir() and (candidate.name == JSON_DIR or (candidate / "train").is_dir()

@@ -76,20 +76,21 @@ def test_splits_aliases_and_filters(tmp_path):
     build_synthetic_game(tmp_path, split="valid_seen")
     build_synthetic_game(tmp_path, split="train")
     good = build_synthetic_game(tmp_path, split="train", grammar="put")
-    # games AlfredTWEnv skips: unsolvable, missing game file, movable/Sliced, unknown task type
-    for name, change in [("unsolvable", "solvable"), ("nogame", "missing"), ("movable", None), ("Sliced", None),
-                         ("weird", "type")]:
-        task = "pick_and_place_simple-Book-None-Sofa-1" if change else f"pick_and_place_simple-Book-{name}-Sofa-1"
-        if change == "type":
-            task = "make_coffee-Book-None-Sofa-1"
-        bad = tmp_path / "json_2.1.1" / "train" / task / f"trial_{name}"
-        bad.mkdir(parents=True)
-        (bad / "traj_data.json").write_text((good / "traj_data.json").read_text().replace(
-            "pick_and_place_simple", "make_coffee" if change == "type" else "pick_and_place_simple"))
-        if change != "missing":
-            game = json.loads((good / "game.tw-pddl").read_text())
-            game["solvable"] = change != "solvable"
-            (bad / "game.tw-pddl").write_text(json.dumps(game))
+    game, traj = json.loads((good / "game.tw-pddl").read_text()), json.loads((good / "traj_data.json").read_text())
+
+    def add(task_dir, trial, solvable=True, with_game=True, task_type="pick_and_place_simple"):
+        folder = tmp_path / "json_2.1.1" / "train" / task_dir / trial
+        folder.mkdir(parents=True)
+        (folder / "traj_data.json").write_text(json.dumps(dict(traj, task_type=task_type)))
+        if with_game:
+            (folder / "game.tw-pddl").write_text(json.dumps(dict(game, solvable=solvable)))
+
+    # games that AlfredTWEnv skips: unsolvable, no game file, movable/Sliced in the path, unknown task type
+    add("pick_and_place_simple-Book-None-Sofa-1", "trial_unsolvable", solvable=False)
+    add("pick_and_place_simple-Book-None-Sofa-1", "trial_nogame", with_game=False)
+    add("pick_and_place_simple-Book-movable-Sofa-1", "trial_a")
+    add("pick_and_place_simple-BookSliced-None-Sofa-1", "trial_b")
+    add("make_coffee-Book-None-Sofa-1", "trial_c", task_type="make_coffee")
     env = AlfWorldEnv(data_dir=tmp_path)
     assert env.list_tasks("train") == sorted(env.list_tasks("train"))
     assert [t.rsplit("/", 1)[1] for t in env.list_tasks("train")] == ["trial_T20000101_000000_000000",
@@ -286,8 +287,11 @@ def test_observation_anchor_mode(synth_dir):
 def test_expert_after_steps_is_from_the_initial_state_and_keeps_the_episode(env):
     env.reset(MOVE_TASK)
     play(env, ["go to drawer 1", "open drawer 1"])
-    _, _, _, before = env.step("look")
+    env.step("look")
+    env._engine.translation.initial_plan = None  # forget a plan made by an earlier test: plan from scratch
+    assert not env._engine.has_initial_plan()
     assert env.expert_actions() == EXPERT_PLAN["move"]
+    assert env._engine.has_initial_plan()
     obs, _, _, info = env.step("take cellphone 1 from drawer 1")  # still at the open drawer
     assert info["executable"] and obs == "You pick up the cellphone 1 from the drawer 1."
     assert env.steps == 4
@@ -305,39 +309,42 @@ def test_expert_uses_a_stored_walkthrough(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- fidelity
-def test_fast_engine_matches_stock_textworld(synth_dir):
-    """Our cached engine produces exactly the stock PddlEnv + AlfredDemangler texts and lists."""
+def compare_with_stock(env, game_files: dict[str, Path], n_steps: int = 25):
+    """Play random admissible (and some inadmissible) commands in our env and in the stock engine; all equal."""
     import textworld
     from textworld.envs.pddl import PddlEnv
 
     from envs.alfworld import engine as E
 
-    env = AlfWorldEnv(data_dir=synth_dir, max_steps=100)
+    # outside our Engine's calls, textworld runs as shipped: no cache, two translations per load and per reset
     stock = E.AlfredDemangler(shuffle=False)(PddlEnv(textworld.EnvInfos(won=True, admissible_commands=True)))
     try:
-        for grammar, task in TASK_OF.items():
-            rng = random.Random(grammar)
-            E.uninstall_parse_cache()
-            stock.load(str(synth_dir / "json_2.1.1" / task / "game.tw-pddl"))
+        for task, game_file in game_files.items():
+            rng = random.Random(task)
+            stock.load(str(game_file))
             ref = stock.reset()
-            E.install_parse_cache()
+            assert ref["_valid_commands"] and stock._pddl_state.sas_replan  # the stock path made the planner's SAS
             obs, info = env.reset(task)
             assert obs == E.BANNER.sub("", ref.feedback).strip()
-            for _ in range(25):
+            assert info["admissible_actions"] == [c for c in ref["admissible_commands"] if c != "help"]
+            for _ in range(n_steps):
                 action = rng.choice(info["admissible_actions"] + ["look", "xyzzy"])
-                E.uninstall_parse_cache()
                 ref, _, _ = stock.step(action)
-                E.install_parse_cache()
                 obs, _, done, info = env.step(action)
-                assert obs == ref.feedback.strip()
+                assert obs == ref.feedback.strip(), (task, action)
                 assert info["admissible_actions"] == [c for c in ref["admissible_commands"] if c != "help"]
                 assert info["won"] == ref["won"]
                 if done:
                     break
     finally:
-        E.install_parse_cache()
         stock.close()
-        env.close()
+
+
+def test_fast_engine_matches_stock_textworld(synth_dir):
+    """Our cached engine produces exactly the stock PddlEnv + AlfredDemangler texts and lists."""
+    env = AlfWorldEnv(data_dir=synth_dir, max_steps=100)
+    compare_with_stock(env, {task: synth_dir / "json_2.1.1" / task / "game.tw-pddl" for task in TASK_OF.values()})
+    env.close()
 
 
 def test_grammar_put_matches_json_2_1_1_logic_files(alfworld_data):
@@ -384,13 +391,14 @@ def real_env(alfworld_data):
 
 
 def one_per_type(env, split):
-    seen, picked = set(), []
+    """The smallest game (PDDL problem) of each task type: deterministic, and quick to translate and plan."""
+    smallest = {}
     for task in env.list_tasks(split):
+        size = (env.root / task / "game.tw-pddl").stat().st_size
         kind = env.task_type(task)
-        if kind not in seen:
-            seen.add(kind)
-            picked.append(task)
-    return picked
+        if kind not in smallest or size < smallest[kind][0]:
+            smallest[kind] = (size, task)
+    return [task for _, task in sorted(smallest.values())]
 
 
 def test_real_splits(real_env):
@@ -434,6 +442,11 @@ def test_real_put_grammar_variants(real_env, variant):
     assert obs == f"You put the {obj} in/on the {rec}."
 
 
+def test_real_games_match_stock_textworld(real_env):
+    tasks = one_per_type(real_env, "valid_seen")[:2] + one_per_type(real_env, "train")[:1]
+    compare_with_stock(real_env, {task: real_env.root / task / "game.tw-pddl" for task in tasks}, n_steps=15)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(actions=st.lists(ACTION_TEXT, min_size=1, max_size=6))
 def test_fuzz_step_never_raises_real(real_env, actions):
@@ -442,10 +455,17 @@ def test_fuzz_step_never_raises_real(real_env, actions):
 
 
 @pytest.mark.slow
-def test_real_expert_success_rate_all_valid_seen(alfworld_data):
-    """The planner's walkthrough wins >= 95% of the 140 valid_seen games (all of them, in ~2 minutes)."""
+def test_real_expert_success_rate_valid_seen_subset(alfworld_data):
+    """The planner's walkthrough wins >= 95% of a fixed subset of valid_seen (every 7th game from the 7th: 20 games,
+    all six task types, ~2 minutes).
+
+    Not all 140: fast-downward's planner needs from 0.1 s to several minutes per game (the full run took 28 minutes,
+    one game 6.5 minutes), so the full rate comes from ``benchmarks/bench_alfworld.py`` (140/140 when measured).
+    """
     env = AlfWorldEnv(data_dir=alfworld_data, max_steps=50)
-    tasks = env.list_tasks("valid_seen")
+    assert len(env.list_tasks("valid_seen")) == 140
+    tasks = env.list_tasks("valid_seen")[6::7]
+    assert {env.task_type(t) for t in tasks} == set(TASK_TYPES)
     wins = 0
     for task in tasks:
         env.reset(task)
@@ -456,5 +476,5 @@ def test_real_expert_success_rate_all_valid_seen(alfworld_data):
                 break
         wins += bool(info["won"])
     env.close()
-    assert len(tasks) == 140
+    assert len(tasks) == 20
     assert wins / len(tasks) >= 0.95, f"expert won {wins}/{len(tasks)}"
