@@ -253,12 +253,20 @@ def anchor_predicates(task, grammar: str) -> frozenset:
 
 
 # --------------------------------------------------------------------------------------------- engine
+_RETIRED_LIBS: list = []  # closed engines' libraries, kept referenced so they are never unloaded
+
+
 class _PddlEnv(PddlEnv):
     def close(self) -> None:
-        """Unload this env's private copy of fast-downward's library."""
+        """Free the planner state of this env's private copy of fast-downward's library, but keep it loaded.
+
+        ``fast_downward.close_lib`` also ``dlclose``s the copy; anything that still points into it afterwards (the
+        C++ runtime's thread-exit and at-exit hooks) then jumps into unmapped code and kills the whole process at a
+        random later moment. One mapped copy per engine is a small price for that."""
         lib, self.downward_lib = getattr(self, "downward_lib", None), None
         if lib is not None:
-            fast_downward.close_lib(lib)
+            lib.cleanup()
+            _RETIRED_LIBS.append(lib)
 
 
 class Engine:
