@@ -15,6 +15,11 @@ Two task variants:
 
 from __future__ import annotations
 
+import sys
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _report import report  # noqa: E402  (benchmarks/_report.py)
+
 import argparse
 import json
 import tempfile
@@ -69,11 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     cols = ["task", "head", "step_pearson", "step_mae", "progress_mae", "repeat_mae", "noop_mae", "sum_mse", "sum_pearson",
             "train_time_s"]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+    report(rows, cols, args.out, missing="-")
     return rows
 
 

@@ -14,6 +14,11 @@ and tokens/s for several ``max_batch_size`` values, plus the round trip through 
 
 from __future__ import annotations
 
+import sys
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _report import report  # noqa: E402  (benchmarks/_report.py)
+
 import argparse
 import json
 import random
@@ -104,11 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ray.shutdown()
 
     cols = ["config", "max_batch_size", "length", "traj_per_s", "tokens_per_s"]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+    report(rows, cols, args.out, missing="")
     return rows
 
 
