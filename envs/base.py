@@ -76,12 +76,16 @@ class TextEnv(ABC):
     def close(self) -> None:
         """Release engine resources."""
 
+    def _carry_info(self) -> dict:
+        """Adapter info (e.g. ``admissible_actions``) to repeat on the steps the base class answers itself (empty
+        or unparseable action, step after done), so every step's info has the same shape whatever the model wrote."""
+        return {}
+
     def _no_op(self, reason: str) -> tuple[str, dict]:
         """Observation and info for a step that changed nothing (empty or unparseable action).
 
-        Adapters override this to show the current page/room again and keep ``admissible_actions`` in the info,
-        so every step's info has the same shape whatever the model wrote."""
-        return NOTHING_HAPPENS, {}
+        Adapters override this to show the current page/room again."""
+        return NOTHING_HAPPENS, self._carry_info()
 
     # ----------------------------------------------------------------- public API
     def reset(self, task: str | int | None = None, seed: int | None = None, split: str = "train") -> tuple[str, dict]:
@@ -140,8 +144,8 @@ class TextEnv(ABC):
         return str(obs), float(reward), self._done, info
 
     def _finished_step(self, obs: str) -> tuple[str, float, bool, dict]:
-        info = dict(won=self._won, executable=False, anchor=self._anchor, score=self._score, step=self._steps,
-                    truncated=False, error="step after done")
+        info = dict(self._carry_info(), won=self._won, executable=False, anchor=self._anchor, score=self._score,
+                    step=self._steps, truncated=False, error="step after done")
         return obs, 0.0, True, info
 
     def _resolve_task(self, task: str | int | None, seed: int | None, split: str) -> str:

@@ -128,17 +128,8 @@ class AlfWorldEnv(TextEnv):
             plan = self._engine.initial_plan()
         return [self._to_place_form(c) for c in plan]
 
-    def step(self, action_text):
-        """``TextEnv.step``; the info also carries ``admissible_actions`` on the steps the base class answers itself
-        (empty action, finished episode)."""
-        obs, reward, done, info = super().step(action_text)
-        info.setdefault("admissible_actions", list(self._admissible))
-        return obs, reward, done, info
-
-    def invalid_step(self, reason: str = "invalid action format"):
-        obs, reward, done, info = super().invalid_step(reason)
-        info.setdefault("admissible_actions", list(self._admissible))
-        return obs, reward, done, info
+    def _carry_info(self) -> dict:
+        return {"admissible_actions": list(self._admissible)}
 
     def close(self) -> None:
         if self._engine is not None:
