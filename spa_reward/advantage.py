@@ -65,11 +65,10 @@ def _require_index(index: Any, name: str) -> np.ndarray:
     return np.asarray(index, dtype=object)
 
 
-def _group_ids(keys: list) -> tuple[torch.Tensor, int]:
-    """Dense 0..G-1 ids for hashable keys (first-seen order)."""
-    table: dict = {}
-    ids = [table.setdefault(k, len(table)) for k in keys]
-    return torch.tensor(ids, dtype=torch.long), len(table)
+def _group_ids(keys) -> tuple[torch.Tensor, int]:
+    """Dense 0..G-1 ids for a sequence of hashable keys (first-seen order), hashed by pandas, not a Python loop."""
+    codes, uniques = pd.factorize(pd.Series(list(keys), dtype=object))
+    return torch.from_numpy(codes.astype(np.int64)), len(uniques)
 
 
 def group_normalize(
@@ -98,7 +97,7 @@ def group_normalize(
 
 def episode_advantage(scores: torch.Tensor, index: np.ndarray, std_norm: bool) -> torch.Tensor:
     """(bs,) A_E: each trajectory's score normalised within its uid group, each trajectory counted once."""
-    group, n = _group_ids(list(index))
+    group, n = _group_ids(index)
     return group_normalize(scores, group, n, std_norm, singleton_zero=False)
 
 
@@ -188,11 +187,9 @@ def _step_groups(index: np.ndarray, anchors, counts: list[int]) -> tuple[torch.T
             )
         flat_uid.extend([uid] * n)
         flat_anchor.extend(row_anchors[:n])
-    uid_codes, _ = pd.factorize(pd.Series(flat_uid, dtype=object))
-    anchor_codes, anchor_uniques = pd.factorize(pd.Series(flat_anchor, dtype=object))
-    combined = uid_codes.astype(np.int64) * max(len(anchor_uniques), 1) + anchor_codes
-    group, uniques = pd.factorize(combined)
-    return torch.from_numpy(group.astype(np.int64)), len(uniques)
+    uid_codes, _ = _group_ids(flat_uid)
+    anchor_codes, n_anchors = _group_ids(flat_anchor)
+    return _group_ids((uid_codes * max(n_anchors, 1) + anchor_codes).tolist())
 
 
 def _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs):
@@ -203,9 +200,8 @@ def _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs):
     rows, cols = valid.nonzero(as_tuple=True)
     step_adv = torch.zeros_like(r)
     if rows.numel():
-        uid_codes, uniques = pd.factorize(pd.Series(index, dtype=object))
-        group = torch.from_numpy(uid_codes.astype(np.int64))[rows]
-        step_adv[rows, cols] = group_normalize(r[rows, cols], group, len(uniques), std_norm, singleton_zero=False)
+        uid_codes, n_uids = _group_ids(index)
+        step_adv[rows, cols] = group_normalize(r[rows, cols], uid_codes[rows], n_uids, std_norm, singleton_zero=False)
     ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, std_norm)
     per_turn = (ep_adv.unsqueeze(1) + weight * step_adv).to(token_level_rewards.dtype)
     adv = turns.broadcast_turns(per_turn, response_mask, idx=idx)
