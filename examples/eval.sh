@@ -10,4 +10,4 @@ EVAL_DIR=${EVAL_DIR:-$OUT_DIR/eval/$ENV/$(basename "$MODEL")}
 RL_INIT=$MODEL run_verl "$ENV" \
   data.val_batch_size=null "actor_rollout_ref.rollout.val_kwargs.n=$EVAL_REPEATS" \
   trainer.val_only=true "trainer.validation_data_dir=$EVAL_DIR" "trainer.experiment_name=${ENV}_eval" "$@"
-run_cmd "$PYTHON" -m recipe.eval_table "$EVAL_DIR"
+run_cmd "$PYTHON" -m recipe.spa.eval_table "$EVAL_DIR"

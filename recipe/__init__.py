@@ -1,4 +1,1 @@
-"""spa-rl recipe: the ``env_agent`` agent loop, env workers, hydra configs (``recipe/spa/config``) and helper CLIs.
-
-Kept import-light: ``recipe.env_pool`` children import this package too.
-"""
+"""verl recipes of spa-rl, one folder per recipe as verl-recipe lays them out (``recipe/spa/``)."""

@@ -1,7 +1,7 @@
 """Start-up checks of a composed spa-rl trainer config: every problem found, in one error.
 
-``validate_config(cfg)`` is called by the ``spa`` trainer mode before training starts; the agent loop checks its
-``env`` block with :func:`validate_env_settings` and the ``spa`` reward manager checks its checkpoint itself.
+``validate_config(cfg)`` is called by the ``spa`` trainer mode before training starts; the recipe's ``env`` block check
+(``recipe.spa.settings``) is added with :func:`register_config_check` and the ``spa`` reward manager checks its checkpoint itself.
 It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each problem and the key to set:
 
 * unknown environment / reply style / reward mode / env pool backend (``env.*``);
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 REWARDS = ("outcome", "spa")
 REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
@@ -25,6 +25,17 @@ REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
 
 class ConfigError(ValueError):
     """One or more problems in a spa-rl config; the message lists them all."""
+
+
+_CHECKS: list[Callable[[Any], list[str]]] = []
+
+
+def register_config_check(fn: Callable[[Any], list[str]]) -> Callable[[Any], list[str]]:
+    """Add ``fn(cfg) -> [problem, ...]`` to :func:`config_problems` (the recipe registers its ``env`` block check
+    this way, so this module never imports the recipe). Idempotent."""
+    if fn not in _CHECKS:
+        _CHECKS.append(fn)
+    return fn
 
 
 def select_key(cfg: Any, path: str, default: Any = None) -> Any:
@@ -40,44 +51,6 @@ def select_key(cfg: Any, path: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def env_settings_problems(settings: Any) -> list[str]:
-    """Problems of an ``EnvRolloutSettings`` (recipe.agent_loop)."""
-    from envs import env_names
-    from envs.actions import STYLES
-    from recipe.agent_loop import REWARD_MODES
-    from recipe.env_pool import BACKENDS
-
-    out = []
-    if settings.name not in env_names():
-        out.append(f"env.name={settings.name!r} is not a known environment (known: {', '.join(env_names())})")
-    if settings.prompt_style not in STYLES:
-        out.append(f"env.prompt_style={settings.prompt_style!r} is not one of {STYLES}")
-    if settings.parse_style is not None and settings.parse_style not in (*STYLES, "auto"):
-        out.append(f"env.parse_style={settings.parse_style!r} is not one of {(*STYLES, 'auto')} (or null)")
-    if settings.reward_mode not in REWARD_MODES:
-        out.append(f"env.reward_mode={settings.reward_mode!r} is not one of {REWARD_MODES}")
-    if not math.isfinite(settings.reward_scale):
-        out.append(f"env.reward_scale must be finite, got {settings.reward_scale}")
-    if settings.pool_backend not in BACKENDS:
-        out.append(f"env.pool.backend={settings.pool_backend!r} is not one of {BACKENDS}")
-    for key, value in (("env.max_steps", settings.max_steps), ("env.max_turns", settings.max_turns),
-                       ("env.max_tokens_per_turn", settings.max_tokens_per_turn),
-                       ("env.pool.num_workers", settings.pool_num_workers)):
-        if value is not None and int(value) < 1:
-            out.append(f"{key} must be >= 1 (or null), got {value}")
-    for key, value in (("env.pool.step_timeout", settings.step_timeout),
-                       ("env.pool.reset_timeout", settings.reset_timeout)):
-        if not value > 0:
-            out.append(f"{key} must be > 0, got {value}")
-    return out
-
-
-def validate_env_settings(settings: Any) -> None:
-    problems = env_settings_problems(settings)
-    if problems:
-        raise ConfigError("invalid env config:\n  - " + "\n  - ".join(problems))
-
-
 def _files(value: Any) -> list[str]:
     if value is None:
         return []
@@ -90,16 +63,11 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     """Every problem of a composed trainer config (see the module docstring); [] when it is fine."""
     problems: list[str] = []
 
-    # env block
-    if select_key(cfg, "env") is None:
-        problems.append("no 'env' block: compose from recipe/spa/config/spa_trainer.yaml and pick env=<name>")
-    else:
-        from recipe.agent_loop import EnvRolloutSettings
+    # checks registered by the layers above (the recipe's env block); the composition root imports them
+    import spa_reward.register  # noqa: F401
 
-        try:
-            problems += env_settings_problems(EnvRolloutSettings.from_config(cfg))
-        except (ValueError, TypeError) as exc:
-            problems.append(str(exc))
+    for check in _CHECKS:
+        problems += check(cfg)
 
     # reward
     reward = select_key(cfg, "algorithm.reward")
@@ -128,7 +96,6 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
 
     # advantage estimator
     estimator = select_key(cfg, "algorithm.adv_estimator")
-    import spa_reward.register  # noqa: F401  (registers spa/gigpo; verl's plugin hook normally did already)
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     try:
@@ -165,5 +132,4 @@ def validate_config(cfg: Any, check_files: bool = True) -> None:
                           + ":\n  - " + "\n  - ".join(problems))
 
 
-__all__ = ["ConfigError", "config_problems", "env_settings_problems", "select_key", "validate_config",
-           "validate_env_settings"]
+__all__ = ["ConfigError", "config_problems", "register_config_check", "select_key", "validate_config"]

@@ -22,7 +22,7 @@ from spa_reward.advantage import register_estimators
 register_estimators()
 
 # Modules whose import registers a component (decorators run at import).
-for _module in ("spa_reward.trainer", "spa_reward.reward_manager", "recipe.agent_loop"):
+for _module in ("spa_reward.trainer", "spa_reward.reward_manager", "recipe.spa.agent_loop"):
     importlib.import_module(_module)
 
 REGISTERED = {

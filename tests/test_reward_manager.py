@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from envs.actions import format_action
-from recipe.agent_loop import EPISODE_KEY
+from recipe.spa.agent_loop import EPISODE_KEY
 from spa_reward.reward_manager import TURN_REWARDS_KEY
 from tests.recipe.conftest import tokenizer, toy_env  # noqa: F401,F811  (fixtures shared with tests/recipe)
 from tests.recipe.helpers import row, score_episodes, trainer_config

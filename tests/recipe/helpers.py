@@ -141,7 +141,7 @@ def make_agent_loop(config, server, tokenizer, hf_model_type: str = "qwen2"):
     import hydra
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap, _agent_loop_registry
 
-    import recipe.agent_loop  # noqa: F401  (registers env_agent)
+    import recipe.spa.agent_loop  # noqa: F401  (registers env_agent)
 
     return hydra.utils.instantiate(
         config=_agent_loop_registry["env_agent"],

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from envs.actions import format_action
-from recipe.agent_loop import EPISODE_KEY
+from recipe.spa.agent_loop import EPISODE_KEY
 from spa_reward import turns
 from tests.recipe.helpers import row, score_episodes, trainer_config
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envs.actions import format_action
-from recipe.agent_loop import EPISODE_KEY, TURN_REWARDS_KEY
+from recipe.spa.agent_loop import EPISODE_KEY, TURN_REWARDS_KEY
 from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop, row
 
 
@@ -163,7 +163,7 @@ def test_collect_writes_records(tokenizer, toy_env, tmp_path):
 
     config = agent_config(toy_env_cfg(collect_dir=str(tmp_path)))
     out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t1", uid="g1"))
-    import recipe.agent_loop as al
+    import recipe.spa.agent_loop as al
 
     for w in al._WRITERS.values():
         w.close()

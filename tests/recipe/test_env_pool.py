@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import pytest
 
-from recipe.env_pool import EnvFailure, EnvPool
+from recipe.spa.env_pool import EnvFailure, EnvPool
 
 TOY = "tests.recipe.helpers:ToyEnv"
 

@@ -78,7 +78,7 @@ def test_collect_eval_sft_compose():
     assert config_problems(cfg, check_files=False) == []
     proc = dry_run("eval.sh", "webshop", MODEL="/ckpt/rl")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "-m recipe.eval_table /out/eval/webshop/rl" in proc.stdout
+    assert "-m recipe.spa.eval_table /out/eval/webshop/rl" in proc.stdout
     proc = dry_run("sft.sh", "alfworld")
     assert proc.returncode == 0, proc.stderr[-2000:]
     sft = yaml.safe_load(proc.stdout)
@@ -113,7 +113,7 @@ def test_validate_config_lists_every_problem(tmp_path):
 
 
 def test_eval_table(tmp_path, capsys):
-    from recipe.eval_table import main
+    from recipe.spa.eval_table import main
 
     rows = [
         {"spa/won": 1.0, "spa/task_score": 1.0, "spa/executable_rate": 1.0, "spa/num_turns": 4, "spa/task_type": "pick"},

@@ -8,7 +8,7 @@ timeout, so the event loop never blocks on an environment.
 
 Backends:
 
-* ``process`` (default): each worker is a child process (``python -m recipe.env_pool <fd>``) talking over a
+* ``process`` (default): each worker is a child process (``python -m recipe.spa.env_pool <fd>``) talking over a
   socket pair. A child keeps its env instances between episodes (one per env name and kwargs). A call that
   times out or a child that dies (segfault, OOM kill) raises :class:`EnvFailure`; the child is killed and a
   fresh one replaces it on the next lease, so only that episode is lost. A Python exception inside the env
@@ -151,7 +151,7 @@ class _ProcessWorker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH", "")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "recipe.env_pool", str(child.fileno())],
+                [sys.executable, "-m", "recipe.spa.env_pool", str(child.fileno())],
                 pass_fds=(child.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,

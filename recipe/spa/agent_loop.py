@@ -16,7 +16,7 @@ Every turn: ``server_manager.generate`` (one sticky request id per episode, ``ma
 -> ``env.step(action)``, or ``env.invalid_step(error)`` for a reply without a parseable action (never a crash)
 -> the observation is appended as a user message (mask 0). The episode ends when the env says done, after
 ``env.max_turns`` turns (default: the env's ``max_steps``), when the response budget is used up, or when the
-env fails (timeout/crash; see ``recipe.env_pool``; the episode then counts as failed, ``won=False``, R=0).
+env fails (timeout/crash; see ``recipe.spa.env_pool``; the episode then counts as failed, ``won=False``, R=0).
 No observation is appended after the final turn, and an observation that does not fit the budget (leaving at
 least one token for the next turn) is dropped and ends the episode. A turn cut by the budget still counts; its
 end is the last kept token. The response never exceeds ``rollout.response_length``.
@@ -49,7 +49,6 @@ turn, appended to a jsonl shard per worker process (``<collect_dir>/<env>-<host>
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -62,90 +61,14 @@ from verl.utils.profiler import simple_timer
 from envs.actions import parse_action
 from envs.prepare import SPLITS
 from envs.prompts import build_messages, format_observation
-from recipe.env_pool import EnvFailure, get_env_pool
+from recipe.spa.env_pool import EnvFailure, get_env_pool
+from recipe.spa.settings import EnvRolloutSettings, default_pool_size, validate_env_settings
 from spa_reward.config_check import select_key
 from spa_reward.fusion import place_turn_rewards
 from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
-
-REWARD_MODES = ("final", "won")
-
-
-# ----------------------------------------------------------------------------------------------- settings
-
-
-@dataclass
-class EnvRolloutSettings:
-    """The ``env`` block of the trainer config (defaults in ``recipe/spa/config/spa_trainer.yaml``)."""
-
-    name: str = "alfworld"
-    max_steps: Optional[int] = None  # env step cap passed to the adapter (None: the adapter's default)
-    max_turns: Optional[int] = None  # extra cap on assistant turns (None: the env's max_steps)
-    prompt_style: str = "react"  # reply format the model is asked for (envs.actions.STYLES)
-    parse_style: Optional[str] = None  # parser style (None: prompt_style; "auto" accepts any format)
-    one_shot: bool = False
-    system_prompt: bool = True
-    include_admissible: Optional[bool] = None  # None: the env's default
-    reward_scale: float = 1.0
-    reward_mode: str = "final"  # final: the env's last step reward; won: 1.0 if won else 0.0
-    max_tokens_per_turn: Optional[int] = None
-    env_kwargs: dict = field(default_factory=dict)
-    pool_backend: str = "process"
-    pool_num_workers: Optional[int] = None
-    step_timeout: float = 60.0
-    reset_timeout: float = 300.0
-    collect_dir: Optional[str] = None
-    collect_messages: bool = True
-
-    @classmethod
-    def from_config(cls, config: Any) -> EnvRolloutSettings:
-        env = select_key(config, "env")
-        if env is None:
-            raise ValueError(
-                "the env_agent agent loop needs the top-level 'env' config block; compose the trainer config from "
-                "recipe/spa/config/spa_trainer.yaml (--config-path recipe/spa/config --config-name spa_trainer env=...)"
-            )
-        pool = select_key(env, "pool", {})
-        kwargs = select_key(env, "env_kwargs", {})
-        kwargs = dict(kwargs.items()) if hasattr(kwargs, "items") else {}
-        return cls(
-            name=str(select_key(env, "name", cls.name)),
-            max_steps=select_key(env, "max_steps"),
-            max_turns=select_key(env, "max_turns"),
-            prompt_style=str(select_key(env, "prompt_style", cls.prompt_style)),
-            parse_style=select_key(env, "parse_style"),
-            one_shot=bool(select_key(env, "one_shot", False)),
-            system_prompt=bool(select_key(env, "system_prompt", True)),
-            include_admissible=select_key(env, "include_admissible"),
-            reward_scale=float(select_key(env, "reward_scale", 1.0)),
-            reward_mode=str(select_key(env, "reward_mode", "final")),
-            max_tokens_per_turn=select_key(env, "max_tokens_per_turn"),
-            env_kwargs=kwargs,
-            pool_backend=str(select_key(pool, "backend", "process")),
-            pool_num_workers=select_key(pool, "num_workers"),
-            step_timeout=float(select_key(pool, "step_timeout", 60.0)),
-            reset_timeout=float(select_key(pool, "reset_timeout", 300.0)),
-            collect_dir=select_key(env, "collect_dir"),
-            collect_messages=bool(select_key(env, "collect_messages", True)),
-        )
-
-    def make_kwargs(self) -> dict:
-        kwargs = {k: (dict(v) if hasattr(v, "items") else v) for k, v in self.env_kwargs.items() if v is not None}
-        if self.max_steps is not None:
-            kwargs["max_steps"] = int(self.max_steps)
-        return kwargs
-
-
-def default_pool_size(config: Any) -> int:
-    """Enough env workers for every episode one agent-loop worker runs at once (train or val), at least 4."""
-    workers = max(int(select_key(config, "actor_rollout_ref.rollout.agent.num_workers", 8)), 1)
-    train = int(select_key(config, "data.train_batch_size", 16)) * int(select_key(config, "actor_rollout_ref.rollout.n", 1))
-    val_bs = select_key(config, "data.val_batch_size")
-    val = int(val_bs) * int(select_key(config, "actor_rollout_ref.rollout.val_kwargs.n", 1)) if val_bs else 0
-    return max(4, math.ceil(max(train, val) / workers))
-
 
 # ----------------------------------------------------------------------------------------------- output
 
@@ -234,8 +157,6 @@ class EnvAgentLoop(AgentLoopBase):
         kwargs.pop("tools", None)
         super().__init__(*args, **kwargs)
         self.settings = EnvRolloutSettings.from_config(self.config)
-        from spa_reward.config_check import validate_env_settings
-
         validate_env_settings(self.settings)
         self.response_length = int(self.rollout_config.response_length)
 

@@ -1,6 +1,6 @@
 """Success / score / grounding table from the generations a validation-only verl run dumps.
 
-    python -m recipe.eval_table outputs/eval/alfworld/<model> [more dirs or .jsonl files] [--markdown]
+    python -m recipe.spa.eval_table outputs/eval/alfworld/<model> [more dirs or .jsonl files] [--markdown]
 
 verl writes ``<trainer.validation_data_dir>/<step>.jsonl`` with one line per episode holding the reward
 managers' scalars (``spa/won``, ``spa/task_score``, ``spa/executable_rate``, ``spa/num_turns``,
@@ -85,7 +85,7 @@ def render(title: str, rows: list[tuple[str, dict]], markdown: bool = False) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recipe.eval_table", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipe.spa.eval_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="validation_data_dir folders or <step>.jsonl files")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)

@@ -1,0 +1,136 @@
+"""Settings of the ``env_agent`` agent loop: the top-level ``env`` block of the trainer config, and its checks.
+
+``env_block_problems`` is registered with :func:`spa_reward.config_check.register_config_check`, so
+``validate_config`` reports a bad ``env`` block with every other problem.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from envs import env_names
+from envs.actions import STYLES
+from recipe.spa.env_pool import BACKENDS
+from spa_reward.config_check import ConfigError, register_config_check, select_key
+
+REWARD_MODES = ("final", "won")
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class EnvRolloutSettings:
+    """The ``env`` block of the trainer config (defaults in ``recipe/spa/config/spa_trainer.yaml``)."""
+
+    name: str = "alfworld"
+    max_steps: Optional[int] = None  # env step cap passed to the adapter (None: the adapter's default)
+    max_turns: Optional[int] = None  # extra cap on assistant turns (None: the env's max_steps)
+    prompt_style: str = "react"  # reply format the model is asked for (envs.actions.STYLES)
+    parse_style: Optional[str] = None  # parser style (None: prompt_style; "auto" accepts any format)
+    one_shot: bool = False
+    system_prompt: bool = True
+    include_admissible: Optional[bool] = None  # None: the env's default
+    reward_scale: float = 1.0
+    reward_mode: str = "final"  # final: the env's last step reward; won: 1.0 if won else 0.0
+    max_tokens_per_turn: Optional[int] = None
+    env_kwargs: dict = field(default_factory=dict)
+    pool_backend: str = "process"
+    pool_num_workers: Optional[int] = None
+    step_timeout: float = 60.0
+    reset_timeout: float = 300.0
+    collect_dir: Optional[str] = None
+    collect_messages: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any) -> EnvRolloutSettings:
+        env = select_key(config, "env")
+        if env is None:
+            raise ValueError(
+                "the env_agent agent loop needs the top-level 'env' config block; compose the trainer config from "
+                "recipe/spa/config/spa_trainer.yaml (--config-path recipe/spa/config --config-name spa_trainer env=...)"
+            )
+        pool = select_key(env, "pool", {})
+        kwargs = select_key(env, "env_kwargs", {})
+        kwargs = dict(kwargs.items()) if hasattr(kwargs, "items") else {}
+        return cls(
+            name=str(select_key(env, "name", cls.name)),
+            max_steps=select_key(env, "max_steps"),
+            max_turns=select_key(env, "max_turns"),
+            prompt_style=str(select_key(env, "prompt_style", cls.prompt_style)),
+            parse_style=select_key(env, "parse_style"),
+            one_shot=bool(select_key(env, "one_shot", False)),
+            system_prompt=bool(select_key(env, "system_prompt", True)),
+            include_admissible=select_key(env, "include_admissible"),
+            reward_scale=float(select_key(env, "reward_scale", 1.0)),
+            reward_mode=str(select_key(env, "reward_mode", "final")),
+            max_tokens_per_turn=select_key(env, "max_tokens_per_turn"),
+            env_kwargs=kwargs,
+            pool_backend=str(select_key(pool, "backend", "process")),
+            pool_num_workers=select_key(pool, "num_workers"),
+            step_timeout=float(select_key(pool, "step_timeout", 60.0)),
+            reset_timeout=float(select_key(pool, "reset_timeout", 300.0)),
+            collect_dir=select_key(env, "collect_dir"),
+            collect_messages=bool(select_key(env, "collect_messages", True)),
+        )
+
+    def make_kwargs(self) -> dict:
+        kwargs = {k: (dict(v) if hasattr(v, "items") else v) for k, v in self.env_kwargs.items() if v is not None}
+        if self.max_steps is not None:
+            kwargs["max_steps"] = int(self.max_steps)
+        return kwargs
+
+
+def default_pool_size(config: Any) -> int:
+    """Enough env workers for every episode one agent-loop worker runs at once (train or val), at least 4."""
+    workers = max(int(select_key(config, "actor_rollout_ref.rollout.agent.num_workers", 8)), 1)
+    train = int(select_key(config, "data.train_batch_size", 16)) * int(select_key(config, "actor_rollout_ref.rollout.n", 1))
+    val_bs = select_key(config, "data.val_batch_size")
+    val = int(val_bs) * int(select_key(config, "actor_rollout_ref.rollout.val_kwargs.n", 1)) if val_bs else 0
+    return max(4, math.ceil(max(train, val) / workers))
+
+
+def env_settings_problems(settings: Any) -> list[str]:
+    """Problems of an :class:`EnvRolloutSettings`."""
+    out = []
+    if settings.name not in env_names():
+        out.append(f"env.name={settings.name!r} is not a known environment (known: {', '.join(env_names())})")
+    if settings.prompt_style not in STYLES:
+        out.append(f"env.prompt_style={settings.prompt_style!r} is not one of {STYLES}")
+    if settings.parse_style is not None and settings.parse_style not in (*STYLES, "auto"):
+        out.append(f"env.parse_style={settings.parse_style!r} is not one of {(*STYLES, 'auto')} (or null)")
+    if settings.reward_mode not in REWARD_MODES:
+        out.append(f"env.reward_mode={settings.reward_mode!r} is not one of {REWARD_MODES}")
+    if not math.isfinite(settings.reward_scale):
+        out.append(f"env.reward_scale must be finite, got {settings.reward_scale}")
+    if settings.pool_backend not in BACKENDS:
+        out.append(f"env.pool.backend={settings.pool_backend!r} is not one of {BACKENDS}")
+    for key, value in (("env.max_steps", settings.max_steps), ("env.max_turns", settings.max_turns),
+                       ("env.max_tokens_per_turn", settings.max_tokens_per_turn),
+                       ("env.pool.num_workers", settings.pool_num_workers)):
+        if value is not None and int(value) < 1:
+            out.append(f"{key} must be >= 1 (or null), got {value}")
+    for key, value in (("env.pool.step_timeout", settings.step_timeout),
+                       ("env.pool.reset_timeout", settings.reset_timeout)):
+        if not value > 0:
+            out.append(f"{key} must be > 0, got {value}")
+    return out
+
+
+def validate_env_settings(settings: Any) -> None:
+    problems = env_settings_problems(settings)
+    if problems:
+        raise ConfigError("invalid env config:\n  - " + "\n  - ".join(problems))
+
+
+@register_config_check
+def env_block_problems(cfg: Any) -> list[str]:
+    """Problems of the ``env`` block of a composed trainer config."""
+    if select_key(cfg, "env") is None:
+        return ["no 'env' block: compose from recipe/spa/config/spa_trainer.yaml and pick env=<name>"]
+    try:
+        return env_settings_problems(EnvRolloutSettings.from_config(cfg))
+    except (ValueError, TypeError) as exc:
+        return [str(exc)]
