@@ -2,25 +2,42 @@
 # Shared settings and helpers of the spa-rl launch scripts (sourced by examples/*.sh, not run on its own).
 # Every variable below can be overridden from the environment, e.g.
 #   MODEL_PATH=/models/Qwen2.5-1.5B-Instruct N_GPUS=4 bash examples/rl_spa.sh webshop
-# DRY_RUN=1 composes and prints the full config of a verl run (hydra --cfg job) without starting it (no GPU
-# needed; the CPU tests use this); for non-hydra steps it prints the command. PRINT_CMD=1 prints the command too.
+# DRY_RUN=1 checks and prints the fully composed config of a verl run (no GPU needed; the CPU tests use this);
+# for non-hydra steps it prints the command. PRINT_CMD=1 prints the command too.
+#
+# A verl launch (run_rl / run_verl below) always runs `python -m recipe.spa.check <the same overrides>` first: it
+# composes the config, lists every problem (unknown names, out-of-range values, GPU splits verl cannot run, missing
+# data; in DRY_RUN missing files are not a problem) and stops before anything starts. Ctrl-C / SIGTERM stop a
+# launch cleanly: the trainer's process group is stopped, and `ray stop --force` runs only when this launch started
+# Ray (no Ray of this user was running before and RAY_ADDRESS is unset).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, also in Ray workers
 
 # ---- model, hardware
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-1.5B-Instruct}  # base policy (GiGPO's baselines start here)
 RL_INIT=${RL_INIT:-$MODEL_PATH}                       # policy the RL runs start from (SPA-RL: the SFT checkpoint)
-N_GPUS=${N_GPUS:-2}
+N_GPUS=${N_GPUS:-2}                                    # GPUs per node this launch uses (rl_spa.sh: scorer included)
 NNODES=${NNODES:-1}
 TP=${TP:-2}                                            # vLLM tensor parallel size
 ROLLOUT_ENGINE=${ROLLOUT_ENGINE:-vllm}
 GPU_MEM_UTIL=${GPU_MEM_UTIL:-0.6}
 
 # ---- data and outputs
-DATA_DIR=${DATA_DIR:-$REPO_DIR/data}                   # <env>_{train,val,test}.parquet (envs.prepare), <env>_sft.parquet
-SHARED_DATA=${SHARED_DATA:-${SPA_SHARED_DATA:-$REPO_DIR/../shared/data}}  # engine data: alfworld/, webshop/, ...
+_deprecated() { echo "[spa-rl] $1 is deprecated, use $2 (read it this time)" >&2; }
+# SPA_DATA: the one engine-data root, holding alfworld/ (json_2.1.x games) and webshop/ (product files)
+if [[ -z "${SPA_DATA:-}" ]]; then
+  if [[ -n "${SHARED_DATA:-}" ]]; then _deprecated SHARED_DATA SPA_DATA; SPA_DATA=$SHARED_DATA
+  elif [[ -n "${SPA_SHARED_DATA:-}" ]]; then _deprecated SPA_SHARED_DATA SPA_DATA; SPA_DATA=$SPA_SHARED_DATA
+  elif [[ -d "$REPO_DIR/../shared/data" ]]; then SPA_DATA=$(cd "$REPO_DIR/../shared/data" && pwd)
+  fi
+fi
+if [[ -n "${SPA_DATA:-}" ]]; then export SPA_DATA; fi  # envs.paths.data_root() reads it (CLIs, env workers)
+# DATA_DIR: the dataset folder, <env>_{train,val,test}.parquet (envs.prepare) and <env>_sft.parquet (envs.expert)
+if [[ -z "${DATA_DIR:-}" && -n "${SPA_DATA_DIR:-}" ]]; then _deprecated SPA_DATA_DIR DATA_DIR; DATA_DIR=$SPA_DATA_DIR; fi
+DATA_DIR=${DATA_DIR:-$REPO_DIR/data}
 OUT_DIR=${OUT_DIR:-$REPO_DIR/outputs}
 SFT_DIR=${SFT_DIR:-$OUT_DIR/sft}                       # SFT checkpoints: $SFT_DIR/<env>
 COLLECT_DIR=${COLLECT_DIR:-$OUT_DIR/collect}           # exploration records: $COLLECT_DIR/<env>
@@ -33,19 +50,23 @@ VAL_TASKS=${VAL_TASKS:-128}             # tasks per validation (data.val_batch_s
 TOTAL_STEPS=${TOTAL_STEPS:-150}         # PPO iterations
 LR=${LR:-1e-6}
 KL_COEF=${KL_COEF:-0.01}
-GAMMA=${GAMMA:-0.95}
+GAMMA=${GAMMA:-0.95}                    # per-turn discount (GiGPO's; rl_ppo.sh uses it per turn too)
+SEED=${SEED:-1}                         # data.seed (task order)
 VAL_TEMPERATURE=${VAL_TEMPERATURE:-0.4}
 TEST_FREQ=${TEST_FREQ:-5}
 SAVE_FREQ=${SAVE_FREQ:-50}
-MINI_BATCH=${MINI_BATCH:-$TRAIN_TASKS}  # trajectories per PPO mini-batch
+MINI_BATCH=${MINI_BATCH:-$TRAIN_TASKS}  # tasks per PPO mini-batch (verl trains on MINI_BATCH * GROUP_N trajectories)
 MICRO_BATCH_PER_GPU=${MICRO_BATCH_PER_GPU:-1}
 MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-24576}
 INVALID_PENALTY=${INVALID_PENALTY:-0.1} # outcome-reward baselines (GiGPO's invalid_action_penalty_coef)
-LOGGER=${LOGGER:-[console]}
-EXPERIMENT_SUFFIX=${EXPERIMENT_SUFFIX:-}
+LOGGER=${LOGGER:-[console,file]}        # verl trackers; file = verl's FileLogger, JSON lines in <run>/logs/
+RESUME=${RESUME:-auto}                  # RL scripts: auto = resume this run's own latest checkpoint | disable
+RUN_NAME=${RUN_NAME:-}                  # RL: suffix of the experiment name; eval/collect: the output folder name
+EXPERIMENT_SUFFIX=${EXPERIMENT_SUFFIX:-}  # RL: same as RUN_NAME (older name)
 
 DRY_RUN=${DRY_RUN:-0}
 PRINT_CMD=${PRINT_CMD:-0}
+REQUIRE_GPUS=${REQUIRE_GPUS:-}          # GPUs torch must see before a real launch (default N_GPUS)
 
 check_env() {
   case "${1:-}" in
@@ -54,9 +75,23 @@ check_env() {
   esac
 }
 
-# engine data folder of an env ("null" lets the adapter pick its default)
+# engine data folder of an env ("null" lets the adapter resolve it with envs.paths)
 env_data_dir() {
-  if [[ -d "$SHARED_DATA/$1" ]]; then echo "$SHARED_DATA/$1"; else echo null; fi
+  if [[ -n "${SPA_DATA:-}" && -d "$SPA_DATA/$1" ]]; then echo "$SPA_DATA/$1"; else echo null; fi
+}
+
+# a folder-name-safe slug of a whole string (e.g. a model path: two .../huggingface exports differ)
+slug() {
+  local s; s=$(printf '%s' "$1" | sed -e 's#^\./##' -e 's#[^A-Za-z0-9._-]#-#g' -e 's#--*#-#g' -e 's#^[-.]*##' -e 's#-*$##')
+  if (( ${#s} > 90 )); then s="${s: -80}-$(printf '%s' "$1" | sha1sum | cut -c1-8)"; fi
+  echo "${s:-run}"
+}
+
+# a model path as a run name: relative to the repo when inside it, else as given
+model_run_name() {
+  local p=$1
+  if [[ -e "$p" ]]; then p=$(cd "$(dirname "$p")" && pwd)/$(basename "$p"); p=${p#"$REPO_DIR"/}; fi
+  slug "$p"
 }
 
 # run a command, or print it (DRY_RUN=1 for non-hydra steps, PRINT_CMD=1)
@@ -65,13 +100,56 @@ run_cmd() {
   if [[ "$DRY_RUN" != 1 ]]; then "$@"; fi
 }
 
-# verl's PPO entry point with the spa-rl config for env $1; the remaining arguments are hydra overrides.
-# With DRY_RUN=1 it composes the config (--cfg job) and prints it instead of training.
+# ---- clean stop: the launched trainer runs in its own process group; INT/TERM stop that group
+_SPA_CHILD=""
+_SPA_RAY_BEFORE=1
+_spa_stop() {
+  local sig=$1
+  trap - INT TERM
+  if [[ -n "$_SPA_CHILD" ]] && kill -0 "$_SPA_CHILD" 2>/dev/null; then
+    echo "[spa-rl] $sig: stopping the launch (process group $_SPA_CHILD)" >&2
+    kill "-$sig" -- "-$_SPA_CHILD" 2>/dev/null || true
+    local i
+    for i in $(seq 1 30); do kill -0 "$_SPA_CHILD" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$_SPA_CHILD" 2>/dev/null; then kill -KILL -- "-$_SPA_CHILD" 2>/dev/null || true; fi
+  fi
+  if [[ "$_SPA_RAY_BEFORE" == 0 ]] && pgrep -u "$(id -u)" -x raylet >/dev/null 2>&1; then
+    echo "[spa-rl] this launch started Ray: ray stop --force" >&2
+    if command -v ray >/dev/null 2>&1; then ray stop --force >/dev/null 2>&1 || true; fi
+  fi
+  if [[ "$sig" == INT ]]; then exit 130; else exit 143; fi
+}
+
+# launch "$@" in its own process group and wait; Ctrl-C / SIGTERM stop it (see _spa_stop)
+launch() {
+  _SPA_RAY_BEFORE=0
+  if [[ -n "${RAY_ADDRESS:-}" ]] || pgrep -u "$(id -u)" -x raylet >/dev/null 2>&1; then _SPA_RAY_BEFORE=1; fi
+  trap '_spa_stop INT' INT
+  trap '_spa_stop TERM' TERM
+  set -m
+  "$@" &
+  _SPA_CHILD=$!
+  set +m
+  local rc=0
+  wait "$_SPA_CHILD" || rc=$?
+  trap - INT TERM
+  _SPA_CHILD=""
+  return "$rc"
+}
+
+# run_verl <env> <run_dir> [hydra overrides...]
+#   verl's PPO entry point (main_ppo) with the spa-rl config for <env>: the shared schedule above, then the
+#   caller's overrides (later ones win). The run owns <run_dir>: run_settings.json (what recipe.spa.compare
+#   checks), logs/metrics_<UTC time>.jsonl (verl's file logger, one file per launch) and whatever the caller
+#   points into it (checkpoints, validation dumps). First `python -m recipe.spa.check` on the same overrides:
+#   any problem stops here with the full list. DRY_RUN=1: check (data files may be missing) and print the
+#   composed config (YAML, like main_ppo --cfg job); nothing is written. Otherwise torch must see REQUIRE_GPUS
+#   (default N_GPUS) GPUs, then the trainer runs under `launch` (clean Ctrl-C).
 run_verl() {
-  local env=$1; shift
-  local cmd=(
-    "$PYTHON" -m verl.trainer.main_ppo
-    --config-path="$REPO_DIR/recipe/spa/config" --config-name=spa_trainer
+  local env=$1 run_dir=$2; shift 2
+  local log_file
+  log_file="$run_dir/logs/metrics_$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+  local overrides=(
     "env=$env"
     "env.dataset_dir=$DATA_DIR"
     "env.env_kwargs.data_dir=$(env_data_dir "$env")"
@@ -95,6 +173,7 @@ run_verl() {
     "algorithm.use_kl_in_reward=false"
     "data.train_batch_size=$TRAIN_TASKS"
     "data.val_batch_size=$VAL_TASKS"
+    "data.seed=$SEED"
     "trainer.n_gpus_per_node=$N_GPUS"
     "trainer.nnodes=$NNODES"
     "trainer.total_training_steps=$TOTAL_STEPS"
@@ -103,12 +182,54 @@ run_verl() {
     "trainer.save_freq=$SAVE_FREQ"
     "trainer.val_before_train=true"
     "trainer.logger=$LOGGER"
-    "trainer.default_local_dir=$OUT_DIR/rl/$env"
+    "++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH=$log_file"
     "$@"
   )
+  local check=("$PYTHON" -m recipe.spa.check)
   if [[ "$DRY_RUN" == 1 ]]; then
-    cmd+=(--cfg job)
+    "${check[@]}" --no-files --print-config "${overrides[@]}"
+    return
   fi
+  "${check[@]}" --require-gpus "${REQUIRE_GPUS:-$N_GPUS}" --settings-out "$run_dir/run_settings.json" \
+    "${overrides[@]}"
+  mkdir -p "$run_dir/logs"
+  export VERL_FILE_LOGGER_PATH=$log_file  # the driver's trackers; Ray workers get it from the runtime_env above
+  local cmd=("$PYTHON" -m verl.trainer.main_ppo --config-path="$REPO_DIR/recipe/spa/config" --config-name=spa_trainer
+             "${overrides[@]}")
   if [[ "$PRINT_CMD" == 1 ]]; then printf '%q ' "${cmd[@]}"; echo; fi
-  "${cmd[@]}"
+  echo "[spa-rl] run folder: $run_dir" >&2
+  launch "${cmd[@]}"
+}
+
+# last value of a hydra override key among the arguments ("" when absent)
+override_value() {
+  local key=$1 v="" a; shift
+  for a in "$@"; do if [[ "$a" == "$key="* ]]; then v=${a#"$key="}; fi; done
+  echo "$v"
+}
+
+# run_rl <env> <algo> [hydra overrides...]
+#   One RL run of <algo> (the script's label: grpo, gigpo, ppo, spa, ...). The experiment name carries env, algo,
+#   reward, advantage estimator, critic, the progress estimator (a slug of its path) and RUN_NAME /
+#   EXPERIMENT_SUFFIX, all read from the overrides (the caller's, then the user's); the run owns
+#   $OUT_DIR/rl/<env>/<experiment name>/ with checkpoints/ (trainer.default_local_dir), validation/ (generation
+#   dumps), logs/ and run_settings.json. RESUME=auto resumes this folder's latest checkpoint only; disable
+#   starts from step 0. A new RL script is: source common.sh; check_env; run_rl "$ENV" <algo> <its overrides> "$@".
+run_rl() {
+  local env=$1 algo=$2; shift 2
+  case "$RESUME" in auto|disable) ;; *) echo "RESUME=$RESUME: use auto (resume this run's own checkpoint) or disable" >&2; exit 2 ;; esac
+  local reward adv critic est name suffix
+  reward=$(override_value algorithm.reward "$@"); adv=$(override_value algorithm.adv_estimator "$@")
+  critic=$(override_value critic.enable "$@"); est=$(override_value algorithm.spa.estimator_path "$@")
+  name="${env}_${algo}_${reward:-outcome}_${adv:-grpo}"
+  if [[ "${critic,,}" == true ]]; then name+="_critic"; fi
+  if [[ "$reward" == spa && -n "$est" ]]; then
+    name+="_est-$(slug "$(basename "$est")")-$(printf '%s' "$est" | sha1sum | cut -c1-6)"
+  fi
+  suffix=${RUN_NAME:-$EXPERIMENT_SUFFIX}; suffix=${suffix#[_-]}
+  if [[ -n "$suffix" ]]; then name+="_$(slug "$suffix")"; fi
+  local run_dir="$OUT_DIR/rl/$env/$name"
+  run_verl "$env" "$run_dir" "$@" \
+    "trainer.experiment_name=$name" "trainer.default_local_dir=$run_dir/checkpoints" \
+    "trainer.validation_data_dir=$run_dir/validation" "trainer.resume_mode=$RESUME"
 }

@@ -3,6 +3,5 @@
 #   bash examples/rl_grpo.sh <alfworld|webshop|virtualhome> [hydra overrides...]
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
-run_verl "$ENV" \
-  algorithm.reward=outcome algorithm.adv_estimator=grpo "algorithm.invalid_penalty=$INVALID_PENALTY" \
-  "trainer.experiment_name=${ENV}_grpo$EXPERIMENT_SUFFIX" "$@"
+run_rl "$ENV" grpo \
+  algorithm.reward=outcome algorithm.adv_estimator=grpo "algorithm.invalid_penalty=$INVALID_PENALTY" "$@"

@@ -10,7 +10,16 @@ It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each pr
 * ``algorithm.reward=spa`` without a progress-estimator checkpoint (``algorithm.spa.estimator_path``);
 * missing dataset parquet files (``data.train_files`` / ``data.val_files``);
 * settings the dense per-turn rewards cannot work with: the legacy trainer (``trainer.use_v1=false``) or a
-  colocated reward model (``reward.reward_model.enable=true``), which both rebuild ``rm_scores`` from one scalar.
+  colocated reward model (``reward.reward_model.enable=true``), which both rebuild ``rm_scores`` from one scalar;
+* reward and advantage values out of range (:func:`value_problems`): NaN/inf or negative ``algorithm.spa.alpha`` /
+  ``beta`` / ``algorithm.invalid_penalty``, ``algorithm.spa.clip <= 0``, unknown ``algorithm.spa.mode`` /
+  ``algorithm.gigpo.mode``, ``algorithm.gamma`` outside (0, 1], ``algorithm.lam`` outside [0, 1];
+* GPU splits verl cannot run (:func:`gpu_split_problems`): trainer GPUs not divisible by the rollout's tensor
+  parallel size, or a PPO mini-batch (``ppo_mini_batch_size * rollout.n``) not divisible by the data-parallel size;
+  the message names the valid choices.
+
+``python -m recipe.spa.check <hydra overrides>`` composes the config the launch scripts would run and prints these
+problems before anything starts.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import os
 from typing import Any, Callable
 
 REWARDS = ("outcome", "spa")
+NORM_MODES = ("mean_norm", "mean_std_norm")  # algorithm.{spa,gigpo}.mode (spa_reward.advantage)
 REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
 
 
@@ -114,6 +124,9 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
                     problems.append(f"{key}: {path!r} does not exist; write it with "
                                     f"`python -m envs.prepare {env} --output-dir <dir>` and set DATA_DIR")
 
+    problems += value_problems(cfg)
+    problems += gpu_split_problems(cfg)
+
     # dense per-turn rewards need the v1 trainer and the streaming reward path
     if select_key(cfg, "trainer.use_v1", True) is False:
         problems.append("trainer.use_v1=false: the legacy trainer rebuilds rm_scores from one scalar per "
@@ -124,6 +137,120 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     return problems
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float, None when it is not a number (then the caller reports it)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def value_problems(cfg: Any) -> list[str]:
+    """Reward / advantage settings out of range, each with its key and value."""
+    out = []
+    for key in ("algorithm.spa.alpha", "algorithm.spa.beta", "algorithm.invalid_penalty"):
+        raw = select_key(cfg, key, 0.0)
+        value = _number(raw)
+        if value is None or not math.isfinite(value) or value < 0:
+            out.append(f"{key}={raw!r} must be a finite number >= 0")
+    for key in ("algorithm.spa.outcome_coef", "algorithm.spa.step_advantage_w", "algorithm.gigpo.step_advantage_w"):
+        raw = select_key(cfg, key, 0.0)
+        value = _number(raw)
+        if value is None or not math.isfinite(value):
+            out.append(f"{key}={raw!r} must be a finite number")
+    clip = select_key(cfg, "algorithm.spa.clip")
+    if clip is not None:
+        value = _number(clip)
+        if value is None or math.isnan(value) or value <= 0:
+            out.append(f"algorithm.spa.clip={clip!r} must be > 0 (or null for no clip)")
+    for section in ("spa", "gigpo"):
+        mode = select_key(cfg, f"algorithm.{section}.mode", "mean_norm")
+        if mode not in NORM_MODES:
+            out.append(f"algorithm.{section}.mode={mode!r} is not one of {NORM_MODES}")
+    gamma = select_key(cfg, "algorithm.gamma", 1.0)
+    value = _number(gamma)
+    if value is None or not 0 < value <= 1:
+        out.append(f"algorithm.gamma={gamma!r} must be in (0, 1] (the per-turn discount)")
+    lam = select_key(cfg, "algorithm.lam", 1.0)
+    value = _number(lam)
+    if value is None or not 0 <= value <= 1:
+        out.append(f"algorithm.lam={lam!r} must be in [0, 1]")
+    return out
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _int(cfg: Any, key: str, default: int) -> int:
+    value = _number(select_key(cfg, key, default))
+    return int(value) if value is not None and math.isfinite(value) else default
+
+
+def gpu_split_problems(cfg: Any) -> list[str]:
+    """GPU splits verl 0.9.1 refuses only at its first rollout or actor update, checked on the config.
+
+    * the hybrid engine builds the rollout mesh over the trainer's GPUs: ``world % (tp * dp * pp) == 0``
+      (``verl/workers/engine_workers.py``, rollout device mesh);
+    * the trainer hands the actor (and critic) ``mini_batch_size = ppo_mini_batch_size * rollout.n`` trajectories
+      (``verl/trainer/ppo/v1/trainer_base.py`` ``_update_actor``/``_update_critic``) and the worker asserts
+      ``mini_batch_size % data_parallel_size == 0``, with data_parallel_size = world / ulysses_sequence_parallel_size
+      (``engine_workers.py`` ``train_mini_batch``, ``engine/fsdp/transformer_impl.py``).
+    world = ``trainer.n_gpus_per_node * trainer.nnodes``: the GPUs of verl's resource pool (in ``rl_spa.sh``,
+    ``N_GPUS - SCORER_GPUS``; the progress scorer's GPUs are outside it).
+    """
+    per_node = _int(cfg, "trainer.n_gpus_per_node", 8)
+    nnodes = _int(cfg, "trainer.nnodes", 1)
+    world = per_node * nnodes
+    if world < 1:
+        return [f"trainer.n_gpus_per_node={per_node} x trainer.nnodes={nnodes} gives no trainer GPU"]
+    scorer = 0.0
+    if select_key(cfg, "algorithm.reward") == "spa":
+        scorer = _number(select_key(cfg, "algorithm.spa.scorer_num_gpus", 0)) or 0.0
+    where = (f"trainer.n_gpus_per_node={per_node}" + (f" x trainer.nnodes={nnodes}" if nnodes != 1 else "")
+             + (f" (N_GPUS - SCORER_GPUS in rl_spa.sh; the scorer has {scorer:g})" if scorer else " (N_GPUS)"))
+    out = []
+    tp = _int(cfg, "actor_rollout_ref.rollout.tensor_model_parallel_size", 1)
+    rdp = _int(cfg, "actor_rollout_ref.rollout.data_parallel_size", 1)
+    pp = _int(cfg, "actor_rollout_ref.rollout.pipeline_model_parallel_size", 1)
+    infer = max(tp, 1) * max(rdp, 1) * max(pp, 1)
+    if world % infer:
+        valid_tp = [t for t in _divisors(world) if world % (t * max(rdp, 1) * max(pp, 1)) == 0]
+        out.append(f"{where}: {world} trainer GPUs are not divisible by the rollout's tensor x data x pipeline "
+                   f"parallel size {tp} x {rdp} x {pp}; valid TP (actor_rollout_ref.rollout."
+                   f"tensor_model_parallel_size) for {world} GPUs: {valid_tp}")
+    n = _int(cfg, "actor_rollout_ref.rollout.n", 1)
+    roles = [("actor", "actor_rollout_ref.actor")]
+    if select_key(cfg, "critic.enable", False) is True:
+        roles.append(("critic", "critic"))
+    for role, prefix in roles:
+        mini = _int(cfg, f"{prefix}.ppo_mini_batch_size", 1)
+        sp = max(_int(cfg, f"{prefix}.ulysses_sequence_parallel_size", 1), 1)
+        if world % sp:
+            out.append(f"{where}: {world} trainer GPUs are not divisible by {prefix}.ulysses_sequence_parallel_size={sp}")
+            continue
+        dp = world // sp
+        if (mini * n) % dp:
+            gpus = [w for w in range(1, max(2 * world, 16) + 1)
+                    if w % sp == 0 and (mini * n) % (w // sp) == 0 and w % infer == 0]
+            total = [f"{g + scorer:g}" for g in gpus]
+            hint = ""
+            if scorer:
+                n_all = world + scorer
+                scorers = [f"{n_all - g:g}" for g in gpus if n_all - g > 0]
+                hint = (f"; with the scorer's {scorer:g} that is N_GPUS in [{', '.join(total)}]"
+                        + (f", or keep N_GPUS={n_all:g} with SCORER_GPUS in [{', '.join(scorers)}]" if scorers else ""))
+            minis = [m for m in range(1, 4 * mini + 1) if (m * n) % dp == 0][:6]
+            out.append(
+                f"{where}: the {role}'s PPO mini-batch {prefix}.ppo_mini_batch_size={mini} x rollout.n={n} = "
+                f"{mini * n} trajectories is not divisible by its data-parallel size {dp} (GPUs / sequence parallel "
+                f"{sp}); valid trainer GPU counts: {gpus}{hint}; or ppo_mini_batch_size (MINI_BATCH) in "
+                f"{minis}...")
+    return out
+
+
 def validate_config(cfg: Any, check_files: bool = True) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (nothing when it is fine)."""
     problems = config_problems(cfg, check_files=check_files)
@@ -132,4 +259,5 @@ def validate_config(cfg: Any, check_files: bool = True) -> None:
                           + ":\n  - " + "\n  - ".join(problems))
 
 
-__all__ = ["ConfigError", "config_problems", "register_config_check", "select_key", "validate_config"]
+__all__ = ["ConfigError", "config_problems", "gpu_split_problems", "register_config_check", "select_key",
+           "validate_config", "value_problems"]

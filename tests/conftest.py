@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_root() -> Path:
-    """`$SPA_SHARED_DATA`, else the `shared/data` folder that sits beside the checkout (as in CI)."""
-    env = os.environ.get("SPA_SHARED_DATA")
+    """`$SPA_DATA`, else the deprecated `$SPA_SHARED_DATA`, else the `shared/data` folder beside the checkout (CI)."""
+    env = os.environ.get("SPA_DATA")
+    if not env and os.environ.get("SPA_SHARED_DATA"):
+        warnings.warn("SPA_SHARED_DATA is deprecated, set SPA_DATA", DeprecationWarning, stacklevel=2)
+        env = os.environ["SPA_SHARED_DATA"]
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def _require(sub: str) -> Path:
     path = shared_data_root() / sub
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (set SPA_SHARED_DATA to the folder holding {sub}/)")
+        pytest.skip(f"real data not found at {path} (set SPA_DATA to the folder holding {sub}/)")
     return path
 
 

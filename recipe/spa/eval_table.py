@@ -1,6 +1,7 @@
 """Success / score / grounding table from the generations a validation-only verl run dumps.
 
-    python -m recipe.spa.eval_table outputs/eval/alfworld/<model> [more dirs or .jsonl files] [--markdown]
+    python -m recipe.spa.eval_table outputs/eval/alfworld/<run>/validation [more dirs or .jsonl files] \
+        [--markdown] [--split "valid_unseen (alfworld_test.parquet)"]
 
 verl writes ``<trainer.validation_data_dir>/<step>.jsonl`` with one line per episode holding the reward
 managers' scalars (``spa/won``, ``spa/task_score``, ``spa/executable_rate``, ``spa/num_turns``,
@@ -88,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipe.spa.eval_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="validation_data_dir folders or <step>.jsonl files")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--split", default=None, help="which task split was played (printed in the title)")
     args = parser.parse_args(argv)
     for p in args.paths:
         dump = latest_dump(Path(p))
-        print(render(f"{p} ({dump.name}); success/score/grounding in %", table_rows(episode_infos(dump)),
+        split = f"; split: {args.split}" if args.split else ""
+        print(render(f"{p} ({dump.name}{split}); success/score/grounding in %", table_rows(episode_infos(dump)),
                      args.markdown))
         print()
     return 0

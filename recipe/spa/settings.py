@@ -114,8 +114,8 @@ def env_settings_problems(settings: Any) -> list[str]:
             out.append(f"{key} must be >= 1 (or null), got {value}")
     for key, value in (("env.pool.step_timeout", settings.step_timeout),
                        ("env.pool.reset_timeout", settings.reset_timeout)):
-        if not value > 0:
-            out.append(f"{key} must be > 0, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            out.append(f"{key}={value!r} must be a finite number of seconds > 0")
     return out
 
 
