@@ -246,8 +246,8 @@ def gpu_split_problems(cfg: Any) -> list[str]:
             out.append(
                 f"{where}: the {role}'s PPO mini-batch {prefix}.ppo_mini_batch_size={mini} x rollout.n={n} = "
                 f"{mini * n} trajectories is not divisible by its data-parallel size {dp} (GPUs / sequence parallel "
-                f"{sp}); valid trainer GPU counts: {gpus}{hint}; or ppo_mini_batch_size (MINI_BATCH) in "
-                f"{minis}...")
+                f"{sp}); " + (f"valid trainer GPU counts: {gpus}{hint}; or " if gpus else "")
+                + f"ppo_mini_batch_size (MINI_BATCH) in {minis}...")
     return out
 
 

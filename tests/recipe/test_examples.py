@@ -1,23 +1,33 @@
-"""Every launch script's final command composes (DRY_RUN=1: hydra --cfg job), and the composed configs pass the
-start-up checks, so the scripts cannot rot. Also the config checks' error messages and the eval table."""
+"""Every launch script's final command composes (DRY_RUN=1: recipe.spa.check --print-config, hydra's compose of the
+same overrides main_ppo gets), and the composed configs pass the start-up checks, so the scripts cannot rot. Run
+folders, resume modes, the PPO discount, GPU splits, bad names, value ranges, a clean SIGTERM, prepare_data's limits.
+Most script cases run with PYTHON=echo: the scripts' bash runs for real and the overrides it would hand to
+recipe.spa.check are read back (no verl import per case); a few compose through hydra for real."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from spa_reward.config_check import ConfigError, config_problems, validate_config
+from hypothesis import given, settings, strategies as st
+
+from recipe.spa import check
+from spa_reward.config_check import ConfigError, config_problems, gpu_split_problems, validate_config, value_problems
 from tests.recipe.helpers import REPO, trainer_config
 
 
 def dry_run(script: str, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, DATA_DIR="/data/spa", OUT_DIR="/out", **env_vars)
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "DATA_DIR": "/data/spa", "OUT_DIR": "/out",
+           **env_vars}
     return subprocess.run(["bash", str(REPO / "examples" / script), *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
@@ -28,11 +38,25 @@ def composed(script: str, *args: str, **env_vars: str):
     return OmegaConf.create(yaml.safe_load(proc.stdout))
 
 
-# each algorithm once and each env once (a composition costs ~20 s of verl imports on a small CPU box)
+def check_args(script: str, *args: str, **env_vars: str) -> tuple[list[str], subprocess.CompletedProcess]:
+    """The arguments the script hands to ``python -m recipe.spa.check`` (PYTHON=echo: the bash runs for real)."""
+    proc = dry_run(script, *args, **{"PYTHON": "echo", **env_vars})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("-m recipe.spa.check ")]
+    return (lines[0].split()[2:] if lines else []), proc
+
+
+def overrides(script: str, *args: str, **env_vars: str) -> dict[str, str]:
+    """key -> value of the script's hydra overrides (the last one wins, as in hydra)."""
+    argv, proc = check_args(script, *args, **env_vars)
+    assert proc.returncode == 0 and argv, f"{script} {args}: {proc.stderr[-2000:]}"
+    return dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
+
+
+# each algorithm once and each env once (a composition costs ~10-20 s of verl imports on a small CPU box)
 RL = [
     ("rl_grpo.sh", "webshop", "outcome", "grpo"),
     ("rl_gigpo.sh", "virtualhome", "outcome", "gigpo"),
-    ("rl_ppo.sh", "webshop", "outcome", "gae"),
+    ("rl_ppo.sh", "webshop", "outcome", "spa"),
     ("rl_spa.sh", "alfworld", "spa", "spa"),
 ]
 
@@ -54,8 +78,14 @@ def test_rl_scripts_compose(script, env, reward, estimator):
     assert cfg.trainer.total_training_steps == 150 and cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0.4
     assert cfg.env.max_steps == {"alfworld": 50, "webshop": 15, "virtualhome": 40}[env]
     assert cfg.data.train_files == f"/data/spa/{env}_train.parquet"
-    if estimator == "gae":
-        assert cfg.critic.enable
+    # the run owns its folder: checkpoints, validation dumps, verl's file log
+    run_dir = f"/out/rl/{env}/{cfg.trainer.experiment_name}"
+    assert cfg.trainer.experiment_name.startswith(f"{env}_{script[3:-3]}_{reward}_{estimator}")
+    assert cfg.trainer.default_local_dir == f"{run_dir}/checkpoints" and cfg.trainer.resume_mode == "auto"
+    assert cfg.trainer.validation_data_dir == f"{run_dir}/validation" and "file" in cfg.trainer.logger
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH.startswith(f"{run_dir}/logs/metrics_")
+    if script == "rl_ppo.sh":  # turn-level GAE: the critic form of the spa estimator on the outcome reward
+        assert cfg.critic.enable and cfg.algorithm.lam == 1.0
     if reward == "spa":  # overrides after the env name reach the config; SPA_CRITIC=1 adds the critic
         assert cfg.reward.reward_kwargs.clip == 5 and cfg.env.max_turns == 20 and cfg.critic.enable
         assert cfg.reward.reward_kwargs.estimator_path == f"/out/estimator/{env}"
@@ -68,17 +98,166 @@ def test_rl_scripts_compose(script, env, reward, estimator):
     assert config_problems(cfg, check_files=False) == []
 
 
+def test_run_folders_resume_and_ppo_discount():
+    runs = {
+        "grpo": overrides("rl_grpo.sh", "webshop"),
+        "gigpo": overrides("rl_gigpo.sh", "webshop"),
+        "ppo": overrides("rl_ppo.sh", "webshop"),
+        "spa": overrides("rl_spa.sh", "webshop", ESTIMATOR="/est/a/webshop"),
+        "spa_other_estimator": overrides("rl_spa.sh", "webshop", ESTIMATOR="/est/b/webshop"),
+        "spa_critic": overrides("rl_spa.sh", "webshop", ESTIMATOR="/est/a/webshop", SPA_CRITIC="1"),
+        "grpo_named": overrides("rl_grpo.sh", "webshop", RUN_NAME="try 2"),
+        "grpo_suffix": overrides("rl_grpo.sh", "webshop", EXPERIMENT_SUFFIX="_old"),
+    }
+    names = {k: o["trainer.experiment_name"] for k, o in runs.items()}
+    assert len(set(names.values())) == len(names), names  # every algorithm / estimator / suffix: its own run
+    assert names["grpo"] == "webshop_grpo_outcome_grpo" and names["ppo"] == "webshop_ppo_outcome_spa_critic"
+    assert names["spa"].startswith("webshop_spa_spa_spa_est-webshop-")
+    assert names["grpo_named"] == "webshop_grpo_outcome_grpo_try-2"
+    assert names["grpo_suffix"] == "webshop_grpo_outcome_grpo_old"
+    for key, o in runs.items():
+        run_dir = f"/out/rl/webshop/{names[key]}"
+        assert o["trainer.default_local_dir"] == f"{run_dir}/checkpoints", key
+        assert o["trainer.validation_data_dir"] == f"{run_dir}/validation" and o["trainer.resume_mode"] == "auto"
+        assert o["ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"].startswith(f"{run_dir}/logs/")
+    # PPO: GAE over turns with the shared per-turn gamma (not verl's per-token gae with gamma 0.95)
+    ppo = runs["ppo"]
+    assert ppo["algorithm.adv_estimator"] == "spa" and ppo["critic.enable"] == "true"
+    assert ppo["algorithm.reward"] == "outcome" and ppo["algorithm.gamma"] == "0.95" and ppo["algorithm.lam"] == "1.0"
+    token = overrides("rl_ppo.sh", "webshop", PPO_GAE="token")
+    assert token["algorithm.adv_estimator"] == "gae" and token["algorithm.gamma"] == "1.0"
+    assert token["trainer.experiment_name"] == "webshop_ppo_outcome_gae_critic"
+    assert overrides("rl_grpo.sh", "webshop", RESUME="disable")["trainer.resume_mode"] == "disable"
+    for script, env in (("rl_grpo.sh", {"RESUME": "latest"}), ("rl_ppo.sh", {"PPO_GAE": "tokens"})):
+        _, proc = check_args(script, "webshop", **env)
+        assert proc.returncode == 2 and "use" in proc.stderr, proc.stderr
+
+
+def test_eval_and_collect_never_resume_and_name_by_model(tmp_path):
+    a = overrides("eval.sh", "alfworld", MODEL="/ckpt/a/global_step_9/actor/huggingface")
+    b = overrides("eval.sh", "alfworld", MODEL="/ckpt/b/global_step_9/actor/huggingface")
+    assert a["trainer.resume_mode"] == "disable" and a["trainer.val_only"] == "true"
+    assert a["trainer.validation_data_dir"] == "/out/eval/alfworld/ckpt-a-global_step_9-actor-huggingface/validation"
+    assert a["trainer.validation_data_dir"] != b["trainer.validation_data_dir"]
+    assert a["trainer.default_local_dir"].startswith("/out/eval/alfworld/")
+    assert a["data.val_files"] == "/data/spa/alfworld_val.parquet" and a["data.val_batch_size"] == "128"
+    named = overrides("eval.sh", "alfworld", MODEL="/ckpt/a", RUN_NAME="sft")
+    assert named["trainer.validation_data_dir"] == "/out/eval/alfworld/sft/validation"
+    # the unseen split when the test parquet exists; the table says which split it was
+    (tmp_path / "alfworld_test.parquet").touch()
+    argv, proc = check_args("eval.sh", "alfworld", MODEL="/ckpt/a", DATA_DIR=str(tmp_path))
+    unseen = dict(x.split("=", 1) for x in argv if "=" in x)
+    assert unseen["data.val_files"] == f"{tmp_path}/alfworld_test.parquet"
+    table = [line for line in proc.stdout.splitlines() if "recipe.spa.eval_table" in line]
+    assert "valid_unseen" in table[0] and "alfworld_test.parquet" in table[0]
+    _, proc = check_args("eval.sh", "alfworld", MODEL="/ckpt/a")
+    assert "valid_seen" in [line for line in proc.stdout.splitlines() if "eval_table" in line][0]
+    c = overrides("collect.sh", "webshop", SFT_MODEL="/ckpt/sft")
+    assert c["trainer.resume_mode"] == "disable" and c["trainer.val_only"] == "true"
+    assert c["data.val_batch_size"] == "128" and c["actor_rollout_ref.rollout.val_kwargs.n"] == "5"
+    assert c["env.collect_dir"] == "/out/collect/webshop" and c["trainer.default_local_dir"].startswith("/out/collect_runs/")
+
+
+def test_check_refuses_gpu_splits_with_the_valid_choices(capsys):
+    argv, _ = check_args("rl_spa.sh", "webshop", N_GPUS="4")
+    assert "trainer.n_gpus_per_node=3" in argv and "actor_rollout_ref.rollout.tensor_model_parallel_size=2" in argv
+    assert check.main(["--no-files", *argv]) == 1
+    err = capsys.readouterr().err
+    assert "N_GPUS in [3, 5, 9, 17]" in err and "SCORER_GPUS in [2]" in err and "valid TP" in err
+    argv, _ = check_args("rl_spa.sh", "webshop", N_GPUS="4", SCORER_GPUS="2")
+    assert check.main(["--no-files", *argv]) == 0
+    assert "settings that must be equal" in capsys.readouterr().err
+
+
+def test_check_names_bad_values_and_writes_settings(tmp_path, capsys):
+    argv, _ = check_args("rl_grpo.sh", "alfworld")
+    assert check.main(["--no-files", *argv, "algorithm.reward=spa"]) == 1
+    assert "algorithm.spa.estimator_path" in capsys.readouterr().err
+    assert check.main(["--no-files", *argv, "env=mars"]) == 2
+    assert "mars" in capsys.readouterr().err
+    assert check.main(["--no-files", "--require-gpus", "100000", *argv]) == 1
+    err = capsys.readouterr().err
+    assert "needs 100000 GPUs" in err and "DRY_RUN=1" in err and "cpu_tour.sh" in err
+    out = tmp_path / "run" / "run_settings.json"
+    assert check.main(["--no-files", "--settings-out", str(out), *argv]) == 0
+    saved = json.loads(out.read_text())
+    assert set(check.COMPARED) <= set(saved) and saved["history"] == "full" and saved["group_n"] == 8
+    assert saved["train_tasks"] == 16 and saved["kl"]["kl_loss_coef"] == 0.01 and saved["total_steps"] == 150
+    assert saved["advantage"].startswith("GRPO") and saved["gpus"] == 2 and saved["max_steps"] == 50
+
+
+def test_dry_run_refuses_bad_names():
+    proc = dry_run("rl_grpo.sh", "alfworld", "algorithm.adv_estimator=gipgo", "algorithm.reward=spq",
+                   "env.prompt_style=reactt")
+    assert proc.returncode == 1 and proc.stdout == ""
+    for bad in ("algorithm.adv_estimator='gipgo'", "algorithm.reward='spq'", "env.prompt_style='reactt'"):
+        assert bad in proc.stderr, proc.stderr[-2000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_the_launch_and_its_process_group(tmp_path):
+    fake = tmp_path / "python"  # passes the check, then stands in for main_ppo with a child of its own
+    fake.write_text("#!/bin/bash\n"
+                    "if [[ \"$1 $2\" == \"-m recipe.spa.check\" ]]; then exit 0; fi\n"
+                    "echo $$ > \"$PIDFILE.tmp\"; sleep 300 & echo $! >> \"$PIDFILE.tmp\"; "
+                    "mv \"$PIDFILE.tmp\" \"$PIDFILE\"; wait\n")
+    fake.chmod(0o755)
+    pidfile = tmp_path / "pids"
+    # PATH without ray: this test must never stop anybody's Ray
+    env = dict(os.environ, PYTHON=str(fake), PIDFILE=str(pidfile), OUT_DIR=str(tmp_path / "out"),
+               PATH="/usr/bin:/bin")
+    proc = subprocess.Popen(["bash", str(REPO / "examples" / "rl_grpo.sh"), "webshop"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if pidfile.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert pidfile.exists(), proc.communicate(timeout=10)
+    pids = [int(x) for x in pidfile.read_text().split()]
+    assert all(_alive(p) for p in pids)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "TERM: stopping the launch" in err
+    for _ in range(200):
+        if not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.slow
+def test_real_launch_without_gpus_stops_at_once(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "examples" / "rl_grpo.sh"), "webshop"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHON=sys.executable, N_GPUS="64", TP="1",
+                                   OUT_DIR=str(tmp_path)), timeout=600)
+    assert proc.returncode == 1 and "torch sees" in proc.stderr and "cpu_tour.sh" in proc.stderr
+    assert not (tmp_path / "rl" / "webshop" / "webshop_grpo_outcome_grpo" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_dry_run_n_gpus_4_spa_refuses():
+    proc = dry_run("rl_spa.sh", "webshop", N_GPUS="4")
+    assert proc.returncode == 1 and "SCORER_GPUS in [2]" in proc.stderr
+
+
 @pytest.mark.slow
 def test_collect_eval_sft_compose():
     cfg = composed("collect.sh", "alfworld", SFT_MODEL="/ckpt/sft")
     assert cfg.trainer.val_only and cfg.actor_rollout_ref.rollout.val_kwargs.n == 10
-    assert cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 1.0
+    assert cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 1.0 and cfg.trainer.resume_mode == "disable"
     assert cfg.env.collect_dir == "/out/collect/alfworld" and cfg.data.val_files == "/data/spa/alfworld_train.parquet"
     assert cfg.actor_rollout_ref.model.path == "/ckpt/sft"
     assert config_problems(cfg, check_files=False) == []
     proc = dry_run("eval.sh", "webshop", MODEL="/ckpt/rl")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "-m recipe.spa.eval_table /out/eval/webshop/rl" in proc.stdout
+    assert "-m recipe.spa.eval_table /out/eval/webshop/ckpt-rl/validation --split" in proc.stdout
     proc = dry_run("sft.sh", "alfworld")
     assert proc.returncode == 0, proc.stderr[-2000:]
     sft = yaml.safe_load(proc.stdout)
@@ -93,7 +272,32 @@ def test_non_hydra_steps_print_commands():
     proc = dry_run("prepare_data.sh", "webshop")
     assert proc.returncode == 0 and "-m envs.prepare webshop --output-dir /data/spa" in proc.stdout
     assert "-m envs.expert webshop --output /data/spa/webshop_sft.parquet" in proc.stdout
+    # limits reach both steps, each in the form it accepts (envs.prepare --max-train, envs.expert --max-tasks)
+    proc = dry_run("prepare_data.sh", "alfworld", "--max-tasks", "4", "--workers", "2", "--seed", "3",
+                   SPA_DATA="/nowhere")
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(lines) == 2, proc.stderr
+    assert lines[0].split()[1:] == ["-m", "envs.prepare", "alfworld", "--output-dir", "/data/spa", "--max-train", "4",
+                                    "--seed", "3"]
+    assert lines[1].split()[1:] == ["-m", "envs.expert", "alfworld", "--output", "/data/spa/alfworld_sft.parquet",
+                                    "--style", "react", "--max-tasks", "4", "--workers", "2", "--seed", "3"]
+    proc = dry_run("prepare_data.sh", "alfworld", "--max-task", "4")
+    assert proc.returncode == 2 and "--max-task" in proc.stderr
     assert dry_run("rl_grpo.sh", "nowhere").returncode == 2
+
+
+def test_data_root_and_deprecated_names(tmp_path):
+    (tmp_path / "webshop").mkdir()
+    argv, proc = check_args("rl_grpo.sh", "webshop", SPA_DATA=str(tmp_path))
+    assert f"env.env_kwargs.data_dir={tmp_path}/webshop" in argv and "deprecated" not in proc.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("SPA_DATA", "SPA_SHARED_DATA", "SHARED_DATA")}
+    for old in ("SHARED_DATA", "SPA_SHARED_DATA"):
+        proc = subprocess.run(["bash", str(REPO / "examples" / "rl_grpo.sh"), "webshop"], capture_output=True,
+                              text=True, env=dict(env, DRY_RUN="1", PYTHON="echo", **{old: str(tmp_path)}))
+        assert f"env.env_kwargs.data_dir={tmp_path}/webshop" in proc.stdout
+        assert f"{old} is deprecated, use SPA_DATA" in proc.stderr
+    argv, _ = check_args("rl_grpo.sh", "alfworld", SPA_DATA=str(tmp_path))  # no alfworld/: the adapter resolves it
+    assert "env.env_kwargs.data_dir=null" in argv
 
 
 def test_validate_config_lists_every_problem(tmp_path):
@@ -110,6 +314,54 @@ def test_validate_config_lists_every_problem(tmp_path):
     (tmp_path / "alfworld_train.parquet").touch()
     (tmp_path / "alfworld_val.parquet").touch()
     validate_config(trainer_config(f"env.dataset_dir={tmp_path}"))  # the default config is fine
+
+
+def test_value_problems_name_key_and_value():
+    cfg = trainer_config("algorithm.spa.alpha=nan", "algorithm.spa.beta=-1", "algorithm.invalid_penalty=inf",
+                         "algorithm.spa.clip=0", "algorithm.spa.mode=mean", "algorithm.gigpo.mode=std",
+                         "algorithm.gamma=0", "algorithm.lam=1.5", "algorithm.spa.outcome_coef=-inf",
+                         "env.pool.step_timeout=0", "env.pool.reset_timeout=inf")
+    problems = config_problems(cfg, check_files=False)
+    for needle in ("algorithm.spa.alpha=nan", "algorithm.spa.beta=-1", "algorithm.invalid_penalty=inf",
+                   "algorithm.spa.clip=0", "algorithm.spa.mode='mean'", "algorithm.gigpo.mode='std'",
+                   "algorithm.gamma=0", "algorithm.lam=1.5", "algorithm.spa.outcome_coef=-inf",
+                   "env.pool.step_timeout=0.0", "env.pool.reset_timeout=inf"):
+        assert sum(needle in p for p in problems) == 1, (needle, problems)
+    assert len(problems) == 11
+    fine = {"algorithm": {"spa": {"alpha": 0.0, "beta": 2, "clip": 5.0, "mode": "mean_std_norm"},
+                          "gigpo": {"mode": "mean_norm"}, "invalid_penalty": 0, "gamma": 1.0, "lam": 0.0}}
+    assert value_problems(fine) == []
+    assert value_problems({"algorithm": {"gamma": 1.01}}) == ["algorithm.gamma=1.01 must be in (0, 1] (the per-turn "
+                                                              "discount)"]
+
+
+def _split_cfg(world, tp, mini, n, critic_mini=None, sp=1):
+    cfg = {"trainer": {"n_gpus_per_node": world, "nnodes": 1},
+           "actor_rollout_ref": {"rollout": {"tensor_model_parallel_size": tp, "n": n},
+                                 "actor": {"ppo_mini_batch_size": mini, "ulysses_sequence_parallel_size": sp}}}
+    if critic_mini is not None:
+        cfg["critic"] = {"enable": True, "ppo_mini_batch_size": critic_mini}
+    return cfg
+
+
+@settings(max_examples=200, deadline=None)
+@given(world=st.integers(1, 16), tp=st.sampled_from([1, 2, 4, 8]), mini=st.integers(1, 64), n=st.integers(1, 16))
+def test_gpu_split_matches_verls_asserts(world, tp, mini, n):
+    """No problem exactly when verl's own asserts pass: world % tp (rollout mesh) and mini * n % dp (mini-batch)."""
+    problems = gpu_split_problems(_split_cfg(world, tp, mini, n))
+    assert (problems == []) == (world % tp == 0 and (mini * n) % world == 0)
+    for p in problems:  # every suggested GPU count is one verl accepts
+        if "valid trainer GPU counts: [" in p:
+            gpus = json.loads(p.split("valid trainer GPU counts: ")[1].split("]")[0] + "]")
+            assert gpus and all(g % tp == 0 and (mini * n) % g == 0 for g in gpus)
+
+
+def test_gpu_split_critic_and_sequence_parallel():
+    assert gpu_split_problems(_split_cfg(2, 2, 16, 8, critic_mini=16)) == []
+    (problem,) = gpu_split_problems(_split_cfg(2, 2, 16, 1, critic_mini=3))
+    assert "critic's PPO mini-batch critic.ppo_mini_batch_size=3" in problem
+    assert gpu_split_problems(_split_cfg(4, 2, 2, 1, sp=2)) == []  # dp = 4 / 2 = 2 divides 2
+    assert "data-parallel size 4" in gpu_split_problems(_split_cfg(4, 2, 2, 1))[0]
 
 
 def test_eval_table(tmp_path, capsys):
