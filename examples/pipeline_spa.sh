@@ -17,5 +17,6 @@ export SFT_MODEL=${SFT_MODEL:-$(latest_hf)}
 skip collect || bash "$HERE/collect.sh" "$ENV"
 skip estimator || bash "$HERE/train_estimator.sh" "$ENV"
 skip rl || RL_INIT=$SFT_MODEL bash "$HERE/rl_spa.sh" "$ENV" "$@"
-# eval: the SFT policy by default; set RL_MODEL to an HF export of the RL run (python -m verl.model_merger merge ...)
+# eval: the SFT policy by default; set RL_MODEL to an HF export of the RL run (python -m verl.model_merger merge
+# --backend fsdp --local_dir outputs/rl/<env>/<experiment>/checkpoints/global_step_<N>/actor --target_dir <hf dir>)
 skip eval || MODEL=${RL_MODEL:-$SFT_MODEL} bash "$HERE/eval.sh" "$ENV"

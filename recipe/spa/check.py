@@ -124,6 +124,24 @@ def format_settings(settings: dict) -> str:
     return "\n".join(lines)
 
 
+def folder_problems(settings_file: Path, settings: dict) -> list[str]:
+    """A run folder that already holds a run with other settings must not be reused (its checkpoints would be
+    resumed, or overwritten, and its logs mixed with this run's)."""
+    if not settings_file.is_file():
+        return []
+    try:
+        old = json.loads(settings_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"{settings_file}: unreadable ({exc}); move it away or pick another RUN_NAME"]
+    keys = (*COMPARED, "reward", "adv_estimator", "critic", "gamma", "lam", "estimator_path")
+    diff = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}" for k in keys
+            if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
+    if not diff:
+        return []
+    return [f"the run folder {settings_file.parent} already holds a run with other settings ({'; '.join(diff)}); "
+            "set RUN_NAME to start a new run beside it, or restore the old settings to resume it"]
+
+
 def visible_gpus() -> int:
     import torch
 
@@ -155,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         if seen < args.require_gpus:
             problems.append(f"this run needs {args.require_gpus} GPUs (N_GPUS) but torch sees {seen} on this "
                             f"machine; set N_GPUS to what the machine has, or {CPU_HELP}")
+    settings = run_settings(cfg) if not problems else {}
+    if args.settings_out and settings:
+        problems += folder_problems(Path(args.settings_out), settings)
     if problems:
         print(f"[spa-rl] config check: {len(problems)} problem{'s' if len(problems) > 1 else ''}, nothing started:\n"
               "  - " + "\n  - ".join(problems), file=sys.stderr)
         return 1
 
-    settings = run_settings(cfg)
     print(format_settings(settings), file=sys.stderr)
     if args.settings_out:
         out = Path(args.settings_out)

@@ -184,6 +184,13 @@ def test_check_names_bad_values_and_writes_settings(tmp_path, capsys):
     assert set(check.COMPARED) <= set(saved) and saved["history"] == "full" and saved["group_n"] == 8
     assert saved["train_tasks"] == 16 and saved["kl"]["kl_loss_coef"] == 0.01 and saved["total_steps"] == 150
     assert saved["advantage"].startswith("GRPO") and saved["gpus"] == 2 and saved["max_steps"] == 50
+    # the same run again is fine (a resume); other settings in the same folder are refused
+    assert check.main(["--no-files", "--settings-out", str(out), *argv]) == 0
+    capsys.readouterr()
+    assert check.main(["--no-files", "--settings-out", str(out), *argv, "actor_rollout_ref.actor.optim.lr=3e-6"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run with other settings (lr: 1e-06 -> 3e-06)" in err and "RUN_NAME" in err
+    assert json.loads(out.read_text())["lr"] == 1e-6
 
 
 def test_dry_run_refuses_bad_names():
