@@ -137,16 +137,24 @@ launch() {
   return "$rc"
 }
 
-# run_verl <env> <run_dir> [hydra overrides...]
+# run_verl <env> [hydra overrides...]
 #   verl's PPO entry point (main_ppo) with the spa-rl config for <env>: the shared schedule above, then the
-#   caller's overrides (later ones win). The run owns <run_dir>: run_settings.json (what recipe.spa.compare
-#   checks), logs/metrics_<UTC time>.jsonl (verl's file logger, one file per launch) and whatever the caller
-#   points into it (checkpoints, validation dumps). First `python -m recipe.spa.check` on the same overrides:
-#   any problem stops here with the full list. DRY_RUN=1: check (data files may be missing) and print the
-#   composed config (YAML, like main_ppo --cfg job); nothing is written. Otherwise torch must see REQUIRE_GPUS
-#   (default N_GPUS) GPUs, then the trainer runs under `launch` (clean Ctrl-C).
+#   caller's overrides (later ones win). The run owns the folder RUN_DIR (default: $OUT_DIR/rl/<env>/<the last
+#   trainer.experiment_name among the overrides>): run_settings.json (what recipe.spa.compare checks; a folder
+#   holding a run with other settings is refused), logs/metrics_<UTC time>.jsonl (verl's file logger, one file per
+#   launch), checkpoints/ (trainer.default_local_dir; trainer.resume_mode=$RESUME) and validation/ (dumps); the
+#   caller's overrides may point these elsewhere. First `python -m recipe.spa.check` on the same overrides: any
+#   problem stops here with the full list. DRY_RUN=1: check (data files may be missing) and print the composed
+#   config (YAML, like main_ppo --cfg job); nothing is written. Otherwise torch must see REQUIRE_GPUS (default
+#   N_GPUS) GPUs, then the trainer runs under `launch` (clean Ctrl-C).
 run_verl() {
-  local env=$1 run_dir=$2; shift 2
+  local env=$1; shift
+  case "$RESUME" in auto|disable) ;; *) echo "RESUME=$RESUME: use auto (resume this run's own checkpoint) or disable" >&2; exit 2 ;; esac
+  local run_dir=${RUN_DIR:-}
+  if [[ -z "$run_dir" ]]; then
+    local name; name=$(override_value trainer.experiment_name "$@")
+    run_dir="$OUT_DIR/rl/$env/$(slug "${name:-${env}_run}")"
+  fi
   local log_file
   log_file="$run_dir/logs/metrics_$(date -u +%Y%m%dT%H%M%SZ).jsonl"
   local overrides=(
@@ -183,6 +191,9 @@ run_verl() {
     "trainer.val_before_train=true"
     "trainer.logger=$LOGGER"
     "++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH=$log_file"
+    "trainer.default_local_dir=$run_dir/checkpoints"
+    "trainer.validation_data_dir=$run_dir/validation"
+    "trainer.resume_mode=$RESUME"
     "$@"
   )
   local check=("$PYTHON" -m recipe.spa.check)
@@ -217,7 +228,6 @@ override_value() {
 #   starts from step 0. A new RL script is: source common.sh; check_env; run_rl "$ENV" <algo> <its overrides> "$@".
 run_rl() {
   local env=$1 algo=$2; shift 2
-  case "$RESUME" in auto|disable) ;; *) echo "RESUME=$RESUME: use auto (resume this run's own checkpoint) or disable" >&2; exit 2 ;; esac
   local reward adv critic est name suffix
   reward=$(override_value algorithm.reward "$@"); adv=$(override_value algorithm.adv_estimator "$@")
   critic=$(override_value critic.enable "$@"); est=$(override_value algorithm.spa.estimator_path "$@")
@@ -229,7 +239,7 @@ run_rl() {
   suffix=${RUN_NAME:-$EXPERIMENT_SUFFIX}; suffix=${suffix#[_-]}
   if [[ -n "$suffix" ]]; then name+="_$(slug "$suffix")"; fi
   local run_dir="$OUT_DIR/rl/$env/$name"
-  run_verl "$env" "$run_dir" "$@" \
+  RUN_DIR=$run_dir run_verl "$env" "$@" \
     "trainer.experiment_name=$name" "trainer.default_local_dir=$run_dir/checkpoints" \
     "trainer.validation_data_dir=$run_dir/validation" "trainer.resume_mode=$RESUME"
 }

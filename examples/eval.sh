@@ -22,7 +22,7 @@ else
   case "$ENV" in alfworld) split="valid_seen ($split_file; no ${ENV}_test.parquet in DATA_DIR)" ;;
                  *) split="val ($split_file; no ${ENV}_test.parquet in DATA_DIR)" ;; esac
 fi
-RL_INIT=$MODEL run_verl "$ENV" "$RUN_DIR" \
+RL_INIT=$MODEL RUN_DIR=$RUN_DIR run_verl "$ENV" \
   "data.val_files=$DATA_DIR/$split_file" "data.val_batch_size=$EVAL_BATCH" \
   "actor_rollout_ref.rollout.val_kwargs.n=$EVAL_REPEATS" \
   trainer.val_only=true trainer.resume_mode=disable "trainer.validation_data_dir=$EVAL_DIR" \

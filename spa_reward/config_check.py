@@ -29,7 +29,6 @@ import os
 from typing import Any, Callable
 
 REWARDS = ("outcome", "spa")
-NORM_MODES = ("mean_norm", "mean_std_norm")  # algorithm.{spa,gigpo}.mode (spa_reward.advantage)
 REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
 
 
@@ -165,6 +164,8 @@ def value_problems(cfg: Any) -> list[str]:
         value = _number(clip)
         if value is None or math.isnan(value) or value <= 0:
             out.append(f"algorithm.spa.clip={clip!r} must be > 0 (or null for no clip)")
+    from spa_reward.advantage import NORM_MODES  # what the estimators accept
+
     for section in ("spa", "gigpo"):
         mode = select_key(cfg, f"algorithm.{section}.mode", "mean_norm")
         if mode not in NORM_MODES:

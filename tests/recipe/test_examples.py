@@ -133,6 +133,18 @@ def test_run_folders_resume_and_ppo_discount():
         assert proc.returncode == 2 and "use" in proc.stderr, proc.stderr
 
 
+def test_run_verl_keeps_its_plain_form(tmp_path):
+    """A new script can still call ``run_verl "$ENV" <overrides>``: the run folder follows its experiment name."""
+    script = tmp_path / "rl_new.sh"
+    script.write_text(f'source "{REPO}/examples/common.sh"\nENV=$1; shift\n'
+                      'run_verl "$ENV" algorithm.reward=outcome "trainer.experiment_name=${ENV}_new" "$@"\n')
+    proc = subprocess.run(["bash", str(script), "webshop"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DRY_RUN": "1", "PYTHON": "echo", "OUT_DIR": "/out"})
+    o = dict(a.lstrip("+").split("=", 1) for a in proc.stdout.split()[3:] if "=" in a)
+    assert o["trainer.default_local_dir"] == "/out/rl/webshop/webshop_new/checkpoints"
+    assert o["trainer.resume_mode"] == "auto" and o["trainer.validation_data_dir"].startswith("/out/rl/webshop/webshop_new/")
+
+
 def test_eval_and_collect_never_resume_and_name_by_model(tmp_path):
     a = overrides("eval.sh", "alfworld", MODEL="/ckpt/a/global_step_9/actor/huggingface")
     b = overrides("eval.sh", "alfworld", MODEL="/ckpt/b/global_step_9/actor/huggingface")
