@@ -110,7 +110,10 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     try:
         get_adv_estimator_fn(estimator)
     except (ValueError, KeyError):
-        problems.append(f"algorithm.adv_estimator={estimator!r} is not a registered advantage estimator")
+        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+        problems.append(f"algorithm.adv_estimator={estimator!r} is not a registered advantage estimator "
+                        f"(known: {', '.join(sorted(map(str, ADV_ESTIMATOR_REGISTRY)))})")
 
     # data
     if check_files:
