@@ -24,5 +24,8 @@ if [[ "$DRY_RUN" == 1 ]]; then
   run_cmd_dry=("$PYTHON" -m verl.trainer.sft_trainer "${args[@]}" --cfg job)
   "${run_cmd_dry[@]}"
 else
+  # verl's file logger (LOGGER has `file` by default) writes beside the checkpoints, one file per launch
+  export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$SFT_DIR/$ENV/logs/metrics_$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+  mkdir -p "$(dirname "$VERL_FILE_LOGGER_PATH")"
   run_cmd torchrun --standalone --nnodes=1 "--nproc_per_node=$N_GPUS" -m verl.trainer.sft_trainer "${args[@]}"
 fi
