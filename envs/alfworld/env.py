@@ -24,6 +24,11 @@ Episode contract (what ``reset``/``step`` return beyond the base class):
   the path or the last observation; raw text would alias (``Nothing happens.`` is the same text everywhere) and
   split (``look`` vs arriving describe one state differently). ``anchor="observation"`` gives verl-agent's raw
   observation anchor instead.
+
+Game files are code. TextWorld evaluates the ``{...}`` expressions in a game's grammar and fast-downward runs its
+PDDL, so a game file can do what a Python file can. Load only games you trust. A task id is resolved (``..`` and
+symlinks included) and must lie under the data root, so a dataset row cannot point the env at a game elsewhere;
+``allow_outside_root=True`` (used by tests for synthetic games in temporary folders) lifts that for trusted callers.
 """
 
 from __future__ import annotations
@@ -43,12 +48,17 @@ _ANCHOR_MODES = ("state", "observation")
 
 
 class AlfWorldEnv(TextEnv):
-    """Text ALFWorld. ``data_dir``: a folder holding ``json_2.1.1/`` (or that folder), else ``$ALFWORLD_DATA``."""
+    """Text ALFWorld. ``data_dir``: a folder holding ``json_2.1.1/`` (or that folder), else ``$SPA_DATA/alfworld``
+    (:mod:`envs.paths`). ``allow_outside_root``: accept task ids that are paths outside the data root (trusted
+    callers only: game files are code, see the module docstring)."""
 
     name = "alfworld"
+    step_info_extra = ("command",)
 
-    def __init__(self, data_dir: str | Path | None = None, max_steps: int = 40, anchor: str = "state"):
+    def __init__(self, data_dir: str | Path | None = None, max_steps: int = 40, anchor: str = "state",
+                 allow_outside_root: bool = False):
         super().__init__(max_steps=max_steps)
+        self.allow_outside_root = bool(allow_outside_root)
         if anchor not in _ANCHOR_MODES:
             raise ValueError(f"alfworld: anchor must be one of {_ANCHOR_MODES}, got {anchor!r}")
         self.anchor_mode = anchor
@@ -66,12 +76,12 @@ class AlfWorldEnv(TextEnv):
 
     def task_type(self, task_id: str) -> str:
         try:
-            return task_type_of(self.games.game_dir(task_id))
+            return task_type_of(self.games.game_dir(task_id, self.allow_outside_root))
         except ValueError:
             return "unknown"
 
     def _reset(self, task_id: str, seed: int | None) -> tuple[str, dict]:
-        game_dir = self.games.game_dir(task_id)
+        game_dir = self.games.game_dir(task_id, self.allow_outside_root)
         if self._engine is None:
             self._engine = Engine()
         self._engine.load(str(game_dir / GAME_FILE))

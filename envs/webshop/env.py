@@ -38,6 +38,7 @@ from envs.webshop.products import (
     GOAL_SHUFFLE_SEED,
     HUMAN_FILE,
     WebShopData,
+    find_human_goals_file,
     find_product_files,
     resolve_data_dir,
 )
@@ -66,11 +67,13 @@ class WebShopEnv(TextEnv):
     """WebShop shopping tasks (see the module docstring).
 
     Args:
-        data_dir: folder with the product files; default ``$WEBSHOP_DATA``.
+        data_dir: folder with the product files; default ``$SPA_DATA/webshop`` (:mod:`envs.paths`).
         max_steps: step limit (verl-agent uses 15).
         goals: ``"synthetic"`` (from ``items_ins_v2``; WebShop's and verl-agent's default) or ``"human"``
             (from ``items_human_ins.json``).
-        human_goals_path: ``items_human_ins.json``; default ``<data_dir>/items_human_ins.json``.
+        human_goals_path: the human goals file; default ``<data_dir>/items_human_ins.json``, else
+            ``<data_dir>/human_goals.json`` (see :func:`envs.webshop.products.find_human_goals_file`). The file
+            used is ``env.goal_source`` and ``info["goal_source"]`` at reset (``"synthetic"`` for synthetic goals).
         num_products: load only the first N products of the file (WebShop's ``num_products``); None = all.
         product_set: ``"auto"`` (small set if present, else full), ``"small"`` or ``"full"``.
         val_size: goals carved out of train (right after the 500 test goals) as split ``val``.
@@ -85,6 +88,8 @@ class WebShopEnv(TextEnv):
     """
 
     name = "webshop"
+    step_info_extra = ("page", "available_actions", "type_reward_approx", "reward_info", "purchased_asin",
+                       "purchased_options")
 
     def __init__(self, data_dir: str | Path | None = None, max_steps: int = 15, goals: str = "synthetic",
                  human_goals_path: str | Path | None = None, num_products: int | None = None,
@@ -98,7 +103,8 @@ class WebShopEnv(TextEnv):
         root = resolve_data_dir(data_dir)
         products_path, attrs_path, self.product_set = find_product_files(root, product_set)
         if goals == "human" and human_goals_path is None:
-            human_goals_path = root / HUMAN_FILE
+            human_goals_path = find_human_goals_file(root) or root / HUMAN_FILE
+        self.goal_source = Path(human_goals_path).name if goals == "human" else "synthetic"
         self.data = WebShopData.load(products_path, attrs_path, goals=goals, human_goals_path=human_goals_path,
                                      num_products=num_products, cache_dir=Path(cache_dir) if cache_dir else None,
                                      lazy=lazy_products, seed=seed)
@@ -162,7 +168,8 @@ class WebShopEnv(TextEnv):
         self._goal = self.data.goals[self._goal_index(task_id)]
         self._state = _State()
         self._render()
-        return self._view[0], self._info(executable=True, goal=self._goal["instruction_text"])
+        return self._view[0], self._info(executable=True, goal=self._goal["instruction_text"],
+                                         goal_source=self.goal_source)
 
     def _step(self, action: str) -> tuple[str, float, bool, dict]:
         m = _ACTION_RE.fullmatch(action)
@@ -259,6 +266,12 @@ class WebShopEnv(TextEnv):
     def _no_op(self, reason: str) -> tuple[str, dict]:
         obs, _, _, info = self._invalid(reason)
         return obs, info
+
+    def _carry_info(self) -> dict:
+        info = self._info(executable=False)
+        for key in ("executable", "anchor", "won", "score"):  # the base class sets these
+            info.pop(key)
+        return info
 
     def anchor(self) -> str:
         s = self._state

@@ -1,10 +1,14 @@
 """WebShop product and goal data: finding the files, streaming them, normalising products, building goals.
 
-Data files (``data_dir`` argument, else ``$WEBSHOP_DATA``):
+Data files (``data_dir`` argument, else ``$SPA_DATA/webshop``, see :mod:`envs.paths`):
 
 * small set (1000 products, the WebShop default): ``items_shuffle_1000.json`` + ``items_ins_v2_1000.json``
 * full set (1.18M products): ``items_shuffle.json`` + ``items_ins_v2.json``
-* human goals (optional): ``items_human_ins.json``
+* human goals (optional): ``items_human_ins.json`` (``{asin: [{instruction, instruction_attributes,
+  instruction_options, ...}]}``, WebShop's ``baseline_models/data/``). :func:`find_human_goals_file` also looks for
+  ``human_goals.json`` and reads whichever exists by its content: WebShop's own ``human_goals.json`` is only the
+  list of the 12,087 instruction strings (no product, attributes or options, so no reward can be computed from
+  it), and is refused with a message saying so; a file of that name in the ``items_human_ins`` format is used.
 
 Product normalisation follows what WebShop's loader does to a raw record: ``Title`` = ``name``, ``Description``
 = ``full_description``, ``BulletPoints`` = ``small_description`` (a string becomes a one-item list), ``pricing``
@@ -29,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -37,9 +42,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterator
 
+logger = logging.getLogger(__name__)
+
 SMALL_FILES = ("items_shuffle_1000.json", "items_ins_v2_1000.json")
 FULL_FILES = ("items_shuffle.json", "items_ins_v2.json")
 HUMAN_FILE = "items_human_ins.json"
+HUMAN_FILES = (HUMAN_FILE, "human_goals.json")  # looked for in this order
 GOAL_SHUFFLE_SEED = 233
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]  # candidate goal price caps, as WebShop
 DEFAULT_PRICE = 100.0
@@ -47,7 +55,7 @@ NO_PRICE_CAP = 1_000_000
 STORE_VERSION = 1  # bump when Product normalisation changes (invalidates cached on-disk product stores)
 
 DATA_HELP = (
-    "WebShop data not found. Pass data_dir=... or set $WEBSHOP_DATA to a folder holding either the small set "
+    "WebShop data not found. Pass data_dir=... or put in $SPA_DATA/webshop (see envs.paths) either the small set "
     "(items_shuffle_1000.json + items_ins_v2_1000.json) or the full set (items_shuffle.json + items_ins_v2.json). "
     "The small files ship with this project's shared data (shared/data/webshop); both sets come from WebShop's "
     "setup script (github.com/princeton-nlp/WebShop: ./setup.sh -d small | -d all). Human goals additionally need "
@@ -61,14 +69,45 @@ class WebShopDataError(FileNotFoundError):
 
 # ----------------------------------------------------------------------------- files
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir``, else ``$WEBSHOP_DATA``; raise :class:`WebShopDataError` (saying how to get the data)."""
-    raw = data_dir if data_dir is not None else os.environ.get("WEBSHOP_DATA")
-    if not raw:
-        raise WebShopDataError(DATA_HELP)
+    """``data_dir``, else ``envs.paths.env_data_dir("webshop")``; raise :class:`WebShopDataError` (saying how to get
+    the data)."""
+    raw = data_dir
+    if raw is None:
+        from envs.paths import data_root, env_data_dir
+
+        raw = env_data_dir("webshop")
+        if raw is None:
+            raise WebShopDataError(f"No folder {data_root() / 'webshop'}. {DATA_HELP}")
     path = Path(raw).expanduser()
     if not path.is_dir():
         raise WebShopDataError(f"{path} is not a directory. {DATA_HELP}")
     return path
+
+
+def find_human_goals_file(data_dir: Path) -> Path | None:
+    """The first of :data:`HUMAN_FILES` present in ``data_dir`` (None when neither is)."""
+    for name in HUMAN_FILES:
+        if (Path(data_dir) / name).is_file():
+            return Path(data_dir) / name
+    return None
+
+
+def load_human_instructions(path: Path) -> dict[str, list[dict]]:
+    """``{asin: [instruction dicts]}`` from a human-goals file in the ``items_human_ins`` format; a clear
+    :class:`WebShopDataError` for WebShop's instruction-only ``human_goals.json`` (a list of strings) or any other
+    shape."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        return data
+    if isinstance(data, list) and all(isinstance(v, str) for v in data):
+        raise WebShopDataError(
+            f"{path} is a list of {len(data)} instruction strings (WebShop's baseline_models/data/human_goals.json): "
+            "it names no product, attributes or options, so no reward can be computed from it. Human goals need "
+            f"{HUMAN_FILE} ({{asin: [{{instruction, instruction_attributes, instruction_options}}]}}, same folder of "
+            "the WebShop repo); put it beside the product files, or use goals='synthetic'.")
+    raise WebShopDataError(f"{path}: expected {HUMAN_FILE}'s format {{asin: [instruction dicts]}}, "
+                           f"got a JSON {type(data).__name__}")
 
 
 def find_product_files(data_dir: Path, product_set: str = "auto") -> tuple[Path, Path, str]:
@@ -436,8 +475,8 @@ class WebShopData:
         if goals == "human":
             if human_goals_path is None or not Path(human_goals_path).is_file():
                 raise WebShopDataError(f"human goals need {HUMAN_FILE} (looked for {human_goals_path}). {DATA_HELP}")
-            with open(human_goals_path, encoding="utf-8") as f:
-                human = json.load(f)
+            human = load_human_instructions(Path(human_goals_path))
+            logger.info("webshop: human goals from %s", human_goals_path)
 
         self.asins: list[str] = []
         self.prices: list[float] = []

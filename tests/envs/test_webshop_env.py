@@ -57,13 +57,22 @@ def goal_id(env, asin, **options) -> str:
 
 # ----------------------------------------------------------------------------- data and goals
 def test_data_dir_resolution(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.delenv("WEBSHOP_DATA", raising=False)
-    with pytest.raises(WebShopDataError, match="WEBSHOP_DATA"):
+    for var in ("WEBSHOP_DATA", "SPA_WEBSHOP_DATA", "SHARED_DATA", "SPA_SHARED_DATA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SPA_DATA", str(tmp_path / "root"))
+    with pytest.raises(WebShopDataError, match=r"root/webshop.*SPA_DATA"):
         resolve_data_dir(None)
     with pytest.raises(WebShopDataError, match="setup.sh"):
         WebShopEnv(data_dir=None)
-    monkeypatch.setenv("WEBSHOP_DATA", str(tiny_dir))
-    assert resolve_data_dir(None) == tiny_dir
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "webshop").symlink_to(tiny_dir)
+    assert resolve_data_dir(None) == tmp_path / "root" / "webshop"
+    monkeypatch.setenv("WEBSHOP_DATA", str(tiny_dir))  # deprecated, still read (and it wins over the root)
+    with pytest.warns(DeprecationWarning, match="SPA_DATA"):
+        import envs.paths
+
+        envs.paths._warned.clear()
+        assert resolve_data_dir(None) == tiny_dir
     with pytest.raises(WebShopDataError, match="items_shuffle_1000.json"):
         find_product_files(tmp_path)
 
@@ -375,7 +384,8 @@ def test_step_never_raises(env, actions):
         assert set(STEP_INFO_KEYS) <= set(info)
         if clean_action(a) and not done:  # the base class answers empty actions itself
             assert INFO_KEYS <= set(info)
-        assert "error" not in info or not info["executable"]
+        assert info["error"] is None or not info["executable"]
+        assert set(info) == set(env.step_info_keys())
 
 
 def test_import_envs_does_not_import_webshop():
