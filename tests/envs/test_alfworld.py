@@ -7,6 +7,7 @@ wheel (``envs.alfworld.synthetic``), so they need the engine but no ALFWorld dat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -47,7 +48,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(synth_dir):
-    e = AlfWorldEnv(data_dir=synth_dir, max_steps=40)
+    e = AlfWorldEnv(data_dir=synth_dir, max_steps=40, plan_cache_dir=False)  # these tests exercise the planner
     yield e
     e.close()
 
@@ -514,3 +515,43 @@ def test_real_expert_success_rate_valid_seen_subset(alfworld_data):
     env.close()
     assert len(tasks) == 20
     assert wins / len(tasks) >= 0.95, f"expert won {wins}/{len(tasks)}"
+
+
+# ----------------------------------------------------------------------------------------------- plan cache
+def test_expert_plans_are_cached_per_game_as_data(synth_dir, tmp_path, monkeypatch):
+    from envs.alfworld import engine as engine_module
+
+    cache = tmp_path / "plans"
+    env = AlfWorldEnv(data_dir=synth_dir, plan_cache_dir=cache)
+    try:
+        env.reset(MOVE_TASK)
+        plan = env.expert_actions()
+        files = list(cache.glob("*.json"))
+        assert len(files) == 1
+        game_hash = hashlib.sha256((synth_dir / "json_2.1.1" / MOVE_TASK / "game.tw-pddl").read_bytes()).hexdigest()
+        assert files[0].name == f"{game_hash}.json"
+        assert json.loads(files[0].read_text()) == {"version": 1, "plan": plan}
+    finally:
+        env.close()
+
+    def no_planner(self):
+        raise AssertionError("the planner ran although the plan is cached")
+
+    monkeypatch.setattr(engine_module.Engine, "initial_plan", no_planner)
+    env = AlfWorldEnv(data_dir=synth_dir, plan_cache_dir=cache)
+    try:
+        env.reset(MOVE_TASK)
+        assert env.expert_actions() == plan  # from the cache, in a fresh env (a rerun)
+        _, _, done, info = play(env, plan)[-1]
+        assert done and info["won"]
+        # a planted cache file that is not a list of command strings is ignored (and the planner asked again)
+        for bad in ('{"version": 1, "plan": "__import__(\'os\')"}', '{"version": 1, "plan": [1, 2]}', "[1",
+                    '{"version": 1, "plan": ["go to\\nbed 1"]}', '{"version": 2, "plan": ["look"]}'):
+            files[0].write_text(bad)
+            env.reset(MOVE_TASK)
+            with pytest.raises(AssertionError, match="planner ran"):
+                env.expert_actions()
+    finally:
+        env.close()
+    off = AlfWorldEnv(data_dir=synth_dir, plan_cache_dir=False)
+    assert off.plan_cache_dir is None
