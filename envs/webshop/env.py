@@ -37,6 +37,8 @@ from envs.webshop import pages
 from envs.webshop.products import (
     GOAL_SHUFFLE_SEED,
     HUMAN_FILE,
+    PREPARE_HINT,
+    WebShopDataError,
     WebShopData,
     find_human_goals_file,
     find_product_files,
@@ -44,6 +46,8 @@ from envs.webshop.products import (
 )
 
 SEARCH_RETURN_N = 50
+PREPARE_MODES = ("auto", "require", "build")
+INLINE_BUILD_BYTES = 256 << 20  # prepare="auto": larger products files must be prepared with envs.webshop.index
 TEST_SIZE = 500
 _ACTION_RE = re.compile(r"\s*(search|click)\s*\[(.*)\]\s*", re.IGNORECASE | re.DOTALL)
 
@@ -85,6 +89,12 @@ class WebShopEnv(TextEnv):
         seed: seed of goal shuffling / price draws (233, WebShop's).
         faithful_option_reward: score options as WebShop does (see :mod:`envs.webshop.reward`; a few synthetic
             goals then cannot reach 1.0); False compares option values, so the exact purchase always scores 1.
+        prepare: ``"auto"`` (default): a products file up to 256 MiB (the 1000-product set) has its search index
+            built here if it is not cached yet; a larger one (the full 1.18M set) must have been prepared once
+            with ``python -m envs.webshop.index`` (product store, manifest and index in ``cache_dir``), else the
+            env refuses with that command. ``"require"`` refuses for any set that is not prepared; ``"build"``
+            builds whatever is missing here. Either way the index is loaded (or built) in the constructor, never
+            inside a step, so in the env pool it counts against ``reset_timeout``, not ``step_timeout``.
     """
 
     name = "webshop"
@@ -96,8 +106,10 @@ class WebShopEnv(TextEnv):
                  product_set: str = "auto", val_size: int = 0, test_size: int = TEST_SIZE,
                  cache_dir: str | Path | None = None, spacy_model: str | None = "en_core_web_sm",
                  lazy_products: bool | None = None, seed: int = GOAL_SHUFFLE_SEED,
-                 faithful_option_reward: bool = True):
+                 faithful_option_reward: bool = True, prepare: str = "auto"):
         super().__init__(max_steps=max_steps)
+        if prepare not in PREPARE_MODES:
+            raise ValueError(f"prepare must be one of {PREPARE_MODES}, got {prepare!r}")
         if goals not in ("synthetic", "human"):
             raise ValueError(f"goals must be 'synthetic' or 'human', got {goals!r}")
         root = resolve_data_dir(data_dir)
@@ -105,9 +117,16 @@ class WebShopEnv(TextEnv):
         if goals == "human" and human_goals_path is None:
             human_goals_path = find_human_goals_file(root) or root / HUMAN_FILE
         self.goal_source = Path(human_goals_path).name if goals == "human" else "synthetic"
+        require = prepare == "require" or (prepare == "auto" and products_path.stat().st_size > INLINE_BUILD_BYTES)
         self.data = WebShopData.load(products_path, attrs_path, goals=goals, human_goals_path=human_goals_path,
                                      num_products=num_products, cache_dir=Path(cache_dir) if cache_dir else None,
-                                     lazy=lazy_products, seed=seed)
+                                     lazy=lazy_products, seed=seed, require_prepared=require)
+        if require and not self.data.index_ready():
+            raise WebShopDataError(
+                f"the WebShop search index for {products_path} is not built (a one-time step; for the full set about "
+                f"30 min). Run `{PREPARE_HINT.format(data_dir=root)}` once, with the same cache folder "
+                f"({self.data.cache_dir}), before starting env workers")
+        _ = self.data.index  # load (or build) now: never inside the first search step
         self.goal_kind = goals
         self.faithful_option_reward = bool(faithful_option_reward)
         self.val_size, self.test_size = int(val_size), int(test_size)
