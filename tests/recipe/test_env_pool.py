@@ -217,3 +217,15 @@ def test_idle_worker_killed_is_replaced_on_open():
         assert pool.replaced == 1 and len(pool._idle) == 1 and pool._idle[0] is not worker
     finally:
         pool.close()
+
+
+def test_env_settings_check_the_custom_class_flag():
+    from recipe.spa.settings import EnvRolloutSettings, env_settings_problems
+
+    assert env_settings_problems(EnvRolloutSettings(name="webshop")) == []
+    (problem,) = env_settings_problems(EnvRolloutSettings(name="tests.recipe.helpers:ToyEnv"))
+    assert "env.allow_custom_env_classes=true" in problem and "module:Class" in problem
+    assert env_settings_problems(EnvRolloutSettings(name="tests.recipe.helpers:ToyEnv",
+                                                    allow_custom_env_classes=True)) == []
+    assert any("must be true or false" in p for p in
+               env_settings_problems(EnvRolloutSettings(allow_custom_env_classes="yes")))
