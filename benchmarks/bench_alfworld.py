@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -114,8 +113,8 @@ def run_stock(root: Path, tasks: list[str], plans: dict[str, list[str]]) -> dict
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("ALFWORLD_DATA"),
-                        help="folder holding json_2.1.1/ (default $ALFWORLD_DATA)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding json_2.1.1/ (default $SPA_DATA/alfworld, see envs.paths)")
     parser.add_argument("--split", default="valid_seen")
     parser.add_argument("-n", "--num-games", type=int, default=0, help="first N games of the split (0: all)")
     parser.add_argument("--stride", type=int, default=1, help="take every k-th game")
@@ -124,7 +123,7 @@ def main(argv=None) -> dict:
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
 
-    env = AlfWorldEnv(data_dir=args.data_dir, max_steps=100)
+    env = AlfWorldEnv(data_dir=args.data_dir, max_steps=100, plan_cache_dir=False)  # time the planner itself
     tasks = env.list_tasks(args.split)[:: max(1, args.stride)]
     if args.num_games > 0:
         tasks = tasks[: args.num_games]

@@ -6,14 +6,13 @@
 
 Everything runs in this one process (one core), so the numbers are per-core throughput; a rollout with W
 env workers scales them by about W. Environments whose engine or data is missing are listed as skipped.
-Data: ``--data-root/<env>`` when that folder exists (default ``$SPA_SHARED_DATA``, else ``../shared/data``
+Data: ``--data-root/<env>`` when that folder exists (default ``envs.paths.data_root()``: ``$SPA_DATA``, else ``../shared/data``
 beside the checkout), else the adapter's own default.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -90,7 +89,9 @@ def bench_env(env_name: str, data_root: Path, n_tasks: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    default_root = os.environ.get("SPA_SHARED_DATA") or str(REPO.parent / "shared" / "data")
+    from envs.paths import data_root
+
+    default_root = str(data_root())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", default=",".join(env_names()), help="comma list (default: all)")
     parser.add_argument("--tasks", type=int, default=20, help="train tasks per env (seeded subset)")

@@ -5,14 +5,28 @@ Modelled on gymnasium's ``Env``: ``reset`` returns ``(observation, info)`` and `
 this base class owns the invariants the trainer relies on, so no adapter has to re-implement them:
 
 * ``step`` never raises, whatever the action string (an engine error becomes a non-executable step);
-* every step's ``info`` carries ``won``, ``executable``, ``anchor``, ``score``, ``step`` and ``truncated``;
+* every step's ``info`` of one env has the same key set, on every path (engine steps, invalid or empty actions,
+  steps after the end): ``STEP_INFO_KEYS`` (``won``, ``executable``, ``anchor``, ``score``, ``step``,
+  ``truncated``), ``error`` (None when the step had none) and ``admissible_actions`` (None where the env has no
+  list), plus the adapter's ``step_info_extra`` keys (None on a path that has no value for them);
 * the episode ends after ``max_steps`` steps (``truncated=True``);
 * stepping a finished episode is a non-executable no-op, not a crash.
+
+What ``step`` takes is an action, not a model reply (``envs.actions.parse_action`` turns a reply into an action).
+Two kinds of text are therefore never executable, in every env, and change nothing:
+
+* text that starts with an ``Action:`` label (any case, after markdown such as ``**``): a parsed reply never
+  does, so it means the reply was garbled (``Action: Action: go to desk 1``);
+* text holding control, format, private-use, unassigned or surrogate characters (Unicode categories Cc other
+  than tab/newline/carriage return, Cf, Co, Cn, Cs), e.g. ``switch on dishw\U000e6f13asher``: garbled model
+  output, which an engine's own matching might otherwise drop and execute.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -23,6 +37,26 @@ MAX_ACTION_CHARS = 512  # longer actions are cut before they reach an engine (no
 
 # Keys every step info dict has (the agent loop and the estimators read them).
 STEP_INFO_KEYS = ("won", "executable", "anchor", "score", "step", "truncated")
+# ... and these, on every env's step info too (None when a step has no value)
+COMMON_STEP_INFO_KEYS = STEP_INFO_KEYS + ("error", "admissible_actions")
+
+_ACTION_LABEL = re.compile(r"^\W*action\s*:", re.IGNORECASE)
+_GARBLED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs"})
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def garbled_reason(action_text: str) -> str | None:
+    """Why ``action_text`` cannot be an action (module docstring), or None when it can."""
+    for ch in action_text:
+        if ch in _ALLOWED_CONTROLS or ch.isascii() and ch.isprintable():
+            continue
+        category = unicodedata.category(ch)
+        if category in _GARBLED_CATEGORIES:
+            return f"garbled action: character U+{ord(ch):04X} (category {category}) is not allowed in an action"
+    if _ACTION_LABEL.match(action_text):
+        return ("the action starts with an 'Action:' label: pass the action itself "
+                "(envs.actions.parse_action extracts it from a reply)")
+    return None
 
 
 def clean_action(action_text: Any) -> str:
@@ -38,6 +72,7 @@ class TextEnv(ABC):
     """A text environment. Subclasses set ``name`` and implement ``_reset``/``_step``/``list_tasks``."""
 
     name: str = "base"
+    step_info_extra: tuple[str, ...] = ()  # adapter keys on every step's info (see the module docstring)
 
     def __init__(self, max_steps: int = 40):
         if max_steps < 1:
@@ -76,6 +111,10 @@ class TextEnv(ABC):
     def close(self) -> None:
         """Release engine resources."""
 
+    def step_info_keys(self) -> tuple[str, ...]:
+        """The key set of every step info of this env."""
+        return COMMON_STEP_INFO_KEYS + tuple(k for k in self.step_info_extra if k not in COMMON_STEP_INFO_KEYS)
+
     def _carry_info(self) -> dict:
         """Adapter info (e.g. ``admissible_actions``) to repeat on the steps the base class answers itself (empty
         or unparseable action, step after done), so every step's info has the same shape whatever the model wrote."""
@@ -105,15 +144,17 @@ class TextEnv(ABC):
         if self._done:
             return self._finished_step("The episode is over.")
         action = clean_action(action_text)
-        if not action:
-            obs, info = self._no_op("empty action")
-            reward, done, info = 0.0, False, {**info, "executable": False, "error": "empty action"}
+        refused = "empty action" if not action else garbled_reason(str(action_text))
+        if refused:
+            obs, info = self._no_op(refused)
+            reward, done, info = 0.0, False, {**info, "executable": False, "error": refused}
         else:
             try:
                 obs, reward, done, info = self._step(action)
             except Exception as exc:  # an engine bug must end in a failed step, not a crashed rollout
                 logger.warning("%s engine error on action %r: %r", self.name, action[:80], exc)
-                obs, reward, done, info = NOTHING_HAPPENS, 0.0, False, {"executable": False, "error": repr(exc)}
+                obs, reward, done = NOTHING_HAPPENS, 0.0, False
+                info = {**self._carry_info(), "executable": False, "error": repr(exc)}
         return self._finish(obs, reward, done, info)
 
     def invalid_step(self, reason: str = "invalid action format") -> tuple[str, float, bool, dict]:
@@ -141,12 +182,17 @@ class TextEnv(ABC):
             step=self._steps,
             truncated=truncated,
         )
-        return str(obs), float(reward), self._done, info
+        return str(obs), float(reward), self._done, self._complete(info)
+
+    def _complete(self, info: dict) -> dict:
+        for key in self.step_info_keys():
+            info.setdefault(key, None)
+        return info
 
     def _finished_step(self, obs: str) -> tuple[str, float, bool, dict]:
         info = dict(self._carry_info(), won=self._won, executable=False, anchor=self._anchor, score=self._score,
                     step=self._steps, truncated=False, error="step after done")
-        return obs, 0.0, True, info
+        return obs, 0.0, True, self._complete(info)
 
     def _resolve_task(self, task: str | int | None, seed: int | None, split: str) -> str:
         if isinstance(task, str):

@@ -11,6 +11,12 @@ chat is built with ``envs.prompts`` (``build_messages`` + ``format_observation``
 text. Only episodes the expert **won** are kept. A summary (success rate per task type, kept rows, failures)
 is written next to the output as ``<output>.summary.json``.
 
+Long runs survive faults: every finished task is written at once to ``<output>.parts/shard-<k>.jsonl``; a rerun
+with the same ``--output`` and settings skips the tasks found there (a crash or Ctrl-C loses only the tasks in
+flight; ``--fresh`` starts over). ``--task-timeout`` (default 600 s) kills a task that runs longer, with its worker
+process, and counts it in the summary (``timeouts``). ALFWorld plans are also cached per game on disk
+(``envs.alfworld.env.default_plan_cache_dir``), so a rerun does not plan again.
+
 Output columns: ``messages`` (list of ``{"role", "content"}``: system, user, then assistant/user turns,
 ending with the assistant's last action), ``data_source`` (``spa_rl/<env>``), ``env_name``, ``task_id``,
 ``task_type``, ``split``, ``num_turns`` (assistant turns), ``actions`` (the env actions of the assistant turns,
@@ -38,19 +44,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import re
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from envs import check_env_name, env_names, make_env
 from envs.actions import STYLES, format_action, parse_action
-from envs.prepare import data_source, env_kwargs, list_split, subsample_tasks, write_parquet
+from envs.prepare import (data_source, env_kwargs, list_split, non_negative_int, positive_int, subsample_tasks,
+                          write_parquet)
 from envs.prompts import SPA_PROMPT_VERSION, build_messages, format_observation
 
-__all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought"]
+__all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought", "parts_dir_for"]
 
 # (regex on the lower-cased action, thought template); the first match wins, named groups fill the template.
 # A group named "goal" only matches when its text is the task's goal.
@@ -157,86 +167,247 @@ def _replay(env, env_name: str, task_id: str, options: dict) -> tuple[str, dict]
     try:
         return str(env.task_type(task_id)), expert_episode(env, env_name, task_id, **options)
     except Exception as exc:
-        return str(env.task_type(task_id)), _failed(f"error: {exc!r}")
+        try:
+            task_type = str(env.task_type(task_id))
+        except Exception:
+            task_type = "unknown"
+        return task_type, _failed(f"error: {exc!r}")
 
 
-_WORKER: dict[str, Any] = {}  # per worker process: its own environment
+# ----------------------------------------------------------------------------------------------- runners
+def _run_in_process(env, env_name: str, task_ids: list[str], options: dict) -> Iterator[tuple[str, str, dict]]:
+    for task_id in task_ids:
+        yield (task_id, *_replay(env, env_name, task_id, options))
 
 
-def _worker_init(env_name: str, kwargs: dict, options: dict) -> None:
-    _WORKER.update(env=make_env(env_name, **kwargs), env_name=env_name, options=options)
+def _worker_loop(conn, env_name: str, kwargs: dict, options: dict) -> None:
+    """A forked worker: build the env once, then replay the task ids it is sent until it gets None."""
+    env = None
+    try:
+        env = make_env(env_name, **kwargs)
+        while True:
+            task_id = conn.recv()
+            if task_id is None:
+                break
+            conn.send((task_id, *_replay(env, env_name, task_id, options)))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        if env is not None:
+            env.close()
 
 
-def _worker_replay(task_id: str) -> tuple[str, dict]:
-    return _replay(_WORKER["env"], _WORKER["env_name"], task_id, _WORKER["options"])
+class _Worker:
+    def __init__(self, ctx, env_name: str, kwargs: dict, options: dict):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_loop, args=(child, env_name, kwargs, options), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: str | None = None
+        self.deadline = math.inf
+
+    def kill(self, grace: float = 0.0) -> None:
+        if grace:
+            self.proc.join(timeout=grace)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=10)
+        self.conn.close()
+
+
+def _run_in_workers(env_name: str, kwargs: dict, task_ids: list[str], options: dict, workers: int,
+                    task_timeout: float | None) -> Iterator[tuple[str, str, dict]]:
+    """Replay in ``workers`` forked processes; a task over ``task_timeout`` seconds (or whose worker dies) is
+    killed with its worker, yielded as a failed episode (``error`` = ``timeout: ...`` / ``crash: ...``), and the
+    worker replaced."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    if not task_ids:
+        return
+    ctx = multiprocessing.get_context("fork")
+    todo = list(reversed(task_ids))
+    pool = [_Worker(ctx, env_name, kwargs, options) for _ in range(min(workers, len(task_ids)))]
+    finished = False
+    try:
+        while todo or any(w.task is not None for w in pool):
+            for w in pool:
+                if w.task is None and todo:
+                    w.task = todo.pop()
+                    w.deadline = time.monotonic() + task_timeout if task_timeout else math.inf
+                    w.conn.send(w.task)
+            busy = [w for w in pool if w.task is not None]
+            wait_s = min(w.deadline for w in busy) - time.monotonic()
+            ready = wait([w.conn for w in busy], timeout=None if wait_s == math.inf else max(wait_s, 0.0))
+            now = time.monotonic()
+            for i, w in enumerate(pool):
+                if w.task is None:
+                    continue
+                result, failure = None, None
+                if w.conn in ready:
+                    try:
+                        result = w.conn.recv()
+                    except (EOFError, OSError):
+                        failure = f"crash: worker died (exit code {w.proc.exitcode})"
+                elif now >= w.deadline:
+                    failure = f"timeout: over {task_timeout:g} s"
+                if result is not None:
+                    w.task = None
+                    yield result
+                elif failure is not None:
+                    task_id = w.task
+                    w.kill()
+                    pool[i] = _Worker(ctx, env_name, kwargs, options)
+                    yield task_id, "unknown", _failed(failure)
+        for w in pool:
+            try:
+                w.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        finished = True
+    finally:
+        for w in pool:
+            w.kill(grace=5.0 if finished else 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- journal
+class _Journal:
+    """Finished tasks, one JSON line each, in ``<parts_dir>/shard-<k>.jsonl`` (a new shard per run), so a crash or
+    Ctrl-C loses at most the tasks in flight, and a rerun with the same settings skips the tasks already done.
+
+    ``meta.json`` holds the settings the episodes were made with; a rerun with other settings is refused."""
+
+    def __init__(self, parts_dir: Path, meta: dict):
+        self.dir = Path(parts_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta_path = self.dir / "meta.json"
+        if meta_path.is_file():
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            if old != meta:
+                diff = {k: (old.get(k), meta.get(k)) for k in sorted(set(old) | set(meta)) if old.get(k) != meta.get(k)}
+                raise ValueError(f"{self.dir} holds expert episodes made with other settings {diff} (old, new); "
+                                 "use the same settings, another --output, or --fresh to discard them")
+        else:
+            meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        self.done: dict[str, tuple[str, dict]] = {}
+        self.torn = 0
+        shards = sorted(self.dir.glob("shard-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
+        for shard in shards:
+            with open(shard, "rb") as f:
+                for raw in f:
+                    try:
+                        item = json.loads(raw.decode("utf-8"))
+                        self.done[str(item["task_id"])] = (str(item["task_type"]), dict(item["episode"]))
+                    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+                        self.torn += 1  # a line cut by a crash: that task runs again
+        number = int(shards[-1].stem.split("-")[1]) + 1 if shards else 0
+        self.path = self.dir / f"shard-{number:04d}.jsonl"
+        self._f = None
+
+    def add(self, task_id: str, task_type: str, episode: dict) -> None:
+        if self._f is None:
+            self._f = open(self.path, "a", encoding="utf-8")
+        self._f.write(json.dumps({"task_id": task_id, "task_type": task_type, "episode": episode},
+                                 ensure_ascii=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+
+
+def parts_dir_for(output: str | Path) -> Path:
+    """Where ``envs.expert --output X`` keeps its finished tasks: ``X.parts/``."""
+    output = Path(output)
+    return output.with_name(output.name + ".parts")
 
 
 def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str | Path | None = None,
                 max_tasks: int | None = None, seed: int = 0, style: str = "react", one_shot: bool = False,
                 system_prompt: bool = True, include_admissible: bool | None = None, progress: bool = True,
-                task_ids: list[str] | None = None, workers: int = 1) -> tuple[list[dict], dict]:
+                task_ids: list[str] | None = None, workers: int = 1, task_timeout: float | None = None,
+                parts_dir: str | Path | None = None) -> tuple[list[dict], dict]:
     """SFT rows of the won expert episodes of a split (or of ``task_ids``, labelled ``split``), and the summary.
 
-    ``workers > 1`` replays tasks in that many forked processes, each with its own environment built from
-    ``data_dir`` (ALFWorld's planner takes seconds to minutes per game); rows keep the task order, so the
-    output does not depend on ``workers``.
+    ``workers > 1`` (or a ``task_timeout``) replays tasks in that many forked processes, each with its own
+    environment built from ``data_dir`` (ALFWorld's planner takes seconds to minutes per game); a task that runs
+    over ``task_timeout`` seconds is killed with its worker and counted in ``summary["timeouts"]``. Rows keep the
+    task order, so the output does not depend on ``workers``. With ``parts_dir`` every finished task is written
+    there at once and tasks already there (from an earlier, interrupted run with the same settings) are not run
+    again (``summary["resumed"]``).
     """
     check_env_name(env_name)
     if style not in STYLES:
         raise ValueError(f"Unknown response style {style!r}; use one of {', '.join(STYLES)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if task_timeout is not None and not (task_timeout > 0 and math.isfinite(task_timeout)):
+        raise ValueError(f"task_timeout must be a positive number of seconds (or None), got {task_timeout}")
     options = {"style": style, "one_shot": one_shot, "system_prompt": system_prompt,
                "include_admissible": include_admissible}
+    kwargs = env_kwargs(env_name, data_dir)
     own_env = env is None
-    env = make_env(env_name, **env_kwargs(env_name, data_dir)) if own_env else env
+    env = make_env(env_name, **kwargs) if own_env else env
     start = time.perf_counter()
-    rows: list[dict] = []
-    per_type: dict[str, Counter] = defaultdict(Counter)
-    failures: Counter = Counter()
-    pool = None
+    journal = None
     try:
         if task_ids is None:
             task_ids = subsample_tasks(list_split(env, split), max_tasks, seed)
-        if workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_worker_init,
-                                       initargs=(env_name, env_kwargs(env_name, data_dir), options))
-            results = pool.map(_worker_replay, task_ids)
+        task_ids = [str(t) for t in task_ids]
+        if parts_dir is not None:
+            journal = _Journal(Path(parts_dir), {"env": env_name, "split": split, "prompt_version": SPA_PROMPT_VERSION,
+                                                 **options})
+        done = dict(journal.done) if journal else {}
+        todo = [t for t in task_ids if t not in done]
+        if workers > 1 or task_timeout is not None:
+            results = _run_in_workers(env_name, kwargs, todo, options, workers, task_timeout)
         else:
-            results = (_replay(env, env_name, task_id, options) for task_id in task_ids)
+            results = _run_in_process(env, env_name, todo, options)
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=len(task_ids), desc=f"{env_name} expert ({split})", unit="task",
+            results = tqdm(results, total=len(todo), desc=f"{env_name} expert ({split})", unit="task",
                            mininterval=0.1 if sys.stderr.isatty() else 10.0)
-        for task_id, (task_type, episode) in zip(task_ids, results):
-            per_type[task_type]["tasks"] += 1
-            if not episode["won"]:
-                failures[episode["error"].split(":")[0]] += 1
-                continue
-            per_type[task_type]["won"] += 1
-            rows.append({
-                "messages": episode["messages"],
-                "data_source": data_source(env_name),
-                "env_name": env_name,
-                "task_id": str(task_id),
-                "task_type": task_type,
-                "split": split,
-                "num_turns": episode["turns"],
-                "actions": episode["actions"],
-                "score": episode["score"],
-                "style": style,
-                "prompt_version": SPA_PROMPT_VERSION,
-            })
+        new: dict[str, tuple[str, dict]] = {}
+        for task_id, task_type, episode in results:
+            if task_type == "unknown":  # a killed task: ask the parent's env for its type
+                try:
+                    task_type = str(env.task_type(task_id))
+                except Exception:
+                    pass
+            new[task_id] = (task_type, episode)
+            if journal:
+                journal.add(task_id, task_type, episode)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if journal:
+            journal.close()
         if own_env:
             env.close()
+    rows: list[dict] = []
+    per_type: dict[str, Counter] = defaultdict(Counter)
+    failures: Counter = Counter()
+    for task_id in task_ids:
+        task_type, episode = new.get(task_id) or done[task_id]
+        per_type[task_type]["tasks"] += 1
+        if not episode["won"]:
+            failures[str(episode["error"]).split(":")[0]] += 1
+            continue
+        per_type[task_type]["won"] += 1
+        rows.append({
+            "messages": episode["messages"],
+            "data_source": data_source(env_name),
+            "env_name": env_name,
+            "task_id": task_id,
+            "task_type": task_type,
+            "split": split,
+            "num_turns": episode["turns"],
+            "actions": episode["actions"],
+            "score": episode["score"],
+            "style": style,
+            "prompt_version": SPA_PROMPT_VERSION,
+        })
     n_tasks = sum(c["tasks"] for c in per_type.values())
     summary = {
         "env": env_name,
@@ -252,6 +423,10 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
         "mean_turns": sum(r["num_turns"] for r in rows) / len(rows) if rows else 0.0,
         "seconds": round(time.perf_counter() - start, 1),
         "workers": workers,
+        "task_timeout": task_timeout,
+        "timeouts": failures.get("timeout", 0),
+        "resumed": sum(1 for t in task_ids if t not in new),
+        "torn_lines_skipped": journal.torn if journal else 0,
         "per_task_type": {
             t: {"tasks": c["tasks"], "won": c["won"], "success_rate": c["won"] / c["tasks"]}
             for t, c in sorted(per_type.items())
@@ -261,39 +436,68 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
     return rows, summary
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number of seconds, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.expert", description=__doc__.split("\n\n")[0])
     parser.add_argument("env", help=f"one of: {', '.join(env_names())}")
     parser.add_argument("--output", required=True, help="output parquet file")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
-    parser.add_argument("--max-tasks", type=int, default=None, help="a seeded random subset of N tasks")
+    parser.add_argument("--max-tasks", type=non_negative_int, default=None, help="a seeded random subset of N tasks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style", default="react", choices=list(STYLES))
     parser.add_argument("--one-shot", action="store_true", help="put the one-shot example in the system prompt")
     parser.add_argument("--no-system-prompt", action="store_true", help="instructions in the first user message")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--workers", type=int, default=1, help="replay in N processes (one env each)")
+    parser.add_argument("--data-dir", default=None, help="environment data folder (default: $SPA_DATA/<env>)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="replay in N processes (one env each)")
+    parser.add_argument("--task-timeout", type=_positive_seconds, default=600.0,
+                        help="seconds one task may take before it is killed and counted as a timeout (default 600)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the finished tasks kept in <output>.parts/ from an earlier run")
     args = parser.parse_args(argv)
     try:
         check_env_name(args.env)
     except ValueError as exc:
         parser.error(str(exc))
-    rows, summary = expert_rows(args.env, args.split, data_dir=args.data_dir, max_tasks=args.max_tasks,
-                                seed=args.seed, style=args.style, one_shot=args.one_shot,
-                                system_prompt=not args.no_system_prompt, workers=args.workers)
     output = Path(args.output)
+    parts = parts_dir_for(output)
+    if args.fresh and parts.exists():
+        shutil.rmtree(parts)
+    try:
+        rows, summary = expert_rows(args.env, args.split, data_dir=args.data_dir, max_tasks=args.max_tasks,
+                                    seed=args.seed, style=args.style, one_shot=args.one_shot,
+                                    system_prompt=not args.no_system_prompt, workers=args.workers,
+                                    task_timeout=args.task_timeout, parts_dir=parts)
+    except ValueError as exc:
+        parser.error(str(exc))
     summary["output"] = str(output)
+    summary["parts_dir"] = str(parts)
     if rows:
-        write_parquet(rows, output)
+        tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+        try:
+            write_parquet(rows, tmp)
+            os.replace(tmp, output)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     summary_path = output.with_name(output.name + ".summary.json")
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("env", "split", "tasks", "kept", "success_rate")}))
+    print(json.dumps({k: summary[k] for k in ("env", "split", "tasks", "kept", "success_rate", "timeouts",
+                                             "resumed")}))
     for task_type, stats in summary["per_task_type"].items():
         print(f"  {task_type}: {stats['won']}/{stats['tasks']} ({stats['success_rate']:.1%})")
     if summary["failures"]:
         print(f"  failures: {summary['failures']}")
-    print(f"summary -> {summary_path}")
+    print(f"summary -> {summary_path} (finished tasks kept in {parts}; rerun to resume, --fresh to redo)")
     return 0 if rows else 1
 
 

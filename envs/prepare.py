@@ -26,7 +26,10 @@ Splits (``SPLITS``: our split name -> the adapter's ``list_tasks`` split):
 * VirtualHome: the adapter's own ``train``/``val``/``test`` splits.
 
 Output is deterministic: the same arguments give byte-identical files. ``--max-train N`` keeps a seeded random
-subset of N train tasks, in their original order; val/test are never subsampled.
+subset of N train tasks, in their original order; val/test are not subsampled unless ``--max-tasks N`` is given,
+which caps every split at N tasks the same way (for small trial runs; ``examples/prepare_data.sh`` passes it to
+``envs.expert`` too). ``--workers`` is accepted for the same reason and has no effect here (listing tasks is
+quick). Without ``--data-dir`` the adapter's default is used: ``$SPA_DATA/<env>`` (see :mod:`envs.paths`).
 """
 
 from __future__ import annotations
@@ -132,15 +135,18 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
 
 def prepare(env_name: str, output_dir: str | Path, splits: list[str] | tuple[str, ...] = ALL_SPLITS,
             data_dir: str | Path | None = None, max_train: int | None = None, seed: int = 0,
-            agent_name: str = DEFAULT_AGENT_NAME) -> dict[str, Path]:
-    """Write ``<output_dir>/<env>_<split>.parquet`` for each split that has tasks; return {split: path}."""
+            agent_name: str = DEFAULT_AGENT_NAME, max_tasks: int | None = None) -> dict[str, Path]:
+    """Write ``<output_dir>/<env>_<split>.parquet`` for each split that has tasks; return {split: path}.
+
+    ``max_train`` caps the train split, ``max_tasks`` every split (seeded subsets in task order)."""
     check_env_name(env_name)
     env = make_env(env_name, **env_kwargs(env_name, data_dir))
     written: dict[str, Path] = {}
     try:
         for split in splits:
             try:
-                rows = build_rows(env_name, split, env=env, max_tasks=max_train if split == "train" else None,
+                caps = [n for n in (max_tasks, max_train if split == "train" else None) if n is not None]
+                rows = build_rows(env_name, split, env=env, max_tasks=min(caps) if caps else None,
                                   seed=seed, agent_name=agent_name)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"[{env_name}] split {split!r} skipped: {exc}", file=sys.stderr)
@@ -163,13 +169,37 @@ def _parse_splits(text: str) -> list[str]:
     return splits
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("env", help=f"one of: {', '.join(env_names())}")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--data-dir", default=None, help="environment data folder (adapter default if omitted)")
+    parser.add_argument("--data-dir", default=None, help="environment data folder (default: $SPA_DATA/<env>)")
     parser.add_argument("--splits", type=_parse_splits, default=list(ALL_SPLITS), help="default: train,val,test")
-    parser.add_argument("--max-train", type=int, default=None, help="keep a seeded random subset of N train tasks")
+    parser.add_argument("--max-train", type=non_negative_int, default=None,
+                        help="keep a seeded random subset of N train tasks")
+    parser.add_argument("--max-tasks", type=non_negative_int, default=None,
+                        help="keep a seeded random subset of at most N tasks in every split (trial runs)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="accepted for symmetry with envs.expert; no effect (listing tasks is quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--agent-name", default=DEFAULT_AGENT_NAME)
     args = parser.parse_args(argv)
@@ -177,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         check_env_name(args.env)
     except ValueError as exc:
         parser.error(str(exc))
-    written = prepare(args.env, args.output_dir, args.splits, args.data_dir, args.max_train, args.seed, args.agent_name)
+    written = prepare(args.env, args.output_dir, args.splits, args.data_dir, args.max_train, args.seed, args.agent_name,
+                      max_tasks=args.max_tasks)
     return 0 if written else 1
 
 

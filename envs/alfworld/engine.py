@@ -304,6 +304,9 @@ class Engine:
         action = self.pddl._logic.actions.get("putobject")
         return action.template if action is not None else None
 
+    def has_walkthrough(self) -> bool:
+        return bool(self.pddl._game_data.get("walkthrough"))
+
     def has_initial_plan(self) -> bool:
         return bool(self.pddl._game_data.get("walkthrough")) or self.translation.initial_plan is not None
 

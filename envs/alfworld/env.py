@@ -24,12 +24,21 @@ Episode contract (what ``reset``/``step`` return beyond the base class):
   the path or the last observation; raw text would alias (``Nothing happens.`` is the same text everywhere) and
   split (``look`` vs arriving describe one state differently). ``anchor="observation"`` gives verl-agent's raw
   observation anchor instead.
+
+Game files are code. TextWorld evaluates the ``{...}`` expressions in a game's grammar and fast-downward runs its
+PDDL, so a game file can do what a Python file can. Load only games you trust. A task id is resolved (``..`` and
+symlinks included) and must lie under the data root, so a dataset row cannot point the env at a game elsewhere;
+``allow_outside_root=True`` (used by tests for synthetic games in temporary folders) lifts that for trusted callers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from envs.alfworld.engine import BANNER, Engine
@@ -40,15 +49,71 @@ _GOAL = re.compile(r"Your task is to:\s*(.*)", re.S)
 _PLACE_VERBS = {"put", "move", "place"}
 _PLACE_PREPOSITIONS = {"in", "on", "in/on", "into", "onto", "to"}
 _ANCHOR_MODES = ("state", "observation")
+PLAN_CACHE_VERSION = 1
+MAX_PLAN_STEPS = 1000
+logger = logging.getLogger(__name__)
+
+
+def default_plan_cache_dir() -> Path:
+    """``$SPA_RL_CACHE/alfworld/plans`` (default ``~/.cache/spa_rl/alfworld/plans``)."""
+    root = os.environ.get("SPA_RL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "spa_rl")
+    return Path(root) / "alfworld" / "plans"
+
+
+def read_cached_plan(path: Path) -> list[str] | None:
+    """A cached plan: JSON ``{"version": 1, "plan": [command, ...]}``; None (and a warning) for anything else.
+
+    The plan is data, never code: it is parsed with ``json`` and must be a list of short one-line strings, which
+    are then only compared with the engine's admissible commands."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        plan = data["plan"] if isinstance(data, dict) and data.get("version") == PLAN_CACHE_VERSION else None
+        if not (isinstance(plan, list) and 0 < len(plan) <= MAX_PLAN_STEPS and all(
+                isinstance(c, str) and c.strip() and len(c) <= 512 and "\n" not in c for c in plan)):
+            raise ValueError("not a list of one-line command strings")
+        return list(plan)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("alfworld: ignoring invalid cached plan %s (%s)", path, exc)
+        return None
+
+
+def write_cached_plan(path: Path, plan: list[str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"version": PLAN_CACHE_VERSION, "plan": list(plan)}, f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:  # a read-only cache costs time, not correctness
+        logger.warning("alfworld: could not write plan cache %s: %r", path, exc)
 
 
 class AlfWorldEnv(TextEnv):
-    """Text ALFWorld. ``data_dir``: a folder holding ``json_2.1.1/`` (or that folder), else ``$ALFWORLD_DATA``."""
+    """Text ALFWorld. ``data_dir``: a folder holding ``json_2.1.1/`` (or that folder), else ``$SPA_DATA/alfworld``
+    (:mod:`envs.paths`). ``allow_outside_root``: accept task ids that are paths outside the data root (trusted
+    callers only: game files are code, see the module docstring). ``plan_cache_dir``: where expert plans are kept
+    per game (a JSON list of commands named by the sha256 of the game file, so reruns skip the planner); None =
+    :func:`default_plan_cache_dir`, ``False`` = no cache."""
 
     name = "alfworld"
+    step_info_extra = ("command",)
 
-    def __init__(self, data_dir: str | Path | None = None, max_steps: int = 40, anchor: str = "state"):
+    def __init__(self, data_dir: str | Path | None = None, max_steps: int = 40, anchor: str = "state",
+                 allow_outside_root: bool = False, plan_cache_dir: str | Path | None | bool = None):
         super().__init__(max_steps=max_steps)
+        self.allow_outside_root = bool(allow_outside_root)
+        if plan_cache_dir is True:
+            plan_cache_dir = None
+        self.plan_cache_dir = None if plan_cache_dir is False else (
+            Path(plan_cache_dir).expanduser() if plan_cache_dir else default_plan_cache_dir())
+        self._game_hash = ""
         if anchor not in _ANCHOR_MODES:
             raise ValueError(f"alfworld: anchor must be one of {_ANCHOR_MODES}, got {anchor!r}")
         self.anchor_mode = anchor
@@ -66,15 +131,16 @@ class AlfWorldEnv(TextEnv):
 
     def task_type(self, task_id: str) -> str:
         try:
-            return task_type_of(self.games.game_dir(task_id))
+            return task_type_of(self.games.game_dir(task_id, self.allow_outside_root))
         except ValueError:
             return "unknown"
 
     def _reset(self, task_id: str, seed: int | None) -> tuple[str, dict]:
-        game_dir = self.games.game_dir(task_id)
+        game_dir = self.games.game_dir(task_id, self.allow_outside_root)
         if self._engine is None:
             self._engine = Engine()
         self._engine.load(str(game_dir / GAME_FILE))
+        self._game_hash = hashlib.sha256((game_dir / GAME_FILE).read_bytes()).hexdigest()
         state = self._engine.reset()
         self._key_id = self.games.relative_id(game_dir)
         self._place = self._engine.place_template()
@@ -115,17 +181,26 @@ class AlfWorldEnv(TextEnv):
         return obs, (1.0 if won and not self._won else 0.0), won, info
 
     def expert_actions(self) -> list[str] | None:
-        """The planner's walkthrough from the initial state (the game's stored walkthrough if it has one)."""
+        """The planner's walkthrough from the initial state (the game's stored walkthrough if it has one).
+
+        Plans are cached on disk per game file content (``plan_cache_dir``), so a rerun does not plan again."""
         if self._engine is None or self.task_id is None:
             return None
-        if self._executed and not self._engine.has_initial_plan():
-            # plan from the initial state, then replay this episode's commands to come back where we were
-            self._engine.reset()
-            plan = self._engine.initial_plan()
-            for command in self._executed:
-                self._engine.step(command)
-        else:
-            plan = self._engine.initial_plan()
+        cache = self.plan_cache_dir / f"{self._game_hash}.json" if self.plan_cache_dir and self._game_hash else None
+        plan = None
+        if cache is not None and not self._engine.has_walkthrough():
+            plan = read_cached_plan(cache)
+        if plan is None:
+            if self._executed and not self._engine.has_initial_plan():
+                # plan from the initial state, then replay this episode's commands to come back where we were
+                self._engine.reset()
+                plan = self._engine.initial_plan()
+                for command in self._executed:
+                    self._engine.step(command)
+            else:
+                plan = self._engine.initial_plan()
+            if cache is not None and not self._engine.has_walkthrough() and plan:
+                write_cached_plan(cache, plan)
         return [self._to_place_form(c) for c in plan]
 
     def _carry_info(self) -> dict:

@@ -36,29 +36,32 @@ TASK_TYPES = (
 SPLIT_ALIASES = {"eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
 
 NO_DATA_HELP = (
-    "ALFWorld game files are needed. Either `pip install alfworld && alfworld-download` (it writes "
-    "~/.cache/alfworld; then export ALFWORLD_DATA=~/.cache/alfworld), or pass data_dir= / set $ALFWORLD_DATA "
-    f"to a folder that holds {JSON_DIR}/<split>/<task>/<trial>/{{{GAME_FILE},{TRAJ_FILE}}} (or to the "
-    f"{JSON_DIR} folder itself)."
+    "ALFWorld game files are needed. Put a folder holding "
+    f"{JSON_DIR}/<split>/<task>/<trial>/{{{GAME_FILE},{TRAJ_FILE}}} at $SPA_DATA/alfworld (see envs.paths), or pass "
+    "data_dir= (that folder, or the json_2.1.1 folder itself). With internet: `pip install alfworld && "
+    "alfworld-download` writes 2.1.2 games to ~/.cache/alfworld; pass data_dir=~/.cache/alfworld."
 )
 
 _SOLVABLE = re.compile(rb'"solvable"\s*:\s*(true|false)')
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The ``json_2.1.1`` folder: from ``data_dir``, else ``$ALFWORLD_DATA``; a clear error when neither has games."""
+    """The ``json_2.1.1`` folder: from ``data_dir``, else ``envs.paths.env_data_dir("alfworld")``; a clear error
+    when neither has games."""
     source = "data_dir"
     if data_dir is None:
-        data_dir, source = os.environ.get("ALFWORLD_DATA"), "$ALFWORLD_DATA"
-    if not data_dir:
-        raise FileNotFoundError(f"No ALFWorld data: data_dir is not given and $ALFWORLD_DATA is not set. "
-                                f"{NO_DATA_HELP}")
+        from envs.paths import data_root, env_data_dir
+
+        data_dir, source = env_data_dir("alfworld"), "the data root"
+        if data_dir is None:
+            raise FileNotFoundError(f"No ALFWorld data: data_dir is not given and {data_root() / 'alfworld'} "
+                                    f"does not exist. {NO_DATA_HELP}")
     path = Path(os.path.expandvars(os.path.expanduser(str(data_dir))))
     for candidate in (path / JSON_DIR, path):
         if candidate.is_dir() and (candidate.name == JSON_DIR or (candidate / "train").is_dir()
                                    or (candidate / "valid_seen").is_dir()):
             return candidate.resolve()
-    raise FileNotFoundError(f"No ALFWorld games under {source}={str(data_dir)!r}. {NO_DATA_HELP}")
+    raise FileNotFoundError(f"No ALFWorld games under {source} {str(data_dir)!r}. {NO_DATA_HELP}")
 
 
 def canonical_split(split: str) -> str:
@@ -129,17 +132,31 @@ class GameIndex:
                 self._cache[key] = sorted(tasks)
             return list(self._cache[key])
 
-    def game_dir(self, task_id: str) -> Path:
-        """The folder of a task id; also accepts ``.../game.tw-pddl`` and absolute paths (e.g. synthetic games)."""
+    def game_dir(self, task_id: str, allow_outside_root: bool = False) -> Path:
+        """The folder of a task id (``<split>/<task>/<trial>``, optionally ending in ``/game.tw-pddl``).
+
+        The path is resolved (``..`` and symlinks included) and must lie under the data root: a game file is
+        code (TextWorld evaluates the ``{...}`` expressions of its grammar, and its PDDL drives the planner), so a
+        task id from a dataset row must not load one from elsewhere. ``allow_outside_root=True`` also accepts
+        paths outside the root (e.g. an absolute path to a synthetic game built for a test); only trusted code
+        should set it.
+        """
         text = str(task_id).strip()
         if text.endswith(GAME_FILE):
             text = text[: -len(GAME_FILE)].rstrip("/\\") or "."
+        if not text or "\x00" in text:
+            raise ValueError(f"alfworld: invalid task id {task_id!r}")
         path = Path(text)
-        candidates = [path] if path.is_absolute() else [self.root / path]
-        for candidate in candidates:
-            if (candidate / GAME_FILE).is_file():
-                return candidate
-        raise ValueError(f"alfworld: no game for task id {task_id!r} (looked for {candidates[0] / GAME_FILE})")
+        candidate = (path if path.is_absolute() else self.root / path).resolve()
+        root = self.root.resolve()
+        if not allow_outside_root and candidate != root and root not in candidate.parents:
+            raise ValueError(
+                f"alfworld: task id {task_id!r} resolves to {candidate}, outside the data root {root}; game files "
+                "are code and are only loaded from the data root (AlfWorldEnv(allow_outside_root=True) lifts this "
+                "for trusted paths)")
+        if (candidate / GAME_FILE).is_file():
+            return candidate
+        raise ValueError(f"alfworld: no game for task id {task_id!r} (looked for {candidate / GAME_FILE})")
 
     def relative_id(self, game_dir: Path) -> str:
         """A task id for a game folder: relative to the root when inside it, else the absolute path."""

@@ -6,7 +6,8 @@ Actions
 -------
 ``parse_action(text)`` turns one action string into a :class:`ParsedAction`: a script verb (the names of the
 evolving_graph ``Action`` enum: ``WALK``, ``GRAB``, ``PUTBACK``, ...) and its object references. The text is
-lower-cased, an ``Action:`` prefix, wrapping quotes/backticks and a final ``.``/``!`` are dropped, and the
+lower-cased, wrapping quotes/backticks and a final ``.``/``!`` are dropped (an ``Action:`` label is not: like
+every env, VirtualHome takes the action itself, see ``envs.base``), and the
 first template of :data:`TEMPLATES` that matches the whole text wins (two-object templates come first, so
 "put cup on table" is PUTBACK while "put on shirt" is PUTON). The raw script syntax is accepted too:
 ``[PUTBACK] <cup> (1000) <table> (355)``. Text that matches no template -- an unknown verb, or a known verb
@@ -19,7 +20,9 @@ toaster``, ``type on keyboard``, ``sleep``, ``wake up``.
 
 Object references
 -----------------
-An object is written as its name, optionally followed by a graph node id: ``cup``, ``coffee table`` (==
+An object name may only hold ASCII letters, digits, spaces, ``_``, ``-`` and ``'`` (:func:`valid_name`); any
+other character (a control character, a stray ``\U000e6f13`` or non-ASCII letter inside ``dishwasher``) makes it
+no object at all, so garbled model output is not executed. An object is written as its name, optionally followed by a graph node id: ``cup``, ``coffee table`` (==
 ``coffee_table`` == ``coffeetable``), ``chair 356`` or ``chair (356)``. Names are matched on a compact key
 (lower case, letters and digits only), first against the class names and display names of the scene
 (:func:`display_name`: ``food_food`` -> ``food``, ``food_kiwi`` -> ``kiwi``, ``clothes_shirt`` -> ``shirt``,
@@ -36,7 +39,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["ALIASES", "CANONICAL", "TEMPLATES", "NameIndex", "ObjectRef", "ParsedAction", "compact",
-           "display_name", "parse_action", "to_natural"]
+           "display_name", "parse_action", "to_natural", "valid_name"]
 
 
 @dataclass(frozen=True)
@@ -133,14 +136,13 @@ _COMPILED = [(re.compile(pattern), verb) for pattern, verb in TEMPLATES]
 
 _SCRIPT_LINE = re.compile(r"\[\s*([a-z_]+)\s*\](.*)")
 _SCRIPT_ARG = re.compile(r"<([^<>]+)>\s*(?:\(\s*(?:\d+\.)?(\d+)\s*\))?")
-_PREFIX = re.compile(r"^(?:action\s*:|act\s*:|>)\s*")
+_NAME_CHARS = re.compile(r"[a-z0-9 _'\-]+")
 _ARTICLES = re.compile(r"^(?:the|a|an|some|my|your|this|that)\s+")
 _ID_SUFFIX = re.compile(r"^(?P<name>.*?)\s*(?:\(\s*(?P<id1>\d+)\s*\)|#\s*(?P<id2>\d+)|\s(?P<id3>\d+))$")
 
 
 def _normalise(text: str) -> str:
     text = " ".join(str(text).lower().split())
-    text = _PREFIX.sub("", text)
     text = text.strip(" \t`\"'*_“”‘’")
     text = re.sub(r"[.!?;,]+$", "", text).strip()
     return text
@@ -155,9 +157,14 @@ def _object_ref(raw: str) -> ObjectRef | None:
         number = match.group("id1") or match.group("id2") or match.group("id3")
         raw, node_id = match.group("name").strip(), int(number)
     raw = _ARTICLES.sub("", raw).strip()
-    if not raw or len(raw) > 80:
+    if not raw or len(raw) > 80 or not valid_name(raw):
         return None
     return ObjectRef(raw, node_id)
+
+
+def valid_name(name: str) -> bool:
+    """An object name holds only ASCII letters, digits, spaces, ``_``, ``-`` and ``'`` (case-insensitive)."""
+    return _NAME_CHARS.fullmatch(str(name).lower()) is not None
 
 
 def _parse_script(text: str) -> ParsedAction | None:
@@ -284,7 +291,7 @@ class NameIndex:
     def classes_for(self, name: str) -> list[str]:
         """Scene classes ``name`` may refer to ([] when none)."""
         key = compact(name)
-        if not key:
+        if not key or not valid_name(name):
             return []
         for candidate in (key, key[:-1] if key.endswith("s") else None, key[:-2] if key.endswith("es") else None):
             if candidate and candidate in self._exact:

@@ -95,6 +95,7 @@ class VirtualHomeEnv(TextEnv):
     """VirtualHome (evolving_graph, scene 1 of virtualhome-eval) as a text environment."""
 
     name = "virtualhome"
+    step_info_extra = ("progress", "script")
 
     def __init__(self, data_dir: str | Path | None = None, max_steps: int = 40, cache_size: int = 32,
                  show_room: bool = True):
@@ -229,6 +230,9 @@ class VirtualHomeEnv(TextEnv):
         info = {"won": won, "executable": True, "anchor": self._anchor_of(view), "score": 1.0 if won else 0.0,
                 "progress": progress, "script": str(line).rsplit(" [", 1)[0]}
         return obs, (1.0 if won else 0.0), won, info
+
+    def _carry_info(self) -> dict:
+        return {"progress": self._check(self._view())[1]} if self._task is not None else {}
 
     def _nothing(self, error: str, script: str | None = None) -> tuple[str, float, bool, dict]:
         info = {"executable": False, "error": error, "progress": self._check(self._view())[1]}

@@ -6,7 +6,7 @@ import logging
 from functools import lru_cache
 from types import SimpleNamespace
 
-from envs.virtualhome.tasks import INSTALL_HINT
+from envs.virtualhome.tasks import INSTALL_HINT, shadowing_problem
 
 __all__ = ["simulator"]
 
@@ -17,6 +17,9 @@ def simulator() -> SimpleNamespace:
     try:
         from virtualhome_eval.simulation.evolving_graph import environment, execution, scripts
     except ImportError as exc:
+        problem = shadowing_problem()
+        if problem:
+            raise ImportError(f"VirtualHome's simulator cannot be imported: {problem} ({exc})") from exc
         raise ImportError(
             f"VirtualHome needs the evolving_graph simulator of virtualhome-eval: `{INSTALL_HINT}` ({exc})"
         ) from exc

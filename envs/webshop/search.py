@@ -37,7 +37,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -304,8 +303,7 @@ class BM25Index:
         terms = [None] * len(self.vocab)
         for t, i in self.vocab.items():
             terms[i] = t
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
+        tmp = str(path.with_name(f"{path.stem}.tmp{os.getpid()}.npz"))  # np.savez keeps a .npz name as is
         try:
             np.savez(tmp, version=np.array(INDEX_FORMAT_VERSION), doc_ids=_pack(self.doc_ids), terms=_pack(terms),
                      indptr=self.indptr, post_docs=self.post_docs,
@@ -380,10 +378,15 @@ def get_or_build_index(key: str, docs_factory, cache_dir: str | Path | None = No
                        use_disk_cache: bool = True) -> BM25Index:
     """The index for ``key``: from this process, else from ``cache_dir/<key>.npz``, else built from
     ``docs_factory()`` (an iterable of (doc id, text)) and saved there."""
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
     idx = _INDEX_CACHE.get(key)
     if idx is not None:
+        if use_disk_cache and not path.exists():  # built in this process for another cache folder
+            try:
+                idx.save(path)
+            except OSError as exc:
+                logger.warning("could not write WebShop index cache %s: %r", path, exc)
         return idx
-    path = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
     if use_disk_cache and path.exists():
         try:
             idx = BM25Index.load(path)

@@ -163,7 +163,7 @@ class EnvAgentLoop(AgentLoopBase):
     def _pool(self):
         s = self.settings
         return get_env_pool(s.pool_num_workers or default_pool_size(self.config), s.pool_backend, s.step_timeout,
-                            s.reset_timeout)
+                            s.reset_timeout, s.allow_custom_env_classes)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> EnvAgentLoopOutput:
         extra_info = dict(kwargs.get("extra_info") or {})

@@ -16,6 +16,18 @@ Backends:
 * ``thread``: the env lives in this process and each worker has its own single thread. A hung call cannot be
   killed: on timeout the worker (thread and env) is abandoned and replaced. For debugging and light envs.
 
+Faults that heal: a worker whose call did not end with a reply (timeout, crash, or the calling task cancelled
+mid-call, e.g. an episode abandoned by the agent loop) is marked broken and never leased again, so no episode ever
+reads another one's reply (each request also carries a sequence number that its reply must echo). The worker is
+killed and the lease released in nested ``finally`` blocks, so a cancel during the kill still frees the slot. An
+idle worker that died meanwhile (OOM killer, SIGKILL) is found on the next lease and replaced, and an ``open`` on a
+reused worker that crashes is retried once on a fresh worker, so the next, unrelated episode does not pay for it.
+
+Env names: a session opens a registered env name (``envs.ENV_REGISTRY``). A ``package.module:Class`` name, which
+imports that module and builds that class, is refused unless the pool was made with
+``allow_custom_env_classes=True`` (config ``env.allow_custom_env_classes``; the dataset rows' ``extra_info.env_name``
+reaches this point, and a dataset must not choose code to run).
+
 This module imports no verl and no env engine (children import ``envs`` themselves).
 """
 
@@ -26,6 +38,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,6 +53,7 @@ from typing import Any, AsyncIterator
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("process", "thread")
+_CUSTOM_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,10 +89,10 @@ class _EnvHost:
 
     def handle(self, cmd: str, args: tuple) -> Any:
         if cmd == "open":
-            name, kwargs = args
+            name, kwargs, allow_custom = args
             key = self._key(name, kwargs)
             if key not in self._cache:
-                self._cache[key] = _make(name, kwargs)
+                self._cache[key] = _make(name, kwargs, allow_custom)
             self.env = self._cache[key]
             return {"max_steps": int(self.env.max_steps)}
         if cmd == "ping":
@@ -105,13 +119,34 @@ class _EnvHost:
         self._cache.clear()
 
 
-def _make(name: str, kwargs: dict) -> Any:
-    """``make_env(name)``; a ``"package.module:Class"`` name builds that class (tests, out-of-tree envs)."""
+def env_name_problem(name: str, allow_custom: bool) -> str | None:
+    """Why a session may not open ``name`` (None when it may); see the module docstring."""
+    if ":" not in name:
+        return None  # a registry name: make_env names the known ones if it is not one of them
+    if not allow_custom:
+        return (f"env name {name!r} is a module:Class name, which would import and run that code; only registered "
+                "env names are accepted (envs.ENV_REGISTRY) unless env.allow_custom_env_classes=true")
+    if not _CUSTOM_NAME.fullmatch(name):
+        return f"env name {name!r} is not of the form package.module:Class"
+    return None
+
+
+def _make(name: str, kwargs: dict, allow_custom: bool = False) -> Any:
+    """``make_env(name)``; a ``"package.module:Class"`` name builds that class (only with ``allow_custom``)."""
+    problem = env_name_problem(name, allow_custom)
+    if problem:
+        raise ValueError(problem)
     if ":" in name:
         import importlib
+        import inspect
 
-        module, cls = name.split(":", 1)
-        return getattr(importlib.import_module(module), cls)(**kwargs)
+        from envs.base import TextEnv
+
+        module, attr = name.split(":", 1)
+        cls = getattr(importlib.import_module(module), attr)
+        if not (inspect.isclass(cls) and issubclass(cls, TextEnv)):
+            raise TypeError(f"env name {name!r} is not an envs.base.TextEnv subclass")
+        return cls(**kwargs)
     from envs import make_env
 
     return make_env(name, **kwargs)
@@ -124,15 +159,15 @@ def _child_main(fd: int) -> None:
     try:
         while True:
             try:
-                cmd, args = conn.recv()
+                seq, cmd, args = conn.recv()
             except (EOFError, OSError):  # parent gone
                 break
             if cmd == "close":
                 break
             try:
-                reply = ("ok", host.handle(cmd, args))
+                reply = (seq, "ok", host.handle(cmd, args))
             except Exception as exc:
-                reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+                reply = (seq, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
             try:
                 conn.send(reply)
             except (BrokenPipeError, OSError):
@@ -160,31 +195,40 @@ class _ProcessWorker:
             child.close()
         self.conn = Connection(parent.detach())
         self.broken = False
+        self._seq = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return not self.broken and self.proc.poll() is None
 
     def call(self, cmd: str, args: tuple, timeout: float) -> Any:
+        self._seq += 1
+        seq = self._seq
         try:
-            self.conn.send((cmd, args))
+            self.conn.send((seq, cmd, args))
             if not self.conn.poll(timeout):
                 self.broken = True
                 raise EnvFailure("timeout", cmd, f"no reply in {timeout:g}s")
-            status, payload = self.conn.recv()
+            reply_seq, status, payload = self.conn.recv()
         except EnvFailure:
             raise
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError, ValueError, TypeError) as exc:
             self.broken = True
             code = self.proc.poll()
             raise EnvFailure("crash", cmd, f"env worker died (exit code {code}): {exc!r}") from None
+        if reply_seq != seq:  # a reply meant for an earlier call: this worker's stream cannot be trusted
+            self.broken = True
+            raise EnvFailure("crash", cmd, f"env worker answered request {reply_seq} to request {seq}")
         if status != "ok":
             raise EnvFailure("error", cmd, payload)
         return payload
 
     def kill(self) -> None:
         try:
-            self.conn.send(("close", ()))
-        except Exception:
-            pass
-        try:
-            self.conn.close()
+            self.conn.send((0, "close", ()))
         except Exception:
             pass
         if self.proc.poll() is None:
@@ -198,6 +242,10 @@ class _ProcessWorker:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 logger.warning("env worker pid %s did not exit after SIGKILL", self.proc.pid)
+        try:  # after the child is gone: a thread still waiting on this connection then sees EOF, not a dead fd
+            self.conn.close()
+        except Exception:
+            pass
 
 
 class _ThreadWorker:
@@ -205,6 +253,9 @@ class _ThreadWorker:
         self.host = _EnvHost()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env")
         self.broken = False
+
+    def alive(self) -> bool:
+        return not self.broken
 
     def call(self, cmd: str, args: tuple, timeout: float) -> Any:
         future = self.executor.submit(self.host.handle, cmd, args)
@@ -256,6 +307,7 @@ class EnvPool:
         backend: str = "process",
         step_timeout: float = 60.0,
         reset_timeout: float = 300.0,
+        allow_custom_env_classes: bool = False,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"env pool backend must be one of {BACKENDS}, got {backend!r}")
@@ -263,6 +315,7 @@ class EnvPool:
             raise ValueError(f"env pool num_workers must be >= 1, got {num_workers}")
         self.num_workers, self.backend = int(num_workers), backend
         self.step_timeout, self.reset_timeout = float(step_timeout), float(reset_timeout)
+        self.allow_custom_env_classes = bool(allow_custom_env_classes)
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._leased = 0
@@ -270,7 +323,7 @@ class EnvPool:
         self._sem_loop: asyncio.AbstractEventLoop | None = None
         # own threads: env calls never compete with verl's tokenisation for the default executor
         self._executor = ThreadPoolExecutor(max_workers=self.num_workers + 2, thread_name_prefix="envpool")
-        self.replaced = 0  # workers killed after a timeout/crash
+        self.replaced = 0  # workers killed after a timeout/crash/cancel, or found dead while idle
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -284,35 +337,78 @@ class EnvPool:
 
     async def _run(self, worker: Any, cmd: str, args: tuple, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, worker.call, cmd, args, timeout)
+        try:
+            return await loop.run_in_executor(self._executor, worker.call, cmd, args, timeout)
+        except EnvFailure:
+            raise  # the worker marked itself broken if its reply stream is lost
+        except BaseException:
+            # cancelled (or interrupted) while the call is in flight: its reply may still come, so this worker
+            # must never serve another call
+            worker.broken = True
+            raise
+
+    def _take_idle(self) -> tuple[Any, list]:
+        """An idle worker that is still alive (or None), and the dead ones found on the way."""
+        dead = []
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive():
+                    return worker, dead
+                dead.append(worker)
+        return None, dead
+
+    async def _discard(self, worker: Any) -> None:
+        self.replaced += 1
+        await asyncio.get_running_loop().run_in_executor(self._executor, worker.kill)
 
     @asynccontextmanager
     async def session(self, env_name: str, env_kwargs: dict | None = None) -> AsyncIterator[EnvSession]:
         """Lease a worker, open ``env_name`` in it and yield an :class:`EnvSession`.
 
-        Raises :class:`EnvFailure` when the env cannot be built; a worker that timed out or crashed is
-        replaced when the session ends."""
+        Raises :class:`EnvFailure` when the env cannot be built (or its name is refused, see the module
+        docstring); a worker that timed out, crashed or was cancelled mid-call is replaced when the session
+        ends."""
+        problem = env_name_problem(str(env_name), self.allow_custom_env_classes)
+        if problem:
+            raise EnvFailure("error", "open", problem)
+        loop = asyncio.get_running_loop()
         sem = self._semaphore()
         await sem.acquire()
         worker = None
         try:
             with self._lock:
-                worker = self._idle.pop() if self._idle else None
                 self._leased += 1
-            if worker is None:
-                worker = await asyncio.get_running_loop().run_in_executor(self._executor, self._new_worker)
-            info = await self._run(worker, "open", (env_name, dict(env_kwargs or {})), self.reset_timeout)
+            open_args = (env_name, dict(env_kwargs or {}), self.allow_custom_env_classes)
+            for attempt in (0, 1):
+                worker, dead = self._take_idle()
+                for gone in dead:  # died while idle (e.g. OOM-killed): replace it, not the episode
+                    logger.warning("env worker found dead while idle; replacing it")
+                    await self._discard(gone)
+                reused = worker is not None
+                if worker is None:
+                    worker = await loop.run_in_executor(self._executor, self._new_worker)
+                try:
+                    info = await self._run(worker, "open", open_args, self.reset_timeout)
+                    break
+                except EnvFailure as exc:
+                    if not (reused and attempt == 0 and exc.kind == "crash"):
+                        raise
+                    logger.warning("reused env worker crashed on open (%s); retrying on a fresh one", exc)
+                    stale, worker = worker, None
+                    await self._discard(stale)
             yield EnvSession(self, worker, int(info["max_steps"]))
         finally:
-            with self._lock:
-                self._leased -= 1
-                if worker is not None and not worker.broken:
-                    self._idle.append(worker)
-                    worker = None
-            if worker is not None:
-                self.replaced += 1
-                await asyncio.get_running_loop().run_in_executor(self._executor, worker.kill)
-            sem.release()
+            try:
+                with self._lock:
+                    self._leased -= 1
+                    if worker is not None and not worker.broken:
+                        self._idle.append(worker)
+                        worker = None
+                if worker is not None:
+                    await self._discard(worker)
+            finally:
+                sem.release()
 
     def close(self) -> None:
         with self._lock:
@@ -327,9 +423,9 @@ _POOLS_LOCK = threading.Lock()
 
 
 def get_env_pool(num_workers: int = 8, backend: str = "process", step_timeout: float = 60.0,
-                 reset_timeout: float = 300.0) -> EnvPool:
+                 reset_timeout: float = 300.0, allow_custom_env_classes: bool = False) -> EnvPool:
     """The process-wide pool for these settings (created on first use, closed at exit)."""
-    key = (int(num_workers), backend, float(step_timeout), float(reset_timeout))
+    key = (int(num_workers), backend, float(step_timeout), float(reset_timeout), bool(allow_custom_env_classes))
     with _POOLS_LOCK:
         if key not in _POOLS:
             _POOLS[key] = EnvPool(*key)

@@ -43,6 +43,7 @@ class EnvRolloutSettings:
     reset_timeout: float = 300.0
     collect_dir: Optional[str] = None
     collect_messages: bool = True
+    allow_custom_env_classes: bool = False  # accept "module:Class" env names (imports and runs that code)
 
     @classmethod
     def from_config(cls, config: Any) -> EnvRolloutSettings:
@@ -74,6 +75,7 @@ class EnvRolloutSettings:
             reset_timeout=float(select_key(pool, "reset_timeout", 300.0)),
             collect_dir=select_key(env, "collect_dir"),
             collect_messages=bool(select_key(env, "collect_messages", True)),
+            allow_custom_env_classes=select_key(env, "allow_custom_env_classes", False),
         )
 
     def make_kwargs(self) -> dict:
@@ -95,7 +97,12 @@ def default_pool_size(config: Any) -> int:
 def env_settings_problems(settings: Any) -> list[str]:
     """Problems of an :class:`EnvRolloutSettings`."""
     out = []
-    if settings.name not in env_names():
+    if not isinstance(settings.allow_custom_env_classes, bool):
+        out.append(f"env.allow_custom_env_classes must be true or false, got {settings.allow_custom_env_classes!r}")
+    if ":" in settings.name and settings.allow_custom_env_classes is not True:
+        out.append(f"env.name={settings.name!r} is a module:Class name, which imports and runs that code; use a "
+                   f"known environment ({', '.join(env_names())}) or set env.allow_custom_env_classes=true")
+    elif ":" not in settings.name and settings.name not in env_names():
         out.append(f"env.name={settings.name!r} is not a known environment (known: {', '.join(env_names())})")
     if settings.prompt_style not in STYLES:
         out.append(f"env.prompt_style={settings.prompt_style!r} is not one of {STYLES}")

@@ -7,6 +7,7 @@ wheel (``envs.alfworld.synthetic``), so they need the engine but no ALFWorld dat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -47,7 +48,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(synth_dir):
-    e = AlfWorldEnv(data_dir=synth_dir, max_steps=40)
+    e = AlfWorldEnv(data_dir=synth_dir, max_steps=40, plan_cache_dir=False)  # these tests exercise the planner
     yield e
     e.close()
 
@@ -61,12 +62,18 @@ def play(env, actions):
 
 # ----------------------------------------------------------------------------------------------- data and tasks
 def test_data_dir_resolution(synth_dir, monkeypatch, tmp_path):
-    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
-    with pytest.raises(FileNotFoundError, match="alfworld-download"):
+    for var in ("ALFWORLD_DATA", "SPA_ALFWORLD_DATA", "SHARED_DATA", "SPA_SHARED_DATA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SPA_DATA", str(tmp_path / "root"))
+    with pytest.raises(FileNotFoundError, match=r"root/alfworld does not exist.*SPA_DATA/alfworld"):
         AlfWorldEnv()
     with pytest.raises(FileNotFoundError, match="json_2.1.1"):
         AlfWorldEnv(data_dir=tmp_path)
-    monkeypatch.setenv("ALFWORLD_DATA", str(synth_dir))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "alfworld").symlink_to(synth_dir)
+    assert AlfWorldEnv().list_tasks("valid_seen") == [MOVE_TASK, PUT_TASK]  # $SPA_DATA/alfworld
+    monkeypatch.setenv("SPA_DATA", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("ALFWORLD_DATA", str(synth_dir))  # deprecated, still read
     assert AlfWorldEnv().list_tasks("valid_seen") == [MOVE_TASK, PUT_TASK]
     # the json_2.1.1 folder itself works too, and gives the same task ids
     assert AlfWorldEnv(data_dir=synth_dir / "json_2.1.1").list_tasks("valid_seen") == [MOVE_TASK, PUT_TASK]
@@ -230,9 +237,39 @@ def test_reset_by_index_and_seed(env):
 
 def test_absolute_game_paths(env, synth_dir):
     game_file = synth_dir / "json_2.1.1" / MOVE_TASK / "game.tw-pddl"
-    for task in (str(game_file), str(game_file.parent)):
+    for task in (str(game_file), str(game_file.parent), MOVE_TASK + "/game.tw-pddl"):  # inside the data root
         obs, info = env.reset(task)
         assert info["goal"] == GOAL and info["task_type"] == "pick_and_place_simple"
+
+
+def test_task_ids_cannot_leave_the_data_root(synth_dir, tmp_path):
+    """Game files are code: a task id from a dataset row must not load a game from outside the data root."""
+    elsewhere = build_synthetic_game(tmp_path / "elsewhere")  # a perfectly loadable game, outside the root
+    root = AlfWorldEnv(data_dir=synth_dir).root
+    escapes = [
+        os.path.relpath(elsewhere, root),                      # ../../elsewhere/json_2.1.1/valid_seen/...
+        "valid_seen/../../" + os.path.relpath(elsewhere, root.parent),
+        str(elsewhere), str(elsewhere / "game.tw-pddl"),       # absolute paths outside the root
+    ]
+    link = root / "valid_seen" / "link_out"
+    link.symlink_to(elsewhere, target_is_directory=True)       # a symlink inside the root pointing out
+    escapes.append("valid_seen/link_out")
+    env = AlfWorldEnv(data_dir=synth_dir)
+    try:
+        for task in escapes:
+            with pytest.raises(ValueError, match="outside the data root"):
+                env.reset(task)
+            assert env.task_type(task) == "unknown"
+        with pytest.raises(ValueError, match="invalid task id"):
+            env.reset("valid_seen/\x00x")
+        trusted = AlfWorldEnv(data_dir=synth_dir, allow_outside_root=True)  # explicit opt-in
+        try:
+            assert trusted.reset(str(elsewhere))[1]["goal"] == GOAL
+        finally:
+            trusted.close()
+    finally:
+        link.unlink()
+        env.close()
 
 
 # ----------------------------------------------------------------------------------------------- anchors
@@ -478,3 +515,43 @@ def test_real_expert_success_rate_valid_seen_subset(alfworld_data):
     env.close()
     assert len(tasks) == 20
     assert wins / len(tasks) >= 0.95, f"expert won {wins}/{len(tasks)}"
+
+
+# ----------------------------------------------------------------------------------------------- plan cache
+def test_expert_plans_are_cached_per_game_as_data(synth_dir, tmp_path, monkeypatch):
+    from envs.alfworld import engine as engine_module
+
+    cache = tmp_path / "plans"
+    env = AlfWorldEnv(data_dir=synth_dir, plan_cache_dir=cache)
+    try:
+        env.reset(MOVE_TASK)
+        plan = env.expert_actions()
+        files = list(cache.glob("*.json"))
+        assert len(files) == 1
+        game_hash = hashlib.sha256((synth_dir / "json_2.1.1" / MOVE_TASK / "game.tw-pddl").read_bytes()).hexdigest()
+        assert files[0].name == f"{game_hash}.json"
+        assert json.loads(files[0].read_text()) == {"version": 1, "plan": plan}
+    finally:
+        env.close()
+
+    def no_planner(self):
+        raise AssertionError("the planner ran although the plan is cached")
+
+    monkeypatch.setattr(engine_module.Engine, "initial_plan", no_planner)
+    env = AlfWorldEnv(data_dir=synth_dir, plan_cache_dir=cache)
+    try:
+        env.reset(MOVE_TASK)
+        assert env.expert_actions() == plan  # from the cache, in a fresh env (a rerun)
+        _, _, done, info = play(env, plan)[-1]
+        assert done and info["won"]
+        # a planted cache file that is not a list of command strings is ignored (and the planner asked again)
+        for bad in ('{"version": 1, "plan": "__import__(\'os\')"}', '{"version": 1, "plan": [1, 2]}', "[1",
+                    '{"version": 1, "plan": ["go to\\nbed 1"]}', '{"version": 2, "plan": ["look"]}'):
+            files[0].write_text(bad)
+            env.reset(MOVE_TASK)
+            with pytest.raises(AssertionError, match="planner ran"):
+                env.expert_actions()
+    finally:
+        env.close()
+    off = AlfWorldEnv(data_dir=synth_dir, plan_cache_dir=False)
+    assert off.plan_cache_dir is None

@@ -55,6 +55,7 @@ class ToyEnv(TextEnv):
 
     name = "toy"
     TASKS = {"train": [f"t{i}" for i in range(10)], "val": ["v0", "v1", "v2"], "test": []}
+    SLEEP: dict = {}  # task id -> seconds its expert takes (set by a test before the workers fork)
 
     def __init__(self, data_dir: str | None = None, max_steps: int = 20):
         super().__init__(max_steps)
@@ -88,6 +89,10 @@ class ToyEnv(TextEnv):
         return obs, float(won), won, info
 
     def expert_actions(self):
+        if self.task_id in self.SLEEP:
+            import time
+
+            time.sleep(self.SLEEP[self.task_id])
         if self.task_id == "t9":
             return ["wait"] * 3
         return ["step forward"] * self.need
@@ -349,3 +354,67 @@ def test_real_expert_rows_replay_and_win(real_env, style, tmp_path):
         assert done and step_info["won"]
     path = write_parquet(rows, tmp_path / f"{name}.parquet")
     assert len(load_with_sft_dataset(path)) == len(rows)
+
+
+# ----------------------------------------------------------------------------- long runs: timeouts and resume
+
+
+def test_expert_task_timeout_kills_only_that_task(toy_env, monkeypatch):
+    monkeypatch.setattr(ToyEnv, "SLEEP", {"t3": 60})
+    rows, summary = expert_rows(toy_env, "train", progress=False, workers=2, task_timeout=2.0)
+    assert summary["timeouts"] == 1 and summary["failures"] == {"expert did not win": 1, "timeout": 1}
+    assert [r["task_id"] for r in rows] == [f"t{i}" for i in range(9) if i != 3]  # task order kept
+    assert summary["per_task_type"]["odd"]["tasks"] == 5  # the killed task keeps its type
+    with pytest.raises(ValueError, match="task_timeout"):
+        expert_rows(toy_env, "train", task_timeout=0)
+
+
+def test_expert_writes_finished_tasks_at_once_and_resumes(toy_env, tmp_path, monkeypatch):
+    parts = tmp_path / "sft.parquet.parts"
+    first, s1 = expert_rows(toy_env, "train", progress=False, task_ids=ToyEnv.TASKS["train"][:4], parts_dir=parts)
+    (shard,) = parts.glob("shard-*.jsonl")
+    assert [json.loads(line)["task_id"] for line in shard.read_text().splitlines()] == ["t0", "t1", "t2", "t3"]
+    # a crash mid-write leaves a torn last line (cut inside a multi-byte character): that task just runs again
+    with open(shard, "ab") as f:
+        f.write('{"task_id": "t4", "task_type": "even", "episode": {"won": true, "note": "é'.encode()[:-1])
+    replayed = []
+    original = ToyEnv.expert_actions
+
+    def counting(self):
+        replayed.append(self.task_id)
+        return original(self)
+
+    monkeypatch.setattr(ToyEnv, "expert_actions", counting)
+    rows, summary = expert_rows(toy_env, "train", progress=False, parts_dir=parts)
+    assert replayed == [f"t{i}" for i in range(4, 10)]  # the four done tasks were not replayed
+    assert summary["resumed"] == 4 and summary["torn_lines_skipped"] == 1 and summary["tasks"] == 10
+    fresh, _ = expert_rows(toy_env, "train", progress=False)
+    assert rows == fresh  # same rows as one uninterrupted run
+    assert len(list(parts.glob("shard-*.jsonl"))) == 2  # one shard per run
+    with pytest.raises(ValueError, match="other settings.*style"):
+        expert_rows(toy_env, "train", progress=False, parts_dir=parts, style="tag")
+
+
+def test_expert_cli_resumes_and_fresh(toy_env, tmp_path):
+    out = tmp_path / "toy.parquet"
+    assert expert_main(["toy", "--output", str(out), "--max-tasks", "4", "--workers", "2"]) == 0
+    summary = json.loads((tmp_path / "toy.parquet.summary.json").read_text())
+    assert summary["resumed"] == 0 and summary["timeouts"] == 0 and summary["task_timeout"] == 600
+    assert expert_main(["toy", "--output", str(out), "--max-tasks", "4"]) == 0
+    assert json.loads((tmp_path / "toy.parquet.summary.json").read_text())["resumed"] == 4
+    assert expert_main(["toy", "--output", str(out), "--max-tasks", "4", "--fresh"]) == 0
+    assert json.loads((tmp_path / "toy.parquet.summary.json").read_text())["resumed"] == 0
+    for bad in (["--task-timeout", "0"], ["--task-timeout", "nan"], ["--workers", "0"], ["--max-tasks", "-1"]):
+        with pytest.raises(SystemExit):
+            expert_main(["toy", "--output", str(out), *bad])
+
+
+def test_prepare_max_tasks_caps_every_split_and_takes_workers(toy_env, tmp_path):
+    assert prepare_main(["toy", "--output-dir", str(tmp_path), "--max-tasks", "2", "--workers", "3"]) == 0
+    assert len(pd.read_parquet(tmp_path / "toy_train.parquet")) == 2
+    assert len(pd.read_parquet(tmp_path / "toy_val.parquet")) == 2
+    assert prepare_main(["toy", "--output-dir", str(tmp_path / "b"), "--max-tasks", "5", "--max-train", "1"]) == 0
+    assert len(pd.read_parquet(tmp_path / "b" / "toy_train.parquet")) == 1
+    for bad in (["--max-tasks", "-1"], ["--workers", "0"], ["--max-train", "x"]):
+        with pytest.raises(SystemExit):
+            prepare_main(["toy", "--output-dir", str(tmp_path), *bad])

@@ -52,7 +52,7 @@ def _obj(name, node_id=None):
 PARSE_TABLE = [
     ("walk to kitchen", "WALK", [_obj("kitchen")]),
     ("Walk to the kitchen.", "WALK", [_obj("kitchen")]),
-    ("Action: go to living room", "WALK", [_obj("living room")]),
+    ("go to living room", "WALK", [_obj("living room")]),
     ("run to toilet", "RUN", [_obj("toilet")]),
     ("find remote control", "FIND", [_obj("remote control")]),
     ("look for cup", "FIND", [_obj("cup")]),
@@ -123,7 +123,12 @@ def test_parse_action_table(text, verb, objects):
 
 @pytest.mark.parametrize("text", ["", "   ", "dance", "grab", "put cup", "open", "walk", "pour milk",
                                   "[WALK]", "[PUTBACK] <cup> (1)", "[FLY] <cup> (1)", "stand up chair",
-                                  "switch", "Action:", "put on", "x" * 300])
+                                  "switch", "Action:", "put on", "x" * 300,
+                                  # an Action: label is not part of an action (see envs.base), nor is ">"
+                                  "Action: go to living room", "> walk to kitchen",
+                                  # garbled names: characters the old compact() key silently dropped
+                                  "switch on dishw\U000e6f13asher", "switch on dishwasher\u00e4",
+                                  "grab c\u200bup", "walk to kitch\u00e9n"])
 def test_parse_action_rejects(text):
     assert parse_action(text) is None
 
@@ -447,3 +452,36 @@ def test_expert_replay_success_rate_over_all_tasks():
     rate = 1 - len(failed) / len(ids)
     assert rate >= 0.9, failed
     assert failed == ["file826_1"]  # its program has 54 steps > max_steps=40
+
+
+@pytest.mark.parametrize("shadow", ["file", "folder"])
+def test_a_local_file_shadowing_the_package_is_named(tmp_path, shadow):
+    """A virtualhome_eval.py (or folder) in the working directory hides the installed package: say so, instead of
+    "not installed"."""
+    if shadow == "file":
+        (tmp_path / "virtualhome_eval.py").write_text("X = 1\n")
+    else:
+        (tmp_path / "virtualhome_eval").mkdir()
+        (tmp_path / "virtualhome_eval" / "__init__.py").write_text("")
+    code = (
+        "import sys\n"
+        "from envs.virtualhome.tasks import find_data_root\n"
+        "try:\n"
+        "    find_data_root()\n"
+        "except FileNotFoundError as exc:\n"
+        "    print(exc)\n"
+        "from envs.virtualhome.sim import simulator\n"
+        "try:\n"
+        "    simulator()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout
+    for line in lines:
+        assert "shadows the installed virtualhome-eval package" in line and str(tmp_path) in line, line
+        assert "not installed" not in line.split("shadows")[0]

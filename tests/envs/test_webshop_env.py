@@ -57,13 +57,22 @@ def goal_id(env, asin, **options) -> str:
 
 # ----------------------------------------------------------------------------- data and goals
 def test_data_dir_resolution(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.delenv("WEBSHOP_DATA", raising=False)
-    with pytest.raises(WebShopDataError, match="WEBSHOP_DATA"):
+    for var in ("WEBSHOP_DATA", "SPA_WEBSHOP_DATA", "SHARED_DATA", "SPA_SHARED_DATA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SPA_DATA", str(tmp_path / "root"))
+    with pytest.raises(WebShopDataError, match=r"root/webshop.*SPA_DATA"):
         resolve_data_dir(None)
     with pytest.raises(WebShopDataError, match="setup.sh"):
         WebShopEnv(data_dir=None)
-    monkeypatch.setenv("WEBSHOP_DATA", str(tiny_dir))
-    assert resolve_data_dir(None) == tiny_dir
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "webshop").symlink_to(tiny_dir)
+    assert resolve_data_dir(None) == tmp_path / "root" / "webshop"
+    monkeypatch.setenv("WEBSHOP_DATA", str(tiny_dir))  # deprecated, still read (and it wins over the root)
+    with pytest.warns(DeprecationWarning, match="SPA_DATA"):
+        import envs.paths
+
+        envs.paths._warned.clear()
+        assert resolve_data_dir(None) == tiny_dir
     with pytest.raises(WebShopDataError, match="items_shuffle_1000.json"):
         find_product_files(tmp_path)
 
@@ -375,7 +384,8 @@ def test_step_never_raises(env, actions):
         assert set(STEP_INFO_KEYS) <= set(info)
         if clean_action(a) and not done:  # the base class answers empty actions itself
             assert INFO_KEYS <= set(info)
-        assert "error" not in info or not info["executable"]
+        assert info["error"] is None or not info["executable"]
+        assert set(info) == set(env.step_info_keys())
 
 
 def test_import_envs_does_not_import_webshop():
@@ -428,3 +438,75 @@ def test_real_expert_with_value_option_matching_always_wins(webshop_data, tmp_pa
         for a in e.expert_actions():
             _, r, done, info = e.step(a)
         assert done and info["won"], tid
+
+
+# ----------------------------------------------------------------------------- prepared once, outside the workers
+def test_large_sets_are_prepared_once_by_the_index_cli(tmp_path, monkeypatch):
+    from envs.webshop import index as index_cli
+    from envs.webshop import products as products_module
+    from envs.webshop import search
+    from envs.webshop.products import WebShopData
+
+    d = write_tiny_dataset(tmp_path / "data", names=FULL_FILES)
+    cache = tmp_path / "cache"
+    kwargs = dict(data_dir=d, cache_dir=cache, lazy_products=True, spacy_model=None)
+    with pytest.raises(WebShopDataError, match=r"python -m envs.webshop.index --data-dir .*data"):
+        WebShopEnv(prepare="require", **kwargs)  # nothing built: refuse, naming the one-time command
+    assert not cache.exists() or not list(cache.iterdir())
+    # a build killed earlier left a temp store behind (its pid is gone): the next run deletes it
+    cache.mkdir()
+    stale = cache / "0123-nNone-v1.products.jsonl.tmp4194000"
+    stale.write_text("partial")
+    assert index_cli.main(["--data-dir", str(d), "--cache-dir", str(cache), "--product-set", "full",
+                           "--disk-store", "--no-progress"]) == 0
+    assert not stale.exists() and not [p for p in cache.iterdir() if ".tmp" in p.name]
+    assert list(cache.glob("*.manifest.json")) and list(cache.glob("*.npz"))
+    WebShopData._CACHE.clear()
+    search._INDEX_CACHE.clear()
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("the products file was parsed again")
+
+    monkeypatch.setattr(products_module, "iter_json_array", no_parse)
+    env = WebShopEnv(prepare="require", **kwargs)  # store + manifest + index: nothing parsed or built
+    assert env.data.index_ready() and env.data._index is not None
+    env.reset("0")
+    obs, _, _, info = env.step("search[red running shoes for men]")
+    assert info["executable"] and SHOE in obs
+
+
+def test_index_is_ready_before_the_first_step_and_failed_builds_leave_no_temp(tmp_path):
+    from envs.webshop.products import WebShopData
+
+    d = write_tiny_dataset(tmp_path / "data")
+    env = WebShopEnv(data_dir=d, cache_dir=tmp_path / "cache", spacy_model=None)
+    assert env.data._index is not None  # built in the constructor (the pool's open), not in the first search
+    broken = write_tiny_dataset(tmp_path / "broken", names=FULL_FILES)
+    text = (broken / FULL_FILES[0]).read_text()
+    (broken / FULL_FILES[0]).write_text(text[: len(text) // 2])  # cut mid-file: the build fails
+    with pytest.raises(ValueError):
+        WebShopData(broken / FULL_FILES[0], broken / FULL_FILES[1], cache_dir=tmp_path / "c2", lazy=True)
+    assert not [p.name for p in (tmp_path / "c2").iterdir() if ".tmp" in p.name]
+    with pytest.raises(ValueError, match="prepare"):
+        WebShopEnv(data_dir=d, cache_dir=tmp_path / "cache", spacy_model=None, prepare="sometimes")
+
+
+def test_human_goals_file_names_and_formats(tmp_path, cache_dir):
+    """items_human_ins.json or human_goals.json, read by content; WebShop's instruction-only list is refused
+    with a message saying why, and the file used is reported."""
+    from envs.webshop.fixtures import tiny_human_instructions
+
+    d = write_tiny_dataset(tmp_path / "a")
+    (d / "human_goals.json").write_text(json.dumps(tiny_human_instructions()))  # the dict format, other name
+    e = WebShopEnv(data_dir=d, cache_dir=cache_dir, goals="human", test_size=1, spacy_model=None)
+    assert e.goal_source == "human_goals.json" and e.reset("0")[1]["goal_source"] == "human_goals.json"
+    assert len(e.goals) == 2
+    (d / "human_goals.json").write_text(json.dumps(["i want red shoes", "a mug please"]))  # WebShop's own list
+    with pytest.raises(WebShopDataError, match="list of 2 instruction strings.*items_human_ins.json"):
+        WebShopEnv(data_dir=d, cache_dir=cache_dir, goals="human", spacy_model=None)
+    both = write_tiny_dataset(tmp_path / "b", human=True)
+    (both / "human_goals.json").write_text(json.dumps(["x"]))
+    e = WebShopEnv(data_dir=both, cache_dir=cache_dir, goals="human", test_size=1, spacy_model=None)
+    assert e.goal_source == "items_human_ins.json"  # the full format wins when both are there
+    assert WebShopEnv(data_dir=both, cache_dir=cache_dir, spacy_model=None).reset("0")[1]["goal_source"] == \
+        "synthetic"
