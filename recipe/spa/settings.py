@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from envs import env_names
 from envs.actions import STYLES
+from envs.prompts import HISTORY_LAYOUTS
 from recipe.spa.env_pool import BACKENDS
 from spa_reward.config_check import ConfigError, register_config_check, select_key
 
@@ -43,6 +44,8 @@ class EnvRolloutSettings:
     reset_timeout: float = 300.0
     collect_dir: Optional[str] = None
     collect_messages: bool = True
+    history: str = "full"  # full: one packed row per episode; window: one row per step (recipe/spa/window.py)
+    history_length: int = 2  # window layout: past (observation, action) pairs in each step's prompt
 
     @classmethod
     def from_config(cls, config: Any) -> EnvRolloutSettings:
@@ -74,6 +77,8 @@ class EnvRolloutSettings:
             reset_timeout=float(select_key(pool, "reset_timeout", 300.0)),
             collect_dir=select_key(env, "collect_dir"),
             collect_messages=bool(select_key(env, "collect_messages", True)),
+            history=str(select_key(env, "history", cls.history)),
+            history_length=select_key(env, "history_length", cls.history_length),
         )
 
     def make_kwargs(self) -> dict:
@@ -112,6 +117,15 @@ def env_settings_problems(settings: Any) -> list[str]:
                        ("env.pool.num_workers", settings.pool_num_workers)):
         if value is not None and int(value) < 1:
             out.append(f"{key} must be >= 1 (or null), got {value}")
+    if settings.history not in HISTORY_LAYOUTS:
+        out.append(f"env.history={settings.history!r} is not one of {HISTORY_LAYOUTS} (full: one row per episode, "
+                   "window: one row per step holding the last env.history_length steps)")
+    if isinstance(settings.history_length, bool) or not isinstance(settings.history_length, int) \
+            or settings.history_length < 0:
+        out.append(f"env.history_length must be an integer >= 0, got {settings.history_length!r}")
+    if settings.history == "window" and settings.collect_dir:
+        out.append("env.collect_dir is set with env.history=window: trajectory records hold the full-history "
+                   "layout; collect with env.history=full (the estimator's training data), or unset collect_dir")
     for key, value in (("env.pool.step_timeout", settings.step_timeout),
                        ("env.pool.reset_timeout", settings.reset_timeout)):
         if not value > 0:
