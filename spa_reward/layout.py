@@ -39,6 +39,19 @@ def is_window_session(data: Any) -> bool:
     return bool(episode) and episode.get("layout") == WINDOW
 
 
+def _trimmed(item: Any) -> Any:
+    """The row without the session batch's right padding (rows of one session are padded to the longest), so a
+    scorer sees exactly prompt + reply, as for a packed row."""
+    length = item.non_tensor_batch.get("prompt_len", None), item.non_tensor_batch.get("response_len", None)
+    if any(v is None for v in length) or "input_ids" not in item.batch.keys():
+        return item
+    n = int(length[0]) + int(length[1])
+    batch = item.batch.clone(recurse=False)
+    batch["input_ids"] = item.batch["input_ids"][:n]
+    item.batch = batch
+    return item
+
+
 def window_rows(data: Any) -> list[tuple[Any, dict]]:
     """[(row item, its env_episode)] ordered by ``step_index``; checks the rows form one whole episode."""
     rows = []
@@ -46,7 +59,7 @@ def window_rows(data: Any) -> list[tuple[Any, dict]]:
         episode = _row_episode(data, i)
         if episode is None or episode.get("layout") != WINDOW:
             raise ValueError(f"row {i} of a window-layout session has no window env_episode bookkeeping")
-        rows.append((data[i], episode))
+        rows.append((_trimmed(data[i]), episode))
     rows.sort(key=lambda r: int(r[1]["step_index"]))
     total = int(rows[-1][1].get("episode_turns", 0))
     steps = [int(e["step_index"]) for _, e in rows]
