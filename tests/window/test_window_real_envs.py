@@ -30,9 +30,12 @@ def real_env(request, env_name):
 def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_name):
     from envs.expert import expert_rows
 
+    from envs.expert import expert_episode
+
     env, kwargs, task = real_env(request, env_name)
     try:
         sft, summary = expert_rows(env_name, "train", env=env, task_ids=[task], history_length=2, progress=False)
+        sft_episode = expert_episode(env, env_name, task)
     finally:
         env.close()
     assert summary["won"] == 1 and summary["history"] == "window:2" and len(sft) == summary["mean_turns"]
@@ -57,6 +60,16 @@ def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_na
         assert tokenizer.decode(o.response_ids, skip_special_tokens=True) == r["messages"][-1]["content"]
     longest_window = max(len(o.prompt_ids) + len(o.response_ids) for o in window)
     assert len(window) < 3 or longest_window < len(packed.prompt_ids) + len(packed.response_ids)
+    # benchmarks/bench_context.py counts exactly what the agent loop produces, in both layouts
+    from benchmarks.bench_context import measure
+
+    steps = [{"obs": obs, "info": info, "reply": reply, "action": a, "reset_info": sft_episode["reset_info"]}
+             for (obs, info, reply), a in zip(sft_episode["steps"], sft_episode["actions"])]
+    full, win = measure(tokenizer, env_name, steps, None), measure(tokenizer, env_name, steps, 2)
+    assert full["trained"] == full["longest_row"] == len(packed.prompt_ids) + len(packed.response_ids)
+    assert full["generated"] == win["generated"] == sum(packed.response_mask)
+    assert win["trained"] == sum(len(o.prompt_ids) + len(o.response_ids) for o in window)
+    assert win["longest_row"] == longest_window and win["rows"] == len(window)
 
 
 def test_expert_history_option_is_checked(capsys):
