@@ -145,6 +145,30 @@ def env_block_problems(cfg: Any) -> list[str]:
     if select_key(cfg, "env") is None:
         return ["no 'env' block: compose from recipe/spa/config/spa_trainer.yaml and pick env=<name>"]
     try:
-        return env_settings_problems(EnvRolloutSettings.from_config(cfg))
+        settings = EnvRolloutSettings.from_config(cfg)
     except (ValueError, TypeError) as exc:
         return [str(exc)]
+    return env_settings_problems(settings) + window_problems(settings, cfg)
+
+
+# advantage estimators that treat the rows of one window-layout session ({uid}_{session_id}_{index}) as one episode:
+# grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row)
+WINDOW_ESTIMATORS = ("grpo",)
+
+
+def window_problems(settings: Any, cfg: Any) -> list[str]:
+    """Estimator settings that would silently train a different objective in the window layout."""
+    if settings.history != "window":
+        return []
+    out = []
+    estimator = select_key(cfg, "algorithm.adv_estimator")
+    if estimator is not None and str(estimator) not in WINDOW_ESTIMATORS:
+        out.append(f"env.history=window with algorithm.adv_estimator={estimator}: this estimator would treat every "
+                   f"step row as its own episode; supported in the window layout: {', '.join(WINDOW_ESTIMATORS)} "
+                   "(or use env.history=full)")
+    penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
+    if str(estimator) == "grpo" and penalty not in (None, 0, 0.0):
+        out.append(f"env.history=window with grpo and algorithm.invalid_penalty={penalty}: verl's multi-trajectory "
+                   "GRPO scores a session by its final row only, so the penalties of earlier steps would be dropped; "
+                   "set algorithm.invalid_penalty=0 or use env.history=full")
+    return out

@@ -174,3 +174,18 @@ def test_config_checks(tokenizer, toy_env):
     problems = env_settings_problems(EnvRolloutSettings(name="alfworld", history="window", collect_dir="/tmp/x"))
     assert any("collect_dir" in p and "env.history=full" in p for p in problems)
     assert env_settings_problems(EnvRolloutSettings(name="alfworld", history="window", history_length=0)) == []
+
+
+def test_composed_config_refuses_estimators_without_session_support():
+    from spa_reward.config_check import ConfigError, validate_config  # noqa: F401
+    from recipe.spa.settings import env_block_problems
+    from tests.recipe.helpers import trainer_config
+
+    ok = trainer_config("env.history=window", "algorithm.adv_estimator=grpo", "algorithm.invalid_penalty=0")
+    assert env_block_problems(ok) == []
+    assert env_block_problems(trainer_config("algorithm.adv_estimator=gigpo")) == []  # full layout: anything goes
+    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gae"))
+    assert len(bad) == 1 and "adv_estimator=gae" in bad[0] and "supported in the window layout: grpo" in bad[0]
+    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=grpo",
+                                            "algorithm.invalid_penalty=0.1"))
+    assert len(bad) == 1 and "invalid_penalty=0.1" in bad[0] and "final row only" in bad[0]
