@@ -189,3 +189,14 @@ def test_composed_config_refuses_estimators_without_session_support():
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=grpo",
                                             "algorithm.invalid_penalty=0.1"))
     assert len(bad) == 1 and "invalid_penalty=0.1" in bad[0] and "final row only" in bad[0]
+
+
+def test_episode_metrics_count_each_window_episode_once(tokenizer, toy_env):
+    from spa_reward.metrics import episode_metrics
+
+    won = play(tokenizer, window_cfg(), expert(), row("t3"))  # 4 rows, won
+    lost = play(tokenizer, window_cfg(max_steps=2), expert("wait"), row("t0"))  # 2 rows, lost
+    infos = [o.episode_info for o in won + lost]
+    m = episode_metrics(infos)
+    assert m["episode/success_rate"] == 0.5 and m["episode/num_turns"] == 3.0  # (4 + 2) / 2 episodes
+    assert episode_metrics([won[0].episode_info]) == {}  # a non-final row alone is no finished episode
