@@ -93,8 +93,8 @@ def expert_steps(env_name: str, n_tasks: int, data_root: Path | None) -> tuple[l
     finally:
         env.close()
     return steps, {"env": env_name, "episodes": episodes, "steps": len(steps),
-                   "mean_steps": round(len(steps) / max(episodes, 1), 1), "seconds": round(time.perf_counter() - start, 1),
-                   "data": str(data_dir)}
+                   "mean_steps": round(len(steps) / max(episodes, 1), 1),
+                   "seconds": round(time.perf_counter() - start, 1), "data": str(data_dir)}
 
 
 def chained(steps: list[dict], n: int) -> list[dict]:

@@ -177,7 +177,6 @@ def test_config_checks(tokenizer, toy_env):
 
 
 def test_composed_config_refuses_estimators_without_session_support():
-    from spa_reward.config_check import ConfigError, validate_config  # noqa: F401
     from recipe.spa.settings import env_block_problems
     from tests.recipe.helpers import trainer_config
 

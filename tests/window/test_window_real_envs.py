@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from envs.actions import format_action
 from recipe.spa.agent_loop import EPISODE_KEY
 from tests.recipe.helpers import row
 from tests.window.layouts import play
