@@ -58,9 +58,9 @@ from envs import check_env_name, env_names, make_env
 from envs.actions import STYLES, format_action, parse_action
 from envs.prepare import (data_source, env_kwargs, list_split, non_negative_int, positive_int, subsample_tasks,
                           write_parquet)
-from envs.prompts import SPA_PROMPT_VERSION, build_messages, format_observation
+from envs.prompts import SPA_PROMPT_VERSION, build_messages, build_window_messages, format_observation
 
-__all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought", "parts_dir_for"]
+__all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought", "parts_dir_for", "window_chats"]
 
 # (regex on the lower-cased action, thought template); the first match wins, named groups fill the template.
 # A group named "goal" only matches when its text is the task's goal.
@@ -141,8 +141,10 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
     messages = build_messages(env_name, obs, info, style=style, one_shot=one_shot, system_prompt=system_prompt,
                               include_admissible=include_admissible)
     goal = info.get("goal")
+    reset_info = {"goal": goal}
     step_info: dict = {"won": False, "score": 0.0}
     stepped: list[str] = []
+    steps: list[tuple[str, dict, str]] = []  # (observation, its info, reply): what a window-layout row needs
     for step, action in enumerate(actions):
         try:
             reply = format_action(action, make_thought(env_name, action, goal, step), style)
@@ -151,7 +153,9 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
         parsed = parse_action(reply, style)  # what the RL agent loop would send to the env
         messages.append({"role": "assistant", "content": reply})
         stepped.append(parsed.action)
+        steps.append((obs, {"admissible_actions": info.get("admissible_actions")}, reply))
         obs, _reward, done, step_info = env.step(parsed.action)
+        info = step_info
         if done:
             break
         messages.append({"role": "user", "content": format_observation(env_name, obs, step_info, include_admissible)})
@@ -159,7 +163,21 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
     if messages[-1]["role"] != "assistant":  # expert ran out of actions before the episode ended
         won = False
     return {"won": won, "messages": messages, "actions": stepped, "score": float(step_info.get("score", 0.0)),
-            "turns": len(stepped), "error": None if won else "expert did not win"}
+            "turns": len(stepped), "error": None if won else "expert did not win", "steps": steps,
+            "reset_info": reset_info}
+
+
+def window_chats(episode: dict, env_name: str, history_length: int, style: str = "react", one_shot: bool = False,
+                 system_prompt: bool = True, include_admissible: bool | None = None) -> list[list[dict]]:
+    """One chat per step of an ``expert_episode``, in the window layout (``envs.prompts.build_window_messages``
+    + the step's reply), exactly what the RL agent loop shows with ``env.history=window``."""
+    chats, history = [], []
+    for (obs, info, reply), action in zip(episode["steps"], episode["actions"]):
+        chat = build_window_messages(env_name, obs, info, history, history_length, episode["reset_info"], style,
+                                     one_shot, system_prompt, include_admissible)
+        chats.append(chat + [{"role": "assistant", "content": reply}])
+        history.append((obs, action or ""))
+    return chats
 
 
 def _replay(env, env_name: str, task_id: str, options: dict) -> tuple[str, dict]:
@@ -328,7 +346,8 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
                 max_tasks: int | None = None, seed: int = 0, style: str = "react", one_shot: bool = False,
                 system_prompt: bool = True, include_admissible: bool | None = None, progress: bool = True,
                 task_ids: list[str] | None = None, workers: int = 1, task_timeout: float | None = None,
-                parts_dir: str | Path | None = None) -> tuple[list[dict], dict]:
+                parts_dir: str | Path | None = None,
+                history_length: int | None = None) -> tuple[list[dict], dict]:
     """SFT rows of the won expert episodes of a split (or of ``task_ids``, labelled ``split``), and the summary.
 
     ``workers > 1`` (or a ``task_timeout``) replays tasks in that many forked processes, each with its own
@@ -337,6 +356,8 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
     task order, so the output does not depend on ``workers``. With ``parts_dir`` every finished task is written
     there at once and tasks already there (from an earlier, interrupted run with the same settings) are not run
     again (``summary["resumed"]``).
+    ``history_length=k`` writes the window layout instead: one row per step (``window_chats``; extra columns
+    ``step_index``, ``history_length``), ``None`` one row per episode.
     """
     check_env_name(env_name)
     if style not in STYLES:
@@ -395,6 +416,14 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
             failures[str(episode["error"]).split(":")[0]] += 1
             continue
         per_type[task_type]["won"] += 1
+        if history_length is not None:
+            for t, chat in enumerate(window_chats(episode, env_name, history_length, **options)):
+                rows.append({"messages": chat, "data_source": data_source(env_name), "env_name": env_name,
+                             "task_id": task_id, "task_type": task_type, "split": split,
+                             "num_turns": episode["turns"], "actions": [episode["actions"][t]],
+                             "score": episode["score"], "style": style, "prompt_version": SPA_PROMPT_VERSION,
+                             "step_index": t, "history_length": int(history_length)})
+            continue
         rows.append({
             "messages": episode["messages"],
             "data_source": data_source(env_name),
@@ -409,6 +438,8 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
             "prompt_version": SPA_PROMPT_VERSION,
         })
     n_tasks = sum(c["tasks"] for c in per_type.values())
+    n_won = sum(c["won"] for c in per_type.values())
+    won_turns = [r["num_turns"] for r in rows if r.get("step_index", 0) == 0]
     summary = {
         "env": env_name,
         "split": split,
@@ -417,10 +448,11 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
         "system_prompt": system_prompt,
         "prompt_version": SPA_PROMPT_VERSION,
         "tasks": n_tasks,
-        "won": len(rows),
+        "won": n_won,
         "kept": len(rows),
-        "success_rate": len(rows) / n_tasks if n_tasks else 0.0,
-        "mean_turns": sum(r["num_turns"] for r in rows) / len(rows) if rows else 0.0,
+        "history": "full" if history_length is None else f"window:{history_length}",
+        "success_rate": n_won / n_tasks if n_tasks else 0.0,
+        "mean_turns": sum(won_turns) / n_won if n_won else 0.0,
         "seconds": round(time.perf_counter() - start, 1),
         "workers": workers,
         "task_timeout": task_timeout,
@@ -462,11 +494,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds one task may take before it is killed and counted as a timeout (default 600)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the finished tasks kept in <output>.parts/ from an earlier run")
+    parser.add_argument("--history", default="full",
+                        help="full: one row per episode; an integer k: one row per step holding the last k steps "
+                             "(the RL loop's env.history=window, env.history_length=k)")
     args = parser.parse_args(argv)
     try:
         check_env_name(args.env)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.history != "full" and not (args.history.isdigit()):
+        parser.error(f"--history must be 'full' or an integer k >= 0, got {args.history!r}")
     output = Path(args.output)
     parts = parts_dir_for(output)
     if args.fresh and parts.exists():
@@ -475,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, summary = expert_rows(args.env, args.split, data_dir=args.data_dir, max_tasks=args.max_tasks,
                                     seed=args.seed, style=args.style, one_shot=args.one_shot,
                                     system_prompt=not args.no_system_prompt, workers=args.workers,
-                                    task_timeout=args.task_timeout, parts_dir=parts)
+                                    task_timeout=args.task_timeout, parts_dir=parts,
+                                    history_length=None if args.history == "full" else int(args.history))
     except ValueError as exc:
         parser.error(str(exc))
     summary["output"] = str(output)

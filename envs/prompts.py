@@ -11,7 +11,25 @@ An episode's chat is::
 
 ``build_messages`` gives the first two messages (or one user message holding both, with
 ``system_prompt=False``, for chat templates without a system role); the caller appends the assistant replies
-and ``format_observation`` of every later step. Every message is a plain ``{"role", "content"}`` dict of
+and ``format_observation`` of every later step.
+
+The window layout (``env.history=window``, GiGPO's ``history_length`` setting) gives every step its own chat
+instead, built by ``build_window_messages``: the same instructions, then ONE user message holding the task, the
+last k (observation, action) pairs in a compact form and the current observation (with its admissible actions)::
+
+    Task: <goal>                                   (when the current observation does not contain the goal)
+
+    Your last 2 steps (of 7 so far):
+    [Step 6] Observation: <observation 6, no admissible list>
+    [Step 6] Action: <parsed action 6>
+    [Step 7] Observation: ...
+    [Step 7] Action: ...
+
+    Current observation (step 8):
+    <format_observation(current observation, info)>
+
+With no history yet (the first step) the chat is exactly ``build_messages``' opening chat, so both layouts see
+the same first prompt. Every message is a plain ``{"role", "content"}`` dict of
 strings. Everything per environment lives in ``ENV_PROMPTS`` (data, no logic); ``SPA_PROMPT_VERSION``
 changes whenever the text a model sees changes, so SFT data and RL runs can be matched.
 
@@ -29,8 +47,12 @@ from envs.actions import STYLES, format_action
 
 SPA_PROMPT_VERSION = "spa-prompts-v1"
 
-__all__ = ["ENV_PROMPTS", "RESPONSE_FORMATS", "SPA_PROMPT_VERSION", "EnvPrompt", "build_messages",
-           "format_observation", "system_prompt_text"]
+__all__ = ["ENV_PROMPTS", "HISTORY_LAYOUTS", "NO_ACTION", "RESPONSE_FORMATS", "SPA_PROMPT_VERSION", "EnvPrompt",
+           "build_messages", "build_window_messages", "format_observation", "format_window_history",
+           "system_prompt_text"]
+
+HISTORY_LAYOUTS = ("full", "window")  # env.history: one packed row per episode | one row per step (last k steps)
+NO_ACTION = "(no valid action)"  # what the window history shows for a reply without a parseable action
 
 
 @dataclass(frozen=True)
@@ -297,3 +319,53 @@ def build_messages(env_name: str, first_observation: str, reset_info: dict | Non
     if system_prompt:
         return [{"role": "system", "content": instructions}, {"role": "user", "content": first}]
     return [{"role": "user", "content": f"{instructions}\n\n{first}"}]
+
+
+def _task_line(first: str, observation: str, reset_info: dict | None) -> str:
+    goal = str((reset_info or {}).get("goal") or "").strip()
+    if goal and goal not in str(observation):
+        return f"Task: {goal}\n\n{first}"
+    return first
+
+
+def format_window_history(history, first_step: int = 1, total_steps: int | None = None) -> str:
+    """The compact block of past steps: ``history`` = [(observation, action), ...] oldest first, numbered from
+    ``first_step`` (1-based); an empty action is shown as ``NO_ACTION``. ``""`` for no history."""
+    history = list(history)
+    if not history:
+        return ""
+    total = first_step + len(history) - 1 if total_steps is None else int(total_steps)
+    noun = "step" if len(history) == 1 else "steps"
+    lines = [f"Your last {len(history)} {noun} (of {total} so far):"]
+    for i, (observation, action) in enumerate(history):
+        n = first_step + i
+        obs = " ".join(str(observation).split())  # one line per observation: compact, newlines folded
+        lines.append(f"[Step {n}] Observation: {obs}")
+        lines.append(f"[Step {n}] Action: {str(action).strip() or NO_ACTION}")
+    return "\n".join(lines)
+
+
+def build_window_messages(env_name: str, observation: str, info: dict | None = None, history=(),
+                          history_length: int = 2, reset_info: dict | None = None, style: str = "react",
+                          one_shot: bool = False, system_prompt: bool = True,
+                          include_admissible: bool | None = None) -> list[dict[str, str]]:
+    """The chat of one step in the window layout (see the module docstring).
+
+    ``observation``/``info``: the current observation and the info it came with (reset info at the first step).
+    ``history``: every past (observation, action) pair of the episode, oldest first; only the last
+    ``history_length`` are shown (``history_length=0``: none). ``reset_info`` carries the task (``goal``); None
+    uses ``info``. The first step (no history) gives exactly ``build_messages(env_name, observation, info, ...)``.
+    """
+    if int(history_length) < 0:
+        raise ValueError(f"history_length must be >= 0, got {history_length}")
+    history = list(history)
+    instructions = system_prompt_text(env_name, style, one_shot)
+    shown = history[max(0, len(history) - int(history_length)):] if int(history_length) else []
+    current = format_observation(env_name, observation, info, include_admissible)
+    if shown:
+        block = format_window_history(shown, first_step=len(history) - len(shown) + 1, total_steps=len(history))
+        current = f"{block}\n\nCurrent observation (step {len(history) + 1}):\n{current}"
+    user = _task_line(current, observation, reset_info if reset_info is not None else info)
+    if system_prompt:
+        return [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
+    return [{"role": "user", "content": f"{instructions}\n\n{user}"}]

@@ -27,7 +27,8 @@ def pearson(x: Iterable[float], y: Iterable[float]) -> float:
 def episode_metrics(infos: list[dict], prefix: str = "episode") -> dict[str, float]:
     """Success rate (overall and per task type), task score, turns, grounding (executable rate), env errors,
     and, when the ``spa`` reward ran, mean c_t and corr(sum_t c_t, R) on the batch."""
-    infos = [i for i in infos if isinstance(i, dict)]
+    # window layout (env.history=window): every step row repeats its episode's info; count the final row only
+    infos = [i for i in infos if isinstance(i, dict) and i.get("session_row", 0) == i.get("session_rows", 1) - 1]
     if not infos:
         return {}
     out: dict[str, float] = {}

@@ -52,6 +52,7 @@ from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from spa_reward.fusion import FusionStats, fuse_turn_rewards, outcome_turn_rewards
+from spa_reward.layout import is_window_session, score_window_session
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -153,6 +154,8 @@ class _EnvRewardManager(RewardManagerBase):
         raise NotImplementedError
 
     async def run_single(self, data: DataProto) -> dict:
+        if is_window_session(data):  # env.history=window: one row per step, scored row by row (spa_reward/layout.py)
+            return await score_window_session(self, data)
         item, episode = episode_fields(data)
         rewards, stats = await self.turn_rewards(item, episode)
         return {

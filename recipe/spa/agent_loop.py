@@ -165,7 +165,7 @@ class EnvAgentLoop(AgentLoopBase):
         return get_env_pool(s.pool_num_workers or default_pool_size(self.config), s.pool_backend, s.step_timeout,
                             s.reset_timeout, s.allow_custom_env_classes)
 
-    async def run(self, sampling_params: dict[str, Any], **kwargs) -> EnvAgentLoopOutput:
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> EnvAgentLoopOutput | list[EnvAgentLoopOutput]:
         extra_info = dict(kwargs.get("extra_info") or {})
         s = self.settings
         env_name = str(extra_info.get("env_name") or s.name)
@@ -177,6 +177,9 @@ class EnvAgentLoop(AgentLoopBase):
                 "`python -m envs.prepare <env> --output-dir <dir>`"
             )
         ep = _Episode(env_name=env_name, task_id=str(task_id), split=split)
+        if s.history == "window":  # window layout: one output per step (recipe/spa/window.py)
+            from recipe.spa.window import run_window_episode
+            return await run_window_episode(self, ep, sampling_params, extra_info, kwargs)
         metrics: dict[str, float] = {}
         try:
             async with self._pool().session(env_name, s.make_kwargs()) as env:

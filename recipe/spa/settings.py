@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from envs import env_names
 from envs.actions import STYLES
+from envs.prompts import HISTORY_LAYOUTS
 from recipe.spa.env_pool import BACKENDS
 from spa_reward.config_check import ConfigError, register_config_check, select_key
 
@@ -44,6 +45,8 @@ class EnvRolloutSettings:
     collect_dir: Optional[str] = None
     collect_messages: bool = True
     allow_custom_env_classes: bool = False  # accept "module:Class" env names (imports and runs that code)
+    history: str = "full"  # full: one packed row per episode; window: one row per step (recipe/spa/window.py)
+    history_length: int = 2  # window layout: past (observation, action) pairs in each step's prompt
 
     @classmethod
     def from_config(cls, config: Any) -> EnvRolloutSettings:
@@ -76,6 +79,8 @@ class EnvRolloutSettings:
             collect_dir=select_key(env, "collect_dir"),
             collect_messages=bool(select_key(env, "collect_messages", True)),
             allow_custom_env_classes=select_key(env, "allow_custom_env_classes", False),
+            history=str(select_key(env, "history", cls.history)),
+            history_length=select_key(env, "history_length", cls.history_length),
         )
 
     def make_kwargs(self) -> dict:
@@ -119,6 +124,15 @@ def env_settings_problems(settings: Any) -> list[str]:
                        ("env.pool.num_workers", settings.pool_num_workers)):
         if value is not None and int(value) < 1:
             out.append(f"{key} must be >= 1 (or null), got {value}")
+    if settings.history not in HISTORY_LAYOUTS:
+        out.append(f"env.history={settings.history!r} is not one of {HISTORY_LAYOUTS} (full: one row per episode, "
+                   "window: one row per step holding the last env.history_length steps)")
+    if isinstance(settings.history_length, bool) or not isinstance(settings.history_length, int) \
+            or settings.history_length < 0:
+        out.append(f"env.history_length must be an integer >= 0, got {settings.history_length!r}")
+    if settings.history == "window" and settings.collect_dir:
+        out.append("env.collect_dir is set with env.history=window: trajectory records hold the full-history "
+                   "layout; collect with env.history=full (the estimator's training data), or unset collect_dir")
     for key, value in (("env.pool.step_timeout", settings.step_timeout),
                        ("env.pool.reset_timeout", settings.reset_timeout)):
         if not (value > 0 and math.isfinite(value)):
@@ -138,6 +152,30 @@ def env_block_problems(cfg: Any) -> list[str]:
     if select_key(cfg, "env") is None:
         return ["no 'env' block: compose from recipe/spa/config/spa_trainer.yaml and pick env=<name>"]
     try:
-        return env_settings_problems(EnvRolloutSettings.from_config(cfg))
+        settings = EnvRolloutSettings.from_config(cfg)
     except (ValueError, TypeError) as exc:
         return [str(exc)]
+    return env_settings_problems(settings) + window_problems(settings, cfg)
+
+
+# advantage estimators that treat the rows of one window-layout session ({uid}_{session_id}_{index}) as one episode:
+# grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row)
+WINDOW_ESTIMATORS = ("grpo",)
+
+
+def window_problems(settings: Any, cfg: Any) -> list[str]:
+    """Estimator settings that would silently train a different objective in the window layout."""
+    if settings.history != "window":
+        return []
+    out = []
+    estimator = select_key(cfg, "algorithm.adv_estimator")
+    if estimator is not None and str(estimator) not in WINDOW_ESTIMATORS:
+        out.append(f"env.history=window with algorithm.adv_estimator={estimator}: this estimator would treat every "
+                   f"step row as its own episode; supported in the window layout: {', '.join(WINDOW_ESTIMATORS)} "
+                   "(or use env.history=full)")
+    penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
+    if str(estimator) == "grpo" and penalty not in (None, 0, 0.0):
+        out.append(f"env.history=window with grpo and algorithm.invalid_penalty={penalty}: verl's multi-trajectory "
+                   "GRPO scores a session by its final row only, so the penalties of earlier steps would be dropped; "
+                   "set algorithm.invalid_penalty=0 or use env.history=full")
+    return out

@@ -1,0 +1,286 @@
+"""Window layout of the ``env_agent`` loop (``env.history=window``): one output per env step (GiGPO's setting).
+
+``EnvAgentLoop.run`` hands the episode here when ``env.history=window``. Every step is its own sample::
+
+    prompt_t   = chat template of envs.prompts.build_window_messages(..., history[-k:], observation_t)
+    response_t = the reply of step t (mask all 1; at most rollout.response_length, capped by env.max_tokens_per_turn)
+
+with k = ``env.history_length``. The list of outputs goes to verl's multi-output session path
+(``verl.trainer.ppo.v1.agent_loop_tq.AgentLoopWorkerTQ._agent_loop_postprocess``): TransferQueue keys
+``{uid}_{session_id}_{index}`` with index = step, the reward manager is called ONCE with all rows of the session
+(``AgentLoopWorker._compute_score``), and its result (score and ``reward_extra_info``) is copied from the final
+output to the earlier ones.
+
+Per row, ``extra_fields["env_episode"]`` has the packed layout's schema with ONE turn (response coordinates of
+this row) and the episode-level fields repeated (R, won, score, truncation, ... are the episode's), plus::
+
+    layout          "window"
+    step_index      t, 0-based (= the TransferQueue key's index)
+    episode_turns   T, rows (steps) of the episode
+    history_length  k (configured);  history_shown: pairs actually in this prompt (fewer at the start, or when
+                    older pairs were dropped to fit rollout.prompt_length)
+    reply_truncated the reply was cut at its token cap
+
+``EnvWindowOutput.as_dict`` takes its row's element ``spa_turn_rewards[step_index]`` of the episode-long list the
+reward manager returns (see ``spa_reward.layout``) and writes it on the row's last reply token (dense
+``rm_scores``). ``turn_anchors`` = [the anchor of the state step t acted on]; ``episode_reward`` = R on every row;
+``episode_info`` = the episode's scalars on every row plus ``session_row`` (t) and ``session_rows`` (T), so
+per-episode metrics count only the row with ``session_row == session_rows - 1``.
+
+Stopping rules are the packed layout's, except that a reply cut at its cap does not end the episode (the next
+step has its own budget) and the prompt, not the response, is what grows: when the window prompt exceeds
+``rollout.prompt_length`` the oldest pairs are dropped first; when even the bare prompt (no history) does not fit
+the episode ends before that step (``truncation_reason="prompt_length"``). An env failure (timeout/crash) keeps
+every row played so far (the failed step's row has ``executable=False``), and every row gets R=0, won=False,
+``env_error`` set. A failure before the first reply gives one placeholder row (one pad token, mask 0), as the
+packed layout does. Collection (``env.collect_dir``) is refused in this layout by the config check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from uuid import uuid4
+
+import torch
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
+from verl.utils.profiler import simple_timer
+
+from envs.actions import parse_action
+from envs.prepare import SPLITS
+from envs.prompts import build_window_messages
+from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode
+from recipe.spa.env_pool import EnvFailure
+from spa_reward.fusion import place_turn_rewards
+from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+LAYOUT = "window"
+
+
+class EnvWindowOutput(EnvAgentLoopOutput):
+    """One step of a window-layout episode; ``as_dict`` places this row's element of the episode's turn rewards."""
+
+    def as_dict(self) -> dict[str, Any]:
+        output = AgentLoopOutput.as_dict(self)
+        extra = output.get("extra_fields") or {}
+        episode = extra.get(EPISODE_KEY) or {}
+        reward_info = extra.get("reward_extra_info")
+        info = dict(output.get("episode_info", self.episode_info))
+        if isinstance(reward_info, dict):
+            turn_rewards = reward_info.pop(TURN_REWARDS_KEY, None)
+            if turn_rewards is not None:
+                total, ends = int(episode.get("episode_turns", 0)), list(episode.get("turn_ends", []))
+                if len(turn_rewards) != total:
+                    raise ValueError(
+                        f"{len(turn_rewards)} turn rewards for a window-layout episode of {total} steps: the reward "
+                        "manager must score every row of the session (spa_reward.layout.score_window_session)"
+                    )
+                mine = [float(turn_rewards[int(episode["step_index"])])] if ends else []
+                length = int(output["responses"].shape[0])
+                dense = place_turn_rewards(mine, ends, length, episode.get("turn_starts"))
+                output["rm_scores"] = torch.tensor(dense, dtype=torch.float32)
+            if reward_info.get("spa/uses_estimator"):
+                info["sum_contribution"] = float(reward_info.get("spa/sum_contribution", 0.0))
+        output["episode_info"] = info
+        output.setdefault("turn_anchors", list(self.turn_anchors))
+        output.setdefault("episode_reward", float(self.episode_reward))
+        return output
+
+
+@dataclass
+class _Step:
+    prompt_ids: list
+    response_ids: list
+    logprobs: Optional[list]
+    shown: int
+    reply_truncated: bool
+    metrics: dict = field(default_factory=dict)
+
+
+async def run_window_episode(loop, ep: _Episode, sampling_params: dict, extra_info: dict,
+                             kwargs: dict) -> list[EnvWindowOutput]:
+    """Play ``ep`` in the window layout with ``loop`` (an ``EnvAgentLoop``: its settings, server, tokenizer, env
+    pool and token builder); return one output per step (see the module docstring)."""
+    s = loop.settings
+    steps: list[_Step] = []
+    try:
+        async with loop._pool().session(ep.env_name, s.make_kwargs()) as env:
+            await _play(loop, env, ep, steps, sampling_params, extra_info)
+    except EnvFailure as exc:
+        logger.warning("episode %s/%s failed: %s", ep.env_name, ep.task_id, exc)
+        ep.env_error, ep.won, ep.done = exc.reason, False, False
+        ep.truncation = ep.truncation or "env_error"
+    return await _finish(loop, ep, steps, kwargs)
+
+
+async def _window_prompt(loop, ep: _Episode, obs: str, info: dict, history: list, reset_info: dict,
+                         prompt_limit: int) -> tuple[list[int], list[dict], int]:
+    """Token ids, messages and pairs shown of the step's prompt: the last k pairs, fewer while over the limit."""
+    s = loop.settings
+    shown = min(int(s.history_length), len(history))
+    while True:
+        messages = build_window_messages(ep.env_name, obs, info, history, shown, reset_info, s.prompt_style,
+                                         s.one_shot, s.system_prompt, s.include_admissible)
+        # the token builder itself, not ct_build_initial_tokens: that one left-truncates an over-long prompt to
+        # rollout.prompt_length (cutting the instructions); here older pairs go first instead
+        ids = list(await loop.loop.run_in_executor(
+            None, lambda m=messages: loop.continuous_token_builder.build_initial_tokens(m)))
+        if len(ids) <= prompt_limit or shown == 0:
+            return ids, messages, shown
+        shown -= 1
+
+
+async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, extra_info: dict) -> None:
+    s = loop.settings
+    metrics: dict = {}
+    env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)
+    with simple_timer("tool_calls", metrics):
+        obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)
+    reset_info = dict(info)
+    ep.task_type = str(info.get("task_type", ""))
+    anchor = str(info.get("anchor", obs))
+    max_turns = env.max_steps if s.max_turns is None else min(int(s.max_turns), env.max_steps)
+    parse_style = s.parse_style or s.prompt_style
+    request_id = uuid4().hex  # sticky per episode: the same server, and its prefix cache holds the instructions
+    prompt_limit = int(loop.rollout_config.prompt_length)
+    cap = loop.response_length if s.max_tokens_per_turn is None else min(loop.response_length,
+                                                                         int(s.max_tokens_per_turn))
+    history: list[tuple[str, str]] = []
+    for turn in range(max_turns):
+        prompt_ids, messages, shown = await _window_prompt(loop, ep, obs, info, history, reset_info, prompt_limit)
+        if len(prompt_ids) > prompt_limit:
+            ep.truncation = "prompt_length"
+            return
+        if not ep.prompt_ids:
+            ep.prompt_ids = list(prompt_ids)  # the first prompt: the placeholder row's prompt if nothing follows
+            ep.messages = messages
+        params = dict(sampling_params)
+        params["max_tokens"] = cap
+        step_metrics = dict(metrics) if turn == 0 else {}
+        with simple_timer("generate_sequences", step_metrics):
+            out = await loop.server_manager.generate(request_id=request_id, prompt_ids=prompt_ids,
+                                                     sampling_params=params)
+        loop._merge_server_fields(ep, out.extra_fields or {})
+        raw_ids = list(out.token_ids)
+        ids = raw_ids[:cap]
+        if not ids:
+            ep.truncation = "empty_generation"
+            return
+        lps = [float(x) for x in out.log_probs[: len(ids)]] if out.log_probs else None
+        if lps is not None and len(lps) != len(ids):
+            lps = None
+        step = _Step(list(prompt_ids), ids, lps, shown, len(raw_ids) > cap or (
+            len(ids) == cap and ids[-1] != loop.tokenizer.eos_token_id), step_metrics)
+        steps.append(step)
+        text = loop.tokenizer.decode(ids, skip_special_tokens=True)
+        parsed = parse_action(text, parse_style)
+        ep.anchors.append(anchor)
+        ep.actions.append(parsed.action or "")
+        ep.turn_starts.append(0)
+        ep.turn_ends.append(len(ids) - 1)
+        try:
+            with simple_timer("tool_calls", step_metrics):
+                if parsed.action is None:
+                    ep.parse_errors += 1
+                    next_obs, reward, done, info = await env.invalid_step(parsed.error or "no action")
+                else:
+                    next_obs, reward, done, info = await env.step(parsed.action)
+        except EnvFailure:
+            ep.executable.append(False)
+            raise
+        ep.executable.append(bool(info.get("executable", False)))
+        ep.won = bool(info.get("won", False))
+        ep.score = float(info.get("score", 0.0))
+        ep.last_reward = float(reward)
+        anchor = str(info.get("anchor", anchor))
+        history.append((obs, parsed.action or ""))
+        obs = next_obs
+        if done:
+            ep.done = True
+            ep.truncation = "max_steps" if info.get("truncated") else ""
+            return
+        if turn == max_turns - 1:
+            ep.truncation = "max_turns"
+            return
+    ep.truncation = ep.truncation or "max_turns"
+
+
+async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWindowOutput]:
+    s = loop.settings
+    raw = 0.0 if ep.env_error else (float(ep.won) if s.reward_mode == "won" else ep.last_reward)
+    R = s.reward_scale * raw
+    T = len(steps)
+    truncated = bool(ep.truncation)
+    common = {
+        "episode_reward": R,
+        "env_reward_raw": raw,
+        "won": bool(ep.won) and not ep.env_error,
+        "score": ep.score,
+        "task_type": ep.task_type,
+        "truncated": truncated,
+        "truncation_reason": ep.truncation,
+        "env_error": ep.env_error,
+        "parse_errors": ep.parse_errors,
+        "env_name": ep.env_name,
+        "task_id": ep.task_id,
+        "layout": LAYOUT,
+        "episode_turns": T,
+        "history_length": int(s.history_length),
+    }
+    info = {
+        "won": common["won"],
+        "score": ep.score,
+        "num_turns": T,
+        "executable_rate": (sum(ep.executable) / T) if T else 0.0,
+        "truncated": truncated,
+        "env_error": ep.env_error,
+        "task_type": ep.task_type,
+        "env_reward": R,
+        "parse_errors": ep.parse_errors,
+    }
+    if not steps:  # nothing was generated: one placeholder row so the session still reaches the trainer
+        prompt_ids = ep.prompt_ids or list(await loop.ct_build_initial_tokens(
+            list(kwargs.get("raw_prompt") or [{"role": "user", "content": ep.task_id}])))
+        pad = loop.tokenizer.eos_token_id if loop.tokenizer.eos_token_id is not None else 0
+        episode = {"turn_starts": [], "turn_ends": [], "executable": [], "actions": [], "num_turns": 0,
+                   **common, "step_index": 0, "history_shown": 0, "reply_truncated": False}
+        extra_fields = dict(ep.extra_fields)
+        extra_fields[EPISODE_KEY] = episode
+        return [EnvWindowOutput(prompt_ids=prompt_ids, response_ids=[int(pad)], response_mask=[0],
+                                num_turns=1, metrics={}, extra_fields=extra_fields, turn_anchors=[],
+                                episode_reward=R, episode_info={**info, "session_row": 0, "session_rows": 1})]
+    with_logprobs = any(st.logprobs is not None for st in steps)  # every row of a session has the same fields
+    outputs = []
+    for t, st in enumerate(steps):
+        episode = {
+            "turn_starts": [0],
+            "turn_ends": [len(st.response_ids) - 1],
+            "executable": [bool(ep.executable[t])],
+            "actions": [ep.actions[t]],
+            "num_turns": 1,
+            **common,
+            "step_index": t,
+            "history_shown": st.shown,
+            "reply_truncated": st.reply_truncated,
+        }
+        extra_fields = dict(ep.extra_fields)
+        extra_fields[EPISODE_KEY] = episode
+        lps = st.logprobs if st.logprobs is not None else ([0.0] * len(st.response_ids) if with_logprobs else None)
+        outputs.append(EnvWindowOutput(
+            prompt_ids=st.prompt_ids,
+            response_ids=st.response_ids,
+            response_mask=[1] * len(st.response_ids),
+            response_logprobs=lps,
+            num_turns=2,  # verl's convention: one user message and one assistant turn
+            metrics=st.metrics,
+            extra_fields=extra_fields,
+            turn_anchors=[ep.anchors[t]],
+            episode_reward=R,
+            episode_info={**info, "session_row": t, "session_rows": T},
+        ))
+    return outputs
