@@ -54,10 +54,8 @@ def test_refuses_a_foreign_non_empty_output(tmp_path):
 
 
 @pytest.mark.slow  # a few minutes on 2 cores: real WebShop episodes, estimator training, advantages
-def test_cpu_tour_end_to_end(tmp_path):
-    data = Path(os.environ.get("SPA_DATA", REPO.parent / "shared" / "data")) / "webshop"
-    if not data.is_dir():
-        pytest.skip(f"no WebShop data at {data}")
+def test_cpu_tour_end_to_end(tmp_path, webshop_data):
+    data = webshop_data
     out = tmp_path / "tour"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["bash", str(REPO / "examples" / "cpu_tour.sh"), "webshop", "--output", str(out),
