@@ -739,6 +739,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                        rec_tokenizers, cfg.tokenizer)
     n_trunc = examples.num_truncated
     n_dropped_turns = examples.num_dropped_turns
+    if world > 1:  # each rank holds only its share: sum the counts for the run config
+        counts = torch.tensor([n_trunc, n_dropped_turns], dtype=torch.long, device=device)
+        torch.distributed.all_reduce(counts)
+        n_trunc, n_dropped_turns = (int(x) for x in counts.tolist())
 
     # ---- schedule
     per_rank = data["num_train"] // world
