@@ -3,7 +3,11 @@
 Default shape: 1024 trajectories (128 uid groups of 8) x 40 assistant turns x 32 tokens, with 32 observation tokens
 between turns (response length 2560). Prints the median of --repeats runs per estimator.
 
-    python benchmarks/bench_estimators.py [--trajectories 1024 --turns 40 --tokens 32 --repeats 7 --threads 2]
+    python benchmarks/bench_estimators.py [--trajectories 1024 --turns 40 --tokens 32 --repeats 7 --threads 0]
+
+``--threads 0`` (default) runs every call under ``spa_reward.threads.thread_policy`` (what the trainer does);
+``--threads N`` pins torch to N threads. The 1-minute load average is printed with the figures: on a shared
+machine they depend on it (measure with one core busy: ``python -c 'while True: pass' &``, kill it after).
 """
 
 from __future__ import annotations
@@ -56,19 +60,28 @@ def main() -> None:
     ap.add_argument("--obs-tokens", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="0 = the spa_reward.threads policy per call")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    import os
+
+    from spa_reward.threads import pick_num_threads, thread_policy
+
+    wrap = thread_policy if args.threads <= 0 else (lambda fn: fn)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     rewards, mask, index, anchors, values = make_batch(
         args.trajectories, args.turns, args.tokens, args.obs_tokens, args.group)
     cfg = OmegaConf.create({"gamma": 0.95, "lam": 1.0, "gigpo": {"mode": "mean_norm"}, "spa": {"mode": "mean_norm"}})
+    gigpo, spa = wrap(compute_gigpo_advantage), wrap(compute_spa_advantage)
     runs = {
-        "gigpo": lambda: compute_gigpo_advantage(rewards, mask, index, cfg, turn_anchors=anchors),
-        "spa (critic-free)": lambda: compute_spa_advantage(rewards, mask, index, cfg),
-        "spa (turn GAE, critic)": lambda: compute_spa_advantage(rewards, mask, index, cfg, values=values),
+        "gigpo": lambda: gigpo(rewards, mask, index, cfg, turn_anchors=anchors),
+        "spa (critic-free)": lambda: spa(rewards, mask, index, cfg),
+        "spa (turn GAE, critic)": lambda: spa(rewards, mask, index, cfg, values=values),
     }
+    threads = f"policy (picks {pick_num_threads()} now)" if args.threads <= 0 else str(args.threads)
     print(f"shape: {args.trajectories} trajectories x {args.turns} turns x {args.tokens} tokens "
-          f"(response length {mask.shape[1]}), torch threads {args.threads}")
+          f"(response length {mask.shape[1]}), torch threads {threads}, "
+          f"load average {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
     print("| estimator | median wall ms | median CPU ms |\n|---|---|---|")
     for name, fn in runs.items():
         wall, cpu = median_ms(fn, args.repeats)

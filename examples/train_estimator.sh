@@ -2,6 +2,8 @@
 # Progress estimator on the exploration records (SPA-RL: the SFT checkpoint as backbone, MSE(sum_t c_t, R),
 # lr 3e-6, 1 epoch, effective batch 16). Output: $ESTIMATOR_DIR/<env> (use it with examples/rl_spa.sh).
 #   SFT_MODEL=<hf dir> bash examples/train_estimator.sh <alfworld|webshop|virtualhome> [extra train.py args...]
+# A rerun into the same folder needs --resume (continue) or --overwrite (delete the old run first); episodes that
+# ended by an env error are skipped (--include-env-failures keeps them).
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
 SFT_MODEL=${SFT_MODEL:-$RL_INIT}

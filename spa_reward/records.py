@@ -36,7 +36,11 @@ Concurrency: give every writer process its own file (:func:`shard_path` makes a 
 :class:`RecordWriter` on a ``.jsonl`` file appends one complete line per ``write`` with a single ``write(2)``
 call on an ``O_APPEND`` descriptor and flushes it, so a crash loses at most the line being written and a
 reader never sees a partial earlier record. ``.parquet`` files are written to a temporary name and renamed
-into place atomically on close, so readers never see half a file.
+into place atomically on a clean close, so readers never see half a file; a writer used as a context manager
+whose block raises publishes nothing (the previous file stays).
+
+Reading decodes UTF-8 line by line, so a line torn inside a multi-byte character (a kill or a full disk mid-write)
+is one bad record, reported with its file and line (or skipped with ``skip_invalid``), not a failed read.
 """
 
 from __future__ import annotations
@@ -341,6 +345,19 @@ def shard_path(directory: str | os.PathLike, prefix: str = "records", suffix: st
 _PARQUET_JSON_COLUMNS = ("messages", "extra")
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a directory's entries') data to disk, so a rename after it survives a power cut."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the data itself was flushed
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _to_row(rec: TrajectoryRecord) -> dict[str, Any]:
     row = dataclasses.asdict(rec)
     for key in _PARQUET_JSON_COLUMNS:
@@ -378,7 +395,8 @@ class RecordWriter:
 
     ``.jsonl``: opened in append mode, every :meth:`write` appends and flushes one line (collect with it during
     rollout). ``.parquet``: records are buffered and the file is written atomically on :meth:`close`; an
-    existing file at that path is replaced.
+    existing file at that path is replaced, but only on a clean exit: when the ``with`` block raises (or after
+    :meth:`abort`) the existing file is left as it was.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -428,17 +446,30 @@ class RecordWriter:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             pq.write_table(table, tmp)
+            fsync_path(tmp)
             os.replace(tmp, self.path)
+            fsync_path(self.path.parent)
         finally:
             if tmp.exists():
                 tmp.unlink()
         self._rows = None
 
+    def abort(self) -> None:
+        """Close without publishing: a ``.parquet`` file keeps its previous content (or stays absent); the lines
+        a ``.jsonl`` writer already appended stay (each is a complete record)."""
+        if self.suffix == ".jsonl":
+            self.close()
+        else:
+            self._rows = None
+
     def __enter__(self) -> RecordWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the records before the error are not the whole set: never replace a file with a part of one
+            self.abort()
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any] | TrajectoryRecord]) -> int:
@@ -497,11 +528,13 @@ def iter_records(paths: str | os.PathLike | Iterable[str | os.PathLike], skip_in
 def _iter_raw(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, parsed dict or the RecordError that parsing raised) for every record of one file."""
     if path.suffix.lower() == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
+        with open(path, "rb") as f:  # bytes: a line torn inside a multi-byte character fails alone, with its place
+            for lineno, data in enumerate(f, 1):
+                if data.strip():
                     try:
-                        raw = json.loads(line)
+                        raw = json.loads(data.decode("utf-8"))
+                    except UnicodeDecodeError as e:
+                        raw = RecordError(f"invalid UTF-8 at byte {e.start} of the line (a torn write?)")
                     except json.JSONDecodeError as e:
                         raw = RecordError(f"invalid JSON ({e})")
                     yield f"line {lineno}", raw
@@ -531,6 +564,7 @@ __all__ = [
     "RecordWriter",
     "TrajectoryRecord",
     "expand_paths",
+    "fsync_path",
     "iter_records",
     "read_records",
     "shard_path",

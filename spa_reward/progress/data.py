@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -119,6 +120,85 @@ def records_to_examples(records: Iterable[TrajectoryRecord], max_length: int, ke
     return [record_to_example(r, max_length, keep_prompt) for r in records]
 
 
+ENV_FAILED_KEY = "env_failed"
+
+
+def is_env_failure(rec: TrajectoryRecord) -> bool:
+    """The episode ended by an environment error (timeout/crash), not by the policy: ``extra["env_failed"]``."""
+    return bool((rec.extra or {}).get(ENV_FAILED_KEY, False))
+
+
+class ExampleSet(Sequence[Example]):
+    """Truncated examples packed into flat arrays (tokens as int32: 4 bytes a token, against ~41 for a record's
+    Python list), filled one record at a time by :meth:`append`; indexing gives an :class:`Example`."""
+
+    def __init__(self) -> None:
+        self._tokens = array("i")  # C int: 4 bytes on every platform torch supports
+        self._tok_off = array("q", [0])
+        self._ends = array("i")
+        self._end_off = array("q", [0])
+        self._reward = array("d")
+        self._num_turns = array("i")
+        self._first_kept = array("i")
+        self._truncated = array("b")
+        self.episode_ids: list[str] = []
+        self.max_token_id = -1
+
+    def append(self, rec: TrajectoryRecord, max_length: int, keep_prompt: bool = True) -> None:
+        t = truncate_for_estimator(rec.input_ids, rec.turn_ends, max_length, rec.prompt_length if keep_prompt else 0)
+        self._tokens.extend(t.input_ids)
+        self._tok_off.append(len(self._tokens))
+        self._ends.extend(t.turn_ends)
+        self._end_off.append(len(self._ends))
+        self._reward.append(float(rec.reward))
+        self._num_turns.append(rec.num_turns)
+        self._first_kept.append(t.kept[0] if t.kept else rec.num_turns)
+        self._truncated.append(int(t.truncated))
+        self.episode_ids.append(rec.episode_id)
+        if t.input_ids:
+            self.max_token_id = max(self.max_token_id, max(t.input_ids))
+
+    def __len__(self) -> int:
+        return len(self._reward)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"example {i} of {len(self)}")
+        a, b = self._tok_off[i], self._tok_off[i + 1]
+        n = self._num_turns[i]
+        return Example(
+            input_ids=np.frombuffer(self._tokens[a:b], dtype=np.int32),
+            turn_ends=self._ends[self._end_off[i] : self._end_off[i + 1]].tolist(),
+            reward=self._reward[i],
+            num_turns=n,
+            kept=list(range(self._first_kept[i], n)),
+            truncated=bool(self._truncated[i]),
+            episode_id=self.episode_ids[i],
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def num_truncated(self) -> int:
+        return sum(self._truncated)
+
+    @property
+    def num_dropped_turns(self) -> int:
+        return sum(self._first_kept)
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (the episode id strings not counted)."""
+        arrays = (self._tokens, self._tok_off, self._ends, self._end_off, self._reward, self._num_turns,
+                  self._first_kept, self._truncated)
+        return sum(a.itemsize * len(a) for a in arrays)
+
+
 def collate_sequences(
     seqs: Sequence[Sequence[int]],
     turn_ends: Sequence[Sequence[int]],
@@ -162,12 +242,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 __all__ = [
+    "ENV_FAILED_KEY",
     "Example",
+    "ExampleSet",
     "Truncation",
     "check_turn_ends",
     "collate_examples",
     "collate_sequences",
     "epoch_order",
+    "is_env_failure",
     "record_to_example",
     "records_to_examples",
     "truncate_for_estimator",

@@ -486,6 +486,7 @@ def build_tiny_backbone_config(
     intermediate_size: int | None = None,
     max_position_embeddings: int = 2048,
     model_type: str = "llama",
+    **extra: Any,
 ) -> dict[str, Any]:
     """A small decoder config (as a dict for :class:`ProgressEstimatorConfig.backbone_config`), for tests and
     synthetic tasks; nothing is downloaded."""
@@ -501,6 +502,7 @@ def build_tiny_backbone_config(
         intermediate_size=intermediate_size or 2 * hidden_size,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
+        **extra,  # e.g. model_type="mistral", sliding_window=64 (local attention: learns fast on long pages)
     )
     return cfg.to_dict()
 

@@ -19,11 +19,29 @@ are stored in the estimator config so that serving truncates identically.
 Outputs in ``--output``: ``checkpoint-<step>/`` (estimator + ``trainer_state.pt``), a ``latest`` file naming the
 newest checkpoint, the final estimator at the top level (LoRA merged), ``history.jsonl``, ``metrics.json`` and
 ``learning_curve.png``. ``--resume`` restores model, optimizer, scheduler, step, RNG and the position in the data
-order from ``<output>/latest``.
+order from ``<output>/latest``; when that marker is missing or names a checkpoint that is gone or unreadable, from
+the newest loadable ``checkpoint-*`` (it never starts fresh over existing checkpoints: it fails listing them).
+A non-empty ``--output`` is refused without ``--resume`` or ``--overwrite`` (which first deletes the previous
+run's checkpoints, logs and estimator), so two runs never mix in one folder.
+
+Safety: ``trainer_state.pt`` holds only tensors and plain data and is loaded with ``torch.load(weights_only=True)``
+(a checkpoint received from someone else cannot run code on resume); ``latest`` must be a plain child folder
+name (``../x`` or an absolute path is refused). Checkpoint files and folders are fsynced before the renames that
+publish them.
+
+Data: records are streamed into packed int32 examples (:class:`~spa_reward.progress.data.ExampleSet`, about 4
+bytes a token), never held as record lists. Episodes that ended by an environment error (``extra["env_failed"]``)
+are skipped and counted (``--include-env-failures`` keeps them). ``--eval-fraction`` reads the records' uids in
+a first pass to draw the held-out groups. A run whose learning rate never leaves the warm-up (``--warmup-steps``
+longer than the run) is warned about: at the released defaults a short run learns nothing.
+
+Threads: ``--num-threads 0`` (default) follows :mod:`spa_reward.threads` (free cores by the load average), so a
+CPU run does not collapse when other processes share the cores.
 
 Multi-GPU: launch with ``torchrun --nproc_per_node N -m spa_reward.progress.train ...``; with ``WORLD_SIZE > 1``
-the model is wrapped in ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU), every rank reads a disjoint
-slice of each epoch's order, and only rank 0 evaluates, logs and saves. The whole model must fit on each GPU
+the model is wrapped in ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU), every rank keeps only its own
+share of the examples (every WORLD_SIZE-th record, from RANK) and shuffles it per epoch, and only rank 0 keeps
+the eval set, evaluates, logs and saves. The whole model must fit on each GPU
 (no ZeRO/FSDP sharding): about 16 bytes per trainable parameter (fp32 weights, grads, two Adam moments), e.g.
 ~50 GB for a 3B model -- use ``--lora-r`` or ``--gradient-checkpointing`` to go lower.
 """
@@ -36,10 +54,12 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,10 +67,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..records import read_records
-from .data import Example, collate_examples, epoch_order, records_to_examples
+from ..cli import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from ..records import fsync_path, iter_records
+from ..threads import apply_thread_policy
+from .data import Example, ExampleSet, collate_examples, epoch_order, is_env_failure
 from .model import (
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    CONFIG_NAME,
+    HEAD_NAME,
     HEADS,
+    TOKENIZER_DIR,
     ProgressEstimator,
     ProgressEstimatorConfig,
     is_estimator_dir,
@@ -140,60 +167,74 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--records", nargs="+", required=True, help="trajectory record files (.jsonl/.parquet), globs or dirs")
     g.add_argument("--eval-records", nargs="*", default=None, help="held-out records for evaluation")
     g.add_argument(
-        "--eval-fraction", type=float, default=0.0,
+        "--eval-fraction", type=unit_interval(closed_right=False), default=0.0,
         help="hold out this fraction of --records for evaluation (split by uid group, so no task leaks) when no "
         "--eval-records are given",
     )
-    g.add_argument("--max-length", type=int, default=4096, help="max tokens per sequence (released code: 4096)")
+    g.add_argument("--max-length", type=positive_int, default=4096, help="max tokens per sequence (released code: 4096)")
     g.add_argument(
         "--no-keep-prompt", action="store_true",
         help="when truncating, drop the prompt with the leading turns instead of keeping it",
     )
     g.add_argument("--skip-invalid", action="store_true", help="skip malformed records with a warning instead of failing")
+    g.add_argument(
+        "--include-env-failures", action="store_true",
+        help="keep episodes that ended by an environment error (extra['env_failed']); skipped by default, as their "
+        "R says nothing about the policy",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF causal-LM name/path (the SFT policy) or an existing estimator dir")
     g.add_argument("--tokenizer", default=None, help="tokenizer to save with the estimator (default: from --model)")
     g.add_argument("--head", choices=HEADS, default=None, help="head type for a new estimator (default mlp = paper)")
-    g.add_argument("--head-hidden-size", type=int, default=None, help="MLP head width (default: backbone hidden size)")
-    g.add_argument("--head-dropout", type=float, default=0.0)
-    g.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 = full fine-tune (released code)")
-    g.add_argument("--lora-alpha", type=int, default=16)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--head-hidden-size", type=positive_int, default=None, help="MLP head width (default: backbone hidden size)")
+    g.add_argument("--head-dropout", type=unit_interval(closed_right=False), default=0.0)
+    g.add_argument("--lora-r", type=non_negative_int, default=0, help="LoRA rank; 0 = full fine-tune (released code)")
+    g.add_argument("--lora-alpha", type=positive_int, default=16)
+    g.add_argument("--lora-dropout", type=unit_interval(closed_right=False), default=0.05)
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--dtype", default="float32", help="storage dtype of the weights: float32 (master weights) or bfloat16")
     g.add_argument("--autocast", choices=["auto", "none", "bf16"], default="auto", help="auto = bf16 autocast on CUDA only")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument(
-        "--num-threads", type=int, default=0,
-        help="torch CPU threads (0 = torch default); 1 is much faster for tiny models on a busy machine",
+        "--num-threads", type=non_negative_int, default=0,
+        help="torch CPU threads; 0 = the spa_reward.threads policy (the cores the load average leaves free, "
+        "$SPA_NUM_THREADS overrides), which keeps training from collapsing on a shared machine",
     )
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=3e-6, help="learning rate (released code: 3e-6)")
-    g.add_argument("--head-lr", type=float, default=None, help="separate head learning rate (default: --lr)")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (released code: 0.01)")
-    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999))
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (released code: 1.0); 0 = off")
-    g.add_argument("--warmup-steps", type=int, default=500, help="LR warm-up, optimizer steps (released code: 500)")
+    g.add_argument("--lr", type=positive_float, default=3e-6, help="learning rate (released code: 3e-6)")
+    g.add_argument("--head-lr", type=positive_float, default=None, help="separate head learning rate (default: --lr)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (released code: 0.01)")
+    g.add_argument("--adam-betas", type=unit_interval(closed_right=False), nargs=2, default=(0.9, 0.999))
+    g.add_argument("--max-grad-norm", type=non_negative_float, default=1.0, help="gradient clipping (released code: 1.0); 0 = off")
+    g.add_argument("--warmup-steps", type=non_negative_int, default=500, help="LR warm-up, optimizer steps (released code: 500)")
     g.add_argument("--warmup-type", choices=["log", "linear"], default="log", help="log = DeepSpeed WarmupLR default")
-    g.add_argument("--epochs", type=int, default=1, help="passes over the data (released code: 1)")
-    g.add_argument("--batch-size", type=int, default=2, help="trajectories per device per micro-batch")
+    g.add_argument("--epochs", type=positive_int, default=1, help="passes over the data (released code: 1)")
+    g.add_argument("--batch-size", type=positive_int, default=2, help="trajectories per device per micro-batch")
     g.add_argument(
-        "--grad-accum", type=int, default=None,
+        "--grad-accum", type=positive_int, default=None,
         help="micro-batches per optimizer step; default: so that batch-size x grad-accum x world-size = 16",
     )
-    g.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0 = no limit)")
+    g.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many optimizer steps (0 = no limit)")
     g.add_argument("--seed", type=int, default=42)
 
     g = p.add_argument_group("bookkeeping")
     g.add_argument("--output", required=True, help="output dir: checkpoints, final estimator, logs, plot")
-    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N optimizer steps (0 = only at the end)")
-    g.add_argument("--eval-batch-size", type=int, default=8)
-    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N optimizer steps (0 = only at the end)")
-    g.add_argument("--save-total-limit", type=int, default=2, help="checkpoints to keep (0 = all)")
-    g.add_argument("--resume", action="store_true", help="continue from <output>/latest")
-    g.add_argument("--log-every", type=int, default=1, help="log train metrics every N optimizer steps")
+    g.add_argument("--eval-every", type=non_negative_int, default=0, help="evaluate every N optimizer steps (0 = only at the end)")
+    g.add_argument("--eval-batch-size", type=positive_int, default=8)
+    g.add_argument("--save-every", type=non_negative_int, default=0, help="checkpoint every N optimizer steps (0 = only at the end)")
+    g.add_argument("--save-total-limit", type=non_negative_int, default=2, help="checkpoints to keep (0 = all)")
+    g.add_argument(
+        "--resume", action="store_true",
+        help="continue from <output>/latest (or, when it is missing or unreadable, the newest loadable checkpoint)",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true",
+        help="start again in a non-empty --output: delete its checkpoints, logs and estimator first (without it, "
+        "a non-empty --output is refused unless --resume)",
+    )
+    g.add_argument("--log-every", type=positive_int, default=1, help="log train metrics every N optimizer steps")
     g.add_argument(
         "--logger", default="console",
         help="comma-separated verl Tracking backends (console, wandb, tensorboard, file, ...) or 'none'",
@@ -221,13 +262,55 @@ def _pick_device(arg: str, local_rank: int) -> torch.device:
     return dev
 
 
-def split_by_uid(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out about ``fraction`` of the records, whole uid groups at a time."""
-    uids = sorted({r.uid for r in records})
+def split_uids(uids, fraction: float, seed: int) -> set[str]:
+    """The uid groups to hold out: about ``fraction`` of the distinct uids (at least one when ``fraction > 0``)."""
+    uids = sorted(set(uids))
     random.Random(seed).shuffle(uids)
     n_eval = max(1, round(fraction * len(uids))) if fraction > 0 else 0
-    held = set(uids[:n_eval])
-    return [r for r in records if r.uid not in held], [r for r in records if r.uid in held]
+    return set(uids[:n_eval])
+
+
+def _uids(paths, skip_invalid: bool) -> list[str]:
+    with warnings.catch_warnings():  # the main pass warns about the same invalid records
+        warnings.simplefilter("ignore")
+        return [r.uid for r in iter_records(paths, skip_invalid=skip_invalid)]
+
+
+def load_examples(args, max_length: int, keep_prompt: bool, world: int = 1, rank: int = 0) -> dict[str, Any]:
+    """Stream the records into packed :class:`ExampleSet` s: no record list is ever held, and with ``world > 1``
+    each rank keeps only its share of the training examples (every ``world``-th, from ``rank``); only rank 0
+    keeps the eval examples. Episodes that ended by an env error are skipped unless ``--include-env-failures``.
+
+    Returns ``{"train", "eval", "num_train", "env_failed", "tokenizers"}`` (``num_train``: over all ranks)."""
+    held: set[str] = set()
+    if not args.eval_records and args.eval_fraction > 0:
+        held = split_uids(_uids(args.records, args.skip_invalid), args.eval_fraction, args.seed)
+    train, evals = ExampleSet(), ExampleSet()
+    counts = {"train": 0, "env_failed": 0}
+    tokenizers: set[str] = set()
+
+    def consume(paths, is_eval_file: bool) -> None:
+        for rec in iter_records(paths, skip_invalid=args.skip_invalid):
+            if not args.include_env_failures and is_env_failure(rec):
+                counts["env_failed"] += 1
+                continue
+            tokenizers.add(rec.tokenizer)
+            if is_eval_file or rec.uid in held:
+                if rank == 0:
+                    evals.append(rec, max_length, keep_prompt)
+                continue
+            if counts["train"] % world == rank:
+                train.append(rec, max_length, keep_prompt)
+            counts["train"] += 1
+
+    consume(args.records, False)
+    if args.eval_records:
+        consume(args.eval_records, True)
+    if counts["env_failed"]:
+        logger.info("skipped %d env-failed episodes (extra[%r]); --include-env-failures keeps them",
+                    counts["env_failed"], "env_failed")
+    return {"train": train, "eval": evals, "num_train": counts["train"], "env_failed": counts["env_failed"],
+            "tokenizers": sorted(tokenizers)}
 
 
 class _Tracker:
@@ -324,27 +407,138 @@ def _make_optimizer(model: ProgressEstimator, args) -> torch.optim.Optimizer:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG as plain data (ints, lists, tensors), so the checkpoint loads with ``weights_only=True``."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [int(version), [int(x) for x in internal], gauss],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def latest_checkpoint(output: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``<output>/latest``, if any."""
-    marker = Path(output) / LATEST
+class UnsafeCheckpointError(RuntimeError):
+    """A trainer state that holds more than tensors and plain data (it could run code when unpickled)."""
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    tail = path.name.rsplit("-", 1)[-1]
+    return int(tail) if path.name.startswith("checkpoint-") and tail.isdigit() else None
+
+
+def list_checkpoints(output: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint-<step>`` folders of a training output, newest (highest step) first."""
+    out = Path(output)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.iterdir() if p.is_dir() and _checkpoint_step(p) is not None]
+    return sorted(found, key=_checkpoint_step, reverse=True)
+
+
+def _marker_target(output: Path) -> Path | None:
+    """The folder ``<output>/latest`` names; refuses anything but a plain child folder name."""
+    marker = output / LATEST
     if not marker.is_file():
         return None
-    ckpt = Path(output) / marker.read_text().strip()
-    return ckpt if (ckpt / TRAINER_STATE).is_file() else None
+    name = marker.read_text(encoding="utf-8", errors="replace").strip()
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name)
+           or (os.altsep is not None and os.altsep in name))
+    if bad:
+        raise ValueError(
+            f"{marker} names {name!r}, which is not a checkpoint folder inside {output} (expected a plain name such "
+            "as 'checkpoint-12'); refusing to follow it. Delete the file (resume then uses the newest checkpoint-*)."
+        )
+    return output / name
+
+
+def latest_checkpoint(output: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``<output>/latest``, if it exists and has a trainer state. Raises ``ValueError``
+    when the marker is not a plain child folder name (``../x``, an absolute path, ...)."""
+    ckpt = _marker_target(Path(output))
+    return ckpt if ckpt is not None and (ckpt / TRAINER_STATE).is_file() else None
+
+
+def load_trainer_state(ckpt: str | os.PathLike) -> dict:
+    """``<ckpt>/trainer_state.pt`` loaded with ``weights_only=True`` (tensors and plain data only)."""
+    path = Path(ckpt) / TRAINER_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        # a class/function reference is what can run code; anything else (bad opcodes) is a torn or foreign file
+        reason = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln or "GLOBAL" in ln), None)
+        if reason is None:
+            raise
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code "
+            f"when unpickled ({reason}). Only resume from checkpoints this trainer wrote; delete this checkpoint "
+            "to fall back to an older one."
+        ) from None
+
+
+def find_resume_checkpoint(output: str | os.PathLike) -> tuple[Path, dict] | None:
+    """(checkpoint, trainer state) to resume from: the one ``latest`` names, else (missing, dangling or
+    unreadable) the newest loadable ``checkpoint-*``. ``None`` only when there is no checkpoint at all; raises
+    ``SystemExit`` listing them when checkpoints exist but none loads, and :class:`UnsafeCheckpointError` for a
+    state that is not plain data (never skipped silently)."""
+    out = Path(output)
+    named = _marker_target(out)
+    candidates = list_checkpoints(out)
+    if named is not None:
+        candidates = [named] + [c for c in candidates if c != named]
+    problems = []
+    for ckpt in candidates:
+        if not (ckpt / TRAINER_STATE).is_file() or not (ckpt / CONFIG_NAME).is_file():
+            problems.append(f"{ckpt.name}: missing {TRAINER_STATE} or {CONFIG_NAME}")
+            continue
+        try:
+            state = load_trainer_state(ckpt)
+        except UnsafeCheckpointError:
+            raise
+        except Exception as e:  # torn or truncated file: try the next older one
+            problems.append(f"{ckpt.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        if problems:
+            logger.warning("--resume: skipped unusable checkpoints (%s); resuming from %s", "; ".join(problems), ckpt)
+        return ckpt, state
+    if candidates:
+        raise SystemExit(
+            f"--resume: {out} has checkpoints but none can be loaded, refusing to start fresh over them:\n  "
+            + "\n  ".join(problems)
+            + "\nRepair or remove them, or pass --overwrite (without --resume) to delete them and start again."
+        )
+    return None
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(dirpath)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def _save_checkpoint(model: ProgressEstimator, tokenizer, optimizer, scheduler, state: dict, output: Path, limit: int) -> Path:
@@ -357,20 +551,67 @@ def _save_checkpoint(model: ProgressEstimator, tokenizer, optimizer, scheduler, 
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
         tmp / TRAINER_STATE,
     )
+    _fsync_tree(tmp)  # the data is on disk before the rename makes it the checkpoint
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    marker_tmp = output / f".{LATEST}.tmp"
-    marker_tmp.write_text(name)
-    os.replace(marker_tmp, output / LATEST)
+    fsync_path(output)
+    _atomic_write_text(output / LATEST, name)
     if limit > 0:
-        ckpts = sorted(
-            (p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-            key=lambda p: int(p.name.split("-")[-1]),
-        )
-        for old in ckpts[:-limit]:
+        for old in list_checkpoints(output)[limit:]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# what a training run writes into --output (``--overwrite`` deletes exactly these)
+_RUN_OUTPUTS = (LATEST, f".{LATEST}.tmp", HISTORY, "metrics.json", "run_config.json", "learning_curve.png",
+                CONFIG_NAME, HEAD_NAME, BACKBONE_DIR, ADAPTER_DIR, TOKENIZER_DIR)
+
+
+def prepare_output(output: Path, resume: bool, overwrite: bool, model: str | None) -> None:
+    """Refuse to mix runs in one folder: a non-empty ``output`` needs ``resume`` or ``overwrite``; ``overwrite``
+    deletes the previous run's checkpoints, logs and estimator (and nothing else) before anything is written."""
+    if resume and overwrite:
+        raise SystemExit("--resume and --overwrite contradict each other: pick one")
+    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if not entries or resume:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+        raise SystemExit(
+            f"--output {output} is not empty ({shown}). Pass --resume to continue the run in it, --overwrite to "
+            "delete its checkpoints, logs and estimator and start again, or choose a new folder."
+        )
+    if model is not None:
+        src = Path(model).resolve()
+        if src == output.resolve() or output.resolve() in src.parents:
+            raise SystemExit(f"--overwrite would delete --model {model}, which lies in --output {output}: "
+                             "copy it elsewhere or choose a new --output")
+    doomed = [output / n for n in _RUN_OUTPUTS if (output / n).exists()]
+    doomed += [p for p in output.iterdir() if _checkpoint_step(p) is not None
+               or (p.name.startswith(".checkpoint-") and p.name.endswith(".tmp"))]
+    for p in doomed:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    logger.warning("--overwrite: deleted %d entries of the previous run in %s (%s)", len(doomed), output,
+                   ", ".join(sorted(p.name for p in doomed)))
+
+
+def warmup_warnings(total_steps: int, warmup_steps: int, warmup_type: str, lr: float) -> list[str]:
+    """Warnings for a run whose learning rate spends most or all of it in the warm-up (a short run that learns
+    nothing because the lr never got near ``--lr``)."""
+    if warmup_steps <= 0 or total_steps <= 0:
+        return []
+    if total_steps < warmup_steps:
+        end = warmup_factor(total_steps, warmup_steps, warmup_type)  # the lr logged after the last step
+        return [
+            f"this run has {total_steps} optimizer steps but the {warmup_type} LR warm-up takes {warmup_steps}: the "
+            f"learning rate never leaves the warm-up and ends at {lr * end:.3g} ({100 * end:.0f}% of --lr {lr:g}). "
+            f"Lower --warmup-steps (e.g. {max(1, total_steps // 10)}) or train for more steps."
+        ]
+    if 2 * warmup_steps > total_steps:
+        return [f"the LR warm-up ({warmup_steps} steps) takes more than half of this run's {total_steps} optimizer "
+                "steps; consider a shorter --warmup-steps"]
+    return []
 
 
 def plot_learning_curve(history: list[dict], out_path: str | os.PathLike) -> Path | None:
@@ -444,49 +685,49 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
+    threads = apply_thread_policy(args.num_threads)
     output = Path(args.output)
+    if args.model is None and not args.resume:
+        raise SystemExit("--model is required (an HF causal-LM path/name or an estimator dir)")
+    if is_main:
+        prepare_output(output, args.resume, args.overwrite, args.model)
+    if world > 1:
+        torch.distributed.barrier()
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
 
-    # ---- data
-    records = read_records(args.records, skip_invalid=args.skip_invalid)
-    if args.eval_records:
-        eval_records = read_records(args.eval_records, skip_invalid=args.skip_invalid)
-    elif args.eval_fraction > 0:
-        records, eval_records = split_by_uid(records, args.eval_fraction, args.seed)
-    else:
-        eval_records = []
-    if not records:
-        raise SystemExit("no training records")
-    rec_tokenizers = sorted({r.tokenizer for r in records})
-    if len(rec_tokenizers) > 1:
-        logger.warning("records come from several tokenizers %s: their token ids must mean the same", rec_tokenizers)
-
-    # ---- model
+    # ---- model (first: its config fixes the truncation the examples are built with)
     dtype = resolve_dtype(args.dtype, device)
-    ckpt = latest_checkpoint(output) if args.resume else None
-    if args.resume and ckpt is None:
+    resumed = find_resume_checkpoint(output) if args.resume else None
+    if args.resume and resumed is None:
         logger.warning("--resume: no checkpoint in %s, starting fresh", output)
+    ckpt = resumed[0] if resumed else None
     if ckpt is not None:
         model = ProgressEstimator.from_pretrained(ckpt, dtype=dtype, merge_lora=False, is_trainable=True)
         model.train()
         tokenizer = _load_tokenizer(str(ckpt / "tokenizer")) if (ckpt / "tokenizer").is_dir() else None
     else:
-        model, tokenizer = _build_model(args, dtype, rec_tokenizers[0])
+        model, tokenizer = _build_model(args, dtype, None)
     cfg = model.config
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(device)
     model.train()
 
-    keep_prompt = cfg.keep_prompt_on_truncation
-    examples = records_to_examples(records, cfg.max_length, keep_prompt)
-    eval_examples = records_to_examples(eval_records, cfg.max_length, keep_prompt)
-    max_id = max(int(e.input_ids.max()) for e in examples + eval_examples)
+    # ---- data
+    data = load_examples(args, cfg.max_length, cfg.keep_prompt_on_truncation, world, rank)
+    examples, eval_examples = data["train"], data["eval"]
+    if not data["num_train"]:
+        raise SystemExit("no training records" + (f" ({data['env_failed']} env-failed episodes skipped; "
+                                                  "--include-env-failures keeps them)" if data["env_failed"] else ""))
+    rec_tokenizers = data["tokenizers"]
+    if len(rec_tokenizers) > 1:
+        logger.warning("records come from several tokenizers %s: their token ids must mean the same", rec_tokenizers)
+    if cfg.tokenizer is None and ckpt is None and rec_tokenizers:
+        cfg.tokenizer = rec_tokenizers[0]
+    max_id = max(examples.max_token_id, eval_examples.max_token_id)
     emb_rows = model.base_backbone.get_input_embeddings().weight.shape[0]
     if max_id >= emb_rows:
         raise SystemExit(
@@ -496,20 +737,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if cfg.tokenizer and any(Path(t).name != Path(cfg.tokenizer).name for t in rec_tokenizers):
         logger.warning("records were tokenised with %s, the estimator expects %s: make sure the vocabularies match",
                        rec_tokenizers, cfg.tokenizer)
-    del records, eval_records  # the examples hold what training needs
-    n_trunc = sum(e.truncated for e in examples)
-    n_dropped_turns = sum(e.num_turns - len(e.kept) for e in examples)
+    n_trunc = examples.num_truncated
+    n_dropped_turns = examples.num_dropped_turns
+    if world > 1:  # each rank holds only its share: sum the counts for the run config
+        counts = torch.tensor([n_trunc, n_dropped_turns], dtype=torch.long, device=device)
+        torch.distributed.all_reduce(counts)
+        n_trunc, n_dropped_turns = (int(x) for x in counts.tolist())
 
     # ---- schedule
-    per_rank = len(examples) // world
+    per_rank = data["num_train"] // world
     if per_rank == 0:
-        raise SystemExit(f"{len(examples)} training examples for {world} ranks")
+        raise SystemExit(f"{data['num_train']} training examples for {world} ranks")
     grad_accum = args.grad_accum or max(1, math.ceil(16 / (args.batch_size * world)))
     micro_per_epoch = math.ceil(per_rank / args.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
+    run_warnings = warmup_warnings(total_steps, args.warmup_steps, args.warmup_type, args.lr)
+    if is_main:
+        for w in run_warnings:
+            logger.warning("%s", w)
 
     optimizer = _make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -517,7 +765,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
     step, epoch, micro_done, history = 0, 0, 0, []
     if ckpt is not None:
-        state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=False)
+        state = resumed[1]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, micro_done, history = state["step"], state["epoch"], state["micro_done"], state["history"]
@@ -540,12 +788,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: v for k, v in vars(args).items()},
         "estimator": {k: v for k, v in asdict(cfg).items() if k != "backbone_config"},
         "data": {
-            "train": len(examples), "eval": len(eval_examples), "truncated": n_trunc, "dropped_turns": n_dropped_turns,
+            "train": data["num_train"], "eval": len(eval_examples), "truncated": n_trunc,
+            "dropped_turns": n_dropped_turns, "env_failed_skipped": data["env_failed"],
+            "tokens_held_per_rank": examples.num_tokens, "bytes_held_per_rank": examples.nbytes(),
         },
         "schedule": {
             "world_size": world, "grad_accum": grad_accum, "effective_batch": args.batch_size * grad_accum * world,
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "torch_threads": threads,
         },
+        "warnings": run_warnings,
     }
     if is_main:
         logger.info("progress estimator training: %s", json.dumps({k: run_config[k] for k in ("data", "schedule")}))
@@ -586,7 +837,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     last_save_step = step
     stop = step >= total_steps
     while not stop and epoch < args.epochs:
-        order = epoch_order(len(examples), args.seed, epoch)[: per_rank * world][rank::world]
+        order = epoch_order(len(examples), args.seed, epoch)[:per_rank]  # this rank's share, shuffled
         micro_batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
         while micro_done < len(micro_batches):
             group = micro_batches[micro_done : micro_done + grad_accum]
@@ -651,7 +902,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         save()
     if is_main:
         model.save_pretrained(output, tokenizer=tokenizer, merge_lora=True)
-        summary = {"step": step, "epoch": epoch, "train_examples": len(examples), "eval_examples": len(eval_examples),
+        summary = {"step": step, "epoch": epoch, "train_examples": data["num_train"], "eval_examples": len(eval_examples),
                    "truncated_examples": n_trunc, "dropped_turns": n_dropped_turns, **final_metrics}
         train_losses = [h["train/loss"] for h in history if "train/loss" in h]
         if train_losses:

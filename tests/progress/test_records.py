@@ -308,3 +308,49 @@ def test_parquet_write_is_atomic_and_replaces(tmp_path):
     write_records(path, [random_record(rng, i) for i in range(3)])
     assert len(read_records(path)) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]  # no temporary files left behind
+
+
+def test_line_torn_inside_a_multibyte_character_is_one_bad_record(tmp_path):
+    import random
+
+    from progress_helpers import random_record
+
+    rng = random.Random(2)
+    recs = [random_record(rng, i) for i in range(3)]
+    recs[1]["actions"] = ["caf\u00e9 \u2014 \u00fcber"] + recs[1]["actions"][1:]
+    path = tmp_path / "torn.jsonl"
+    write_records(path, recs[:1])
+    line = (json.dumps(recs[1], ensure_ascii=False) + "\n").encode("utf-8")
+    cut = line.index("\u00e9".encode("utf-8")) + 1  # inside the two-byte character
+    with open(path, "ab") as f:
+        f.write(line[:cut] + b"\n")  # a kill mid-write, then the next writer appends after it
+    write_records(path, recs[2:])
+    with pytest.raises(RecordError, match=r"torn\.jsonl:line 2: invalid UTF-8"):
+        read_records(path)
+    with pytest.warns(UserWarning, match=r"torn\.jsonl:line 2: invalid UTF-8"):
+        assert [r.episode_id for r in read_records(path, skip_invalid=True)] == ["e0", "e2"]
+
+
+def test_parquet_writer_that_fails_midway_keeps_the_old_file(tmp_path):
+    import random
+
+    from progress_helpers import random_record
+
+    rng = random.Random(3)
+    path = tmp_path / "r.parquet"
+    write_records(path, [random_record(rng, i) for i in range(4)])
+    with pytest.raises(RuntimeError, match="collector died"):
+        with RecordWriter(path) as w:
+            w.write(random_record(rng, 10))
+            raise RuntimeError("collector died")
+    bad = random_record(rng, 11)
+    bad["reward"] = float("nan")
+    with pytest.raises(RecordError):
+        write_records(path, [random_record(rng, 12), bad])  # an invalid record mid-way
+    assert [r.episode_id for r in read_records(path)] == ["e0", "e1", "e2", "e3"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
+    with pytest.raises(RuntimeError):
+        with RecordWriter(tmp_path / "new.parquet") as w:
+            w.write(random_record(rng, 13))
+            raise RuntimeError("stop")
+    assert not (tmp_path / "new.parquet").exists()
