@@ -3,9 +3,21 @@
 Both read per-turn rewards r_k = sum of the token rewards inside assistant turn k (the agent loop places each
 turn's reward on its last token) and write one advantage per turn, broadcast over that turn's tokens.
 
-Extra inputs (``values``, ``turn_anchors``, ``episode_rewards``) are keyword arguments. verl's stock
+Extra inputs (``values``, ``turn_anchors``, ``episode_rewards``, ``row_mask``) are keyword arguments. verl's stock
 ``compute_advantage`` passes none of them; the ``spa`` trainer mode (``spa_reward.trainer``) fetches them from the
 rollout and supplies them through :func:`estimator_inputs` for the duration of one advantage computation.
+
+``row_mask`` (bs,) bool marks the rows that are data: False for an episode that ended by env failure and for verl's
+padding rows. Masked rows take no part in any group statistic (episode or step level, nor the whitening of the
+critic variant) and get advantage 0.
+
+Normalisation modes (``algorithm.<spa|gigpo>.mode``), per group of values x_1..x_n:
+
+* ``mean_norm``:      x_i - mean(x)                        (a group of one: x_i, verl's GRPO convention)
+* ``mean_std_norm``:  (x_i - mean(x)) / (std(x) + eps)     (unbiased std; a group of one: x_i / (1 + eps))
+* ``rloo``:           x_i - mean_{j != i} x_j = n/(n-1) (x_i - mean(x))   (leave-one-out; a group of one: 0)
+
+GiGPO's step groups of one always get 0 (no other visit of that state to compare with).
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import torch
 from spa_reward import turns
 
 EPS = 1e-6
-NORM_MODES = ("mean_norm", "mean_std_norm")
+NORM_MODES = ("mean_norm", "mean_std_norm", "rloo")
 
 _EXTRA_INPUTS: contextvars.ContextVar[dict] = contextvars.ContextVar("spa_estimator_inputs", default={})
 
@@ -51,12 +63,23 @@ def _cfg(config: Any, path: str, default: Any) -> Any:
     return default if node is None else node
 
 
-def _norm_mode(config: Any, section: str) -> bool:
-    """True when the std division is on."""
+def _norm_mode(config: Any, section: str) -> str:
+    """``algorithm.<section>.mode``, checked against :data:`NORM_MODES`."""
     mode = _cfg(config, f"{section}.mode", "mean_norm")
     if mode not in NORM_MODES:
         raise ValueError(f"algorithm.{section}.mode={mode!r} is not one of {NORM_MODES}")
-    return mode == "mean_std_norm"
+    return str(mode)
+
+
+def _row_mask(kwargs: dict, bs: int) -> torch.Tensor:
+    """(bs,) bool rows that are data (see the module docstring); all True when not given."""
+    mask = _input(kwargs, "row_mask")
+    if mask is None:
+        return torch.ones(bs, dtype=torch.bool)
+    mask = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if mask.shape != (bs,):
+        raise ValueError(f"row_mask has shape {tuple(mask.shape)}, expected ({bs},)")
+    return mask
 
 
 def _require_index(index: Any, name: str) -> np.ndarray:
@@ -72,33 +95,53 @@ def _group_ids(keys) -> tuple[torch.Tensor, int]:
 
 
 def group_normalize(
-    values: torch.Tensor, group: torch.Tensor, num_groups: int, std_norm: bool, singleton_zero: bool
+    values: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    mode: str,
+    singleton_zero: bool,
+    include: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(x - group mean) [/ (group std + eps)] for a flat tensor of values with group ids; unbiased std.
+    """(N,) float64: each value normalised within its group by ``mode`` (module docstring); unbiased std.
 
-    A group of one gets mean 0 and std 1 (verl's GRPO convention) unless ``singleton_zero``, then its result is 0.
+    values (N,), group (N,) long ids in [0, num_groups). ``include`` (N,) bool: items that count; the others take
+    no part in the statistics and get 0. A group of one gets mean 0 and std 1 (verl's GRPO convention) in the
+    mean modes, 0 under ``rloo``, and 0 in every mode when ``singleton_zero``.
     """
+    if mode not in NORM_MODES:
+        raise ValueError(f"normalisation mode {mode!r} is not one of {NORM_MODES}")
     values = values.double()
-    count = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, torch.ones_like(values))
+    weight = torch.ones_like(values) if include is None else include.to(torch.double)
+    if include is not None:  # excluded items may hold anything (even NaN); they add nothing below
+        values = torch.where(include, values, torch.zeros_like(values))
+    count = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, weight)
     total = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, values)
-    mean = total / count
-    sq = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, (values - mean[group]) ** 2)
+    mean = total / count.clamp(min=1)
+    sq = torch.zeros(num_groups, dtype=torch.double).scatter_add_(0, group, weight * (values - mean[group]) ** 2)
     std = torch.sqrt(sq / (count - 1).clamp(min=1))
-    single = count[group] == 1
-    mean_g = torch.where(single, torch.zeros_like(values), mean[group])
-    std_g = torch.where(single, torch.ones_like(values), std[group])
-    out = values - mean_g
-    if std_norm:
-        out = out / (std_g + EPS)
-    if singleton_zero:
-        out = torch.where(single, torch.zeros_like(out), out)
-    return out
+    n = count[group]
+    single = n <= 1
+    if mode == "rloo":
+        out = (values - mean[group]) * n / (n - 1).clamp(min=1)
+        single_value = torch.zeros_like(values)
+    else:
+        out = values - mean[group]
+        single_value = values.clone()
+        if mode == "mean_std_norm":
+            out = out / (std[group] + EPS)
+            single_value = single_value / (1.0 + EPS)
+    out = torch.where(single, torch.zeros_like(out) if singleton_zero else single_value, out)
+    return out * weight
 
 
-def episode_advantage(scores: torch.Tensor, index: np.ndarray, std_norm: bool) -> torch.Tensor:
-    """(bs,) A_E: each trajectory's score normalised within its uid group, each trajectory counted once."""
+def episode_advantage(scores: torch.Tensor, index: np.ndarray, mode: str,
+                      include: torch.Tensor | None = None) -> torch.Tensor:
+    """(bs,) A_E: each trajectory's score normalised within its uid group, each trajectory counted once.
+
+    include (bs,) bool: rows that count (None: all); the others get 0 and are left out of the group statistics.
+    """
     group, n = _group_ids(index)
-    return group_normalize(scores, group, n, std_norm, singleton_zero=False)
+    return group_normalize(scores, group, n, mode, singleton_zero=False, include=include)
 
 
 def discounted_turn_returns(turn_rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -156,9 +199,10 @@ def compute_gigpo_advantage(
             "advantage estimator 'gigpo' needs turn_anchors (one state key per assistant turn). They come from the "
             "env_agent agent loop and reach the estimator through trainer.v1.trainer_mode=spa."
         )
-    std_norm = _norm_mode(config, "gigpo")
+    mode = _norm_mode(config, "gigpo")
     weight = float(_cfg(config, "gigpo.step_advantage_w", 1.0))
     gamma = float(_cfg(config, "gamma", 1.0))
+    keep = _row_mask(kwargs, token_level_rewards.shape[0])
 
     idx, counts, valid, r = _turn_rewards(token_level_rewards, response_mask)
     returns = discounted_turn_returns(r, gamma)
@@ -166,9 +210,10 @@ def compute_gigpo_advantage(
     step_adv = torch.zeros_like(returns)
     if rows.numel():
         group, n = _step_groups(index, anchors, counts.tolist())
-        step_adv[rows, cols] = group_normalize(returns[rows, cols], group, n, std_norm, singleton_zero=True)
+        step_adv[rows, cols] = group_normalize(returns[rows, cols], group, n, mode, singleton_zero=True,
+                                               include=keep[rows])
 
-    ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, std_norm)
+    ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, mode, include=keep)
     per_turn = (ep_adv.unsqueeze(1) + weight * step_adv).to(token_level_rewards.dtype)
     adv = turns.broadcast_turns(per_turn, response_mask, idx=idx)
     return adv, adv
@@ -194,21 +239,23 @@ def _step_groups(index: np.ndarray, anchors, counts: list[int]) -> tuple[torch.T
 
 def _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs):
     index = _require_index(index, "spa")
-    std_norm = _norm_mode(config, "spa")
+    mode = _norm_mode(config, "spa")
     weight = float(_cfg(config, "spa.step_advantage_w", 1.0))
+    keep = _row_mask(kwargs, token_level_rewards.shape[0])
     idx, _, valid, r = _turn_rewards(token_level_rewards, response_mask)
     rows, cols = valid.nonzero(as_tuple=True)
     step_adv = torch.zeros_like(r)
     if rows.numel():
         uid_codes, n_uids = _group_ids(index)
-        step_adv[rows, cols] = group_normalize(r[rows, cols], uid_codes[rows], n_uids, std_norm, singleton_zero=False)
-    ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, std_norm)
+        step_adv[rows, cols] = group_normalize(r[rows, cols], uid_codes[rows], n_uids, mode, singleton_zero=False,
+                                               include=keep[rows])
+    ep_adv = episode_advantage(_episode_scores(token_level_rewards, kwargs), index, mode, include=keep)
     per_turn = (ep_adv.unsqueeze(1) + weight * step_adv).to(token_level_rewards.dtype)
     adv = turns.broadcast_turns(per_turn, response_mask, idx=idx)
     return adv, adv
 
 
-def _spa_turn_gae(token_level_rewards, response_mask, values, config):
+def _spa_turn_gae(token_level_rewards, response_mask, values, config, kwargs):
     if values.shape != token_level_rewards.shape:
         raise ValueError(f"values shape {tuple(values.shape)} != rewards shape {tuple(token_level_rewards.shape)}")
     gamma = float(_cfg(config, "gamma", 1.0))
@@ -223,11 +270,14 @@ def _spa_turn_gae(token_level_rewards, response_mask, values, config):
     adv_turn = discounted_turn_returns(delta, gamma * lam)
     ret = turns.broadcast_turns((adv_turn + v).to(values.dtype), response_mask, idx=idx)
     adv = turns.broadcast_turns(adv_turn.to(values.dtype), response_mask, idx=idx)
-    mask = response_mask.bool()
-    if int(mask.sum()) > 1:
+    keep = _row_mask(kwargs, token_level_rewards.shape[0])
+    mask = response_mask * keep.unsqueeze(1).to(response_mask.dtype)  # masked rows: out of the whitening, adv 0
+    if int(mask.bool().sum()) > 1:
         from verl.utils.torch_functional import masked_whiten
 
-        adv = masked_whiten(adv, response_mask) * response_mask
+        adv = masked_whiten(adv, mask)
+    adv = adv * mask
+    ret = ret * mask
     return adv, ret
 
 
@@ -243,11 +293,13 @@ def compute_spa_advantage(
     With critic ``values`` (the paper's PPO setting): GAE over turns, V_k = value at the first token of turn k,
     delta_k = r_k + gamma V_{k+1} - V_k, A_k = sum_j (gamma lam)^j delta_{k+j}; advantages whitened like verl's gae.
     Without values (critic-free, GRPO's cost): A = A_E + w * A_S with A_S = r_k normalised over all turns of the
-    uid group; the learned step rewards stand in for GiGPO's exact state matches.
+    uid group (``algorithm.spa.mode``: mean_norm, mean_std_norm or rloo, where rloo's baseline for a turn is the
+    mean of the group's other turns); the learned step rewards stand in for GiGPO's exact state matches.
+    ``row_mask`` rows (env failures, padding) are left out of every statistic and get 0.
     """
     values = _input(kwargs, "values")
     if values is not None:
-        return _spa_turn_gae(token_level_rewards, response_mask, values, config)
+        return _spa_turn_gae(token_level_rewards, response_mask, values, config, kwargs)
     return _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs)
 
 
