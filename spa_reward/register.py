@@ -11,7 +11,8 @@ process that never looks up a trainer mode never pays for one:
 
 * estimators ``spa``, ``gigpo``: when ``verl.trainer.ppo.core_algos`` is imported (runs ``spa_reward.advantage``);
 * trainer mode ``spa``: when ``verl.trainer.ppo.v1`` is imported, the package of ``get_trainer_cls`` (imports
-  ``spa_reward.trainer`` and registers the recipe's env start-up check, whose code loads only when a trainer starts);
+  ``spa_reward.trainer``); the recipe's env start-up check is registered at load in ``spa_reward.startup`` and its
+  code loads only when a ``spa`` trainer starts;
 * reward managers ``spa``, ``outcome``: when ``verl.experimental.reward_loop.reward_manager`` is imported (imports
   ``spa_reward.reward_manager``);
 * agent loop ``env_agent``: when ``verl.experimental.agent_loop.agent_loop`` is imported (writes a ``_target_``
@@ -64,8 +65,7 @@ def _env_startup_check(config) -> None:
 
 
 def _register_trainer(_module) -> None:
-    trainer = importlib.import_module("spa_reward.trainer")  # @register_trainer("spa") runs at its import
-    trainer.register_startup_check(_env_startup_check)
+    importlib.import_module("spa_reward.trainer")  # @register_trainer("spa") runs at its import
 
 
 def _register_reward_managers(_module) -> None:
@@ -144,6 +144,9 @@ def install() -> None:
 try:
     # config checks of the recipe's env block (spa_reward.config_check.register_config_check); light, no verl
     importlib.import_module("recipe.spa.settings")
+    from spa_reward.startup import register_startup_check
+
+    register_startup_check(_env_startup_check)
     install()
 except BaseException:
     _report("loading spa_reward.register")

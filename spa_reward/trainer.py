@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from spa_reward.advantage import estimator_inputs
 from spa_reward.config_check import ConfigError, select_key, validate_config
 from spa_reward.metrics import episode_metrics, is_env_failure
+from spa_reward.startup import run_startup_checks
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +122,6 @@ def max_failure_share(config: Any) -> float:
     return share
 
 
-STARTUP_CHECKS: list[Callable[[Any], None]] = []
-
-
-def register_startup_check(fn: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Add ``fn(config)`` to the checks :meth:`SpaTrainer.init` runs before any worker is built (it raises on a
-    problem). The composition root (``spa_reward.register``) registers the recipe's env check. Idempotent."""
-    if fn not in STARTUP_CHECKS:
-        STARTUP_CHECKS.append(fn)
-    return fn
-
-
 # ------------------------------------------------------------------------------------------- trainer
 
 
@@ -159,8 +149,7 @@ class SpaTrainer(PPOTrainerSync):
 
     def init(self):
         """Start-up checks and services first (CPU only, seconds), then verl's init (workers, GPUs)."""
-        for check in STARTUP_CHECKS:
-            check(self.config)
+        run_startup_checks(self.config)  # spa_reward.startup (the recipe's env check is registered there)
         self._start_services()
         super().init()
 

@@ -160,3 +160,95 @@ def test_missing_inputs_and_bad_values_raise_clearly():
         compute_spa_advantage(bad, MASK, INDEX, cfg())
     with pytest.raises(ValueError, match="mode"):
         compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg(gigpo={"mode": "median"}), turn_anchors=ANCHORS)
+
+
+# ------------------------------------------------------------------ rloo and the row mask (failed / padding rows)
+
+# uid g: row 0 two turns (r 1.0, 0.0), row 1 one turn (0.5), row 2 one turn (2.0); uid s: row 3 alone (0.7)
+RLOO_MASK = torch.tensor([[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]])
+RLOO_INDEX = np.array(["g", "g", "g", "s"], dtype=object)
+RLOO_EPISODE = [1.0, 0.0, 0.5, 2.0]
+
+
+def rloo_rewards():
+    r = torch.zeros(RLOO_MASK.shape)
+    r[0, 0], r[0, 2], r[1, 1], r[2, 0], r[3, 0] = 1.0, 0.0, 0.5, 2.0, 0.7
+    return r
+
+
+def rloo_spread(rows):
+    out = torch.zeros(RLOO_MASK.shape, dtype=torch.float64)
+    slots = [[0, 2], [0], [0], [0]]  # first token of each turn (a turn here is one token, or tokens 0-1 in row 1)
+    for b, vals in enumerate(rows):
+        for k, v in enumerate(vals):
+            out[b, slots[b][k]] = v
+    out[1, 1] = out[1, 0]  # row 1's turn spans tokens 0-1
+    return out
+
+
+def test_spa_rloo_hand_computed():
+    adv, _ = compute_spa_advantage(rloo_rewards(), RLOO_MASK, RLOO_INDEX, cfg(spa={"mode": "rloo"}),
+                                   episode_rewards=RLOO_EPISODE)
+    # A_E: each R minus the mean of the other episodes of its group: 1 - .25, 0 - .75, .5 - .5; a group of one: 0
+    # A_S over the 4 turns of g (sum 3.5): r - (3.5 - r) / 3; the single turn of s: 0
+    a_s = [1 - 2.5 / 3, 0 - 3.5 / 3, 0.5 - 3.0 / 3, 2.0 - 1.5 / 3]
+    expected = rloo_spread([[0.75 + a_s[0], 0.75 + a_s[1]], [-0.75 + a_s[2]], [0.0 + a_s[3]], [0.0]])
+    assert torch.allclose(adv.double(), expected, atol=1e-6)
+
+
+def test_spa_rloo_excludes_failed_rows():
+    keep = np.array([True, False, True, True])  # row 1 ended by env failure
+    adv, _ = compute_spa_advantage(rloo_rewards(), RLOO_MASK, RLOO_INDEX, cfg(spa={"mode": "rloo"}),
+                                   episode_rewards=RLOO_EPISODE, row_mask=keep)
+    # g without row 1: A_E 1 - .5, .5 - 1; turns [1, 0, 2] (sum 3): 1 - 1, 0 - 1.5, 2 - .5
+    expected = rloo_spread([[0.5 + 0.0, 0.5 - 1.5], [0.0], [-0.5 + 1.5], [0.0]])
+    assert torch.allclose(adv.double(), expected, atol=1e-6)
+    assert torch.all(adv[1] == 0)
+
+
+def test_rloo_group_of_one_and_of_two():
+    from spa_reward.advantage import group_normalize
+
+    x = torch.tensor([3.0, 1.0, 5.0])
+    out = group_normalize(x, torch.tensor([0, 1, 1]), 2, "rloo", singleton_zero=False)
+    assert torch.allclose(out, torch.tensor([0.0, -4.0, 4.0], dtype=torch.float64))  # 1 - 5, 5 - 1
+    gone = group_normalize(x, torch.tensor([0, 1, 1]), 2, "rloo", singleton_zero=False,
+                           include=torch.tensor([True, True, False]))
+    assert torch.allclose(gone, torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64))  # 1 is now alone
+
+
+DROP = [0, 2, 3, 4]  # MASK/INDEX rows without row 1
+
+
+@pytest.mark.parametrize("mode", ["mean_norm", "mean_std_norm", "rloo"])
+@pytest.mark.parametrize("estimator", ["gigpo", "spa", "spa_critic"])
+def test_masked_row_is_as_if_absent(estimator, mode):
+    """A row_mask=False row (env failure, padding) gets 0 and the others get exactly what they get without it."""
+    r = outcome_rewards()
+    r[1, 3] = 5.0  # a large reward on the masked row: it would move every statistic of group a
+    episode = r.sum(-1).numpy()
+    values = torch.linspace(-1, 1, MASK.numel()).reshape(MASK.shape)
+    keep = np.ones(len(INDEX), dtype=bool)
+    keep[1] = False
+
+    def run(rows, row_mask=None):
+        c = cfg(**{"gigpo" if estimator == "gigpo" else "spa": {"mode": mode}})
+        kw = {"row_mask": row_mask} if row_mask is not None else {}
+        if estimator == "gigpo":
+            return compute_gigpo_advantage(r[rows], MASK[rows], INDEX[rows], c, turn_anchors=ANCHORS[rows],
+                                           episode_rewards=episode[rows], **kw)
+        if estimator == "spa":
+            return compute_spa_advantage(r[rows], MASK[rows], INDEX[rows], c, episode_rewards=episode[rows], **kw)
+        return compute_spa_advantage(r[rows], MASK[rows], INDEX[rows], c, values=values[rows], **kw)
+
+    masked, _ = run(list(range(len(INDEX))), keep)
+    absent, _ = run(DROP)
+    assert torch.all(masked[1] == 0)
+    assert torch.allclose(masked[DROP], absent, atol=1e-6)
+    full, _ = run(list(range(len(INDEX))))
+    assert not torch.allclose(full[DROP], absent, atol=1e-3)  # the mask matters: row 1 did move the others
+
+
+def test_row_mask_shape_is_checked():
+    with pytest.raises(ValueError, match="row_mask"):
+        compute_spa_advantage(outcome_rewards(), MASK, INDEX, cfg(), row_mask=[True, False])
