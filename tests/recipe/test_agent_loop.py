@@ -241,3 +241,43 @@ def test_real_env_expert_and_garbage(tokenizer, request, env_name):
     ep = check_bookkeeping(out, 32768)
     assert not ep["won"] and ep["num_turns"] == len(actions) + 2 and not any(ep["executable"])
     assert ep["truncation_reason"] == "max_steps" and out.episode_reward == 0.0
+
+
+def test_env_startup_check(toy_env, tmp_path):
+    """The trainer builds and resets one env with the run's settings before any worker; a bad setting fails
+    there with the env's own error in the message (issue 8, item 3)."""
+    from recipe.spa.agent_loop import EnvStartupError, check_env_at_startup
+
+    check_env_at_startup(agent_config(toy_env_cfg()))  # fine: nothing raised
+    with pytest.raises(EnvStartupError, match=r"cannot build env 'toy'.*no_such_kwarg"):
+        check_env_at_startup(agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1})))
+    with pytest.raises(EnvStartupError, match=r"reset\('t0'\) failed"):
+        check_env_at_startup(agent_config(toy_env_cfg(env_kwargs={"obs_pad": "x"})))  # " ." * "x" fails at reset
+
+
+def test_webshop_bad_data_dir_fails_at_startup(tmp_path):
+    from recipe.spa.agent_loop import EnvStartupError, check_env_at_startup
+
+    cfg = {"name": "webshop", "env_kwargs": {"data_dir": str(tmp_path / "nowhere")}}
+    with pytest.raises(EnvStartupError, match=r"cannot build env 'webshop'.*nowhere"):
+        check_env_at_startup(agent_config(cfg))
+
+
+def test_spa_trainer_init_runs_checks_before_workers(toy_env, monkeypatch):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from recipe.spa.agent_loop import EnvStartupError
+    from spa_reward.trainer import SpaTrainer
+
+    calls = []
+    monkeypatch.setattr(PPOTrainerSync, "init", lambda self: calls.append("verl init"))
+    monkeypatch.setattr(SpaTrainer, "_start_services", lambda self: calls.append("services"))
+    trainer = SpaTrainer.__new__(SpaTrainer)
+    trainer.config = agent_config(toy_env_cfg())
+    trainer.init()
+    assert calls == ["services", "verl init"]
+    calls.clear()
+    trainer.config = agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1}))
+    with pytest.raises(EnvStartupError):
+        trainer.init()
+    assert calls == []  # neither services nor workers were started
