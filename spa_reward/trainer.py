@@ -10,6 +10,11 @@ config. This mode fetches the extra rollout fields the ``env_agent`` loop stores
 estimators through ``spa_reward.advantage.estimator_inputs`` while verl's own advantage step runs unchanged
 (KL-in-reward, rollout correction and the write-back stay verl's).
 
+Per-step rows. The TransferQueue key of a row, ``{uid}_{session_id}_{index}``, says which rows form one episode
+(:func:`session_layout`); the estimators get ``sessions``/``step_index`` and treat a session's rows as one
+trajectory ordered by index, so an episode split into per-step rows gets the advantages it would get packed in one
+row. Episode metrics and the failure share count each session once (its last row).
+
 Env failures and padding. A row is *not data* when it is one of verl's padding rows (tag ``is_padding``, appended by
 ``trainer/ppo/padding_utils.upsample_batch_to_divisible_size`` as copies of row 0 with a zero response mask) or an
 episode that ended by env failure (``episode_info["env_failed"]``). For every estimator such rows
@@ -39,6 +44,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import transfer_queue as tq
 from transfer_queue import KVBatchMeta
@@ -72,10 +78,34 @@ def column(data: Any, name: str) -> list:
     return [list(v) if type(v).__name__ == "LinkedList" else v for v in value]
 
 
-def row_flags(tags: list[dict], infos: list) -> tuple[np.ndarray, np.ndarray]:
-    """(padding, failed), each (bs,) bool: verl's padding rows, and real episodes that ended by env failure."""
+def session_layout(keys: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Which rows form one episode: verl's TransferQueue keys are ``{uid}_{session_id}_{index}``
+    (``trainer/ppo/v1/agent_loop_tq.py`` ``_agent_loop_postprocess``), one row per agent-loop output; an agent loop
+    that emits one output per step gives a session several rows, ordered by index.
+
+    Returns sessions (bs,) ``{uid}_{session_id}``, step_index (bs,) int and final (bs,) bool (the session's last
+    row). A key of another shape is a session of its own."""
+    sessions, steps = [], []
+    for key in keys:
+        parts = str(key).rsplit("_", 2)
+        if len(parts) == 3 and parts[2].isdigit():
+            sessions.append(f"{parts[0]}_{parts[1]}")
+            steps.append(int(parts[2]))
+        else:
+            sessions.append(str(key))
+            steps.append(0)
+    step_index = np.asarray(steps, dtype=np.int64)
+    last = pd.Series(step_index).groupby(pd.Series(sessions, dtype=object)).transform("max").to_numpy()
+    return sessions, step_index, step_index == last
+
+
+def row_flags(tags: list[dict], infos: list, sessions: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(padding, failed), each (bs,) bool: verl's padding rows, and rows of real episodes that ended by env failure
+    (with ``sessions``, every row of a session with a failed row)."""
     padding = np.array([bool(t.get("is_padding", False)) for t in tags], dtype=bool)
     failed = np.array([isinstance(i, dict) and is_env_failure(i) for i in infos], dtype=bool) & ~padding
+    if sessions is not None and failed.any():
+        failed = pd.Series(failed).groupby(pd.Series(sessions, dtype=object)).transform("max").to_numpy() & ~padding
     return padding, failed
 
 
@@ -180,13 +210,15 @@ class SpaTrainer(PPOTrainerSync):
                 "(dataset column agent_name=env_agent); this batch was produced by another agent loop."
             )
         infos = column(data, "episode_info")
-        padding, failed = row_flags(batch.tags, infos)
-        metrics.update(episode_metrics([i for i, pad in zip(infos, padding) if not pad]))
-        problem = failure_share_problem(infos, batch.keys, padding, failed, self._max_share())
+        sessions, step_index, final = session_layout(batch.keys)
+        padding, failed = row_flags(batch.tags, infos, sessions)
+        episodes = final & ~padding  # one row per real episode (its last step) for metrics and the failure share
+        metrics.update(episode_metrics([i for i, ep in zip(infos, episodes) if ep]))
+        problem = failure_share_problem(infos, batch.keys, ~episodes, failed & episodes, self._max_share())
         if problem:
             raise EnvFailureShareExceeded(problem)
 
-        inputs: dict[str, Any] = {"row_mask": ~(padding | failed)}
+        inputs: dict[str, Any] = {"row_mask": ~(padding | failed), "sessions": sessions, "step_index": step_index}
         if estimator in TURN_ESTIMATORS:
             inputs["turn_anchors"] = np.array(column(data, "turn_anchors") + [None], dtype=object)[:-1]
             inputs["episode_rewards"] = np.asarray(column(data, "episode_reward"), dtype=np.float64)
@@ -236,7 +268,7 @@ class SpaTrainer(PPOTrainerSync):
         """verl's metrics with env-failed rows treated like padding (left out of the data metrics)."""
         infos = column(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                        select_fields=["episode_info"]), "episode_info")
-        _, failed = row_flags(batch.tags, infos)
+        _, failed = row_flags(batch.tags, infos, session_layout(batch.keys)[0])
         if failed.any():
             tags = []
             for tag, bad in zip(batch.tags, failed):

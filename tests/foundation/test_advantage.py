@@ -252,3 +252,80 @@ def test_masked_row_is_as_if_absent(estimator, mode):
 def test_row_mask_shape_is_checked():
     with pytest.raises(ValueError, match="row_mask"):
         compute_spa_advantage(outcome_rewards(), MASK, INDEX, cfg(), row_mask=[True, False])
+
+
+# ------------------------------------------------------------------ layouts: one packed row vs per-step rows (issue 12)
+
+
+def two_layouts(seed: int, failed_episode: int | None = None):
+    """Random episodes (uid groups, turns of 1-3 tokens, observation gaps, per-turn rewards, anchors, values) as
+    packed rows and as shuffled per-step rows (TransferQueue keys {uid}_{session}_{index}: sessions/step_index)."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for g in range(2):
+        for e in range(int(rng.integers(2, 4))):
+            t = int(rng.integers(1, 5))
+            eps.append({"uid": f"g{g}", "lens": rng.integers(1, 4, t).tolist(), "gaps": rng.integers(1, 3, t).tolist(),
+                        "r": rng.normal(size=t).round(2).tolist(), "v": rng.normal(size=t).round(2).tolist(),
+                        "anchors": [f"s{a}" for a in rng.integers(0, 3, t)], "R": float(rng.integers(0, 2))})
+    length = max(sum(e["lens"]) + sum(e["gaps"]) for e in eps)
+    packed = {k: torch.zeros(len(eps), length) for k in ("mask", "r", "v")}
+    firsts = []
+    for b, e in enumerate(eps):
+        pos, row_first = 0, []
+        for n, gap, r, v in zip(e["lens"], e["gaps"], e["r"], e["v"]):
+            packed["mask"][b, pos:pos + n] = 1
+            packed["r"][b, pos + n - 1] = r
+            packed["v"][b, pos] = v
+            packed["v"][b, pos + n:pos + n + gap] = 9.0  # values off the turn's first token are never read
+            row_first.append(pos)
+            pos += n + gap
+        firsts.append(row_first)
+    width = max(max(e["lens"]) for e in eps)
+    steps = [(b, t) for b, e in enumerate(eps) for t in range(len(e["lens"]))]
+    steps = [steps[i] for i in rng.permutation(len(steps))]  # arrival order is not step order
+    split = {k: torch.zeros(len(steps), width) for k in ("mask", "r", "v")}
+    for i, (b, t) in enumerate(steps):
+        n = eps[b]["lens"][t]
+        split["mask"][i, :n] = 1
+        split["r"][i, n - 1] = eps[b]["r"][t]
+        split["v"][i, 0] = eps[b]["v"][t]
+    keep_packed = np.array([b != failed_episode for b in range(len(eps))])
+    packed_kw = {"index": np.array([e["uid"] for e in eps], dtype=object),
+                 "turn_anchors": np.array([e["anchors"] for e in eps] + [None], dtype=object)[:-1],
+                 "episode_rewards": [e["R"] for e in eps], "row_mask": keep_packed}
+    split_kw = {"index": np.array([eps[b]["uid"] for b, _ in steps], dtype=object),
+                "turn_anchors": np.array([[eps[b]["anchors"][t]] for b, t in steps] + [None], dtype=object)[:-1],
+                "episode_rewards": [eps[b]["R"] for b, _ in steps], "row_mask": keep_packed[[b for b, _ in steps]],
+                "sessions": [f"{eps[b]['uid']}_{b}" for b, _ in steps], "step_index": [t for _, t in steps]}
+    return eps, packed, packed_kw, firsts, steps, split, split_kw
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("estimator,mode", [("gigpo", "mean_norm"), ("gigpo", "mean_std_norm"), ("spa", "mean_norm"),
+                                            ("spa", "rloo"), ("spa", "mean_std_norm"), ("spa_critic", "")])
+def test_packed_and_per_step_rows_give_equal_advantages(seed, estimator, mode):
+    eps, packed, pkw, firsts, steps, split, skw = two_layouts(seed, failed_episode=seed % 3)
+    c = cfg(gamma=0.9, lam=0.8, **({"gigpo" if estimator == "gigpo" else "spa": {"mode": mode}} if mode else {}))
+
+    def run(t, kw):
+        kw = dict(kw)
+        index = kw.pop("index")
+        if estimator == "gigpo":
+            return compute_gigpo_advantage(t["r"], t["mask"], index, c, **kw)[0]
+        if estimator == "spa":
+            return compute_spa_advantage(t["r"], t["mask"], index, c, **kw)[0]
+        return compute_spa_advantage(t["r"], t["mask"], index, c, values=t["v"], **kw)[0]
+
+    a_packed, a_split = run(packed, pkw), run(split, skw)
+    for i, (b, t) in enumerate(steps):
+        n = eps[b]["lens"][t]
+        got = a_split[i, :n]
+        assert torch.allclose(got, torch.full_like(got, float(a_packed[b, firsts[b][t]])), atol=1e-5), (b, t)
+        assert torch.all(a_split[i, n:] == 0)
+    assert a_packed.abs().sum() > 0  # the comparison is not between two zero tensors
+
+
+def test_sessions_need_a_step_index():
+    with pytest.raises(ValueError, match="step_index"):
+        compute_spa_advantage(outcome_rewards(), MASK, INDEX, cfg(), sessions=list("abcde"))

@@ -225,3 +225,38 @@ def test_failure_share_key_is_checked():
     for bad in (1.5, -0.1, "half"):
         with pytest.raises(ConfigError, match="max_env_failure_share"):
             max_failure_share({"algorithm": {"max_env_failure_share": bad}})
+
+
+def test_per_step_rows_through_transfer_queue_match_the_packed_episode(transfer_queue):
+    """An episode split into per-step rows (keys {uid}_{session}_{index}, arriving shuffled) gets, through the
+    trainer mode, the advantages gigpo gives it packed in one row; metrics count each session once (issue 12)."""
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from spa_reward.advantage import compute_gigpo_advantage
+    from tests.foundation.test_advantage import two_layouts
+
+    eps, packed, pkw, firsts, steps, split, skw = two_layouts(7, failed_episode=1)
+    keys = [f"{eps[b]['uid']}_{b}_{t}" for b, t in steps]
+    rows = []
+    for i, (b, t) in enumerate(steps):
+        n = eps[b]["lens"][t]
+        rows.append({"response_mask": split["mask"][i, :n].long(), "loss_mask": split["mask"][i, :n].long(),
+                     "rm_scores": split["r"][i, :n], "uid": eps[b]["uid"], "turn_anchors": [eps[b]["anchors"][t]],
+                     "episode_reward": eps[b]["R"],
+                     "episode_info": {"won": eps[b]["R"] > 0 and b != 1, "env_failed": float(b == 1),
+                                      "env_error": "crash:step" if b == 1 else ""}})
+    tags = [{"min_global_steps": 1, "max_global_steps": 1, "global_steps": 1} for _ in keys]
+    tq.kv_batch_put(keys=keys, fields=list_of_dict_to_tensordict(rows), tags=tags, partition_id="train")
+    from transfer_queue import KVBatchMeta
+
+    metrics: dict = {}
+    make_trainer("gigpo", gamma=0.9)._compute_advantage(KVBatchMeta(keys=keys, tags=tags, partition_id="train"),
+                                                       metrics)
+    got = fetch(keys, "advantages")
+    p = dict(pkw)
+    expected, _ = compute_gigpo_advantage(packed["r"], packed["mask"], p.pop("index"), cfg(gamma=0.9), **p)
+    for i, (b, t) in enumerate(steps):
+        assert torch.allclose(got[i].double(), torch.full_like(got[i].double(), float(expected[b, firsts[b][t]])),
+                              atol=1e-5), (b, t)
+    assert metrics["episode/env_failures"] == 1.0  # one failed session, however many rows it has
+    assert metrics["episode/env_failure_share"] == pytest.approx(1 / len(eps))
