@@ -26,7 +26,8 @@ stores hydra ``_target_`` strings, so ``env_agent`` is registered without import
 imports ``recipe.spa.agent_loop`` when it instantiates the first episode.
 
 verl logs a plugin import error only at DEBUG (``verl/__init__.py``, the entry-point loop), so every failure here,
-at load or in a hook, is printed to stderr with the component's name before it is re-raised.
+at load or in a hook, is printed to stderr with the component's name before it is re-raised. Check an install
+with ``python -m spa_reward.register`` (imports every registry and lists what is missing).
 """
 
 from __future__ import annotations
@@ -141,13 +142,36 @@ def install() -> None:
             _run_hook(name, module)
 
 
-try:
-    # config checks of the recipe's env block (spa_reward.config_check.register_config_check); light, no verl
-    importlib.import_module("recipe.spa.settings")
-    from spa_reward.startup import register_startup_check
+def check() -> dict[str, list[str]]:
+    """Import every verl registry we register with and return what is missing ({} when all is there). The
+    command-line check: ``python -m spa_reward.register`` (exit status 1 and a list when something is missing)."""
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 
-    register_startup_check(_env_startup_check)
-    install()
-except BaseException:
-    _report("loading spa_reward.register")
-    raise
+    registries = {"adv_estimator": ADV_ESTIMATOR_REGISTRY, "trainer_mode": TRAINER_REGISTRY,
+                  "reward_manager": REWARD_MANAGER, "agent_loop": _agent_loop_registry}
+    missing = {kind: [n for n in names if n not in registries[kind]] for kind, names in REGISTERED.items()}
+    return {kind: names for kind, names in missing.items() if names}
+
+
+if __name__ == "__main__":  # python -m spa_reward.register: load the real module (as verl does) and check it
+    import spa_reward.register as _plugin
+
+    _missing = _plugin.check()
+    if _missing:
+        print(f"spa-rl plug-in: not registered: {_missing}", file=sys.stderr)
+        sys.exit(1)
+    print("spa-rl plug-in: registered " + "; ".join(f"{k}: {', '.join(v)}" for k, v in REGISTERED.items()))
+else:
+    try:
+        # config checks of the recipe's env block (spa_reward.config_check.register_config_check); light, no verl
+        importlib.import_module("recipe.spa.settings")
+        from spa_reward.startup import register_startup_check
+
+        register_startup_check(_env_startup_check)
+        install()
+    except BaseException:
+        _report("loading spa_reward.register")
+        raise
