@@ -24,14 +24,32 @@ def pearson(x: Iterable[float], y: Iterable[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def is_env_failure(info: dict) -> bool:
+    """True for an episode that ended by env failure (open/reset/step timeout, crash or error), not by the policy.
+
+    The ``env_agent`` loop sets ``env_failed: 1.0`` and the error text in ``env_error``; either marks it.
+    """
+    return bool(info.get("env_failed")) or bool(info.get("env_error"))
+
+
 def episode_metrics(infos: list[dict], prefix: str = "episode") -> dict[str, float]:
-    """Success rate (overall and per task type), task score, turns, grounding (executable rate), env errors,
-    and, when the ``spa`` reward ran, mean c_t and corr(sum_t c_t, R) on the batch."""
+    """Success rate (overall and per task type), task score, turns, grounding (executable rate) and, when the
+    ``spa`` reward ran, mean c_t and corr(sum_t c_t, R), over the episodes that are data; plus the count and share
+    of env failures (``<prefix>/env_failures``, ``<prefix>/env_failure_share``), which are left out of the rest.
+
+    ``infos`` must hold only real episodes (the trainer drops verl's padding rows before calling this)."""
     # window layout (env.history=window): every step row repeats its episode's info; count the final row only
     infos = [i for i in infos if isinstance(i, dict) and i.get("session_row", 0) == i.get("session_rows", 1) - 1]
     if not infos:
         return {}
-    out: dict[str, float] = {}
+    failed = [i for i in infos if is_env_failure(i)]
+    out: dict[str, float] = {
+        f"{prefix}/env_failures": float(len(failed)),
+        f"{prefix}/env_failure_share": len(failed) / len(infos),
+    }
+    infos = [i for i in infos if not is_env_failure(i)]
+    if not infos:
+        return out
     won = [float(i.get("won", 0.0)) for i in infos]
     out[f"{prefix}/success_rate"] = _mean(won)
     for key, name in (("score", "score"), ("num_turns", "num_turns"), ("executable_rate", "executable_rate"),
@@ -39,7 +57,6 @@ def episode_metrics(infos: list[dict], prefix: str = "episode") -> dict[str, flo
         vals = [float(i[key]) for i in infos if key in i]
         if vals:
             out[f"{prefix}/{name}"] = _mean(vals)
-    out[f"{prefix}/env_errors"] = float(sum(1 for i in infos if i.get("env_error")))
     by_type: dict[str, list[float]] = defaultdict(list)
     for i, w in zip(infos, won):
         if i.get("task_type"):

@@ -34,8 +34,9 @@ Per-turn bookkeeping goes to ``extra_fields["env_episode"]`` (what the reward ma
 The returned :class:`EnvAgentLoopOutput` adds three top-level TransferQueue fields (read by the ``spa`` trainer
 mode): ``turn_anchors`` (list[str], the anchor of the state each turn acted on: the reset anchor for turn 0, then
 each step's), ``episode_reward`` (float R) and ``episode_info`` (dict of scalars: won, score, num_turns,
-executable_rate, truncated, env_error, task_type, env_reward, plus sum_contribution when the ``spa`` reward
-ran). Its ``as_dict()`` writes dense ``rm_scores`` from the reward manager's per-turn list
+executable_rate, truncated, env_error, env_failed (1.0 when the env failed: the trainer then masks the row out of
+training and out of the episode metrics), env_error_text, task_type, env_reward, plus sum_contribution when the
+``spa`` reward ran). Its ``as_dict()`` writes dense ``rm_scores`` from the reward manager's per-turn list
 (``reward_extra_info["spa_turn_rewards"]``, popped so downstream sees only scalars).
 
 ``AgentLoopOutput.num_turns`` follows verl's convention (chat messages: the first user message, every assistant
@@ -43,7 +44,9 @@ turn and every observation); ``episode_info["num_turns"]`` is the number of assi
 
 Collection (``env.collect_dir``): one :class:`spa_reward.records.TrajectoryRecord` per episode with at least one
 turn, appended to a jsonl shard per worker process (``<collect_dir>/<env>-<host>-<pid>-<rand>.jsonl``). Its
-``reward`` is the raw env reward (what the progress estimator regresses onto).
+``reward`` is the raw env reward (what the progress estimator regresses onto). Episodes that ended by env failure
+are written too, marked ``extra["env_failed"] = True`` (estimator training skips them by default); an episode that
+failed before its first turn has nothing to write.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+ENV_ERROR_TEXT_CHARS = 500  # how much of an env failure's message rides along in episode_info / records
 
 # ----------------------------------------------------------------------------------------------- output
 
@@ -132,7 +137,8 @@ class _Episode:
     last_reward: float = 0.0
     done: bool = False
     truncation: str = ""  # why the episode stopped early ("" when the env ended it)
-    env_error: str = ""
+    env_error: str = ""  # EnvFailure.reason (e.g. "timeout:step"); "" when the env did not fail
+    env_error_text: str = ""  # the full EnvFailure message
     extra_fields: dict = field(default_factory=dict)
 
     @property
@@ -187,6 +193,7 @@ class EnvAgentLoop(AgentLoopBase):
         except EnvFailure as exc:
             logger.warning("episode %s/%s failed: %s", env_name, task_id, exc)
             ep.env_error, ep.won, ep.done = exc.reason, False, False
+            ep.env_error_text = str(exc)[:ENV_ERROR_TEXT_CHARS]
             ep.truncation = ep.truncation or "env_error"
         return await self._finish(ep, kwargs, metrics)
 
@@ -339,7 +346,17 @@ class EnvAgentLoop(AgentLoopBase):
             "env_reward": R,
             "parse_errors": ep.parse_errors,
         }
+        info["env_failed"] = 1.0 if ep.env_error else 0.0  # not data: the trainer masks it (spa_reward.trainer)
+        info["env_error_text"] = ep.env_error_text
         extra_fields = dict(ep.extra_fields)
+        # verl's _compute_metrics reads the weight versions from every row's tags (agent_loop_tq.py
+        # _agent_loop_postprocess copies them from extra_fields; trainer_base._compute_metrics builds an int array);
+        # an episode whose env failed before the first generation has none from the server: use the global step
+        # the loop was given, which is the weight version in sync training.
+        step = kwargs.get("global_steps")
+        if step is not None:
+            extra_fields.setdefault("min_global_steps", int(step))
+            extra_fields.setdefault("max_global_steps", int(step))
         extra_fields[EPISODE_KEY] = episode
         output = EnvAgentLoopOutput(
             prompt_ids=ep.prompt_ids,
@@ -384,6 +401,7 @@ class EnvAgentLoop(AgentLoopBase):
                 "split": ep.split,
                 "truncation_reason": ep.truncation,
                 "env_error": ep.env_error,
+                "env_failed": bool(ep.env_error),  # estimator training skips these by default
                 "global_steps": int(kwargs["global_steps"]) if kwargs.get("global_steps") is not None else -1,
                 "turn_anchors": list(ep.anchors),
             },
@@ -404,3 +422,52 @@ def _record_writer(collect_dir: str, env_name: str):
 
         _WRITERS[key] = RecordWriter(shard_path(os.path.expanduser(str(collect_dir)), prefix=env_name))
     return _WRITERS[key]
+
+
+# ----------------------------------------------------------------------------------------------- start-up
+
+
+class EnvStartupError(RuntimeError):
+    """The run's environment cannot be built or reset with its settings (raised before any worker exists)."""
+
+
+def check_env_at_startup(config: Any) -> None:
+    """Build one env in this (trainer) process with the run's ``env`` settings and reset it on its first training
+    task, so a bad data dir, a missing engine or a broken ``env.env_kwargs`` fails at start-up with a clear error
+    instead of as env failures in every rollout worker. Registered as a ``spa`` trainer start-up check by
+    ``spa_reward.register``; runs in the driver's trainer before verl builds workers."""
+    if select_key(config, "env") is None:
+        return  # no env block: this run does not use the env_agent loop (config_check reports it if it should)
+    s = EnvRolloutSettings.from_config(config)
+    validate_env_settings(s)
+    from envs import make_env
+
+    kwargs = s.make_kwargs()
+    stage = "build"
+    try:
+        env = make_env(s.name, **kwargs)
+    except Exception as exc:
+        raise EnvStartupError(
+            f"env start-up check: cannot build env {s.name!r} with env.env_kwargs={kwargs}: "
+            f"{type(exc).__name__}: {exc}\nFix env.env_kwargs (e.g. data_dir) or install the env's engine; "
+            "nothing was started yet."
+        ) from exc
+    split = SPLITS.get(s.name, {}).get("train", "train")
+    try:
+        stage = f"list_tasks({split!r})"
+        tasks = env.list_tasks(split)
+        if not tasks:
+            raise ValueError(f"split {split!r} has no tasks")
+        stage = f"reset({tasks[0]!r})"
+        env.reset(tasks[0], seed=None, split=split)
+    except Exception as exc:
+        raise EnvStartupError(
+            f"env start-up check: env {s.name!r} (env.env_kwargs={kwargs}) was built but {stage} failed: "
+            f"{type(exc).__name__}: {exc}\nCheck the env's data and engine; nothing was started yet."
+        ) from exc
+    finally:
+        try:
+            env.close()
+        except Exception:  # closing is best effort
+            logger.debug("env close after the start-up check failed", exc_info=True)
+    logger.info("env start-up check passed: %s built and reset on %s task %s", s.name, split, tasks[0])

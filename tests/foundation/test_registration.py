@@ -66,3 +66,46 @@ def test_visible_inside_a_ray_actor():
         assert ray.get(Probe.remote().check.remote(), timeout=300) == ALL
     finally:
         ray.shutdown()
+
+
+def run_snippet(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_plugin_import_is_lazy():
+    """``import verl`` with the plug-in loads no trainer, worker, estimator or agent-loop code (issue 8, item 6)."""
+    out = run_snippet(
+        "import sys, verl\n"
+        "heavy = ['verl.trainer.ppo.core_algos', 'verl.trainer.ppo.v1', 'verl.experimental.agent_loop.agent_loop',\n"
+        "         'verl.experimental.reward_loop.reward_manager', 'spa_reward.trainer', 'spa_reward.advantage',\n"
+        "         'spa_reward.reward_manager', 'recipe.spa.agent_loop']\n"
+        "print('spa_reward.register' in sys.modules, [m for m in heavy if m in sys.modules])\n"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True []"
+
+
+def test_trainer_lookup_after_a_direct_trainer_import():
+    """Importing spa_reward.trainer first (it imports verl's v1, whose hook imports it back) still registers."""
+    out = run_snippet("import verl, spa_reward.trainer\nfrom verl.trainer.ppo.v1 import get_trainer_cls\n"
+                      "from spa_reward.startup import STARTUP_CHECKS\n"
+                      "print(get_trainer_cls('spa').__name__, len(STARTUP_CHECKS))")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "SpaTrainer 1"
+    assert "spa-rl plug-in" not in out.stderr
+
+
+def test_broken_sub_import_is_printed_on_stderr():
+    """verl swallows plug-in errors at DEBUG; ours reach stderr, at load and when a registry module is imported."""
+    # broken at load (the entry point): verl goes on, but stderr names the problem
+    out = run_snippet("import sys\nsys.modules['recipe.spa.settings'] = None\nimport verl\nprint('verl imported')")
+    assert out.returncode == 0 and "verl imported" in out.stdout
+    assert "spa-rl plug-in: loading spa_reward.register failed" in out.stderr and "recipe.spa.settings" in out.stderr
+    # broken in a registration hook: the import of verl's registry module fails loudly
+    out = run_snippet("import sys\nsys.modules['spa_reward.advantage'] = None\nimport verl\n"
+                      "import verl.trainer.ppo.core_algos")
+    assert out.returncode != 0
+    assert "spa-rl plug-in: registering with verl.trainer.ppo.core_algos failed" in out.stderr
+    assert "spa_reward.advantage" in out.stderr

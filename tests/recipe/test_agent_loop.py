@@ -72,7 +72,7 @@ def test_expert_replay_wins(tokenizer, toy_env):
     assert out.episode_reward == 10.0 and ep["env_reward_raw"] == 1.0
     assert out.episode_info == {"won": True, "score": 1.0, "num_turns": 3, "executable_rate": 1.0,
                                 "truncated": False, "env_error": "", "task_type": "even", "env_reward": 10.0,
-                                "parse_errors": 0}
+                                "parse_errors": 0, "env_failed": 0.0, "env_error_text": ""}
     assert out.num_turns == 1 + 3 + 2  # first user message, 3 assistant turns, 2 observations
     assert len({c["request_id"] for c in server.calls}) == 1  # one sticky request id per episode
     assert out.response_ids[-1] == tokenizer.eos_token_id
@@ -114,6 +114,8 @@ def test_env_hang_ends_only_that_episode(tokenizer, toy_env):
     ep = check_bookkeeping(out, 4096)
     assert ep["env_error"] == "timeout:step" and not ep["won"] and out.episode_reward == 0.0
     assert ep["executable"] == [True, False] and out.episode_info["env_error"] == "timeout:step"
+    assert out.episode_info["env_failed"] == 1.0 and "timeout during step" in out.episode_info["env_error_text"]
+    assert out.extra_fields["min_global_steps"] == 7  # the server's weight version is kept
     # the next episode gets a fresh worker and plays normally
     out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t0"))
     assert out.extra_fields[EPISODE_KEY]["won"]
@@ -125,6 +127,29 @@ def test_reset_failure_gives_minimal_output(tokenizer, toy_env):
     ep = out.extra_fields[EPISODE_KEY]
     assert ep["env_error"] == "error:open" and ep["num_turns"] == 0
     assert out.response_mask == [0] and len(out.response_ids) == 1 and len(out.prompt_ids) > 0
+    # never generated, yet verl's _compute_metrics needs the weight versions: the global step the loop was given
+    assert out.extra_fields["min_global_steps"] == 3 and out.extra_fields["max_global_steps"] == 3
+    assert out.episode_info["env_failed"] == 1.0 and "error during open" in out.episode_info["env_error_text"]
+
+
+def test_env_failure_is_collected_and_marked(tokenizer, toy_env, tmp_path):
+    from spa_reward.records import read_records
+
+    import recipe.spa.agent_loop as al
+
+    config = agent_config(toy_env_cfg(collect_dir=str(tmp_path), env_kwargs={"hang_on": "wait", "hang_seconds": 3.0},
+                                      pool={"backend": "thread", "num_workers": 2, "step_timeout": 0.5}))
+    policy = lambda turn, prompt: format_action("step forward" if turn == 0 else "wait", "x", "react")  # noqa: E731
+    run_episode(config, FakeServer(tokenizer, policy), tokenizer, row("t3", uid="bad"))
+    run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t1", uid="good"))
+    for w in al._WRITERS.values():
+        w.close()
+    al._WRITERS.clear()
+    recs = {r.uid: r for r in read_records(tmp_path)}
+    assert set(recs) == {"bad", "good"}  # the failed episode is written, not dropped
+    assert recs["bad"].extra["env_failed"] is True and recs["bad"].extra["env_error"] == "timeout:step"
+    assert recs["bad"].reward == 0.0 and recs["bad"].num_turns == 2
+    assert recs["good"].extra["env_failed"] is False
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -216,3 +241,43 @@ def test_real_env_expert_and_garbage(tokenizer, request, env_name):
     ep = check_bookkeeping(out, 32768)
     assert not ep["won"] and ep["num_turns"] == len(actions) + 2 and not any(ep["executable"])
     assert ep["truncation_reason"] == "max_steps" and out.episode_reward == 0.0
+
+
+def test_env_startup_check(toy_env, tmp_path):
+    """The trainer builds and resets one env with the run's settings before any worker; a bad setting fails
+    there with the env's own error in the message (issue 8, item 3)."""
+    from recipe.spa.agent_loop import EnvStartupError, check_env_at_startup
+
+    check_env_at_startup(agent_config(toy_env_cfg()))  # fine: nothing raised
+    with pytest.raises(EnvStartupError, match=r"cannot build env 'toy'.*no_such_kwarg"):
+        check_env_at_startup(agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1})))
+    with pytest.raises(EnvStartupError, match=r"reset\('t0'\) failed"):
+        check_env_at_startup(agent_config(toy_env_cfg(env_kwargs={"obs_pad": "x"})))  # " ." * "x" fails at reset
+
+
+def test_webshop_bad_data_dir_fails_at_startup(tmp_path):
+    from recipe.spa.agent_loop import EnvStartupError, check_env_at_startup
+
+    cfg = {"name": "webshop", "env_kwargs": {"data_dir": str(tmp_path / "nowhere")}}
+    with pytest.raises(EnvStartupError, match=r"cannot build env 'webshop'.*nowhere"):
+        check_env_at_startup(agent_config(cfg))
+
+
+def test_spa_trainer_init_runs_checks_before_workers(toy_env, monkeypatch):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from recipe.spa.agent_loop import EnvStartupError
+    from spa_reward.trainer import SpaTrainer
+
+    calls = []
+    monkeypatch.setattr(PPOTrainerSync, "init", lambda self: calls.append("verl init"))
+    monkeypatch.setattr(SpaTrainer, "_start_services", lambda self: calls.append("services"))
+    trainer = SpaTrainer.__new__(SpaTrainer)
+    trainer.config = agent_config(toy_env_cfg())
+    trainer.init()
+    assert calls == ["services", "verl init"]
+    calls.clear()
+    trainer.config = agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1}))
+    with pytest.raises(EnvStartupError):
+        trainer.init()
+    assert calls == []  # neither services nor workers were started
