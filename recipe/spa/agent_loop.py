@@ -155,6 +155,57 @@ class _Episode:
         self.turn_ends[-1] = max(end, self.turn_starts[-1])
 
 
+def episode_summary(ep: _Episode, settings: EnvRolloutSettings, num_turns: int) -> tuple[float, float, dict, dict]:
+    """(R, raw env reward, the episode-level fields of ``env_episode``, ``episode_info``) of a finished episode;
+    one place for both layouts (packed rows here, per-step rows in ``recipe.spa.window``)."""
+    raw = 0.0 if ep.env_error else (float(ep.won) if settings.reward_mode == "won" else ep.last_reward)
+    R = settings.reward_scale * raw
+    won = bool(ep.won) and not ep.env_error
+    truncated = bool(ep.truncation)  # "" only when the env ended the episode in a terminal state
+    summary = {
+        "episode_reward": R,
+        "env_reward_raw": raw,
+        "won": won,
+        "score": ep.score,
+        "task_type": ep.task_type,
+        "truncated": truncated,
+        "truncation_reason": ep.truncation,
+        "env_error": ep.env_error,
+        "parse_errors": ep.parse_errors,
+        "env_name": ep.env_name,
+        "task_id": ep.task_id,
+    }
+    info = {
+        "won": won,
+        "score": ep.score,
+        "num_turns": num_turns,
+        "executable_rate": (sum(ep.executable) / num_turns) if num_turns else 0.0,
+        "truncated": truncated,
+        "env_error": ep.env_error,
+        "task_type": ep.task_type,
+        "env_reward": R,
+        "parse_errors": ep.parse_errors,
+        "env_failed": 1.0 if ep.env_error else 0.0,  # not data: the trainer masks it (spa_reward.trainer)
+        "env_error_text": ep.env_error_text,
+    }
+    return R, raw, summary, info
+
+
+def weight_version_fields(ep: _Episode, kwargs: dict) -> dict:
+    """A copy of the episode's server fields with the weight-version tags verl's metrics need on every row.
+
+    verl's ``_compute_metrics`` reads ``min_global_steps``/``max_global_steps`` from every row's tags
+    (``agent_loop_tq.py _agent_loop_postprocess`` copies them from extra_fields; ``trainer_base._compute_metrics``
+    builds an int array); an episode whose env failed before the first generation has none from the server: use the
+    global step the loop was given, which is the weight version in sync training."""
+    extra_fields = dict(ep.extra_fields)
+    step = kwargs.get("global_steps")
+    if step is not None:
+        extra_fields.setdefault("min_global_steps", int(step))
+        extra_fields.setdefault("max_global_steps", int(step))
+    return extra_fields
+
+
 @register("env_agent")
 class EnvAgentLoop(AgentLoopBase):
     """Plays one environment episode per call; see the module docstring."""
@@ -312,51 +363,17 @@ class EnvAgentLoop(AgentLoopBase):
             response_ids, ep.mask = [int(pad)], [0]
             if ep.logprobs is not None:
                 ep.logprobs = [0.0]
-        raw = 0.0 if ep.env_error else (float(ep.won) if s.reward_mode == "won" else ep.last_reward)
-        R = s.reward_scale * raw
         n = ep.num_turns
-        truncated = bool(ep.truncation)  # "" only when the env ended the episode in a terminal state
-        executable_rate = (sum(ep.executable) / n) if n else 0.0
+        R, raw, summary, info = episode_summary(ep, s, n)
         episode = {
             "turn_starts": list(ep.turn_starts),
             "turn_ends": list(ep.turn_ends),
             "executable": list(ep.executable),
             "actions": list(ep.actions),
-            "episode_reward": R,
-            "env_reward_raw": raw,
-            "won": bool(ep.won) and not ep.env_error,
-            "score": ep.score,
-            "task_type": ep.task_type,
             "num_turns": n,
-            "truncated": truncated,
-            "truncation_reason": ep.truncation,
-            "env_error": ep.env_error,
-            "parse_errors": ep.parse_errors,
-            "env_name": ep.env_name,
-            "task_id": ep.task_id,
+            **summary,
         }
-        info = {
-            "won": episode["won"],
-            "score": ep.score,
-            "num_turns": n,
-            "executable_rate": executable_rate,
-            "truncated": truncated,
-            "env_error": ep.env_error,
-            "task_type": ep.task_type,
-            "env_reward": R,
-            "parse_errors": ep.parse_errors,
-        }
-        info["env_failed"] = 1.0 if ep.env_error else 0.0  # not data: the trainer masks it (spa_reward.trainer)
-        info["env_error_text"] = ep.env_error_text
-        extra_fields = dict(ep.extra_fields)
-        # verl's _compute_metrics reads the weight versions from every row's tags (agent_loop_tq.py
-        # _agent_loop_postprocess copies them from extra_fields; trainer_base._compute_metrics builds an int array);
-        # an episode whose env failed before the first generation has none from the server: use the global step
-        # the loop was given, which is the weight version in sync training.
-        step = kwargs.get("global_steps")
-        if step is not None:
-            extra_fields.setdefault("min_global_steps", int(step))
-            extra_fields.setdefault("max_global_steps", int(step))
+        extra_fields = weight_version_fields(ep, kwargs)
         extra_fields[EPISODE_KEY] = episode
         output = EnvAgentLoopOutput(
             prompt_ids=ep.prompt_ids,

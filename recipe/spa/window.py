@@ -51,7 +51,7 @@ from verl.utils.profiler import simple_timer
 from envs.actions import parse_action
 from envs.prepare import SPLITS
 from envs.prompts import build_window_messages
-from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode
+from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode, episode_summary, weight_version_fields
 from recipe.spa.env_pool import EnvFailure
 from spa_reward.fusion import place_turn_rewards
 from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
@@ -212,44 +212,16 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
 
 async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWindowOutput]:
     s = loop.settings
-    raw = 0.0 if ep.env_error else (float(ep.won) if s.reward_mode == "won" else ep.last_reward)
-    R = s.reward_scale * raw
     T = len(steps)
-    truncated = bool(ep.truncation)
-    common = {
-        "episode_reward": R,
-        "env_reward_raw": raw,
-        "won": bool(ep.won) and not ep.env_error,
-        "score": ep.score,
-        "task_type": ep.task_type,
-        "truncated": truncated,
-        "truncation_reason": ep.truncation,
-        "env_error": ep.env_error,
-        "parse_errors": ep.parse_errors,
-        "env_name": ep.env_name,
-        "task_id": ep.task_id,
-        "layout": LAYOUT,
-        "episode_turns": T,
-        "history_length": int(s.history_length),
-    }
-    info = {
-        "won": common["won"],
-        "score": ep.score,
-        "num_turns": T,
-        "executable_rate": (sum(ep.executable) / T) if T else 0.0,
-        "truncated": truncated,
-        "env_error": ep.env_error,
-        "task_type": ep.task_type,
-        "env_reward": R,
-        "parse_errors": ep.parse_errors,
-    }
+    R, _, summary, info = episode_summary(ep, s, T)
+    common = {**summary, "layout": LAYOUT, "episode_turns": T, "history_length": int(s.history_length)}
     if not steps:  # nothing was generated: one placeholder row so the session still reaches the trainer
         prompt_ids = ep.prompt_ids or list(await loop.ct_build_initial_tokens(
             list(kwargs.get("raw_prompt") or [{"role": "user", "content": ep.task_id}])))
         pad = loop.tokenizer.eos_token_id if loop.tokenizer.eos_token_id is not None else 0
         episode = {"turn_starts": [], "turn_ends": [], "executable": [], "actions": [], "num_turns": 0,
                    **common, "step_index": 0, "history_shown": 0, "reply_truncated": False}
-        extra_fields = dict(ep.extra_fields)
+        extra_fields = weight_version_fields(ep, kwargs)
         extra_fields[EPISODE_KEY] = episode
         return [EnvWindowOutput(prompt_ids=prompt_ids, response_ids=[int(pad)], response_mask=[0],
                                 num_turns=1, metrics={}, extra_fields=extra_fields, turn_anchors=[],
@@ -268,7 +240,7 @@ async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWind
             "history_shown": st.shown,
             "reply_truncated": st.reply_truncated,
         }
-        extra_fields = dict(ep.extra_fields)
+        extra_fields = weight_version_fields(ep, kwargs)
         extra_fields[EPISODE_KEY] = episode
         lps = st.logprobs if st.logprobs is not None else ([0.0] * len(st.response_ids) if with_logprobs else None)
         outputs.append(EnvWindowOutput(
