@@ -369,7 +369,7 @@ def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, w
     from spa_reward.progress.synthetic import attribution_metrics
     from spa_reward.records import validate_record, write_records
 
-    key = (seed, task, args.explore_episodes, args.est_epochs, args.est_lr, args.est_hidden)
+    key = (seed, task, args.explore_episodes, args.est_epochs, args.est_lr, args.est_batch, args.est_hidden)
     if key in _ESTIMATOR_CACHE:  # spa variants of one seed share the exploration and the estimator
         return dict(_ESTIMATOR_CACHE[key])
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -390,7 +390,7 @@ def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, w
     train_mod.main([
         "--records", str(work / "records.jsonl"), "--model", str(work / "init"), "--output", str(work / "estimator"),
         "--lr", str(args.est_lr), "--weight-decay", "0.0", "--warmup-steps", "10", "--warmup-type", "linear",
-        "--epochs", str(args.est_epochs), "--batch-size", "32", "--grad-accum", "1", "--seed", str(seed),
+        "--epochs", str(args.est_epochs), "--batch-size", str(args.est_batch), "--grad-accum", "1", "--seed", str(seed),
         "--logger", "none", "--no-progress-bar", "--no-plot", "--device", "cpu", "--log-every", "50",
         "--num-threads", str(args.threads), "--save-total-limit", "1",
     ])
@@ -597,7 +597,7 @@ def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: s
     ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.0),
             title="credit assignment: advantage / contribution vs true worth")
     ax2.axhline(0, color="grey", lw=0.5)
-    ax2.legend(loc="lower right", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -626,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo-epochs", type=int, default=2)
     p.add_argument("--clip", type=float, default=0.2)
     p.add_argument("--explore-episodes", type=int, default=1536, help="spa: episodes of the initial policy")
-    p.add_argument("--est-epochs", type=int, default=10)
-    p.add_argument("--est-lr", type=float, default=2e-3)
+    p.add_argument("--est-epochs", type=int, default=15)
+    p.add_argument("--est-lr", type=float, default=3e-3)
+    p.add_argument("--est-batch", type=int, default=64)
     p.add_argument("--est-hidden", type=int, default=32)
     p.add_argument("--n-tasks", type=int, default=LockTask.n_tasks)
     p.add_argument("--n-stages", type=int, default=LockTask.n_stages)
