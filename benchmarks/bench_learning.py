@@ -52,7 +52,7 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -349,7 +349,15 @@ def spa_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]],
     for ep in eps:
         ids, ends = estimator_sequence(ep, ctx["vocab"])
         items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
-    contribs = ctx["scorer"].score(items)
+    return _fused(eps, ctx["scorer"].score(items), algo)
+
+
+def oracle_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """SPA's reward with a perfect estimator: c_t = the step's true worth (a diagnostic upper bound)."""
+    return _fused(eps, [ep.worth for ep in eps], algo)
+
+
+def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[list[float]], dict]:
     s = algo.spa
     rewards = [
         fuse_turn_rewards(c, ep.executable, alpha=s.alpha, beta=s.beta, outcome=ep.reward, outcome_coef=s.outcome_coef,
@@ -431,9 +439,12 @@ METHODS: dict[str, Method] = {
                   doc="r_t = c_t + 0.5 g_t (released defaults), critic-free spa estimator; estimator from exploration"),
     "spa_nog": Method(spa_rewards, "spa", {"spa": {"beta": 0.0}}, prepare=prepare_spa,
                       doc="spa without the grounding term (beta = 0): r_t = c_t only, same estimator"),
+    "spa_oracle": Method(oracle_rewards, "spa",
+                         doc="spa (released alpha, beta) with c_t = the true step worth: what a perfect estimator gives"),
+    "spa_oracle_nog": Method(oracle_rewards, "spa", {"spa": {"beta": 0.0}}, doc="perfect estimator, beta = 0"),
     "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
 }
-DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog"]
+DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog"]
 
 
 def algorithm_config(overrides: dict):
@@ -626,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo-epochs", type=int, default=2)
     p.add_argument("--clip", type=float, default=0.2)
     p.add_argument("--explore-episodes", type=int, default=1536, help="spa: episodes of the initial policy")
-    p.add_argument("--est-epochs", type=int, default=15)
+    p.add_argument("--est-epochs", type=int, default=12)
     p.add_argument("--est-lr", type=float, default=3e-3)
     p.add_argument("--est-batch", type=int, default=64)
     p.add_argument("--est-hidden", type=int, default=32)
