@@ -25,16 +25,20 @@ own code on verl-shaped tensors, exactly as in a verl run:
   class the reward manager uses) scores every RL batch. The paper's pipeline in miniature.
 
 Methods are the entries of ``METHODS`` (name -> reward function, advantage estimator, algorithm overrides,
-optional preparation step); add online SPA, iStar or StepAgent by adding an entry. Every method gets the same
-policy, optimiser, seeds, tasks and RL episode budget; only each method's documented knobs differ (the outcome
-baselines use the recipe's invalid-action penalty 0.1, spa uses alpha 1, beta 0.5 and no penalty, as in
-``examples/``). spa's exploration episodes come on top of the RL budget and are reported in the table.
+optional preparation step); add online SPA, iStar or StepAgent by adding an entry. Default: ``grpo``, ``gigpo``
+(outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0) and two diagnostics
+with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``; ``grpo_pen`` (GRPO with
+``examples/``' invalid-action penalty 0.1) is available by name. Every method gets the same policy, optimiser,
+seeds, tasks and RL episode budget and the recipe's ``algorithm`` block (``recipe/spa/config/spa_trainer.yaml``:
+gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ. spa's exploration episodes come
+on top of the RL budget and are reported in the table.
 
 Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes, mean and min-max band over seeds; second
 panel: per-step Pearson correlation of each method's per-turn advantage, and of spa's c_t, with the true step
 worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
 
-    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--out-dir outputs/bench_learning]
+    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--methods grpo gigpo spa] [--out-dir DIR]
+    python benchmarks/bench_learning.py --from-json DIR/learning.json --out-dir DIR2   # redraw only
 """
 
 from __future__ import annotations
@@ -588,7 +592,7 @@ def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 1]})
     for name in methods:
         mine = [r for r in runs if r["method"] == name]
         ep = np.array(mine[0]["episodes"])
@@ -598,17 +602,17 @@ def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: s
         corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
         ax2.plot(ep, corr.mean(0), color=line.get_color(), label=f"{name}: corr(A_t, worth)")
         cs = [r["c_worth_pearson"] for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
-        if cs:
+        if cs and np.nanmean(cs) < 0.999:  # an oracle's c_t is the worth itself: nothing to show
             c = np.array([smooth(np.nan_to_num(x), window) for x in cs])
             ax2.plot(ep, c.mean(0), color=line.get_color(), ls="--", label=f"{name}: corr(c_t, worth)")
     ax1.set(xlabel="RL episodes", ylabel=f"success rate (moving avg, {window} batches)", ylim=(-0.02, 1.02), title=title)
     ax1.axhline(0.5, color="grey", lw=0.5, ls=":")
     ax1.axhline(0.8, color="grey", lw=0.5, ls=":")
     ax1.legend(loc="upper left")
-    ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.0),
+    ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.05),
             title="credit assignment: advantage / contribution vs true worth")
     ax2.axhline(0, color="grey", lw=0.5)
-    ax2.legend(loc="upper right", fontsize=8, ncol=2)
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -651,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="outputs/bench_learning")
     p.add_argument("--workdir", default=None, help="where exploration records and estimators go (default: temp)")
+    p.add_argument("--from-json", default=None, help="redraw the PNG and table from a learning.json, no training")
     return p
 
 
@@ -669,6 +674,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     if args.tasks_per_batch > args.n_tasks:
         parser.error(f"--tasks-per-batch {args.tasks_per_batch} > --n-tasks {args.n_tasks}")
+    if args.from_json:
+        return _redraw(Path(args.from_json), Path(args.out_dir))
     torch.set_num_threads(max(1, args.threads))
     logging.getLogger("spa_reward").setLevel(logging.WARNING)
     import spa_reward.register  # noqa: F401  (registers gigpo / spa in verl's estimator registry)
@@ -688,18 +695,30 @@ def main(argv: list[str] | None = None) -> dict:
         r = runs[-1]
         tqdm.write(f"{m} seed {s}: final success {np.mean(r['success'][-args.smooth:]):.2f}, "
                    f"RL {r['rl_time_s']} s {json.dumps(r['prepare']) if r['prepare'] else ''}")
-    wall = time.time() - t0
-    rows = summarize(runs, args.smooth, args.methods)
-    title = (f"lock: {task.n_tasks} tasks, {task.n_stages} stages, {task.n_actions} levers, "
-             f"{task.max_steps} steps, group {args.group_size}")
-    plot(runs, args.methods, args.smooth, out / "learning.png", title)
+    result = {"args": vars(args), "task": asdict(task), "wall_s": round(time.time() - t0, 1), "runs": runs}
+    return _write(result, out)
+
+
+def _write(result: dict, out: Path) -> dict:
+    """Table, picture and JSON of a finished benchmark (``result`` holds args, task, wall_s and runs)."""
+    args, task, runs = result["args"], result["task"], result["runs"]
+    rows = summarize(runs, args["smooth"], args["methods"])
+    title = (f"lock: {task['n_tasks']} tasks, {task['n_stages']} stages, {task['n_actions']} levers, "
+             f"{task['max_steps']} steps, group {args['group_size']}")
+    plot(runs, args["methods"], args["smooth"], out / "learning.png", title)
     table = markdown(rows)
-    (out / "learning.md").write_text(f"{title}; {args.seeds} seeds; wall {wall:.0f} s\n\n" + table)
-    result = {"args": vars(args), "task": asdict(task), "wall_s": round(wall, 1), "rows": rows, "runs": runs}
+    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {result['wall_s']:.0f} s\n\n" + table)
+    result = {**result, "rows": rows}
     (out / "learning.json").write_text(json.dumps(result, indent=1, default=float))
     print("\n" + table)
-    print(f"wall {wall:.0f} s; wrote {out / 'learning.png'}, {out / 'learning.md'}, {out / 'learning.json'}")
+    print(f"wall {result['wall_s']:.0f} s; wrote {out / 'learning.png'}, {out / 'learning.md'}, {out / 'learning.json'}")
     return result
+
+
+def _redraw(path: Path, out: Path) -> dict:
+    result = json.loads(path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    return _write({k: result[k] for k in ("args", "task", "wall_s", "runs")}, out)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,5 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     assert all(r["prepare"]["explore_episodes"] > 0 for r in spa)
     saved = json.loads((tmp_path / "out" / "learning.json").read_text())
     assert [row["method"] for row in saved["rows"]] == bench.DEFAULT_METHODS
+    redrawn = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), "--out-dir", str(tmp_path / "re")])
+    assert redrawn["rows"] == saved["rows"] and (tmp_path / "re" / "learning.png").stat().st_size > 0
