@@ -1,0 +1,724 @@
+"""Does it learn? A CPU credit-assignment benchmark: GRPO vs GiGPO vs SPA on one small task with delayed reward.
+
+The task (``LockEnv``, a :class:`envs.base.TextEnv`): open a combination lock of ``n_stages`` stages by pulling
+levers. At every stage one lever advances the lock, ``n_traps`` levers reset it to stage 0, ``n_invalid`` levers
+are stuck (the env does not execute them: g_t = 0) and the rest move without effect (distractors). Which lever
+does what depends on the task (``n_tasks`` locks) and the stage. The only reward is R = 1 when the lock opens
+within ``max_steps`` steps (0 otherwise), so the few decisive steps must be found among many that did nothing or
+undid the progress. Every state has an anchor (task and stage, what GiGPO matches on) and every step a known true
+worth: (stage after - stage before) / n_stages (1/K for an advance, minus the lost progress for a trap, 0 else).
+
+The policy is a tiny MLP over the current observation and the previous action (CPU, torch), sampled at
+temperature 1; the update is PPO-clip on per-step log-probs. Everything between rollout and update is the project's
+own code on verl-shaped tensors, exactly as in a verl run:
+
+* rewards: ``spa_reward.fusion`` (``outcome_turn_rewards`` for the baselines, ``fuse_turn_rewards`` r_t =
+  alpha*c_t + beta*g_t for spa), placed on each turn's last token by ``place_turn_rewards`` (dense
+  ``token_level_rewards``, ``response_mask`` = 1 on the action token of each turn, 0 on the observation tokens
+  between turns, ``uid`` = one id per group of 8);
+* advantages: verl's own ``compute_advantage_for_multi_trajectories`` (what the v1 trainer's
+  ``_compute_advantage`` calls) with ``config=algorithm``, which dispatches to verl's GRPO or to our registered
+  ``gigpo``/``spa`` (``import spa_reward.register``); the per-turn anchors and the env's episode reward reach them
+  through ``spa_reward.advantage.estimator_inputs``, the same context the ``spa`` trainer mode uses;
+* the progress estimator (spa): exploration episodes of the initial policy -> ``TrajectoryRecord`` files ->
+  ``spa_reward.progress.train`` (tiny Llama from a config, MSE(sum c_t, R)) -> ``ProgressScorer`` (the serving
+  class the reward manager uses) scores every RL batch. The paper's pipeline in miniature.
+
+Methods are the entries of ``METHODS`` (name -> reward function, advantage estimator, algorithm overrides,
+optional preparation step); add online SPA, iStar or StepAgent by adding an entry. Default: ``grpo``, ``gigpo``
+(outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0) and two diagnostics
+with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``; ``grpo_pen`` (GRPO with
+``examples/``' invalid-action penalty 0.1) is available by name. Every method gets the same policy, optimiser,
+seeds, tasks and RL episode budget and the recipe's ``algorithm`` block (``recipe/spa/config/spa_trainer.yaml``:
+gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ. spa's exploration episodes come
+on top of the RL budget and are reported in the table.
+
+Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes, mean and min-max band over seeds; second
+panel: per-step Pearson correlation of each method's per-turn advantage, and of spa's c_t, with the true step
+worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
+
+    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--methods grpo gigpo spa] [--out-dir DIR]
+    python benchmarks/bench_learning.py --from-json DIR/learning.json --out-dir DIR2   # redraw only
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: envs, spa_reward
+
+import argparse
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.base import TextEnv
+from spa_reward.fusion import fuse_turn_rewards, outcome_turn_rewards, place_turn_rewards
+
+RECIPE_YAML = Path(__file__).resolve().parent.parent / "recipe" / "spa" / "config" / "spa_trainer.yaml"
+
+# ---------------------------------------------------------------------------------------------------- the task
+
+EVENTS = ("start", "advance", "reset", "stuck", "moved")  # what the last pull did, shown in the observation
+SPECIAL = ("<pad>", "<bos>", "<task>", "<obs>", "<none>")  # <none>: no previous action (policy input only)
+
+
+@dataclass(frozen=True)
+class LockTask:
+    """Layout of the lock tasks; ``layout_seed`` fixes which lever does what (same for every run seed)."""
+
+    n_tasks: int = 8
+    n_stages: int = 4
+    n_actions: int = 8
+    n_traps: int = 1
+    n_invalid: int = 2
+    max_steps: int = 16
+    layout_seed: int = 0
+
+    def __post_init__(self):
+        if self.n_tasks < 1 or self.n_stages < 1 or self.max_steps < self.n_stages:
+            raise ValueError(f"need n_tasks >= 1, n_stages >= 1, max_steps >= n_stages; got {self}")
+        if 1 + self.n_traps + self.n_invalid > self.n_actions:
+            raise ValueError(
+                f"n_actions={self.n_actions} leaves no room for 1 advancing lever + n_traps={self.n_traps} + "
+                f"n_invalid={self.n_invalid}; raise n_actions or lower the others"
+            )
+
+
+class Vocab:
+    """Word-level vocabulary shared by the policy and the progress estimator (every observation word is a token)."""
+
+    def __init__(self, task: LockTask):
+        words = list(SPECIAL) + [f"task{i}" for i in range(task.n_tasks)]
+        words += [f"stage{s}" for s in range(task.n_stages + 1)] + list(EVENTS)
+        words += [f"lever{a}" for a in range(task.n_actions)]
+        self.ids = {w: i for i, w in enumerate(words)}
+        self.size = len(words)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.ids[w] for w in text.split()]
+        except KeyError as exc:
+            raise ValueError(f"word {exc.args[0]!r} of {text!r} is not in the lock vocabulary") from None
+
+
+def lock_layout(task: LockTask) -> np.ndarray:
+    """(n_tasks, n_stages, n_actions) role of each lever: 0 distractor, 1 advance, 2 trap, 3 stuck (invalid)."""
+    rng = np.random.default_rng(task.layout_seed)
+    roles = np.zeros((task.n_tasks, task.n_stages, task.n_actions), dtype=np.int64)
+    for t in range(task.n_tasks):
+        for s in range(task.n_stages):
+            perm = rng.permutation(task.n_actions)
+            roles[t, s, perm[0]] = 1
+            roles[t, s, perm[1 : 1 + task.n_traps]] = 2
+            roles[t, s, perm[1 + task.n_traps : 1 + task.n_traps + task.n_invalid]] = 3
+    return roles
+
+
+class LockEnv(TextEnv):
+    """Combination-lock env behind the project's TextEnv contract (reset/step/info with won, executable, anchor).
+
+    Observation: ``"task<i> stage<s> <event>"``; actions: ``"lever<k>"``. Extra step info: ``worth`` (the step's
+    true worth) and ``event``. Reward 1 on the step that opens the lock, else 0.
+    """
+
+    name = "lock"
+
+    def __init__(self, task: LockTask = LockTask()):
+        super().__init__(max_steps=task.max_steps)
+        self.task = task
+        self.roles = lock_layout(task)
+        self.actions = [f"lever{a}" for a in range(task.n_actions)]
+        self._lock = 0
+        self._stage = 0
+
+    def list_tasks(self, split: str) -> list[str]:
+        if split != "train":
+            raise ValueError(f"lock env has only the 'train' split (the benchmark measures learning), got {split!r}")
+        return [f"lock-{i}" for i in range(self.task.n_tasks)]
+
+    def _obs(self, event: str) -> str:
+        return f"task{self._lock} stage{self._stage} {event}"
+
+    def _anchor_key(self) -> str:
+        return f"lock-{self._lock}|stage{self._stage}"
+
+    def _reset(self, task_id: str, seed: int | None) -> tuple[str, dict]:
+        try:
+            lock = int(task_id.removeprefix("lock-"))
+        except ValueError:
+            lock = -1
+        if not 0 <= lock < self.task.n_tasks:
+            raise ValueError(f"unknown lock task {task_id!r}; tasks are lock-0 .. lock-{self.task.n_tasks - 1}")
+        self._lock, self._stage = lock, 0
+        return self._obs("start"), {
+            "goal": f"open lock {lock}", "anchor": self._anchor_key(), "admissible_actions": list(self.actions)
+        }
+
+    def _carry_info(self) -> dict:
+        return {"admissible_actions": list(self.actions), "worth": 0.0, "event": "stuck"}
+
+    def _no_op(self, reason: str) -> tuple[str, dict]:
+        return self._obs("stuck"), self._carry_info()
+
+    def _step(self, action: str) -> tuple[str, float, bool, dict]:
+        if action not in self.actions:
+            return self._obs("stuck"), 0.0, False, {**self._carry_info(), "executable": False}
+        role = int(self.roles[self._lock, self._stage, self.actions.index(action)])
+        before = self._stage
+        event = {0: "moved", 1: "advance", 2: "reset", 3: "stuck"}[role]
+        if role == 1:
+            self._stage += 1
+        elif role == 2:
+            self._stage = 0
+        won = self._stage == self.task.n_stages
+        info = {
+            "admissible_actions": list(self.actions), "executable": role != 3, "won": won, "score": float(won),
+            "anchor": self._anchor_key(), "worth": (self._stage - before) / self.task.n_stages, "event": event,
+        }
+        return self._obs(event), float(won), won, info
+
+
+# ---------------------------------------------------------------------------------------------------- policy
+
+
+class Policy(nn.Module):
+    """MLP over [task, stage, last event, previous action] token embeddings -> logits over the levers."""
+
+    def __init__(self, vocab_size: int, n_actions: int, dim: int = 16, hidden: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.Tanh(), nn.Linear(hidden, n_actions))
+        nn.init.zeros_(self.mlp[-1].weight)  # start uniform over the levers
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (N, 4) token ids -> logits (N, n_actions)."""
+        return self.mlp(self.embed(feats).flatten(1))
+
+
+@dataclass
+class Episode:
+    task_id: str
+    uid: str
+    prompt_ids: list[int]
+    feats: list[list[int]] = field(default_factory=list)  # policy input per step
+    actions: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
+    obs_ids: list[list[int]] = field(default_factory=list)  # observation tokens after each step (<obs> first)
+    executable: list[bool] = field(default_factory=list)
+    anchors: list[str] = field(default_factory=list)  # state each action acted on
+    worth: list[float] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    reward: float = 0.0
+    won: bool = False
+
+
+def rollout(policy: Policy, task: LockTask, vocab: Vocab, task_ids: list[str], uids: list[str],
+            gen: torch.Generator) -> list[Episode]:
+    """Play one episode per task id with the policy at temperature 1, all envs stepped in lockstep."""
+    envs = [LockEnv(task) for _ in task_ids]
+    eps, feats, active = [], [], []
+    none_id = vocab.ids["<none>"]
+    for env, tid, uid in zip(envs, task_ids, uids):
+        obs, info = env.reset(tid)
+        words = vocab.encode(obs)
+        ep = Episode(tid, uid, [vocab.ids["<bos>"], vocab.ids["<task>"]] + [vocab.ids["<obs>"]] + words)
+        ep.anchors.append(info["anchor"])
+        eps.append(ep)
+        feats.append(words + [none_id])
+    active = list(range(len(envs)))
+    with torch.no_grad():
+        while active:
+            x = torch.tensor([feats[i] for i in active])
+            logp_all = torch.log_softmax(policy(x), dim=-1)
+            acts = torch.multinomial(logp_all.exp(), 1, generator=gen).squeeze(1)
+            still = []
+            for j, i in enumerate(active):
+                ep, a = eps[i], int(acts[j])
+                ep.feats.append(feats[i])
+                ep.actions.append(a)
+                ep.logps.append(float(logp_all[j, a]))
+                obs, reward, done, info = envs[i].step(envs[i].actions[a])
+                words = vocab.encode(obs)
+                ep.obs_ids.append([vocab.ids["<obs>"]] + words)
+                ep.executable.append(bool(info["executable"]))
+                ep.worth.append(float(info["worth"]))
+                ep.events.append(info["event"])
+                if done:
+                    ep.reward, ep.won = float(reward), bool(info["won"])
+                else:
+                    ep.anchors.append(info["anchor"])
+                    feats[i] = words + [vocab.ids[f"lever{a}"]]
+                    still.append(i)
+            active = still
+    return eps
+
+
+# ---------------------------------------------------------------------------------------- verl-shaped batch
+
+
+def response_layout(ep: Episode) -> tuple[list[int], list[int]]:
+    """verl's response row after the prompt: each turn = its action token (mask 1) then the next observation's
+    tokens (mask 0), no observation after the last turn. Returns (response_mask, position of each turn's token)."""
+    mask, pos = [], []
+    for t in range(len(ep.actions)):
+        pos.append(len(mask))
+        mask.append(1)
+        if t < len(ep.actions) - 1:
+            mask += [0] * len(ep.obs_ids[t])
+    return mask, pos
+
+
+def estimator_sequence(ep: Episode, vocab: Vocab) -> tuple[list[int], list[int]]:
+    """Full token sequence (prompt + response) for the progress estimator and the index of each turn's token."""
+    ids, ends = list(ep.prompt_ids), []
+    for t, a in enumerate(ep.actions):
+        ends.append(len(ids))
+        ids.append(vocab.ids[f"lever{a}"])
+        if t < len(ep.actions) - 1:
+            ids += ep.obs_ids[t]
+    return ids, ends
+
+
+def to_record(ep: Episode, vocab: Vocab, index: int) -> dict:
+    ids, ends = estimator_sequence(ep, vocab)
+    return {
+        "format_version": 1, "uid": ep.uid, "episode_id": f"explore-{index}", "env_name": "lock",
+        "task_id": ep.task_id, "tokenizer": "lock-words", "input_ids": ids, "prompt_length": len(ep.prompt_ids),
+        "turn_spans": [[e, e + 1] for e in ends], "executable": ep.executable, "reward": ep.reward, "won": ep.won,
+        "actions": [f"lever{a} ({ev})" for a, ev in zip(ep.actions, ep.events)],
+        "extra": {"true_contributions": ep.worth},
+    }
+
+
+def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], estimator: str, algo) -> torch.Tensor:
+    """Per-turn advantages (bs, max_turns) through verl's advantage step on verl-shaped tensors."""
+    from spa_reward.advantage import estimator_inputs
+    from spa_reward.trainer import TURN_ESTIMATORS
+    from verl.protocol import DataProto
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    layouts = [response_layout(ep) for ep in eps]
+    length = max(len(m) for m, _ in layouts)
+    bs, max_t = len(eps), max(len(ep.actions) for ep in eps)
+    mask = torch.zeros(bs, length)
+    rewards = torch.zeros(bs, length)
+    pos = torch.zeros(bs, max_t, dtype=torch.long)
+    valid = torch.zeros(bs, max_t, dtype=torch.bool)
+    for i, ((m, p), r) in enumerate(zip(layouts, turn_rewards)):
+        mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
+        rewards[i] = torch.tensor(place_turn_rewards(r, p, length))  # one token per turn: it is its last token
+        pos[i, : len(p)] = torch.tensor(p)
+        valid[i, : len(p)] = True
+    uids = np.array([ep.uid for ep in eps], dtype=object)
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                               non_tensors={"uid": uids})
+    keys = [f"{ep.uid}_{i}_0" for i, ep in enumerate(eps)]  # one session per trajectory (verl's key format)
+    inputs = {}
+    if estimator in TURN_ESTIMATORS:  # what spa_reward.trainer.SpaTrainer._compute_advantage supplies
+        inputs["turn_anchors"] = np.array([ep.anchors for ep in eps] + [None], dtype=object)[:-1]
+        inputs["episode_rewards"] = np.array([ep.reward for ep in eps], dtype=np.float64)
+    with estimator_inputs(**inputs):
+        out = compute_advantage_for_multi_trajectories(
+            data, batch_keys=keys, adv_estimator=estimator, gamma=algo.gamma, lam=algo.get("lam", 1.0), num_repeat=1,
+            norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True), config=algo,
+        )
+    adv = out.batch["advantages"].gather(1, pos)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+# ---------------------------------------------------------------------------------------------- methods
+
+
+def outcome_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """The baselines' reward (reward manager ``outcome``): R on the last turn, minus the invalid-action penalty."""
+    return [outcome_turn_rewards(len(ep.actions), ep.reward, ep.executable, algo.invalid_penalty) for ep in eps], {}
+
+
+def spa_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """SPA's reward (reward manager ``spa``): r_t = alpha c_t + beta g_t with c_t from the progress scorer."""
+    items = []
+    for ep in eps:
+        ids, ends = estimator_sequence(ep, ctx["vocab"])
+        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
+    return _fused(eps, ctx["scorer"].score(items), algo)
+
+
+def oracle_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """SPA's reward with a perfect estimator: c_t = the step's true worth (a diagnostic upper bound)."""
+    return _fused(eps, [ep.worth for ep in eps], algo)
+
+
+def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[list[float]], dict]:
+    s = algo.spa
+    rewards = [
+        fuse_turn_rewards(c, ep.executable, alpha=s.alpha, beta=s.beta, outcome=ep.reward, outcome_coef=s.outcome_coef,
+                          clip=s.clip, invalid_penalty=algo.invalid_penalty)[0]
+        for c, ep in zip(contribs, eps)
+    ]
+    flat_c = [x for c in contribs for x in c]
+    flat_w = [x for ep in eps for x in ep.worth]
+    return rewards, {"c_worth_pearson": _pearson(flat_c, flat_w), "c_lag1_pearson": _lag1_pearson(contribs, eps)}
+
+
+def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path) -> dict:
+    """The paper's pipeline in miniature: the initial policy explores, the estimator is trained on its records."""
+    from spa_reward.progress import train as train_mod
+    from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig, build_tiny_backbone_config
+    from spa_reward.progress.serve import ProgressScorer
+    from spa_reward.progress.synthetic import attribution_metrics
+    from spa_reward.records import validate_record, write_records
+
+    key = (seed, task, args.explore_episodes, args.est_epochs, args.est_lr, args.est_batch, args.est_hidden)
+    if key in _ESTIMATOR_CACHE:  # spa variants of one seed share the exploration and the estimator
+        return dict(_ESTIMATOR_CACHE[key])
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    tasks = [f"lock-{i % task.n_tasks}" for i in range(args.explore_episodes)]
+    eps = rollout(policy, task, vocab, tasks, [f"explore-{i // args.group_size}" for i in range(len(tasks))], gen)
+    records = [validate_record(to_record(ep, vocab, i)) for i, ep in enumerate(eps)]
+    work = workdir / f"spa-seed{seed}"
+    (work / "records.jsonl").unlink(missing_ok=True)
+    write_records(work / "records.jsonl", records)
+    torch.manual_seed(seed)
+    config = ProgressEstimatorConfig(
+        backbone_config=build_tiny_backbone_config(vocab_size=vocab.size, hidden_size=args.est_hidden, num_layers=2,
+                                                   num_heads=4, max_position_embeddings=256),
+        head="mlp", tokenizer="lock-words", max_length=256, pad_token_id=vocab.ids["<pad>"],
+    )
+    ProgressEstimator(config).save_pretrained(work / "init")
+    t0 = time.time()
+    train_mod.main([
+        "--records", str(work / "records.jsonl"), "--model", str(work / "init"), "--output", str(work / "estimator"),
+        "--lr", str(args.est_lr), "--weight-decay", "0.0", "--warmup-steps", "10", "--warmup-type", "linear",
+        "--epochs", str(args.est_epochs), "--batch-size", str(args.est_batch), "--grad-accum", "1", "--seed", str(seed),
+        "--logger", "none", "--no-progress-bar", "--no-plot", "--device", "cpu", "--log-every", "50",
+        "--num-threads", str(args.threads), "--save-total-limit", "1",
+    ])
+    scorer = ProgressScorer(work / "estimator", device="cpu", max_batch_size=64)
+    explore_pred = scorer.score([{"input_ids": r.input_ids, "turn_ends": r.turn_ends} for r in records])
+    m = attribution_metrics(explore_pred, records)
+    info = {
+        "explore_episodes": len(eps), "explore_success": float(np.mean([ep.won for ep in eps])),
+        "estimator_train_s": round(time.time() - t0, 1),
+        "explore_step_pearson": m["step_pearson"], "explore_sum_mse": m["sum_mse"],
+        "explore_lag1_pearson": _lag1_pearson(explore_pred, eps),
+        "mean_c_by_event": _mean_by_event(explore_pred, eps),
+    }
+    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info}
+    return dict(_ESTIMATOR_CACHE[key])
+
+
+_ESTIMATOR_CACHE: dict = {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: how turns are rewarded, which registered advantage estimator reads them, the
+    algorithm overrides that are this method's own documented knobs, and an optional preparation step (e.g.
+    training an estimator) that returns the reward function's context and counts its extra episodes."""
+
+    reward: Callable[[list[Episode], dict, Any], tuple[list[list[float]], dict]]
+    adv_estimator: str
+    algorithm: dict = field(default_factory=dict)
+    prepare: Callable[..., dict] | None = None
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {
+    "grpo": Method(outcome_rewards, "grpo", doc="outcome R, verl's GRPO"),
+    "gigpo": Method(outcome_rewards, "gigpo", doc="outcome R, GiGPO anchor-state step groups"),
+    "spa": Method(spa_rewards, "spa", prepare=prepare_spa,
+                  doc="r_t = c_t + 0.5 g_t (released defaults), critic-free spa estimator; estimator from exploration"),
+    "spa_nog": Method(spa_rewards, "spa", {"spa": {"beta": 0.0}}, prepare=prepare_spa,
+                      doc="spa without the grounding term (beta = 0): r_t = c_t only, same estimator"),
+    "spa_oracle": Method(oracle_rewards, "spa",
+                         doc="spa (released alpha, beta) with c_t = the true step worth: what a perfect estimator gives"),
+    "spa_oracle_nog": Method(oracle_rewards, "spa", {"spa": {"beta": 0.0}}, doc="perfect estimator, beta = 0"),
+    "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
+}
+DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog"]
+
+
+def algorithm_config(overrides: dict):
+    """The recipe's ``algorithm`` block (recipe/spa/config/spa_trainer.yaml) plus verl's lam / GRPO std defaults."""
+    from omegaconf import OmegaConf
+
+    algo = OmegaConf.load(RECIPE_YAML).algorithm
+    base = OmegaConf.create({"lam": 1.0, "norm_adv_by_std_in_grpo": True})
+    return OmegaConf.merge(base, algo, OmegaConf.create(overrides))
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+
+def _pearson(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _lag1_pearson(contribs: list[list[float]], eps: list[Episode]) -> float:
+    """Pearson of c_{t+1} with the worth of step t: credit that lands one turn late, where the effect is seen."""
+    return _pearson([x for c in contribs for x in c[1:]], [w for ep in eps for w in ep.worth[:-1]])
+
+
+def _mean_by_event(values: list[list[float]], eps: list[Episode]) -> dict[str, float]:
+    out: dict[str, list[float]] = {}
+    for vals, ep in zip(values, eps):
+        for v, ev in zip(vals, ep.events):
+            out.setdefault(ev, []).append(float(v))
+    return {k: round(float(np.mean(v)), 4) for k, v in sorted(out.items())}
+
+
+def ppo_update(policy: Policy, opt: torch.optim.Optimizer, eps: list[Episode], adv: torch.Tensor, args) -> float:
+    """PPO-clip over all steps of the batch (token-mean), ``args.ppo_epochs`` passes, one minibatch."""
+    feats = torch.tensor([f for ep in eps for f in ep.feats])
+    acts = torch.tensor([a for ep in eps for a in ep.actions])
+    old = torch.tensor([lp for ep in eps for lp in ep.logps])
+    a = torch.cat([adv[i, : len(ep.actions)] for i, ep in enumerate(eps)]).float()
+    loss_v = 0.0
+    for _ in range(args.ppo_epochs):
+        logp = torch.log_softmax(policy(feats), dim=-1).gather(1, acts[:, None]).squeeze(1)
+        ratio = torch.exp(logp - old)
+        loss = -torch.min(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a).mean()
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        loss_v = float(loss.detach())
+    return loss_v
+
+
+def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) -> dict:
+    """Train one policy with one method and seed; returns its curves."""
+    method = METHODS[method_name]
+    algo = algorithm_config({"adv_estimator": method.adv_estimator, **method.algorithm})
+    vocab = Vocab(task)
+    torch.manual_seed(seed)
+    policy = Policy(vocab.size, task.n_actions, hidden=args.hidden)
+    opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
+    ctx, prep = {}, {}
+    if method.prepare is not None:
+        ctx = method.prepare(seed, policy, task, vocab, args, workdir)
+        prep = ctx.get("info", {})
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    per_iter = args.tasks_per_batch * args.group_size
+    iters = max(1, args.episodes // per_iter)
+    curve = {"episodes": [], "success": [], "adv_worth_pearson": [], "c_worth_pearson": [], "c_lag1_pearson": [],
+             "loss": []}
+    t0 = time.time()
+    for it in range(iters):
+        locks = rng.sample(range(task.n_tasks), args.tasks_per_batch)
+        tids = [f"lock-{k}" for k in locks for _ in range(args.group_size)]
+        uids = [f"it{it}-lock{k}" for k in locks for _ in range(args.group_size)]
+        eps = rollout(policy, task, vocab, tids, uids, gen)
+        turn_rewards, diag = method.reward(eps, ctx, algo)
+        adv = compute_advantages(eps, turn_rewards, method.adv_estimator, algo)
+        if not torch.isfinite(adv).all():
+            raise FloatingPointError(f"{method_name} seed {seed}: non-finite advantages at iteration {it}")
+        loss = ppo_update(policy, opt, eps, adv, args)
+        flat_adv = [float(x) for i, ep in enumerate(eps) for x in adv[i, : len(ep.actions)]]
+        curve["episodes"].append((it + 1) * per_iter)
+        curve["success"].append(float(np.mean([ep.won for ep in eps])))
+        curve["adv_worth_pearson"].append(_pearson(flat_adv, [w for ep in eps for w in ep.worth]))
+        curve["c_worth_pearson"].append(diag.get("c_worth_pearson", float("nan")))
+        curve["c_lag1_pearson"].append(diag.get("c_lag1_pearson", float("nan")))
+        curve["loss"].append(loss)
+    return {"method": method_name, "seed": seed, "rl_time_s": round(time.time() - t0, 1), "prepare": prep, **curve}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def smooth(x: list[float], window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    x = np.asarray(x, dtype=np.float64)
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def episodes_to(episodes: list[int], success: np.ndarray, level: float) -> int | None:
+    hit = np.nonzero(success >= level)[0]
+    return int(episodes[hit[0]]) if len(hit) else None
+
+
+def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
+    rows = []
+    for name in methods:
+        mine = [r for r in runs if r["method"] == name]
+        sm = np.array([smooth(r["success"], window) for r in mine])
+        ep = mine[0]["episodes"]
+        mean = sm.mean(0)
+        reach = {}
+        for level in (0.5, 0.8):
+            seeds_hit = sum(episodes_to(ep, s, level) is not None for s in sm)
+            at = episodes_to(ep, mean, level)
+            reach[level] = f"{'never' if at is None else at} ({seeds_hit}/{len(sm)} seeds)"
+        extra = int(np.mean([r["prepare"].get("explore_episodes", 0) for r in mine]))
+        final = [float(np.mean(r["success"][-window:])) for r in mine]
+        adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
+        c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+        rows.append({
+            "method": name,
+            "episodes to 50% (mean curve; seeds reaching)": reach[0.5],
+            "episodes to 80%": reach[0.8],
+            "final success (last %d iters)" % window: f"{np.mean(final):.2f} ± {np.std(final):.2f}",
+            "extra episodes": extra,
+            "corr(A, worth)": f"{np.nanmean(adv_corr):.2f}",
+            "corr(c, worth)": f"{np.mean(c_corr):.2f}" if c_corr else "-",
+        })
+    return rows
+
+
+def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 1]})
+    for name in methods:
+        mine = [r for r in runs if r["method"] == name]
+        ep = np.array(mine[0]["episodes"])
+        sm = np.array([smooth(r["success"], window) for r in mine])
+        line, = ax1.plot(ep, sm.mean(0), label=f"{name} ({len(mine)} seeds)")
+        ax1.fill_between(ep, sm.min(0), sm.max(0), color=line.get_color(), alpha=0.18)
+        corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
+        ax2.plot(ep, corr.mean(0), color=line.get_color(), label=f"{name}: corr(A_t, worth)")
+        cs = [r["c_worth_pearson"] for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+        if cs and np.nanmean(cs) < 0.999:  # an oracle's c_t is the worth itself: nothing to show
+            c = np.array([smooth(np.nan_to_num(x), window) for x in cs])
+            ax2.plot(ep, c.mean(0), color=line.get_color(), ls="--", label=f"{name}: corr(c_t, worth)")
+    ax1.set(xlabel="RL episodes", ylabel=f"success rate (moving avg, {window} batches)", ylim=(-0.02, 1.02), title=title)
+    ax1.axhline(0.5, color="grey", lw=0.5, ls=":")
+    ax1.axhline(0.8, color="grey", lw=0.5, ls=":")
+    ax1.legend(loc="upper left")
+    ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.05),
+            title="credit assignment: advantage / contribution vs true worth")
+    ax2.axhline(0, color="grey", lw=0.5)
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="easy task, 2 seeds, small budget (under 2 minutes)")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help=f"any of {list(METHODS)}")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--episodes", type=int, default=4096, help="RL episodes per run (same for every method)")
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--tasks-per-batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--ppo-epochs", type=int, default=2)
+    p.add_argument("--clip", type=float, default=0.2)
+    p.add_argument("--explore-episodes", type=int, default=1536, help="spa: episodes of the initial policy")
+    p.add_argument("--est-epochs", type=int, default=12)
+    p.add_argument("--est-lr", type=float, default=3e-3)
+    p.add_argument("--est-batch", type=int, default=64)
+    p.add_argument("--est-hidden", type=int, default=32)
+    p.add_argument("--n-tasks", type=int, default=LockTask.n_tasks)
+    p.add_argument("--n-stages", type=int, default=LockTask.n_stages)
+    p.add_argument("--n-actions", type=int, default=LockTask.n_actions)
+    p.add_argument("--n-traps", type=int, default=LockTask.n_traps)
+    p.add_argument("--n-invalid", type=int, default=LockTask.n_invalid)
+    p.add_argument("--max-steps", type=int, default=LockTask.max_steps)
+    p.add_argument("--smooth", type=int, default=5, help="moving-average window (batches) for curves and thresholds")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default="outputs/bench_learning")
+    p.add_argument("--workdir", default=None, help="where exploration records and estimators go (default: temp)")
+    p.add_argument("--from-json", default=None, help="redraw the PNG and table from a learning.json, no training")
+    return p
+
+
+QUICK = {"seeds": 2, "episodes": 768, "n_tasks": 4, "n_stages": 3, "explore_episodes": 384, "est_epochs": 3}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:  # quick values replace the defaults, not what was given explicitly
+        for k, v in QUICK.items():
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, v)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    if args.tasks_per_batch > args.n_tasks:
+        parser.error(f"--tasks-per-batch {args.tasks_per_batch} > --n-tasks {args.n_tasks}")
+    if args.from_json:
+        return _redraw(Path(args.from_json), Path(args.out_dir))
+    torch.set_num_threads(max(1, args.threads))
+    logging.getLogger("spa_reward").setLevel(logging.WARNING)
+    import spa_reward.register  # noqa: F401  (registers gigpo / spa in verl's estimator registry)
+
+    task = LockTask(n_tasks=args.n_tasks, n_stages=args.n_stages, n_actions=args.n_actions, n_traps=args.n_traps,
+                    n_invalid=args.n_invalid, max_steps=args.max_steps)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="spa_bench_learning_"))
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    runs = []
+    jobs = [(m, s) for s in range(args.seeds) for m in args.methods]
+    for m, s in tqdm(jobs, desc="bench_learning"):
+        runs.append(run_one(m, s, task, args, work))
+        r = runs[-1]
+        tqdm.write(f"{m} seed {s}: final success {np.mean(r['success'][-args.smooth:]):.2f}, "
+                   f"RL {r['rl_time_s']} s {json.dumps(r['prepare']) if r['prepare'] else ''}")
+    result = {"args": vars(args), "task": asdict(task), "wall_s": round(time.time() - t0, 1), "runs": runs}
+    return _write(result, out)
+
+
+def _write(result: dict, out: Path) -> dict:
+    """Table, picture and JSON of a finished benchmark (``result`` holds args, task, wall_s and runs)."""
+    args, task, runs = result["args"], result["task"], result["runs"]
+    rows = summarize(runs, args["smooth"], args["methods"])
+    title = (f"lock: {task['n_tasks']} tasks, {task['n_stages']} stages, {task['n_actions']} levers, "
+             f"{task['max_steps']} steps, group {args['group_size']}")
+    plot(runs, args["methods"], args["smooth"], out / "learning.png", title)
+    table = markdown(rows)
+    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {result['wall_s']:.0f} s\n\n" + table)
+    result = {**result, "rows": rows}
+    (out / "learning.json").write_text(json.dumps(result, indent=1, default=float))
+    print("\n" + table)
+    print(f"wall {result['wall_s']:.0f} s; wrote {out / 'learning.png'}, {out / 'learning.md'}, {out / 'learning.json'}")
+    return result
+
+
+def _redraw(path: Path, out: Path) -> dict:
+    result = json.loads(path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    return _write({k: result[k] for k in ("args", "task", "wall_s", "runs")}, out)
+
+
+if __name__ == "__main__":
+    main()
