@@ -9,7 +9,7 @@ reward workers alike). verl swallows plugin import errors at DEBUG level, so thi
 Registered:
 - advantage estimators ``spa`` and ``gigpo`` (``verl.trainer.ppo.core_algos``)
 - v1 trainer mode ``spa`` (``trainer.v1.trainer_mode=spa``)
-- reward-loop managers ``spa`` and ``outcome`` (``reward.reward_manager.name``)
+- reward-loop managers ``spa``, ``outcome`` and ``istar`` (``reward.reward_manager.name``)
 - agent loop ``env_agent`` (dataset column ``agent_name``)
 """
 
@@ -28,6 +28,6 @@ for _module in ("spa_reward.trainer", "spa_reward.reward_manager", "recipe.spa.a
 REGISTERED = {
     "adv_estimator": ["spa", "gigpo"],
     "trainer_mode": ["spa"],
-    "reward_manager": ["spa", "outcome"],
+    "reward_manager": ["spa", "outcome", "istar"],
     "agent_loop": ["env_agent"],
 }

@@ -11,6 +11,7 @@ grounding) computed from the same fields. Select it with ``trainer.v1.trainer_mo
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,37 @@ def _build_trainer_cls():
             if value not in ("spa", "sync"):
                 raise ValueError(f"SpaTrainer runs as trainer.v1.trainer_mode=spa, got {value!r}")
 
+        # ---- step-reward service (spa_reward.steprm.trainer_hooks; owner: steprm helper) ----
+        def _start_services(self):
+            """Start the scorer / step-reward service actor the run needs (idempotent)."""
+            if getattr(self, "_steprm", None) is None:
+                from spa_reward.steprm.trainer_hooks import StepRewardHooks
+
+                self._steprm = StepRewardHooks(self.config, getattr(self, "tokenizer", None))
+                self._steprm.start()
+            return self._steprm
+
+        def _load_checkpoint(self):
+            steprm = self._start_services()
+            super()._load_checkpoint()
+            if self.global_steps > 0 and steprm.trains:
+                mode = self.config.trainer.resume_mode
+                step_dir = (self.config.trainer.resume_from_path if mode == "resume_path" else
+                            os.path.join(os.path.abspath(self.config.trainer.default_local_dir),
+                                         f"global_step_{self.global_steps}"))
+                steprm.load(step_dir)
+
+        def _save_checkpoint(self):
+            steprm = getattr(self, "_steprm", None)
+            if steprm is not None:  # before verl writes latest_checkpointed_iteration.txt
+                steprm.save(os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"))
+            return super()._save_checkpoint()
+        # ---- end step-reward service ----
+
         def _compute_advantage(self, batch, metrics: dict):
+            steprm = getattr(self, "_steprm", None)
+            if steprm is not None:  # istar: + beta*q_t on rm_scores (pre-update weights); online: one service update
+                steprm.on_batch(batch, metrics)
             estimator = self.config.algorithm.adv_estimator
             fields = ["episode_info"]
             if estimator in TURN_ESTIMATORS:
