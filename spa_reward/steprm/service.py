@@ -24,8 +24,13 @@ An item is a dict::
 
 Scoring always uses the weights as they were when the call started: an online service trains a separate copy and
 swaps the trained weights into the serving copy at the end of each update, under the serving lock, so a reward
-call that arrives during an update is answered from the pre-update weights (memory: one extra copy of the
-trainable weights; with LoRA that is the adapter only... plus the base, see the README).
+call that arrives during an update is answered from the pre-update weights. Memory: an online service holds two
+copies of the model (training and serving) plus the optimiser state; with LoRA only the adapter tensors are
+copied at each swap, but both copies still hold the frozen base (sharing it is a possible saving, not done).
+
+Scale: ``dtype`` (bf16 weights on CUDA by default), ``autocast_bf16``, ``gradient_checkpointing`` and ``lora_r``
+(peft) are implemented and tested on CPU; one actor uses the GPUs it is given (``num_gpus``). Multi-GPU training
+of a 7B PRM is left to a data-parallel group of these actors (see the README).
 """
 
 from __future__ import annotations

@@ -15,14 +15,14 @@ from tests.steprm.helpers import synthetic_items, tiny_backbone
 
 def progress(**kw) -> StepRewardModel:
     torch.manual_seed(0)
-    return StepRewardModel(dict(objective="progress", online=True, backbone_config=tiny_backbone(), lr=1e-3,
-                                device="cpu", micro_batch_size=16, **kw))
+    return StepRewardModel({**dict(objective="progress", online=True, backbone_config=tiny_backbone(), lr=1e-3,
+                                   device="cpu", micro_batch_size=16), **kw})
 
 
 def implicit(**kw) -> StepRewardModel:
     torch.manual_seed(0)
-    return StepRewardModel(dict(objective="implicit", online=True, backbone_config=tiny_backbone(), lr=2e-3,
-                                beta=0.5, reference="frozen", device="cpu", micro_batch_size=32, **kw))
+    return StepRewardModel({**dict(objective="implicit", online=True, backbone_config=tiny_backbone(), lr=2e-3,
+                                   beta=0.5, reference="frozen", device="cpu", micro_batch_size=32), **kw})
 
 
 def mse(svc, items) -> float:
@@ -131,3 +131,26 @@ def test_score_during_update_uses_pre_update_weights():
     worker.join(60)
     after = svc.score(items[:4])
     assert during == before and after != before
+
+
+def test_lora_checkpointing_bf16_autocast(tmp_path):
+    """The memory options for large PRMs: LoRA (peft) trains only the adapters, gradient checkpointing and bf16
+    autocast run the same update path, and the saved state holds only the trained tensors."""
+    pytest.importorskip("peft")
+    kw = dict(lora_r=4, gradient_checkpointing=True, autocast_bf16=True, lr=1e-2)
+    svc = implicit(**kw)
+    trainable = [n for n, p in svc.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    items, _ = synthetic_items(16, seed=0)
+    before = svc.score(items[:4])
+    m = svc.update(items)
+    assert m["steprm/pairs"] > 0 and svc.score(items[:4]) != before
+    svc.save(tmp_path / "s")
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "s" / "weights.safetensors"))) == set(trainable)
+    other = implicit(**kw)
+    other.load(tmp_path / "s")
+    assert other.score(items[:4]) == svc.score(items[:4])
+    prog = progress(gradient_checkpointing=True)
+    assert prog.update(items)["steprm/loss"] > 0
