@@ -5,8 +5,9 @@
 It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each problem and the key to set:
 
 * unknown environment / reply style / reward mode / env pool backend (``env.*``);
-* unknown reward (``algorithm.reward``: outcome | spa | istar); bad ``algorithm.istar`` / ``algorithm.spa.online`` settings, a ``reward.reward_manager.name`` that disagrees with it,
+* unknown reward (``algorithm.reward``: outcome | spa | istar), a ``reward.reward_manager.name`` that disagrees with it,
   an advantage estimator verl does not know (``algorithm.adv_estimator``);
+* step-reward service settings that cannot build (``algorithm.istar.*``, ``algorithm.spa.online.*``);
 * ``algorithm.reward=spa`` without a progress-estimator checkpoint (``algorithm.spa.estimator_path``);
 * missing dataset parquet files (``data.train_files`` / ``data.val_files``);
 * settings the dense per-turn rewards cannot work with: the legacy trainer (``trainer.use_v1=false``) or a
