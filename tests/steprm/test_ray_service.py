@@ -65,3 +65,25 @@ def test_unschedulable_gpu_request_times_out_with_the_request(local_ray):
     with pytest.raises(TimeoutError, match=r"num_gpus=1.*did not start within 3 s"):
         start_service(settings(), name="steprm_gpu", num_gpus=1, timeout_s=3)
     ray.kill(ray.get_actor("steprm_gpu"), no_restart=True)
+
+
+def test_concurrent_calls_are_coalesced_and_a_bad_one_fails_alone(local_ray):
+    items, _ = synthetic_items(6, seed=1)
+    actor = start_service(settings(), name="steprm_coalesce", timeout_s=120)
+    single = [ray.get(actor.score.remote([it])) for it in items[:3]]
+
+    async def many():
+        good = [actor.score.remote([it]) for it in items]
+        bad = actor.score.remote([{"input_ids": [1, 2], "turn_spans": [[1, 5]]}])
+        results = await asyncio.gather(*good)
+        try:
+            await bad
+        except Exception as e:  # RayTaskError wrapping the ValueError
+            return results, str(e)
+        return results, ""
+
+    results, error = asyncio.run(many())
+    assert [r[0] for r in results[:3]] == [pytest.approx(s[0], abs=1e-6) for s in single]
+    assert "turn_spans[0]=[1, 5]" in error
+    assert ray.get(actor.info.remote())["stats"]["score_calls"] < 3 + len(items)  # merged forwards
+    ray.kill(actor, no_restart=True)
