@@ -2,6 +2,7 @@
 # SPA-RL: per-turn reward r_t = c_t + 0.5 * g_t from the progress estimator, turn-level advantage (estimator spa).
 #   bash examples/rl_spa.sh <alfworld|webshop|virtualhome> [hydra overrides...]
 # Needs a trained estimator: ESTIMATOR=<dir> (default $ESTIMATOR_DIR/<env>; see examples/train_estimator.sh).
+# SPA_ONLINE=1 keeps training the estimator on each RL batch (replay window of the last batches).
 # SPA_CRITIC=1 adds a critic (the paper's PPO setting): the spa estimator then runs turn-level GAE on its values.
 # The progress scorer is a Ray actor outside verl's resource pool, which claims every GPU it is given: the trainer
 # gets N_GPUS - SCORER_GPUS GPUs and the scorer the rest (SCORER_GPUS=0 scores on CPU, only for tiny models).
@@ -17,6 +18,9 @@ N_GPUS=$TRAIN_GPUS  # what run_verl gives the trainer; recipe.spa.check refuses 
 ESTIMATOR=${ESTIMATOR:-$ESTIMATOR_DIR/$ENV}
 SPA_INVALID_PENALTY=${SPA_INVALID_PENALTY:-0.0}  # SPA's grounding term beta * g_t already rewards valid actions
 SPA_CRITIC=${SPA_CRITIC:-0}
+SPA_ONLINE=${SPA_ONLINE:-0}  # 1: the estimator keeps training on every RL batch (algorithm.spa.online.*)
+online=()
+if [[ "$SPA_ONLINE" == 1 ]]; then online=(algorithm.spa.online.enable=true); fi
 CRITIC_LR=${CRITIC_LR:-1e-5}
 critic=()
 if [[ "$SPA_CRITIC" == 1 ]]; then
@@ -28,4 +32,4 @@ run_rl "$ENV" spa \
   algorithm.reward=spa algorithm.adv_estimator=spa "algorithm.spa.estimator_path=$ESTIMATOR" \
   algorithm.spa.alpha=1.0 algorithm.spa.beta=0.5 "algorithm.invalid_penalty=$SPA_INVALID_PENALTY" \
   "algorithm.spa.scorer_num_gpus=$SCORER_GPUS" \
-  ${critic[@]+"${critic[@]}"} "$@"
+  ${critic[@]+"${critic[@]}"} ${online[@]+"${online[@]}"} "$@"

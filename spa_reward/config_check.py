@@ -5,8 +5,9 @@
 It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each problem and the key to set:
 
 * unknown environment / reply style / reward mode / env pool backend (``env.*``);
-* unknown reward (``algorithm.reward``: outcome | spa), a ``reward.reward_manager.name`` that disagrees with it,
+* unknown reward (``algorithm.reward``: outcome | spa | istar), a ``reward.reward_manager.name`` that disagrees with it,
   an advantage estimator verl does not know (``algorithm.adv_estimator``);
+* step-reward service settings that cannot build (``algorithm.istar.*``, ``algorithm.spa.online.*``);
 * ``algorithm.reward=spa`` without a progress-estimator checkpoint (``algorithm.spa.estimator_path``);
 * missing dataset parquet files (``data.train_files`` / ``data.val_files``);
 * settings the dense per-turn rewards cannot work with: the legacy trainer (``trainer.use_v1=false``) or a
@@ -28,7 +29,7 @@ import math
 import os
 from typing import Any, Callable
 
-REWARDS = ("outcome", "spa")
+REWARDS = ("outcome", "spa", "istar")
 REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
 
 
@@ -102,6 +103,12 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
             problems.append(f"algorithm.reward=spa needs a progress estimator checkpoint: {ESTIMATOR_HELP}")
         elif check_files and not os.path.isdir(path):
             problems.append(f"algorithm.spa.estimator_path={path!r} does not exist: {ESTIMATOR_HELP}")
+
+    # step-reward service (istar / online spa): its settings must build
+    if reward in ("istar", "spa"):
+        from spa_reward.steprm.trainer_hooks import plan_problems
+
+        problems += plan_problems(cfg)
 
     # advantage estimator
     estimator = select_key(cfg, "algorithm.adv_estimator")

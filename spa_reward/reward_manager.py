@@ -1,4 +1,4 @@
-"""Reward-loop managers ``outcome`` and ``spa`` (verl 0.9 ``verl.experimental.reward_loop`` registry).
+"""Reward-loop managers ``outcome``, ``spa`` and ``istar`` (verl 0.9 ``verl.experimental.reward_loop`` registry).
 
 Selected by ``reward.reward_manager.name`` (the recipe sets it to ``${algorithm.reward}``). Both read the
 per-turn bookkeeping that the ``env_agent`` agent loop stores in ``extra_fields["env_episode"]`` (arriving here
@@ -32,6 +32,9 @@ Per-turn rewards:
   clipped (``spa_reward.fusion.fuse_turn_rewards``). c_t comes from the progress-estimator Ray actor
   (``spa_reward.progress.serve.get_progress_scorer``, one named actor shared by every reward worker), scored on
   input_ids = prompt + response with turn ends converted to input_ids coordinates.
+* ``istar``: r_t = grounding_beta*g_t - invalid_penalty*(1-g_t) here; the implicit step reward beta*q_t is added at
+  each turn's last token by the ``spa`` trainer mode (it needs the rollout's old log-probs), see
+  ``spa_reward.steprm.trainer_hooks``.
 
 Settings: ``reward.reward_kwargs`` (the recipe yaml fills it from ``algorithm.spa`` and ``algorithm.invalid_penalty``
 by interpolation, so set those): alpha, beta, outcome_coef, clip, invalid_penalty, estimator_path,
@@ -78,6 +81,7 @@ class RewardSettings:
     estimator_path: Optional[str] = None
     scorer_name: str = "spa_progress_scorer"
     scorer_num_gpus: float = 1.0
+    grounding_beta: float = 0.0  # istar: beta_g * g_t beside the implicit step reward
 
     @classmethod
     def from_config(cls, config: Any) -> RewardSettings:
@@ -89,7 +93,7 @@ class RewardSettings:
             if value is not None:
                 values[f.name] = value
         s = cls(**values)
-        for name in ("alpha", "beta", "outcome_coef", "invalid_penalty", "scorer_num_gpus"):
+        for name in ("alpha", "beta", "outcome_coef", "invalid_penalty", "scorer_num_gpus", "grounding_beta"):
             setattr(s, name, float(getattr(s, name)))
         if s.clip is not None:
             s.clip = float(s.clip)
@@ -206,11 +210,12 @@ class SpaRewardManager(_EnvRewardManager):
         SpaRewardManager._checked_tokenizers.add(key)
 
     def scorer(self) -> Any:
+        """The progress scorer: injected, or the named Ray actor the trainer started (looked up, never created
+        here: spa_reward.steprm.trainer_hooks starts it at trainer start-up)."""
         if self._scorer is None:
-            from spa_reward.progress.serve import get_progress_scorer
+            from spa_reward.steprm.service import lookup_service
 
-            s = self.settings
-            self._scorer = get_progress_scorer(s.estimator_path, name=s.scorer_name, num_gpus=s.scorer_num_gpus)
+            self._scorer = lookup_service(self.settings.scorer_name)
         return self._scorer
 
     async def contributions(self, input_ids: list[int], turn_ends: list[int], prompt_length: int) -> list[float]:
@@ -218,8 +223,10 @@ class SpaRewardManager(_EnvRewardManager):
         batch = [{"input_ids": input_ids, "turn_ends": turn_ends, "prompt_length": prompt_length}]
         scorer = self.scorer()
         score = getattr(scorer, "score")
-        if hasattr(score, "remote"):  # Ray actor handle
-            result = await score.remote(batch)
+        if hasattr(score, "remote"):  # Ray actor handle: awaited; a dead actor is looked up again once
+            from spa_reward.steprm.service import call_service
+
+            self._scorer, result = await call_service(scorer, self.settings.scorer_name, "score", batch)
         elif inspect.iscoroutinefunction(score):
             result = await score(batch)
         else:
@@ -250,5 +257,23 @@ class SpaRewardManager(_EnvRewardManager):
         return rewards, stats
 
 
-__all__ = ["EPISODE_KEY", "OutcomeRewardManager", "RewardSettings", "SpaRewardManager", "TURN_REWARDS_KEY",
+@register("istar")
+class IstarRewardManager(_EnvRewardManager):
+    """iStar's env part of the per-turn reward: ``grounding_beta * g_t - invalid_penalty * (1 - g_t)`` per turn.
+
+    The implicit step reward ``beta * q_t`` needs the rollout's per-token old log-probs, which the streaming
+    reward path does not carry; the ``spa`` trainer mode adds it at each turn's last token before the advantage
+    (``spa_reward.steprm.trainer_hooks``). The episode reward R travels as ``episode_reward`` (A_E), as for SPA."""
+
+    async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
+        n = len(episode["turn_ends"])
+        s = self.settings
+        return fuse_turn_rewards(
+            [0.0] * n, episode["executable"], alpha=0.0, beta=s.grounding_beta,
+            outcome=float(episode.get("episode_reward", 0.0)), outcome_coef=s.outcome_coef, clip=None,
+            invalid_penalty=s.invalid_penalty,
+        )
+
+
+__all__ = ["EPISODE_KEY", "IstarRewardManager", "OutcomeRewardManager", "RewardSettings", "SpaRewardManager", "TURN_REWARDS_KEY",
            "episode_fields"]

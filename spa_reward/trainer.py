@@ -40,6 +40,7 @@ before verl's own ``init``.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from typing import Any
 
@@ -180,13 +181,38 @@ class SpaTrainer(PPOTrainerSync):
     def init(self):
         """Start-up checks and services first (CPU only, seconds), then verl's init (workers, GPUs)."""
         run_startup_checks(self.config)  # spa_reward.startup (the recipe's env check is registered there)
+        if getattr(self, "tokenizer", None) is None:
+            self._init_tokenizer()  # verl's _setup does it again; the services need it for the tokenizer check
         self._start_services()
         super().init()
 
-    def _start_services(self) -> None:
-        """Create long-lived services the workers will look up (e.g. the progress scorer actor), before any worker
-        exists, so their failures surface at start-up with a clear error. Nothing yet."""
-        return
+    # ---- step-reward service (spa_reward.steprm.trainer_hooks) ----
+    def _start_services(self):
+        """Create the scorer / step-reward service actor the run needs (idempotent), before any worker exists, so
+        its failures (tokenizer mismatch, unschedulable GPUs) surface at start-up with a clear error."""
+        if getattr(self, "_steprm", None) is None:
+            from spa_reward.steprm.trainer_hooks import StepRewardHooks
+
+            self._steprm = StepRewardHooks(self.config, getattr(self, "tokenizer", None))
+            self._steprm.start()
+        return self._steprm
+
+    def _load_checkpoint(self):
+        steprm = self._start_services()
+        super()._load_checkpoint()
+        if self.global_steps > 0 and steprm.trains:
+            mode = self.config.trainer.resume_mode
+            step_dir = (self.config.trainer.resume_from_path if mode == "resume_path" else
+                        os.path.join(os.path.abspath(self.config.trainer.default_local_dir),
+                                     f"global_step_{self.global_steps}"))
+            steprm.load(step_dir)
+
+    def _save_checkpoint(self):
+        steprm = getattr(self, "_steprm", None)
+        if steprm is not None:  # before verl writes latest_checkpointed_iteration.txt
+            steprm.save(os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"))
+        return super()._save_checkpoint()
+    # ---- end step-reward service ----
 
     # ---------------------------------------------------------------------------------- advantage
 
@@ -195,6 +221,9 @@ class SpaTrainer(PPOTrainerSync):
         return max_failure_share(self.config) if share is None else share
 
     def _compute_advantage(self, batch, metrics: dict):
+        steprm = getattr(self, "_steprm", None)
+        if steprm is not None:  # istar: + beta*q_t on rm_scores (pre-update weights); online: one service update
+            steprm.on_batch(batch, metrics)
         estimator = self.config.algorithm.adv_estimator
         fields = ["episode_info"]
         if estimator in TURN_ESTIMATORS:

@@ -95,6 +95,19 @@ def test_spa_manager_hand_computed(tokenizer, toy, monkeypatch):
     assert fields["episode_info"]["sum_contribution"] == pytest.approx(0.8)
 
 
+def test_istar_manager_env_part(tokenizer, toy, monkeypatch):
+    """istar: grounding_beta * g_t - invalid_penalty * (1 - g_t) per turn; R travels only as episode_reward (A_E);
+    beta * q_t is added later by the trainer mode (tests/steprm/test_trainer_hooks.py)."""
+    out, fields, tag = play_and_score(tokenizer, "istar", monkeypatch,
+                                      **{"algorithm.istar.grounding_beta": 0.3, "algorithm.invalid_penalty": 0.1})
+    expected = [0.3, -0.1, 0.3, 0.3]
+    info = out.extra_fields["reward_extra_info"]
+    assert info[TURN_REWARDS_KEY] == pytest.approx(expected)
+    assert out.reward_score == pytest.approx(0.8) and info["acc"] == 1.0 and info["spa/uses_estimator"] == 0.0
+    assert set(info) - {TURN_REWARDS_KEY} == SCALAR_KEYS
+    check_tq_fields(fields, tag, out, expected)
+
+
 def check_tq_fields(fields, tag, out, turn_rewards):
     """What the v1 trainer reads from TransferQueue for this trajectory."""
     rm = fields["rm_scores"]

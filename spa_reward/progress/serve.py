@@ -249,9 +249,17 @@ def get_progress_scorer(
     namespace: str | None = None,
     detached: bool = False,
     coalesce_items: int = 256,
+    timeout_s: float | None = 600.0,
+    max_restarts: int = 3,
+    max_task_retries: int = 3,
     **scorer_kwargs,
 ):
     """Create, or return the existing, named Ray actor serving the estimator in ``checkpoint_dir``.
+
+    The trainer process calls this once at start-up (``spa_reward.steprm.trainer_hooks``); reward workers look the
+    actor up by name. It waits ``timeout_s`` for the actor to load its model and raises ``TimeoutError`` naming
+    the GPUs asked for. Ray restarts a dead actor up to ``max_restarts`` times and retries its pending calls up to
+    ``max_task_retries`` times.
 
     Every process of the Ray job (same ``namespace``) that calls this with the same ``name`` gets a handle to
     the same actor. ``detached=True`` lets the actor outlive the job that created it (kill it with
@@ -267,13 +275,22 @@ def get_progress_scorer(
         ray.init(namespace=namespace) if namespace else ray.init()
     if num_gpus and "device" not in scorer_kwargs:
         scorer_kwargs["device"] = "cuda"
-    options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus}
+    options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus,
+                               "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries)}
     if namespace is not None:
         options["namespace"] = namespace
     if detached:
         options["lifetime"] = "detached"
     actor = ray.remote(ProgressScorerActor).options(**options).remote(str(path), coalesce_items=coalesce_items, **scorer_kwargs)
-    served = ray.get(actor.info.remote())["checkpoint_dir"]
+    try:
+        served = ray.get(actor.info.remote(), timeout=timeout_s)["checkpoint_dir"]
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"the progress scorer {name!r} (num_gpus={num_gpus}, num_cpus={num_cpus}) did not start within "
+            f"{timeout_s} s; the cluster has {ray.cluster_resources()} with {ray.available_resources()} free. "
+            "Give the scorer GPUs outside the trainer's pool (SCORER_GPUS in examples/rl_spa.sh) or lower "
+            "algorithm.spa.scorer_num_gpus"
+        ) from None
     if served != str(path):
         raise ValueError(f"a progress scorer named {name!r} already serves {served!r}, not {str(path)!r}; pick another name")
     return actor

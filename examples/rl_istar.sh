@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# iStar (arXiv 2509.19199): implicit step rewards r_t = beta * q_t from an online PRM (a causal LM initialised from
+# the policy, trained by trajectory DPO on each batch), RLOO baselines at episode and step level
+# (algorithm.reward=istar algorithm.adv_estimator=spa algorithm.spa.mode=rloo). No collection or estimator stage.
+#   bash examples/rl_istar.sh <alfworld|webshop|virtualhome> [hydra overrides...]
+# The PRM is a Ray actor outside verl's resource pool: the trainer gets N_GPUS - PRM_GPUS GPUs, the PRM the rest.
+# The authors' WebShop values: beta 0.05, PRM lr 1e-6, PRM grad clip 10, actor lr 5e-7 without KL loss; this script
+# keeps the shared schedule of the other RL scripts (LR, KL_COEF) so the runs compare.
+source "$(dirname "$0")/common.sh"
+check_env "${1:-}"; ENV=$1; shift
+PRM_GPUS=${PRM_GPUS:-1}
+TRAIN_GPUS=$((N_GPUS - PRM_GPUS))
+if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with PRM_GPUS=$PRM_GPUS" >&2; exit 2; fi
+if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
+N_GPUS=$TRAIN_GPUS  # what run_verl gives the trainer
+ISTAR_BETA=${ISTAR_BETA:-0.05}
+PRM_LR=${PRM_LR:-1e-6}
+PRM_LORA_R=${PRM_LORA_R:-0}
+STEP_W=${STEP_W:-1.0}
+run_verl "$ENV" \
+  algorithm.reward=istar algorithm.adv_estimator=spa algorithm.spa.mode=rloo \
+  "algorithm.spa.step_advantage_w=$STEP_W" "algorithm.invalid_penalty=$INVALID_PENALTY" \
+  "algorithm.istar.beta=$ISTAR_BETA" "algorithm.istar.lr=$PRM_LR" "algorithm.istar.lora_r=$PRM_LORA_R" \
+  "algorithm.istar.num_gpus=$PRM_GPUS" \
+  "trainer.experiment_name=${ENV}_istar$EXPERIMENT_SUFFIX" "$@"

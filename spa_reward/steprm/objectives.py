@@ -1,0 +1,142 @@
+"""Objectives of the step-reward model, as plain tensor functions (shape docstrings, no model or service state).
+
+Two objectives share one service (:mod:`spa_reward.steprm.service`):
+
+* ``progress`` (SPA-RL): per-turn contributions ``c_t`` (bs, K) regressed so that ``sum_t c_t ~ R``:
+  :func:`progress_loss` = mean over episodes of ``(sum_t c_t - R)^2``.
+* ``implicit`` (iStar, arXiv 2509.19199): a causal LM ``pi_phi``; per turn
+  ``q_t = sum over the turn's tokens of (log pi_phi - log pi_ref)`` (:func:`turn_log_ratio`), step reward
+  ``r_t = beta * q_t``; trained with the trajectory-level DPO loss (:func:`trajectory_dpo_loss`) over every
+  (success, failure) pair inside one uid group, where a trajectory's score is ``Q = mean_t beta * q_t``
+  (:func:`trajectory_scores`). A group without both a success and a failure contributes nothing.
+
+Turns are given by a per-token turn index (bs, L) long: the 0-based turn a token belongs to, -1 for tokens outside
+every assistant turn (prompt, observations, padding); :func:`span_turn_index` builds it from turn spans and
+``spa_reward.turns.turn_index`` from a response mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def span_turn_index(turn_spans: Sequence[Sequence[Sequence[int]]], length: int) -> torch.Tensor:
+    """(bs, length) long turn index from per-item half-open spans ``[[start, end), ...]`` (-1 outside spans).
+
+    Spans must be increasing, non-overlapping and inside ``[0, length)`` (``ValueError`` naming the item)."""
+    bs = len(turn_spans)
+    starts, ends, rows, turn = [], [], [], []
+    for i, spans in enumerate(turn_spans):
+        prev = 0
+        for t, span in enumerate(spans):
+            a, b = int(span[0]), int(span[1])
+            if not (prev <= a < b <= length):
+                raise ValueError(f"item {i}: turn span {t} = [{a}, {b}) overlaps, is empty or leaves [0, {length})")
+            prev = b
+            starts.append(a), ends.append(b), rows.append(i), turn.append(t)
+    pos = torch.arange(length)
+    idx = torch.full((bs, length), -1, dtype=torch.long)
+    if rows:
+        s, e = torch.tensor(starts), torch.tensor(ends)
+        inside = (pos.unsqueeze(0) >= s.unsqueeze(1)) & (pos.unsqueeze(0) < e.unsqueeze(1))  # (n_spans, L)
+        r = torch.tensor(rows)
+        value = torch.where(inside, torch.tensor(turn).unsqueeze(1), torch.full_like(inside, -1, dtype=torch.long))
+        idx = idx.scatter_reduce(0, r.unsqueeze(1).expand(-1, length), value, reduce="amax")
+    return idx
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """(bs, L) float32: ``log p(x_i | x_<i)`` for every position i >= 1; position 0 (no prefix) gets 0.
+
+    Args:
+        logits: (bs, L, V) next-token logits of a causal LM (row i predicts token i + 1).
+        input_ids: (bs, L) long.
+    """
+    logits = logits[:, :-1].float()
+    picked = logits.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    lp = picked - torch.logsumexp(logits, dim=-1)
+    return F.pad(lp, (1, 0), value=0.0)
+
+
+def turn_sums(token_values: torch.Tensor, turn_idx: torch.Tensor, num_turns: int) -> torch.Tensor:
+    """(bs, K=num_turns): sum of ``token_values`` (bs, L) over the tokens of each turn (``turn_idx`` (bs, L))."""
+    out = torch.zeros(token_values.shape[0], num_turns + 1, dtype=token_values.dtype, device=token_values.device)
+    out = out.scatter_add(1, (turn_idx + 1).clamp(min=0, max=num_turns), token_values)  # slot 0: non-turn tokens
+    return out[:, 1:]
+
+
+def turn_log_ratio(
+    logp_model: torch.Tensor, logp_ref: torch.Tensor, turn_idx: torch.Tensor, num_turns: int
+) -> torch.Tensor:
+    """(bs, K) implicit step values ``q_t = sum_{i in turn t} (log pi_phi(x_i) - log pi_ref(x_i))``.
+
+    Args:
+        logp_model, logp_ref: (bs, L) per-token log-probs of the same tokens under the PRM and the reference.
+        turn_idx: (bs, L) long turn index, -1 on tokens outside assistant turns (they never count).
+        num_turns: K, the number of turn slots (missing turns of a row get 0).
+    """
+    diff = torch.where(turn_idx >= 0, logp_model.float() - logp_ref.float(), torch.zeros_like(logp_model, dtype=torch.float32))
+    return turn_sums(diff, turn_idx, num_turns)
+
+
+def trajectory_scores(step_rewards: torch.Tensor, turn_valid: torch.Tensor) -> torch.Tensor:
+    """(bs,) ``Q = mean over the row's valid turns of r_t`` (``step_rewards`` (bs, K), ``turn_valid`` (bs, K) bool);
+    0 for a row without turns."""
+    valid = turn_valid.to(step_rewards.dtype)
+    return (step_rewards * valid).sum(-1) / valid.sum(-1).clamp(min=1.0)
+
+
+def dpo_pairs(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """(bs, bs) bool: ``[w, l]`` is True for every (success w, failure l) pair of the same group.
+
+    Args:
+        success: (bs,) bool.
+        group: (bs,) long group id (the uid group); rows with group -1 take part in no pair.
+    """
+    same = (group.unsqueeze(1) == group.unsqueeze(0)) & (group >= 0).unsqueeze(1)
+    return same & success.unsqueeze(1) & ~success.unsqueeze(0)
+
+
+def trajectory_dpo_loss(scores: torch.Tensor, success: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """iStar's trajectory-level DPO loss: mean over (success w, failure l) pairs of the same group of
+    ``-log sigmoid(Q_w - Q_l)``; returns ``(loss, number_of_pairs)``. No pair -> ``(0 * scores.sum(), 0)`` (a zero
+    that keeps the graph, so callers can always backward).
+
+    Args:
+        scores: (bs,) trajectory scores Q (:func:`trajectory_scores` of ``beta * q_t``).
+        success: (bs,) bool.
+        group: (bs,) long group id (-1: in no group).
+    """
+    pairs = dpo_pairs(success.bool(), group)
+    n = int(pairs.sum())
+    if n == 0:
+        return scores.sum() * 0.0, 0
+    margin = scores.unsqueeze(1) - scores.unsqueeze(0)  # [w, l] = Q_w - Q_l
+    return -F.logsigmoid(margin[pairs]).mean(), n
+
+
+def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """SPA's MSE: mean over rows of ``(sum_t c_t - R)^2``.
+
+    Args:
+        contributions: (bs, K) c_t (padded turns are ignored through ``turn_valid``).
+        turn_valid: (bs, K) bool.
+        rewards: (bs,) episode rewards R.
+    """
+    total = (contributions.float() * turn_valid.float()).sum(-1)
+    return ((total - rewards.float()) ** 2).mean()
+
+
+__all__ = [
+    "dpo_pairs",
+    "progress_loss",
+    "span_turn_index",
+    "token_logprobs",
+    "trajectory_dpo_loss",
+    "trajectory_scores",
+    "turn_log_ratio",
+    "turn_sums",
+]

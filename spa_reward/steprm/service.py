@@ -1,0 +1,688 @@
+"""The step-reward model service: one model that gives each assistant turn a reward and, when its objective is
+online, learns from every RL batch.
+
+* :class:`StepRMSettings`: what to build (objective, model, optimiser, schedule); ``from_config`` reads
+  ``algorithm.istar`` (objective ``implicit``) or ``algorithm.spa.online`` (objective ``progress``).
+* :class:`StepRewardModel`: the in-process service. ``score(items)`` -> one reward per turn per item;
+  ``update(items)`` -> a few optimiser steps on the batch's finished episodes plus a replay window of the last K
+  batches; ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
+  exactly like an uninterrupted one).
+* :class:`StepRewardServiceActor`, :func:`start_service`, :func:`lookup_service`, :func:`call_service`: the Ray side.
+  The trainer process starts the named actor once (with a timeout that names the resources asked for); reward
+  workers and the trainer look it up by name and ``await`` it; a dead actor is restarted by Ray
+  (``max_restarts``) and looked up again once by :func:`call_service`.
+
+An item is a dict::
+
+    input_ids      list[int]          prompt + response tokens
+    prompt_length  int
+    turn_spans     list[[start, end)] assistant turns in input_ids coordinates (``turn_ends`` = last token of each
+                                      turn is accepted instead for the progress objective)
+    ref_logprobs   list[float]        implicit + reference=rollout: log-prob of every input token under the rollout
+                                      policy (aligned with input_ids; prompt positions are ignored)
+    uid, success, reward              for ``update``: the group id, won (implicit) and the episode reward R (progress)
+
+Scoring always uses the weights as they were when the call started: an online service trains a separate copy and
+swaps the trained weights into the serving copy at the end of each update, under the serving lock, so a reward
+call that arrives during an update is answered from the pre-update weights. Memory: an online service holds two
+copies of the model (training and serving) plus the optimiser state; with LoRA only the adapter tensors are
+copied at each swap, but both copies still hold the frozen base (sharing it is a possible saving, not done).
+
+Scale: ``dtype`` (bf16 weights on CUDA by default), ``autocast_bf16``, ``gradient_checkpointing`` and ``lora_r``
+(peft) are implemented and tested on CPU; one actor uses the GPUs it is given (``num_gpus``). Multi-GPU training
+of a 7B PRM is left to a data-parallel group of these actors (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from spa_reward.steprm import objectives as obj
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("progress", "implicit")
+REFERENCES = ("rollout", "frozen")
+STATE_FORMAT = 1
+SERVICE_NAME = "spa_step_reward_service"
+
+
+@dataclass
+class StepRMSettings:
+    """Settings of a :class:`StepRewardModel`.
+
+    Args:
+        objective: ``progress`` (SPA: c_t with sum_t c_t ~ R) or ``implicit`` (iStar: r_t = beta * q_t).
+        online: train on every RL batch (``update``); ``False`` = a frozen scorer (``update`` refuses).
+        model_path: ``implicit``: the causal LM to start from (the policy checkpoint); ``progress``: a trained
+            progress estimator dir (``python -m spa_reward.progress.train``).
+        backbone_config: a ``PretrainedConfig.to_dict()`` to build a random model instead (tests, synthetic).
+        beta: iStar's beta (step reward = beta * q_t; trajectory score = mean_t beta * q_t).
+        reference: ``rollout`` (pi_ref = the rollout policy's old log-probs, sent with each item: the authors'
+            default) or ``frozen`` (a frozen copy of the initial model).
+        lr, grad_clip, weight_decay: AdamW and gradient-norm clip.
+        steps_per_batch: optimiser steps per ``update``; each step sees every episode of the replay window.
+        replay_batches: K, the window of the last K batches trained on (1 = the current batch only).
+        micro_batch_size: sequences per forward/backward (gradient accumulation over a step).
+        max_length: progress objective: truncation length (default: the estimator's); implicit: longer items raise.
+        dtype: weight dtype (``auto`` = bf16 on CUDA, fp32 elsewhere); ``autocast_bf16``: bf16 autocast forwards.
+        gradient_checkpointing, lora_r, lora_alpha: memory options for large models (LoRA through peft).
+        head: progress head for a random model (``mlp`` | ``linear`` | ``logits_linear``).
+        seed: seeds the optimiser-side randomness (dropout) per update, so a resumed run repeats it.
+        device: default CUDA when available.
+    """
+
+    objective: str = "progress"
+    online: bool = False
+    model_path: Optional[str] = None
+    backbone_config: Optional[dict] = None
+    beta: float = 0.05
+    reference: str = "rollout"
+    lr: float = 1e-6
+    grad_clip: float = 10.0
+    weight_decay: float = 0.0
+    steps_per_batch: int = 1
+    replay_batches: int = 1
+    micro_batch_size: int = 8
+    max_length: Optional[int] = None
+    dtype: str = "auto"
+    autocast_bf16: bool = False
+    gradient_checkpointing: bool = False
+    lora_r: int = 0
+    lora_alpha: int = 16
+    head: str = "mlp"
+    seed: int = 0
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ValueError("step-reward model settings: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.objective not in OBJECTIVES:
+            p.append(f"objective={self.objective!r} is not one of {OBJECTIVES}")
+        if self.reference not in REFERENCES:
+            p.append(f"reference={self.reference!r} is not one of {REFERENCES}")
+        if self.model_path is None and self.backbone_config is None:
+            p.append("model_path is not set (implicit: the policy checkpoint; progress: a trained estimator dir)")
+        for name in ("beta", "lr", "grad_clip"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0):
+                p.append(f"{name}={v} must be a finite number > 0")
+        for name in ("steps_per_batch", "replay_batches", "micro_batch_size"):
+            if int(getattr(self, name)) < 1:
+                p.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lora_r < 0:
+            p.append(f"lora_r={self.lora_r} must be >= 0")
+        return p
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StepRMSettings:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown step-reward model settings {unknown} (known: {sorted(names)})")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ items
+
+
+@dataclass
+class _Item:
+    input_ids: list[int]
+    prompt_length: int
+    spans: list[list[int]]  # [start, end) per turn, input_ids coordinates
+    ref_logprobs: Optional[list[float]] = None
+    uid: str = ""
+    success: bool = False
+    reward: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _as_list(x) -> list:
+    return x.tolist() if hasattr(x, "tolist") else list(x)
+
+
+def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bool) -> list[_Item]:
+    """Validate ``batch`` (see the module docstring); ``ValueError`` names the bad item and field."""
+    if isinstance(batch, Mapping):
+        raise TypeError("pass a list of items, not a single dict")
+    out = []
+    for i, it in enumerate(batch):
+        if not isinstance(it, Mapping) or "input_ids" not in it:
+            raise ValueError(f"item {i} must be a dict with 'input_ids' and 'turn_spans'")
+        ids = [int(t) for t in _as_list(it["input_ids"])]
+        if "turn_spans" in it:
+            spans = [[int(a), int(b)] for a, b in _as_list(it["turn_spans"])]
+        elif "turn_ends" in it and objective == "progress":
+            ends = [int(e) for e in _as_list(it["turn_ends"])]
+            spans = [[e, e + 1] for e in ends]  # the progress head reads only each turn's last token
+        else:
+            raise ValueError(f"item {i} needs 'turn_spans' ([start, end) per assistant turn, input_ids coordinates)")
+        prev = 0
+        for t, (a, b) in enumerate(spans):
+            if not prev <= a < b <= len(ids):
+                raise ValueError(f"item {i}: turn_spans[{t}]={[a, b]} is empty, overlaps or leaves [0, {len(ids)})")
+            prev = b
+        ref = None
+        if need_ref:
+            if it.get("ref_logprobs") is None:
+                raise ValueError(f"item {i} has no 'ref_logprobs' (reference=rollout needs the rollout log-probs)")
+            ref = [float(x) for x in _as_list(it["ref_logprobs"])]
+            if len(ref) != len(ids):
+                raise ValueError(f"item {i}: {len(ref)} ref_logprobs for {len(ids)} input_ids")
+        out.append(_Item(ids, int(it.get("prompt_length") or 0), spans, ref, str(it.get("uid", "")),
+                         bool(it.get("success", False)), float(it.get("reward", 0.0))))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def _device(name: Optional[str]) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+class StepRewardModel:
+    """In-process step-reward model service (see the module docstring)."""
+
+    def __init__(self, settings: StepRMSettings | Mapping[str, Any]):
+        from spa_reward.progress.model import resolve_dtype
+
+        self.settings = s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
+        self.device = _device(s.device)
+        self.dtype = resolve_dtype(s.dtype, self.device)
+        torch.manual_seed(s.seed)
+        self.model = self._build_model()
+        self.reference = None
+        if s.objective == "implicit" and s.reference == "frozen":
+            self.reference = copy.deepcopy(self._base(self.model)).requires_grad_(False).eval()
+        if s.lora_r > 0 and s.objective == "implicit":
+            import peft
+
+            cfg = peft.LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, target_modules="all-linear", bias="none")
+            self.model = peft.get_peft_model(self.model, cfg)
+        if s.gradient_checkpointing:
+            if s.objective == "progress":
+                self.model.enable_gradient_checkpointing()
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                if hasattr(self.model, "enable_input_require_grads"):
+                    self.model.enable_input_require_grads()
+        self.model.to(self.device)
+        self.serving = self.model
+        self.optimizer = None
+        if s.online:
+            self.serving = copy.deepcopy(self.model).requires_grad_(False).eval()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        else:
+            self.model.requires_grad_(False)
+        self.serving.eval()
+        self.window: deque[list[_Item]] = deque(maxlen=int(s.replay_batches))
+        self.version = 0  # completed updates
+        self.stats = {"score_calls": 0, "scored_items": 0, "updates": 0, "trained_episodes": 0, "skipped_episodes": 0}
+        self._serve_lock = threading.Lock()  # one forward of the serving copy at a time; held while swapping
+        self._train_lock = threading.Lock()
+
+    # -------------------------------------------------------------------------------------------- building
+
+    def _build_model(self):
+        s = self.settings
+        if s.objective == "progress":
+            from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig
+
+            if s.model_path is not None:
+                from spa_reward.progress.serve import resolve_estimator_dir
+
+                model = ProgressEstimator.from_pretrained(resolve_estimator_dir(s.model_path), dtype=self.dtype)
+            else:
+                cfg = ProgressEstimatorConfig(backbone_config=dict(s.backbone_config), head=s.head,
+                                              lora_r=s.lora_r, max_length=s.max_length or 4096)
+                model = ProgressEstimator(cfg, dtype=self.dtype)
+            self.max_length = int(s.max_length or model.config.max_length)
+            self.keep_prompt = bool(model.config.keep_prompt_on_truncation)
+            self.vocab_rows = int(model.base_backbone.get_input_embeddings().weight.shape[0])
+            self.pad_id = int(model.config.pad_token_id)
+            return model
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if s.model_path is not None:
+            model = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=self.dtype)
+        else:
+            cfg = dict(s.backbone_config)
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=self.dtype)
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.max_length = int(s.max_length or getattr(text, "max_position_embeddings", 1 << 30))
+        self.keep_prompt = True
+        self.vocab_rows = int(model.get_input_embeddings().weight.shape[0])
+        self.pad_id = int(getattr(text, "pad_token_id", None) or 0)
+        return model
+
+    @staticmethod
+    def _base(model):
+        return model.get_base_model() if type(model).__module__.startswith("peft.") else model
+
+    def _autocast(self):
+        on = self.settings.autocast_bf16
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    # -------------------------------------------------------------------------------------------- forward
+
+    def _prepare(self, items: list[_Item]) -> list[tuple[list[int], list[list[int]], list[int], Optional[list[float]]]]:
+        """(ids, spans, kept turn indices, ref) per item, truncated for the progress objective."""
+        out = []
+        for i, it in enumerate(items):
+            if it.input_ids and (min(it.input_ids) < 0 or max(it.input_ids) >= self.vocab_rows):
+                raise ValueError(f"item {i} holds a token id outside the model vocabulary [0, {self.vocab_rows}): "
+                                 "the policy and the step-reward model tokenizers differ")
+            if self.settings.objective == "progress":
+                from spa_reward.progress.data import truncate_for_estimator
+
+                ends = [b - 1 for _, b in it.spans]
+                head = it.prompt_length if self.keep_prompt else 0
+                t = truncate_for_estimator(it.input_ids, ends, self.max_length, min(head, ends[0]) if ends else 0)
+                out.append((t.input_ids, [[e, e + 1] for e in t.turn_ends], t.kept, None))
+            else:
+                if len(it.input_ids) > self.max_length:
+                    raise ValueError(f"item {i} has {len(it.input_ids)} tokens, more than max_length={self.max_length}")
+                out.append((it.input_ids, it.spans, list(range(len(it.spans))), it.ref_logprobs))
+        return out
+
+    def _forward(self, model, prepared: list, grad: bool) -> torch.Tensor:
+        """(bs, K) per-turn values: c_t (progress) or beta * q_t (implicit), 0 on missing turns."""
+        from spa_reward.progress.data import collate_sequences
+
+        seqs = [p[0] for p in prepared]
+        ends = [[b - 1 for _, b in p[1]] for p in prepared]
+        batch = collate_sequences(seqs, ends, self.pad_id, self.device)
+        k = max(1, max(len(p[1]) for p in prepared))
+        with torch.set_grad_enabled(grad), self._autocast():
+            if self.settings.objective == "progress":
+                return model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"]).float()
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            logp = obj.token_logprobs(logits, batch["input_ids"])
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                use_cache=False).logits
+                    ref = obj.token_logprobs(ref_logits, batch["input_ids"])
+            else:
+                ref = torch.zeros_like(logp)
+                for row, p in enumerate(prepared):
+                    ref[row, : len(p[3])] = torch.tensor(p[3], dtype=ref.dtype)
+            turn_idx = obj.span_turn_index([p[1] for p in prepared], batch["input_ids"].shape[1]).to(self.device)
+            return self.settings.beta * obj.turn_log_ratio(logp, ref, turn_idx, k)
+
+    def _values(self, model, prepared: list, grad: bool = False) -> list[torch.Tensor]:
+        """Per-item (K_i,) turn values in micro-batches (sorted by length), in input order."""
+        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
+        out: list[Optional[torch.Tensor]] = [None] * len(prepared)
+        mb = int(self.settings.micro_batch_size)
+        for start in range(0, len(order), mb):
+            chunk = [i for i in order[start : start + mb]]
+            todo = [i for i in chunk if prepared[i][1]]
+            for i in chunk:
+                out[i] = torch.zeros(0)
+            if not todo:
+                continue
+            values = self._forward(model, [prepared[i] for i in todo], grad)
+            for row, i in enumerate(todo):
+                out[i] = values[row, : len(prepared[i][1])].detach().cpu()
+        return out
+
+    # -------------------------------------------------------------------------------------------- public API
+
+    def score(self, batch: Sequence[Mapping[str, Any]]) -> list[list[float]]:
+        """One reward per turn per item, in input order: c_t (progress) or r_t = beta * q_t (implicit).
+        Turns that truncation dropped get 0.0."""
+        s = self.settings
+        items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
+        if not items:
+            return []
+        prepared = self._prepare(items)
+        with self._serve_lock:
+            was = self.serving.training
+            self.serving.eval()
+            try:
+                values = self._values(self.serving, prepared)
+            finally:
+                self.serving.train(was)
+            self.stats["score_calls"] += 1
+            self.stats["scored_items"] += len(items)
+        out = []
+        for it, p, v in zip(items, prepared, values):
+            full = [0.0] * len(it.spans)
+            for k, value in zip(p[2], v.tolist()):
+                full[k] = float(value)
+            out.append(full)
+        return out
+
+    def update(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Train on ``batch`` (finished episodes; drop env-failed ones before calling) plus the replay window:
+        ``steps_per_batch`` optimiser steps, then the trained weights replace the serving weights.
+        Returns metrics (``steprm/*``)."""
+        s = self.settings
+        if not s.online:
+            raise RuntimeError("this step-reward model is not online (settings.online=false): it does not train")
+        items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
+        with self._train_lock:
+            self.window.append([it for it in items if it.spans])
+            data = [it for b in self.window for it in b]
+            torch.manual_seed(s.seed * 1_000_003 + self.version)
+            losses, pairs = [], 0
+            for _ in range(int(s.steps_per_batch)):
+                loss, pairs = self._train_step(data)
+                losses.append(loss)
+            self._sync_serving()
+            self.version += 1
+            self.stats["updates"] += 1
+            self.stats["trained_episodes"] += len(items)
+        return {
+            "steprm/loss": float(sum(losses) / len(losses)) if losses else 0.0,
+            "steprm/loss_first": float(losses[0]) if losses else 0.0,
+            "steprm/pairs": float(pairs),
+            "steprm/episodes": float(len(data)),
+            "steprm/version": float(self.version),
+        }
+
+    def _train_step(self, data: list[_Item]) -> tuple[float, int]:
+        s = self.settings
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        prepared = self._prepare(data)
+        keep = [i for i, p in enumerate(prepared) if p[1]]
+        if not keep:
+            return 0.0, 0
+        prepared = [prepared[i] for i in keep]
+        data = [data[i] for i in keep]
+        n = len(prepared)
+        mb = int(s.micro_batch_size)
+        if s.objective == "progress":
+            rewards = torch.tensor([it.reward for it in data], dtype=torch.float32)
+            total = 0.0
+            for start in range(0, n, mb):
+                chunk = list(range(start, min(n, start + mb)))
+                c = self._forward(self.model, [prepared[i] for i in chunk], grad=True)
+                valid = (torch.arange(c.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(c.device)
+                loss = obj.progress_loss(c, valid, rewards[chunk].to(c.device))
+                (loss * len(chunk) / n).backward()
+                total += float(loss.detach()) * len(chunk) / n
+            self._clip_and_step()
+            return total, 0
+        # implicit: the DPO loss couples rows of a group, so take dL/dQ from a no-grad pass over every row and
+        # back-propagate sum(Q * dL/dQ) micro-batch by micro-batch (exact, memory of one micro-batch)
+        with torch.no_grad():
+            q = torch.stack([v.mean() if v.numel() else torch.zeros(()) for v in self._values(self.model, prepared)])
+        groups = {}
+        group = torch.tensor([groups.setdefault(it.uid, len(groups)) for it in data])
+        success = torch.tensor([it.success for it in data])
+        q_leaf = q.clone().requires_grad_(True)
+        loss, pairs = obj.trajectory_dpo_loss(q_leaf, success, group)
+        if pairs == 0:
+            return 0.0, 0
+        (grad_q,) = torch.autograd.grad(loss, q_leaf)
+        for start in range(0, n, mb):
+            chunk = list(range(start, min(n, start + mb)))
+            if not bool((grad_q[chunk] != 0).any()):
+                continue
+            values = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # (mb, K) beta * q_t
+            valid = (torch.arange(values.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(values.device)
+            scores = obj.trajectory_scores(values, valid)
+            (scores * grad_q[chunk].to(scores.device)).sum().backward()
+        self._clip_and_step()
+        return float(loss.detach()), pairs
+
+    def _clip_and_step(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _sync_serving(self) -> None:
+        """Copy the trained (trainable) tensors into the serving copy, between two forwards."""
+        trained = {k: v for k, v in self.model.named_parameters() if v.requires_grad}
+        serving = dict(self.serving.named_parameters())
+        with self._serve_lock, torch.no_grad():
+            for k, v in trained.items():
+                serving[k].copy_(v)
+
+    # -------------------------------------------------------------------------------------------- state
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        return {"objective": s.objective, "online": s.online, "model_path": s.model_path, "device": str(self.device),
+                "dtype": str(self.dtype), "version": self.version, "replay": [len(b) for b in self.window],
+                "stats": dict(self.stats)}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the trainable weights, optimiser state, replay window and counters to ``directory``."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        with self._train_lock:
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.model.named_parameters() if v.requires_grad}
+            if not weights:  # frozen scorer: nothing trains, but save the weights so load() can check them
+                weights = {k: v.detach().cpu().contiguous() for k, v in self.model.named_parameters()}
+            save_file(weights, str(out / "weights.safetensors"))
+            if self.optimizer is not None:
+                torch.save(self.optimizer.state_dict(), out / "optimizer.pt")
+            with open(out / "replay.json", "w", encoding="utf-8") as f:
+                json.dump([[it.to_json() for it in b] for b in self.window], f)
+            state = {"format": STATE_FORMAT, "version": self.version, "stats": self.stats,
+                     "settings": self.settings.to_dict()}
+            with open(out / "state.json", "w", encoding="utf-8") as f:
+                json.dump(state, f, indent=1, sort_keys=True)
+
+    def load(self, directory: str | os.PathLike) -> None:
+        """Restore what :meth:`save` wrote (``FileNotFoundError`` naming the missing file). Loads tensors only
+        (``weights_only=True``), never pickled code."""
+        from safetensors.torch import load_file
+
+        src = Path(directory)
+        for name in ("state.json", "weights.safetensors", "replay.json"):
+            if not (src / name).is_file():
+                raise FileNotFoundError(f"step-reward model state {str(src / name)!r} is missing")
+        with open(src / "state.json", encoding="utf-8") as f:
+            state = json.load(f)
+        if int(state.get("format", -1)) != STATE_FORMAT:
+            raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
+        if state["settings"]["objective"] != self.settings.objective:
+            raise ValueError(f"{src} holds a {state['settings']['objective']!r} model, this service is "
+                             f"{self.settings.objective!r}")
+        weights = load_file(str(src / "weights.safetensors"))
+        with self._train_lock:
+            params = dict(self.model.named_parameters())
+            unknown = sorted(set(weights) - set(params))
+            if unknown:
+                raise ValueError(f"{src}: weights {unknown[:3]}... do not belong to this model")
+            with torch.no_grad():
+                for k, v in weights.items():
+                    params[k].copy_(v.to(params[k].device, params[k].dtype))
+            if self.optimizer is not None:
+                opt = src / "optimizer.pt"
+                if not opt.is_file():
+                    raise FileNotFoundError(f"step-reward model state {str(opt)!r} is missing")
+                self.optimizer.load_state_dict(torch.load(opt, map_location=self.device, weights_only=True))
+            with open(src / "replay.json", encoding="utf-8") as f:
+                self.window = deque(([_Item(**d) for d in b] for b in json.load(f)), maxlen=int(self.settings.replay_batches))
+            self.version = int(state["version"])
+            self.stats.update(state.get("stats", {}))
+            if self.serving is not self.model:
+                self._sync_serving()
+
+
+# ---------------------------------------------------------------------------------------------------------- Ray
+
+
+class StepRewardServiceActor:
+    """Ray actor body around :class:`StepRewardModel` (async). Scoring and training run on two worker threads,
+    so a score call is never queued behind an update (it is served from the pre-update weights). Concurrent score
+    calls (one per episode from the reward workers) are validated one by one, so a bad request fails alone, and
+    then coalesced into shared forward passes of up to ``coalesce_items`` items."""
+
+    def __init__(self, settings: dict, coalesce_items: int = 256):
+        self.model = StepRewardModel(settings)
+        self.coalesce_items = max(1, int(coalesce_items))
+        self._score_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-score")
+        self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-train")
+        self._queue: list[tuple[list[dict], asyncio.Future]] = []
+        self._drainer: Optional[asyncio.Task] = None
+
+    async def score(self, batch: list[dict]) -> list[list[float]]:
+        s = self.model.settings
+        parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")  # raises alone
+        if not batch:
+            return []
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((list(batch), future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            take, n = [], 0
+            while self._queue and (not take or n + len(self._queue[0][0]) <= self.coalesce_items):
+                take.append(self._queue.pop(0))
+                n += len(take[-1][0])
+            merged = [item for batch, _ in take for item in batch]
+            try:
+                results = await loop.run_in_executor(self._score_pool, self.model.score, merged)
+            except Exception as e:  # the model failed on the merged batch: every caller in it gets the error
+                for _, fut in take:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            start = 0
+            for batch, fut in take:
+                if not fut.done():
+                    fut.set_result(results[start : start + len(batch)])
+                start += len(batch)
+
+    async def update(self, batch: list[dict]) -> dict[str, float]:
+        return await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.update, batch)
+
+    async def save(self, directory: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.save, directory)
+
+    async def load(self, directory: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.load, directory)
+
+    async def info(self) -> dict[str, Any]:
+        return self.model.info()
+
+
+DEFAULT_RESTARTS = 3
+
+
+def start_service(
+    settings: StepRMSettings | Mapping[str, Any],
+    name: str = SERVICE_NAME,
+    num_gpus: float = 0,
+    num_cpus: float = 1,
+    timeout_s: float = 600.0,
+    max_restarts: int = DEFAULT_RESTARTS,
+    max_task_retries: int = DEFAULT_RESTARTS,
+    namespace: Optional[str] = None,
+):
+    """Create (or return the existing) named service actor and wait until it has loaded its model.
+
+    Called once by the trainer process at start-up. Raises ``TimeoutError`` naming the GPUs/CPUs asked for and
+    what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits forever
+    otherwise)."""
+    import ray
+
+    s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
+    if num_gpus and s.device is None:
+        s.device = "cuda"
+    options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus,
+                               "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries),
+                               "max_concurrency": 8}
+    if namespace is not None:
+        options["namespace"] = namespace
+    actor = ray.remote(StepRewardServiceActor).options(**options).remote(s.to_dict())
+    try:
+        ray.get(actor.info.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"the step-reward service {name!r} (num_gpus={num_gpus}, num_cpus={num_cpus}) did not start within "
+            f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()} with {ray.available_resources()} free. "
+            "Give it GPUs outside the trainer's pool (the scorer GPU setting of the launch script) or lower its num_gpus"
+        ) from None
+    return actor
+
+
+def lookup_service(name: str = SERVICE_NAME, namespace: Optional[str] = None):
+    """The running named actor; ``RuntimeError`` saying who starts it when there is none."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise RuntimeError(
+            f"no step-reward service actor named {name!r} is running; the spa trainer mode "
+            "(trainer.v1.trainer_mode=spa) starts it at start-up, reward workers only look it up"
+        ) from None
+
+
+_ACTOR_DOWN: tuple = ()
+
+
+def _actor_down_errors() -> tuple:
+    global _ACTOR_DOWN
+    if not _ACTOR_DOWN:
+        import ray.exceptions as rex
+
+        _ACTOR_DOWN = tuple(getattr(rex, n) for n in ("RayActorError", "ActorDiedError", "ActorUnavailableError")
+                            if hasattr(rex, n))
+    return _ACTOR_DOWN
+
+
+async def call_service(handle, name: str, method: str, *args, retry_wait_s: float = 2.0, namespace=None):
+    """``await handle.<method>.remote(*args)``; if the actor died, look ``name`` up again once (Ray restarts it
+    under the same name within its ``max_restarts``) and retry. Returns ``(handle, result)``; ``RuntimeError``
+    when it stays down."""
+    errors = _actor_down_errors()
+    for attempt in range(2):
+        if handle is None:
+            handle = lookup_service(name, namespace)
+        try:
+            return handle, await getattr(handle, method).remote(*args)
+        except errors as e:
+            if attempt:
+                raise RuntimeError(f"the step-reward service {name!r} is down and did not come back after a restart "
+                                   f"({type(e).__name__}: {e}); see its actor log") from e
+            logger.warning("step-reward service %r died (%s); looking it up again", name, type(e).__name__)
+            handle = None
+            await asyncio.sleep(retry_wait_s)
+    raise AssertionError("unreachable")
+
+
+__all__ = ["OBJECTIVES", "SERVICE_NAME", "StepRMSettings", "StepRewardModel", "StepRewardServiceActor",
+           "call_service", "lookup_service", "parse_items", "start_service"]

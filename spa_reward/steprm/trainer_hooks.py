@@ -1,0 +1,309 @@
+"""What the ``spa`` trainer mode calls for step-reward models: one object, :class:`StepRewardHooks`.
+
+* ``start()`` (trainer start-up, before checkpoint loading): creates the service actor the run needs, so a
+  tokenizer mismatch or an unschedulable GPU fails here with our error, not in a reward worker:
+  ``algorithm.reward=spa`` -> the progress scorer (frozen; ``algorithm.spa.online.enable=true`` -> the online
+  progress service under the same name); ``algorithm.reward=istar`` -> the implicit PRM service.
+  Reward workers only look the actor up by name and ``await`` it.
+* ``on_batch(batch, metrics)`` (start of ``_compute_advantage``, after the old log-probs exist): for ``istar``
+  adds ``r_t = beta * q_t`` at each turn's last token of ``rm_scores`` (computed with the weights from before this
+  batch's update), then, for an online objective, one ``update`` on the batch's finished episodes (env-failed
+  episodes excluded). Metrics ``steprm/*``.
+* ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
+  ``<global_step_N>/steprm`` beside verl's actor checkpoint.
+
+The pure part (:func:`episode_items`, :func:`add_step_rewards`) works on plain per-row tensors, so it is tested
+without TransferQueue or Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+
+from spa_reward import turns
+from spa_reward.steprm.service import SERVICE_NAME, StepRMSettings
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "steprm"
+ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
+              "micro_batch_size", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r",
+              "lora_alpha", "seed")
+ONLINE_KEYS = ("lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
+               "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "seed")
+
+
+def _get(cfg: Any, path: str, default: Any = None) -> Any:
+    from spa_reward.config_check import select_key
+
+    return select_key(cfg, path, default)
+
+
+def _to_plain(value: Any) -> Any:
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:
+        pass
+    return value
+
+
+def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
+    """What service a config needs: ``None`` (outcome rewards) or ``{"kind", "name", "num_gpus", "settings",
+    "timeout_s"}`` with kind ``progress_frozen`` | ``progress_online`` | ``implicit``."""
+    reward = _get(cfg, "algorithm.reward")
+    if reward == "istar":
+        block = _to_plain(_get(cfg, "algorithm.istar", {})) or {}
+        settings = {k: block[k] for k in ISTAR_KEYS if block.get(k) is not None}
+        model = block.get("model_path") or _get(cfg, "actor_rollout_ref.model.path")
+        settings.update(objective="implicit", online=True, model_path=model and os.path.expanduser(str(model)),
+                        backbone_config=block.get("backbone_config"))
+        return {"kind": "implicit", "name": str(block.get("service_name") or SERVICE_NAME),
+                "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
+                "timeout_s": float(block.get("start_timeout_s", 600))}
+    if reward == "spa":
+        online = _to_plain(_get(cfg, "algorithm.spa.online", {})) or {}
+        path = _get(cfg, "reward.reward_kwargs.estimator_path") or _get(cfg, "algorithm.spa.estimator_path")
+        name = str(_get(cfg, "reward.reward_kwargs.scorer_name") or "spa_progress_scorer")
+        gpus = float(_get(cfg, "algorithm.spa.scorer_num_gpus", 1))
+        timeout = float(online.get("start_timeout_s", 600))
+        if not online.get("enable", False):
+            return {"kind": "progress_frozen", "name": name, "num_gpus": gpus, "settings": {"model_path": path},
+                    "timeout_s": timeout}
+        settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
+        settings.update(objective="progress", online=True, model_path=path and os.path.expanduser(str(path)))
+        return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout}
+    return None
+
+
+# ------------------------------------------------------------------------------------------- pure helpers
+
+
+def episode_items(
+    prompts: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    response_masks: Sequence[torch.Tensor],
+    uids: Sequence[Any],
+    infos: Sequence[dict],
+    episode_rewards: Sequence[float],
+    old_log_probs: Optional[Sequence[torch.Tensor]] = None,
+    reward_scale: float = 1.0,
+) -> tuple[list[dict], list[bool]]:
+    """Service items (``input_ids``, ``prompt_length``, ``turn_spans``, ``ref_logprobs``, ``uid``, ``success``,
+    ``reward``) for one batch of rows, and which rows may train (not failed by the env, at least one turn).
+
+    Turns are the runs of 1 in each row's response mask (as the advantage estimators see them); ``success`` is
+    the episode's ``won``; ``reward`` is the raw env reward R / ``reward_scale`` (what the progress estimator
+    regresses onto, as in the collected records)."""
+    items, trainable = [], []
+    for i, (p, r, m) in enumerate(zip(prompts, responses, response_masks)):
+        p, r, m = p.reshape(-1), r.reshape(-1), m.reshape(-1)
+        n = int(m.numel())
+        plen = int(p.numel())
+        first = turns.turn_positions(m.unsqueeze(0), "first")[0]
+        last = turns.turn_positions(m.unsqueeze(0), "last")[0]
+        spans = [[plen + int(a), plen + int(b) + 1] for a, b in zip(first.tolist(), last.tolist()) if a >= 0]
+        info = infos[i] if isinstance(infos[i], dict) else {}
+        item = {"input_ids": torch.cat([p, r[:n]]).tolist(), "prompt_length": plen, "turn_spans": spans,
+                "uid": str(uids[i]), "success": bool(info.get("won", False)),
+                "reward": float(episode_rewards[i]) / float(reward_scale or 1.0)}
+        if old_log_probs is not None:
+            lp = old_log_probs[i].reshape(-1).float()
+            item["ref_logprobs"] = [0.0] * plen + lp[:n].tolist() + [0.0] * max(0, n - int(lp.numel()))
+        items.append(item)
+        failed = bool(info.get("env_failed", False)) or bool(info.get("env_error", ""))
+        trainable.append(bool(spans) and not failed)
+    return items, trainable
+
+
+def add_step_rewards(rm_scores: Sequence[torch.Tensor], items: Sequence[dict], step_rewards: Sequence[Sequence[float]]
+                     ) -> list[torch.Tensor]:
+    """Each row's ``rm_scores`` plus r_t on the last token of turn t (turn spans of :func:`episode_items`)."""
+    out = []
+    for scores, item, r in zip(rm_scores, items, step_rewards):
+        if len(r) != len(item["turn_spans"]):
+            raise RuntimeError(f"step-reward service gave {len(r)} rewards for {len(item['turn_spans'])} turns")
+        new = scores.reshape(-1).clone().float()
+        if len(r):
+            pos = torch.tensor([b - 1 - item["prompt_length"] for _, b in item["turn_spans"]], dtype=torch.long)
+            new.index_add_(0, pos, torch.tensor([float(x) for x in r], dtype=new.dtype))
+        out.append(new.to(scores.dtype))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- hooks
+
+
+def _run(coro):
+    """Run a coroutine from the (synchronous) trainer code."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called inside a running loop: use a fresh one
+        return pool.submit(asyncio.run, coro).result()
+
+
+class StepRewardHooks:
+    """The trainer side of the step-reward service (see the module docstring). ``service`` injects an in-process
+    :class:`~spa_reward.steprm.service.StepRewardModel` or actor handle (tests); otherwise ``start()`` makes the
+    named Ray actor."""
+
+    def __init__(self, config: Any, tokenizer: Any = None, service: Any = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.plan = service_plan(config)
+        self.handle = service
+        self.reward_scale = float(_get(config, "env.reward_scale", 1.0) or 1.0)
+
+    @property
+    def active(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def trains(self) -> bool:
+        return self.plan is not None and self.plan["kind"] in ("progress_online", "implicit")
+
+    @property
+    def implicit(self) -> bool:
+        return self.plan is not None and self.plan["kind"] == "implicit"
+
+    def start(self) -> None:
+        if self.plan is None or self.handle is not None:
+            return
+        plan = self.plan
+        if plan["kind"] == "progress_frozen":
+            from spa_reward.progress.serve import check_tokenizer_compatible, get_progress_scorer
+
+            if self.tokenizer is not None:
+                check_tokenizer_compatible(plan["settings"]["model_path"], self.tokenizer)
+            self.handle = get_progress_scorer(plan["settings"]["model_path"], name=plan["name"],
+                                              num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"])
+            return
+        from spa_reward.steprm.service import start_service
+
+        if plan["kind"] == "progress_online" and self.tokenizer is not None:
+            from spa_reward.progress.serve import check_tokenizer_compatible
+
+            check_tokenizer_compatible(plan["settings"]["model_path"], self.tokenizer)
+        # implicit: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer by construction
+        self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
+                                    timeout_s=plan["timeout_s"])
+
+    async def _call(self, method: str, *args):
+        if hasattr(getattr(self.handle, method, None), "remote"):
+            from spa_reward.steprm.service import call_service
+
+            self.handle, result = await call_service(self.handle, self.plan["name"], method, *args)
+            return result
+        return getattr(self.handle, method)(*args)
+
+    def process(self, columns: dict[str, Any], metrics: dict) -> Optional[list[torch.Tensor]]:
+        """The per-batch step on plain columns (lists of per-row tensors / values): returns the new per-row
+        ``rm_scores`` for ``istar`` (None otherwise) and trains an online service afterwards."""
+        if not self.trains:
+            return None
+        items, trainable = episode_items(
+            columns["prompts"], columns["responses"], columns["response_mask"], columns["uid"],
+            columns["episode_info"], columns["episode_reward"],
+            columns.get("old_log_probs") if self.implicit and self._rollout_reference else None, self.reward_scale)
+        new_scores = None
+        if self.implicit:
+            rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
+            new_scores = add_step_rewards(columns["rm_scores"], items, rewards)
+            flat = [x for r in rewards for x in r]
+            if flat:
+                metrics["steprm/step_reward_mean"] = float(sum(flat) / len(flat))
+                metrics["steprm/step_reward_abs_max"] = float(max(abs(x) for x in flat))
+        train = [it for it, ok in zip(items, trainable) if ok]
+        metrics["steprm/skipped_episodes"] = float(len(items) - len(train))
+        if train:
+            metrics.update(_run(self._call("update", train)))
+        return new_scores
+
+    @property
+    def _rollout_reference(self) -> bool:
+        return str(self.plan["settings"].get("reference", "rollout")) == "rollout"
+
+    def on_batch(self, batch: Any, metrics: dict) -> None:
+        """TransferQueue glue of :meth:`process` for verl's ``_compute_advantage`` (``batch``: a KVBatchMeta)."""
+        if not self.trains:
+            return
+        import transfer_queue as tq
+
+        fields = ["prompts", "responses", "response_mask", "uid", "episode_info", "episode_reward", "rm_scores"]
+        if self.implicit and self._rollout_reference:
+            fields.append("old_log_probs")
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        missing = [f for f in fields if f not in data.keys()]
+        if missing:
+            raise RuntimeError(f"the step-reward service needs the rollout fields {missing} (env_agent agent loop; "
+                               "old_log_probs come from verl's old-log-prob step)")
+        from spa_reward.trainer import column
+
+        cols = {}
+        for name in fields:
+            value = data[name]
+            if isinstance(value, torch.Tensor):
+                cols[name] = list(value.unbind()) if value.is_nested else list(value)
+            else:
+                cols[name] = column(data, name)
+        new_scores = self.process(cols, metrics)
+        if new_scores is not None:
+            from verl.utils import tensordict_utils as tu
+
+            nested = torch.nested.as_nested_tensor(new_scores, layout=torch.jagged)
+            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                            fields=tu.get_tensordict({"rm_scores": nested}))
+
+    def save(self, step_dir: str | os.PathLike) -> None:
+        if self.trains:
+            _run(self._call("save", os.path.join(str(step_dir), STATE_DIR)))
+
+    def load(self, step_dir: str | os.PathLike) -> None:
+        if not self.trains:
+            return
+        path = os.path.join(str(step_dir), STATE_DIR)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"resuming from {str(step_dir)!r}, which has no step-reward model state ({STATE_DIR}/): the online "
+                f"{self.plan['kind']} service would restart from its initial weights and give different rewards. "
+                "Resume from a checkpoint written by this run, or set trainer.resume_mode=disable"
+            )
+        _run(self._call("load", path))
+
+
+__all__ = ["STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan"]
+
+
+def plan_problems(cfg: Any) -> list[str]:
+    """Config problems of the step-reward service (for ``spa_reward.config_check``), naming the key to set."""
+    plan = service_plan(cfg)
+    if plan is None or plan["kind"] == "progress_frozen":
+        return []
+    block = "algorithm.istar" if plan["kind"] == "implicit" else "algorithm.spa.online"
+    settings = dict(plan["settings"])
+    if settings.get("model_path") is None and settings.get("backbone_config") is None:
+        return [f"{block}: no model to start from (set {block}.model_path"
+                + (" or actor_rollout_ref.model.path)" if plan["kind"] == "implicit" else
+                   "; online SPA trains algorithm.spa.estimator_path)")]
+    try:
+        StepRMSettings.from_dict(settings)
+    except (ValueError, TypeError) as e:
+        return [f"{block}: {e}"]
+    problems = []
+    if plan["num_gpus"] < 0:
+        problems.append(f"{block}.num_gpus={plan['num_gpus']} must be >= 0")
+    if not plan["timeout_s"] > 0:
+        problems.append(f"{block}.start_timeout_s={plan['timeout_s']} must be > 0")
+    return problems
