@@ -221,7 +221,7 @@ override_value() {
 
 # run_rl <env> <algo> [hydra overrides...]
 #   One RL run of <algo> (the script's label: grpo, gigpo, ppo, spa, ...). The experiment name carries env, algo,
-#   reward, advantage estimator, critic, the progress estimator (a slug of its path) and RUN_NAME /
+#   reward, advantage estimator, critic, online estimator training, the window history (_h<k>), the progress estimator (a slug of its path) and RUN_NAME /
 #   EXPERIMENT_SUFFIX, all read from the overrides (the caller's, then the user's); the run owns
 #   $OUT_DIR/rl/<env>/<experiment name>/ with checkpoints/ (trainer.default_local_dir), validation/ (generation
 #   dumps), logs/ and run_settings.json. RESUME=auto resumes this folder's latest checkpoint only; disable
@@ -233,6 +233,11 @@ run_rl() {
   critic=$(override_value critic.enable "$@"); est=$(override_value algorithm.spa.estimator_path "$@")
   name="${env}_${algo}_${reward:-outcome}_${adv:-grpo}"
   if [[ "${critic,,}" == true ]]; then name+="_critic"; fi
+  local online history hlen
+  online=$(override_value algorithm.spa.online.enable "$@"); history=$(override_value env.history "$@")
+  hlen=$(override_value env.history_length "$@")
+  if [[ "${online,,}" == true ]]; then name+="_online"; fi
+  if [[ "$history" == window ]]; then name+="_h${hlen:-2}"; fi
   if [[ "$reward" == spa && -n "$est" ]]; then
     name+="_est-$(slug "$(basename "$est")")-$(printf '%s' "$est" | sha1sum | cut -c1-6)"
   fi

@@ -10,16 +10,17 @@ source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
 PRM_GPUS=${PRM_GPUS:-1}
 TRAIN_GPUS=$((N_GPUS - PRM_GPUS))
+if ! [[ "$PRM_GPUS" =~ ^[0-9]+$ ]]; then echo "PRM_GPUS=$PRM_GPUS: a whole number of GPUs" >&2; exit 2; fi
 if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with PRM_GPUS=$PRM_GPUS" >&2; exit 2; fi
 if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
-N_GPUS=$TRAIN_GPUS  # what run_verl gives the trainer
+REQUIRE_GPUS=${REQUIRE_GPUS:-$N_GPUS}  # the machine needs them all
+N_GPUS=$TRAIN_GPUS  # what run_rl gives the trainer; recipe.spa.check refuses splits verl cannot run
 ISTAR_BETA=${ISTAR_BETA:-0.05}
 PRM_LR=${PRM_LR:-1e-6}
 PRM_LORA_R=${PRM_LORA_R:-0}
 STEP_W=${STEP_W:-1.0}
-run_verl "$ENV" \
+run_rl "$ENV" istar \
   algorithm.reward=istar algorithm.adv_estimator=spa algorithm.spa.mode=rloo \
   "algorithm.spa.step_advantage_w=$STEP_W" "algorithm.invalid_penalty=$INVALID_PENALTY" \
   "algorithm.istar.beta=$ISTAR_BETA" "algorithm.istar.lr=$PRM_LR" "algorithm.istar.lora_r=$PRM_LORA_R" \
-  "algorithm.istar.num_gpus=$PRM_GPUS" \
-  "trainer.experiment_name=${ENV}_istar$EXPERIMENT_SUFFIX" "$@"
+  "algorithm.istar.num_gpus=$PRM_GPUS" "$@"

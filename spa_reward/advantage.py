@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from spa_reward import turns
+from spa_reward.threads import thread_policy
 
 EPS = 1e-6
 NORM_MODES = ("mean_norm", "mean_std_norm", "rloo")
@@ -259,6 +260,7 @@ class _Layout:
         return turns.broadcast_turns(self.to_rows(traj_turn_values).to(dtype), response_mask, idx=self.idx)
 
 
+@thread_policy  # threads the free cores allow (spa_reward.threads): never collapses under load
 def compute_gigpo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -359,6 +361,7 @@ def _spa_turn_gae(token_level_rewards, response_mask, values, config, kwargs):
     return adv, ret
 
 
+@thread_policy  # threads the free cores allow (spa_reward.threads): never collapses under load
 def compute_spa_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,

@@ -169,6 +169,11 @@ def value_problems(cfg: Any) -> list[str]:
         value = _number(raw)
         if value is None or not math.isfinite(value):
             out.append(f"{key}={raw!r} must be a finite number")
+    raw = select_key(cfg, "algorithm.max_env_failure_share", 0.5)
+    value = _number(raw)
+    if value is None or not 0.0 <= value <= 1.0:
+        out.append(f"algorithm.max_env_failure_share={raw!r} must be a number in [0, 1] (the largest share of a "
+                   "batch's episodes that may end by env failure before the run stops)")
     clip = select_key(cfg, "algorithm.spa.clip")
     if clip is not None:
         value = _number(clip)

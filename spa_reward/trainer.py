@@ -181,8 +181,6 @@ class SpaTrainer(PPOTrainerSync):
     def init(self):
         """Start-up checks and services first (CPU only, seconds), then verl's init (workers, GPUs)."""
         run_startup_checks(self.config)  # spa_reward.startup (the recipe's env check is registered there)
-        if getattr(self, "tokenizer", None) is None:
-            self._init_tokenizer()  # verl's _setup does it again; the services need it for the tokenizer check
         self._start_services()
         super().init()
 
@@ -193,8 +191,12 @@ class SpaTrainer(PPOTrainerSync):
         if getattr(self, "_steprm", None) is None:
             from spa_reward.steprm.trainer_hooks import StepRewardHooks
 
-            self._steprm = StepRewardHooks(self.config, getattr(self, "tokenizer", None))
-            self._steprm.start()
+            hooks = StepRewardHooks(self.config, getattr(self, "tokenizer", None))
+            if hooks.active and hooks.tokenizer is None:  # before verl's _setup: load the policy's tokenizer now
+                self._init_tokenizer()  # (verl's _setup loads it again) so the service's tokenizer check runs
+                hooks.tokenizer = self.tokenizer
+            hooks.start()
+            self._steprm = hooks
         return self._steprm
 
     def _load_checkpoint(self):

@@ -160,7 +160,8 @@ def env_block_problems(cfg: Any) -> list[str]:
 
 # advantage estimators that treat the rows of one window-layout session ({uid}_{session_id}_{index}) as one episode:
 # grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row)
-WINDOW_ESTIMATORS = ("grpo",)
+WINDOW_ESTIMATORS = ("grpo", "gigpo", "spa")  # spa: critic-free (turn GAE needs values across rows)
+WINDOW_REWARDS = ("outcome",)  # the progress estimator and the PRM are trained/served on full-history rows
 
 
 def window_problems(settings: Any, cfg: Any) -> list[str]:
@@ -173,6 +174,15 @@ def window_problems(settings: Any, cfg: Any) -> list[str]:
         out.append(f"env.history=window with algorithm.adv_estimator={estimator}: this estimator would treat every "
                    f"step row as its own episode; supported in the window layout: {', '.join(WINDOW_ESTIMATORS)} "
                    "(or use env.history=full)")
+    if str(estimator) == "spa" and select_key(cfg, "critic.enable", False):
+        out.append("env.history=window with algorithm.adv_estimator=spa and critic.enable=true: turn-level GAE needs "
+                   "the critic's values across a session's rows, which the window layout does not carry; use the "
+                   "critic-free spa estimator or env.history=full")
+    reward = select_key(cfg, "algorithm.reward")
+    if reward is not None and str(reward) not in WINDOW_REWARDS:
+        out.append(f"env.history=window with algorithm.reward={reward}: its step-reward model is trained and served on "
+                   "full-history rows (trajectory records cannot rebuild window prompts yet); use "
+                   f"algorithm.reward in {WINDOW_REWARDS} or env.history=full")
     penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
     if str(estimator) == "grpo" and penalty not in (None, 0, 0.0):
         out.append(f"env.history=window with grpo and algorithm.invalid_penalty={penalty}: verl's multi-trajectory "

@@ -339,14 +339,15 @@ def test_value_problems_name_key_and_value():
     cfg = trainer_config("algorithm.spa.alpha=nan", "algorithm.spa.beta=-1", "algorithm.invalid_penalty=inf",
                          "algorithm.spa.clip=0", "algorithm.spa.mode=mean", "algorithm.gigpo.mode=std",
                          "algorithm.gamma=0", "algorithm.lam=1.5", "algorithm.spa.outcome_coef=-inf",
-                         "env.pool.step_timeout=0", "env.pool.reset_timeout=inf")
+                         "env.pool.step_timeout=0", "env.pool.reset_timeout=inf",
+                         "algorithm.max_env_failure_share=1.5")
     problems = config_problems(cfg, check_files=False)
     for needle in ("algorithm.spa.alpha=nan", "algorithm.spa.beta=-1", "algorithm.invalid_penalty=inf",
                    "algorithm.spa.clip=0", "algorithm.spa.mode='mean'", "algorithm.gigpo.mode='std'",
                    "algorithm.gamma=0", "algorithm.lam=1.5", "algorithm.spa.outcome_coef=-inf",
-                   "env.pool.step_timeout=0.0", "env.pool.reset_timeout=inf"):
+                   "env.pool.step_timeout=0.0", "env.pool.reset_timeout=inf", "algorithm.max_env_failure_share=1.5"):
         assert sum(needle in p for p in problems) == 1, (needle, problems)
-    assert len(problems) == 11
+    assert len(problems) == 12
     fine = {"algorithm": {"spa": {"alpha": 0.0, "beta": 2, "clip": 5.0, "mode": "mean_std_norm"},
                           "gigpo": {"mode": "mean_norm"}, "invalid_penalty": 0, "gamma": 1.0, "lam": 0.0}}
     assert value_problems(fine) == []

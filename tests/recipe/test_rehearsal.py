@@ -215,6 +215,8 @@ def rehearsal_config(tmp_path, tokenizer_dir, estimator: str, resume: str = "aut
         cfg.actor_rollout_ref.rollout.response_length = 2048
         cfg.actor_rollout_ref.rollout.val_kwargs.n = 1
         cfg.actor_rollout_ref.actor.ppo_mini_batch_size = 2
+        cfg.trainer.n_gpus_per_node = 2  # a split verl can run (config_check: 2 x n=3 trajectories over dp 2)
+        cfg.actor_rollout_ref.rollout.tensor_model_parallel_size = 1
         cfg.actor_rollout_ref.actor.use_kl_loss = False
         cfg.algorithm.use_kl_in_reward = False
         cfg.trainer.default_local_dir = str(tmp_path / "ckpt")

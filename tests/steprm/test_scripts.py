@@ -9,7 +9,7 @@ from tests.recipe.test_examples import composed
 
 
 def test_rl_istar_composes():
-    cfg = composed("rl_istar.sh", "webshop", "algorithm.istar.lora_r=8", N_GPUS="4", TP="2")
+    cfg = composed("rl_istar.sh", "webshop", "algorithm.istar.lora_r=8", N_GPUS="3", TP="2")
     a = cfg.algorithm
     assert a.reward == "istar" and a.adv_estimator == "spa" and a.spa.mode == "rloo"
     assert cfg.reward.reward_manager.name == "istar" and cfg.trainer.v1.trainer_mode == "spa"
@@ -17,8 +17,9 @@ def test_rl_istar_composes():
     assert a.istar.lora_r == 8 and a.istar.num_gpus == 1 and a.invalid_penalty == 0.1
     assert cfg.reward.reward_kwargs.grounding_beta == 0.0
     # one GPU goes to the PRM actor; the shared schedule is unchanged
-    assert cfg.trainer.n_gpus_per_node == 3 and cfg.data.train_batch_size == 16 and cfg.actor_rollout_ref.rollout.n == 8
-    assert cfg.trainer.experiment_name == "webshop_istar"
+    assert cfg.trainer.n_gpus_per_node == 2 and cfg.data.train_batch_size == 16 and cfg.actor_rollout_ref.rollout.n == 8
+    assert cfg.trainer.experiment_name == "webshop_istar_istar_spa"
+    assert cfg.trainer.default_local_dir.endswith("rl/webshop/webshop_istar_istar_spa/checkpoints")
     assert config_problems(cfg, check_files=False) == []
 
 
@@ -30,3 +31,5 @@ def test_rl_spa_online_composes():
     assert config_problems(cfg, check_files=False) == []
     off = composed("rl_spa.sh", "alfworld")
     assert not off.algorithm.spa.online.enable
+    # online and offline SPA never share (and so never resume) one run folder
+    assert "_online_" in cfg.trainer.experiment_name and cfg.trainer.experiment_name != off.trainer.experiment_name

@@ -1,7 +1,6 @@
 """The same episodes in both layouts (tests/window/layouts.py): the fixture itself, and the estimator
 equivalence the issue asks for (gigpo/spa: equal per-turn advantages whether an episode arrives packed or as
-window rows). The estimator side belongs to spa_reward/advantage.py; until it groups the rows of one session into
-one trajectory the equivalence checks are expected to fail (xfail, not strict: they pass once it does)."""
+window rows), with the session layout the ``spa`` trainer mode reads from TransferQueue keys."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import torch
 
 from envs.actions import format_action
 from spa_reward.advantage import compute_gigpo_advantage, compute_spa_advantage, estimator_inputs
+from spa_reward.trainer import session_layout
 from tests.foundation.test_advantage import cfg
 from tests.window.layouts import episodes_for, estimator_rows, play_both
 
@@ -64,16 +64,15 @@ def test_fixture_layouts_agree(pairs):
 
 
 def _advantages(layout: dict, estimator: str) -> torch.Tensor:
+    sessions, step_index, _ = session_layout(layout["keys"])  # what the spa trainer mode reads from TransferQueue
     inputs = {"turn_anchors": np.array(layout["turn_anchors"] + [None], dtype=object)[:-1],
-              "episode_rewards": layout["episode_rewards"], "session_keys": layout["keys"]}
+              "episode_rewards": layout["episode_rewards"], "sessions": sessions, "step_index": step_index}
     fn = compute_gigpo_advantage if estimator == "gigpo" else compute_spa_advantage
     with estimator_inputs(**inputs):
         adv, _ = fn(layout["token_level_rewards"], layout["response_mask"], layout["index"], cfg(gamma=0.9))
     return adv
 
 
-@pytest.mark.xfail(strict=False, reason="spa_reward.advantage does not yet treat the rows of one session "
-                                        "({uid}_{session_id}_{index}) as one trajectory (seam's part of issue 12)")
 @pytest.mark.parametrize("estimator", ["gigpo", "spa"])
 def test_same_per_turn_advantages_in_both_layouts(pairs, estimator):
     rewards = turn_rewards_of(pairs, seed=1)

@@ -184,7 +184,15 @@ def test_composed_config_refuses_estimators_without_session_support():
     assert env_block_problems(ok) == []
     assert env_block_problems(trainer_config("algorithm.adv_estimator=gigpo")) == []  # full layout: anything goes
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gae"))
-    assert len(bad) == 1 and "adv_estimator=gae" in bad[0] and "supported in the window layout: grpo" in bad[0]
+    assert len(bad) == 1 and "adv_estimator=gae" in bad[0] and "supported in the window layout: grpo, gigpo, spa" in bad[0]
+    # gigpo and critic-free spa group a session's rows into one trajectory (tests/window/test_layout_equivalence.py)
+    assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo")) == []
+    assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=spa")) == []
+    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=spa", "critic.enable=true"))
+    assert len(bad) == 1 and "critic.enable=true" in bad[0]
+    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
+                                            "algorithm.reward=spa"))
+    assert len(bad) == 1 and "algorithm.reward=spa" in bad[0] and "full-history rows" in bad[0]
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=grpo",
                                             "algorithm.invalid_penalty=0.1"))
     assert len(bad) == 1 and "invalid_penalty=0.1" in bad[0] and "final row only" in bad[0]
