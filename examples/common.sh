@@ -63,6 +63,11 @@ LOGGER=${LOGGER:-[console,file]}        # verl trackers; file = verl's FileLogge
 RESUME=${RESUME:-auto}                  # RL scripts: auto = resume this run's own latest checkpoint | disable
 RUN_NAME=${RUN_NAME:-}                  # RL: suffix of the experiment name; eval/collect: the output folder name
 EXPERIMENT_SUFFIX=${EXPERIMENT_SUFFIX:-}  # RL: same as RUN_NAME (older name)
+# HISTORY: full = one response row per episode holding the whole history (SPA's and ETO's setting, the default for
+# every RL script so compared runs train the same agent); an integer k = one row per step whose prompt holds the
+# task and the last k steps (GiGPO's / iStar's published setting, env.history=window env.history_length=k).
+HISTORY=${HISTORY:-full}
+WINDOW_RESPONSE_LENGTH=${WINDOW_RESPONSE_LENGTH:-512}  # HISTORY=k: data.max_response_length caps one reply
 
 DRY_RUN=${DRY_RUN:-0}
 PRINT_CMD=${PRINT_CMD:-0}
@@ -226,8 +231,19 @@ override_value() {
 #   $OUT_DIR/rl/<env>/<experiment name>/ with checkpoints/ (trainer.default_local_dir), validation/ (generation
 #   dumps), logs/ and run_settings.json. RESUME=auto resumes this folder's latest checkpoint only; disable
 #   starts from step 0. A new RL script is: source common.sh; check_env; run_rl "$ENV" <algo> <its overrides> "$@".
+# the env.history overrides of HISTORY (full | k)
+history_overrides() {
+  case "$HISTORY" in
+    full) echo "env.history=full" ;;
+    ''|*[!0-9]*) echo "HISTORY=$HISTORY: use full or an integer k (the last k steps in each step's prompt)" >&2; return 2 ;;
+    *) echo "env.history=window env.history_length=$HISTORY data.max_response_length=$WINDOW_RESPONSE_LENGTH" ;;
+  esac
+}
+
 run_rl() {
   local env=$1 algo=$2; shift 2
+  local hist hist_args; hist=$(history_overrides) || exit 2; read -ra hist_args <<< "$hist"
+  set -- "${hist_args[@]}" "$@"  # the script's and the user's overrides come later and win
   local reward adv critic est name suffix
   reward=$(override_value algorithm.reward "$@"); adv=$(override_value algorithm.adv_estimator "$@")
   critic=$(override_value critic.enable "$@"); est=$(override_value algorithm.spa.estimator_path "$@")

@@ -400,3 +400,16 @@ def test_eval_table(tmp_path, capsys):
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
     assert lines["all"] == ["3", "66.7", "83.3", "75.0", "6.0"]
     assert lines["pick"] == ["2", "50.0", "75.0", "75.0", "6.0"] and lines["heat"][1] == "100.0"
+
+
+def test_history_setting_reaches_the_config_and_the_run_name():
+    full = overrides("rl_gigpo.sh", "webshop")
+    assert full["env.history"] == "full" and "_h" not in full["trainer.experiment_name"]
+    window = overrides("rl_gigpo.sh", "webshop", HISTORY="2")
+    assert window["env.history"] == "window" and window["env.history_length"] == "2"
+    assert window["data.max_response_length"] == "512"
+    # its own run folder: a windowed run never resumes the full-history run's checkpoints
+    assert window["trainer.experiment_name"].endswith("_h2")
+    assert window["trainer.default_local_dir"] != full["trainer.default_local_dir"]
+    _, proc = check_args("rl_grpo.sh", "webshop", HISTORY="two")
+    assert proc.returncode == 2 and "HISTORY=two" in proc.stderr
