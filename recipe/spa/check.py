@@ -93,7 +93,8 @@ def run_settings(cfg: Any) -> dict:
         "kl": kl,
         "max_steps": _get(cfg, "env.max_steps"),
         "max_turns": _get(cfg, "env.max_turns"),
-        "history": "full" if history is None else history,
+        "history": ("full" if history in (None, "full")
+                    else f"{history}:{_get(cfg, 'env.history_length', 2)}"),  # window:k (k is part of the agent)
         "seed": {"data": _get(cfg, "data.seed"),
                  "actor_data_loader": _get(cfg, "actor_rollout_ref.actor.data_loader_seed")},
         "prompt_style": _get(cfg, "env.prompt_style"),

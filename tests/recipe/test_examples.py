@@ -413,3 +413,11 @@ def test_history_setting_reaches_the_config_and_the_run_name():
     assert window["trainer.default_local_dir"] != full["trainer.default_local_dir"]
     _, proc = check_args("rl_grpo.sh", "webshop", HISTORY="two")
     assert proc.returncode == 2 and "HISTORY=two" in proc.stderr
+
+
+def test_run_settings_carry_the_history_layout():
+    from recipe.spa import check
+
+    assert check.run_settings(trainer_config())["history"] == "full"
+    window = check.run_settings(trainer_config("env.history=window", "env.history_length=3"))
+    assert window["history"] == "window:3" and "history" in check.COMPARED  # compare refuses mixing layouts
