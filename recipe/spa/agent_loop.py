@@ -97,11 +97,9 @@ class EnvAgentLoopOutput(AgentLoopOutput):
             turn_rewards = reward_info.pop(TURN_REWARDS_KEY, None)
             if turn_rewards is not None:
                 episode = extra.get(EPISODE_KEY) or {}
-                ends, starts = episode.get("turn_ends", []), episode.get("turn_starts")
-                if len(turn_rewards) != len(ends):
-                    raise ValueError(f"{len(turn_rewards)} turn rewards for {len(ends)} turns in this episode")
+                mine = self._row_turn_rewards(turn_rewards, episode)
                 length = int(output["responses"].shape[0])
-                dense = place_turn_rewards(turn_rewards, ends, length, starts)
+                dense = place_turn_rewards(mine, episode.get("turn_ends", []), length, episode.get("turn_starts"))
                 output["rm_scores"] = torch.tensor(dense, dtype=torch.float32)
             if reward_info.get("spa/uses_estimator"):
                 info["sum_contribution"] = float(reward_info.get("spa/sum_contribution", 0.0))
@@ -109,6 +107,13 @@ class EnvAgentLoopOutput(AgentLoopOutput):
         output.setdefault("turn_anchors", list(self.turn_anchors))
         output.setdefault("episode_reward", float(self.episode_reward))
         return output
+
+    def _row_turn_rewards(self, turn_rewards: list, episode: dict) -> list:
+        """The rewards of this row's turns, from the reward manager's per-turn list (one per turn of the episode)."""
+        ends = episode.get("turn_ends", [])
+        if len(turn_rewards) != len(ends):
+            raise ValueError(f"{len(turn_rewards)} turn rewards for {len(ends)} turns in this episode")
+        return list(turn_rewards)
 
 
 # ----------------------------------------------------------------------------------------------- episode

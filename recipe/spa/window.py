@@ -41,11 +41,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 from uuid import uuid4
 
-import torch
-from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.utils.profiler import simple_timer
 
 from envs.actions import parse_action
@@ -53,8 +51,7 @@ from envs.prepare import SPLITS
 from envs.prompts import build_window_messages
 from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode, episode_summary, weight_version_fields
 from recipe.spa.env_pool import EnvFailure
-from spa_reward.fusion import place_turn_rewards
-from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
+from spa_reward.reward_manager import EPISODE_KEY
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -65,31 +62,14 @@ LAYOUT = "window"
 class EnvWindowOutput(EnvAgentLoopOutput):
     """One step of a window-layout episode; ``as_dict`` places this row's element of the episode's turn rewards."""
 
-    def as_dict(self) -> dict[str, Any]:
-        output = AgentLoopOutput.as_dict(self)
-        extra = output.get("extra_fields") or {}
-        episode = extra.get(EPISODE_KEY) or {}
-        reward_info = extra.get("reward_extra_info")
-        info = dict(output.get("episode_info", self.episode_info))
-        if isinstance(reward_info, dict):
-            turn_rewards = reward_info.pop(TURN_REWARDS_KEY, None)
-            if turn_rewards is not None:
-                total, ends = int(episode.get("episode_turns", 0)), list(episode.get("turn_ends", []))
-                if len(turn_rewards) != total:
-                    raise ValueError(
-                        f"{len(turn_rewards)} turn rewards for a window-layout episode of {total} steps: the reward "
-                        "manager must score every row of the session (spa_reward.layout.score_window_session)"
-                    )
-                mine = [float(turn_rewards[int(episode["step_index"])])] if ends else []
-                length = int(output["responses"].shape[0])
-                dense = place_turn_rewards(mine, ends, length, episode.get("turn_starts"))
-                output["rm_scores"] = torch.tensor(dense, dtype=torch.float32)
-            if reward_info.get("spa/uses_estimator"):
-                info["sum_contribution"] = float(reward_info.get("spa/sum_contribution", 0.0))
-        output["episode_info"] = info
-        output.setdefault("turn_anchors", list(self.turn_anchors))
-        output.setdefault("episode_reward", float(self.episode_reward))
-        return output
+    def _row_turn_rewards(self, turn_rewards: list, episode: dict) -> list:
+        total, ends = int(episode.get("episode_turns", 0)), list(episode.get("turn_ends", []))
+        if len(turn_rewards) != total:
+            raise ValueError(
+                f"{len(turn_rewards)} turn rewards for a window-layout episode of {total} steps: the reward "
+                "manager must score every row of the session (spa_reward.layout.score_window_session)"
+            )
+        return [float(turn_rewards[int(episode["step_index"])])] if ends else []
 
 
 @dataclass

@@ -192,25 +192,24 @@ class ProgressScorer:
 # ---------------------------------------------------------------------------------------------------------- Ray
 
 
-class ProgressScorerActor:
-    """Ray actor body around :class:`ProgressScorer` (async). Concurrent ``score`` calls are validated one by one
-    (a bad request fails alone) and then coalesced into shared forward passes of up to ``coalesce_items`` items,
-    run on one worker thread so the event loop stays responsive."""
+class Coalescer:
+    """Concurrent ``submit(items)`` calls of one actor merged into shared passes of up to ``limit`` items: ``run(items)
+    -> one result per item`` runs them on one worker thread, so the event loop stays responsive. A pass that raises
+    fails every caller in it (and only them). Used by every scorer actor (progress, step-reward service)."""
 
-    def __init__(self, checkpoint_dir: str, coalesce_items: int = 256, **scorer_kwargs):
-        self.scorer = ProgressScorer(checkpoint_dir, **scorer_kwargs)
-        self.coalesce_items = max(1, int(coalesce_items))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-scorer")
-        self._queue: list[tuple[list[_Prepared], asyncio.Future]] = []
+    def __init__(self, run, limit: int = 256, thread_name: str = "scorer"):
+        self._run = run
+        self.limit = max(1, int(limit))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._queue: list[tuple[list, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
 
-    async def score(self, batch: list[dict]) -> list[list[float]]:
-        prepared = self.scorer.prepare(batch)
-        if not prepared:
+    async def submit(self, items: list) -> list:
+        if not items:
             return []
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append((prepared, future))
+        self._queue.append((items, future))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return await future
@@ -219,23 +218,36 @@ class ProgressScorerActor:
         loop = asyncio.get_running_loop()
         while self._queue:
             take, n = [], 0
-            while self._queue and (not take or n + len(self._queue[0][0]) <= self.coalesce_items):
-                req = self._queue.pop(0)
-                take.append(req)
-                n += len(req[0])
-            items = [p for prepared, _ in take for p in prepared]
+            while self._queue and (not take or n + len(self._queue[0][0]) <= self.limit):
+                take.append(self._queue.pop(0))
+                n += len(take[-1][0])
+            merged = [item for items, _ in take for item in items]
             try:
-                results = await loop.run_in_executor(self._executor, self.scorer.score_prepared, items)
-            except Exception as e:  # the model failed on a merged batch: every caller in it gets the error
+                results = await loop.run_in_executor(self._executor, self._run, merged)
+            except Exception as e:  # the model failed on the merged batch: every caller in it gets the error
                 for _, fut in take:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
             start = 0
-            for prepared, fut in take:
+            for items, fut in take:
                 if not fut.done():
-                    fut.set_result(results[start : start + len(prepared)])
-                start += len(prepared)
+                    fut.set_result(results[start : start + len(items)])
+                start += len(items)
+
+
+class ProgressScorerActor:
+    """Ray actor body around :class:`ProgressScorer` (async). Concurrent ``score`` calls are validated one by one
+    (a bad request fails alone) and then coalesced into shared forward passes of up to ``coalesce_items`` items
+    (:class:`Coalescer`)."""
+
+    def __init__(self, checkpoint_dir: str, coalesce_items: int = 256, **scorer_kwargs):
+        self.scorer = ProgressScorer(checkpoint_dir, **scorer_kwargs)
+        self.coalesce_items = max(1, int(coalesce_items))
+        self._coalescer = Coalescer(self.scorer.score_prepared, self.coalesce_items, "progress-scorer")
+
+    async def score(self, batch: list[dict]) -> list[list[float]]:
+        return await self._coalescer.submit(self.scorer.prepare(batch))
 
     async def info(self) -> dict[str, Any]:
         return self.scorer.info()

@@ -45,7 +45,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -545,45 +545,17 @@ class StepRewardServiceActor:
     then coalesced into shared forward passes of up to ``coalesce_items`` items."""
 
     def __init__(self, settings: dict, coalesce_items: int = 256):
+        from spa_reward.progress.serve import Coalescer
+
         self.model = StepRewardModel(settings)
         self.coalesce_items = max(1, int(coalesce_items))
-        self._score_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-score")
+        self._coalescer = Coalescer(self.model.score, self.coalesce_items, "steprm-score")
         self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-train")
-        self._queue: list[tuple[list[dict], asyncio.Future]] = []
-        self._drainer: Optional[asyncio.Task] = None
 
     async def score(self, batch: list[dict]) -> list[list[float]]:
         s = self.model.settings
         parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")  # raises alone
-        if not batch:
-            return []
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append((list(batch), future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            take, n = [], 0
-            while self._queue and (not take or n + len(self._queue[0][0]) <= self.coalesce_items):
-                take.append(self._queue.pop(0))
-                n += len(take[-1][0])
-            merged = [item for batch, _ in take for item in batch]
-            try:
-                results = await loop.run_in_executor(self._score_pool, self.model.score, merged)
-            except Exception as e:  # the model failed on the merged batch: every caller in it gets the error
-                for _, fut in take:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            start = 0
-            for batch, fut in take:
-                if not fut.done():
-                    fut.set_result(results[start : start + len(batch)])
-                start += len(batch)
+        return await self._coalescer.submit(list(batch))
 
     async def update(self, batch: list[dict]) -> dict[str, float]:
         return await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.update, batch)
