@@ -16,14 +16,6 @@ ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
 
-@pytest.fixture(scope="module")
-def transfer_queue():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    yield tq
-    tq.close()
-    ray.shutdown()
-
 
 def put_rollout(rewards, keys, partition="train", failed=(), values=None, tags=None):
     """Store rows exactly as verl's AgentLoopWorkerTQ does (one dict per output, list_of_dict_to_tensordict, the

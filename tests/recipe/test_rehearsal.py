@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from envs.actions import format_action
 from tests.recipe.helpers import FakeServer, _RewardWorker, make_agent_loop, trainer_config
@@ -184,14 +184,6 @@ class EnvAgentLoopManager:
 
 # --------------------------------------------------------------------------------------------- setup
 
-
-@pytest.fixture(scope="module")
-def transfer_queue():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    yield tq
-    tq.close()
-    ray.shutdown()
 
 
 def rehearsal_config(tmp_path, tokenizer_dir, estimator: str, resume: str = "auto"):

@@ -23,14 +23,6 @@ FIELDS = ["rm_scores", "response_mask", "responses", "prompts", "turn_anchors", 
           "uid", "session_id", "extra_fields"]
 
 
-@pytest.fixture(scope="module")
-def transfer_queue():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    yield tq
-    tq.close()
-    ray.shutdown()
-
 
 class RowScorer:
     """ProgressScorer stand-in: c = (reply tokens) / 100 for a one-turn item; records what it was asked."""
