@@ -5,8 +5,7 @@ each other at every parallel region, and one of them is always descheduled. Meas
 ``benchmarks/bench_estimators.py`` on 2 cores with one core busy, 2 threads were 2-6x slower than 1.
 
 Policy (:func:`pick_num_threads`): the cores this process may run on (``os.sched_getaffinity``) that the 1-minute
-load average leaves free, plus the one this process itself occupies, at least 1 and at most torch's current
-setting. ``SPA_NUM_THREADS=<n>`` overrides it. The load average lags by up to a minute: right after the load
+load average leaves free, rounded to the nearest core, at least 1 and at most torch's current setting. ``SPA_NUM_THREADS=<n>`` overrides it. The load average lags by up to a minute: right after the load
 changes the pick may be off for that long (the cost is the old figure, never a hang).
 
 Use :func:`thread_policy` as a decorator (estimators) or call :func:`apply_thread_policy` once (training)::
@@ -59,8 +58,11 @@ def _env_threads() -> int | None:
 
 
 def pick_num_threads(ceiling: int | None = None, cores: int | None = None, load: float | None = None) -> int:
-    """Threads for the next CPU tensor op: ``$SPA_NUM_THREADS``, else ``floor(cores - load) + 1`` clamped to
-    ``[1, ceiling]`` (``ceiling``: torch's current thread count; ``cores``/``load`` default to this machine's)."""
+    """Threads for the next CPU tensor op: ``$SPA_NUM_THREADS``, else the cores the load leaves free, rounded to
+    the nearest whole core (``floor(cores - load + 0.5)``), clamped to ``[1, ceiling]`` (``ceiling``: torch's
+    current thread count; ``cores``/``load`` default to this machine's). Rounding, not ``+ 1`` for our own core:
+    the caller (a trainer waiting on GPUs, a fresh benchmark) is mostly not in the load average, so one busy
+    process on 2 cores (load ~1) must give 1 thread."""
     forced = _env_threads()
     if forced is not None:
         return forced
@@ -70,7 +72,7 @@ def pick_num_threads(ceiling: int | None = None, cores: int | None = None, load:
         ceiling = torch.get_num_threads()
     cores = available_cores() if cores is None else cores
     load = _load() if load is None else load
-    free = math.floor(max(0.0, cores - load)) + 1
+    free = math.floor(max(0.0, cores - load) + 0.5)
     return max(1, min(int(ceiling), cores, free))
 
 

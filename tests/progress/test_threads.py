@@ -14,9 +14,10 @@ from spa_reward import cli, threads
 
 
 @pytest.mark.parametrize("cores,load,expected", [
-    (2, 0.0, 2), (2, 0.9, 2), (2, 1.0, 2), (2, 1.6, 1), (2, 2.0, 1), (2, 7.5, 1), (16, 3.2, 13), (16, 0.0, 16),
+    (2, 0.0, 2), (2, 0.4, 2), (2, 0.9, 1), (2, 1.0, 1), (2, 1.6, 1), (2, 2.0, 1), (2, 7.5, 1), (16, 3.2, 13),
+    (16, 0.0, 16),
 ])
-def test_free_cores_plus_our_own(cores, load, expected, monkeypatch):
+def test_free_cores_rounded(cores, load, expected, monkeypatch):
     monkeypatch.delenv(threads.ENV_VAR, raising=False)
     assert threads.pick_num_threads(ceiling=64, cores=cores, load=load) == expected
 
