@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recipe.spa.check import COMPARED
-from recipe.spa.eval_table import episode_infos, table_rows
+from recipe.spa.eval_table import DumpError, episode_infos, table_rows
 
 VAL_KEY = re.compile(r"^val-(?:core|aux)/(?P<src>[^/]+)/spa/(?P<var>won|task_score|executable_rate|num_turns)"
                      r"/mean@(?P<n>\d+)$")
@@ -124,16 +124,30 @@ def val_series(run: Run) -> dict[int, dict[str, float]]:
             series[step] = {col: sum(v for _, v in srcs.values()) / len(srcs) for col, srcs in found.items()}
     if not series:
         for step, dump in sorted(run.dumps.items()):
-            rows = dict(table_rows(episode_infos(dump)))
-            series[step] = {k: rows["all"][k] for k in VARS.values()}
+            rows = dump_rows(dump)
+            if rows:
+                series[step] = {k: dict(rows)["all"][k] for k in VARS.values()}
     return series
+
+
+def dump_rows(dump: Path) -> list:
+    """The eval table rows of one validation dump; torn lines (a run killed mid-write) are skipped and a dump
+    without episodes is left out, each said on stderr."""
+    try:
+        infos, skipped = episode_infos(dump, skip_invalid=True)
+    except DumpError as exc:
+        print(f"compare: leaving out {exc}", file=sys.stderr)
+        return []
+    if skipped:
+        print(f"compare: {dump}: {skipped} invalid lines skipped", file=sys.stderr)
+    return table_rows(infos)
 
 
 def task_type_series(run: Run) -> dict[str, dict[int, dict[str, float]]]:
     """task type -> step -> {success, score, grounding, turns}, from the validation dumps."""
     out: dict[str, dict[int, dict[str, float]]] = {}
     for step, dump in sorted(run.dumps.items()):
-        for group, values in table_rows(episode_infos(dump)):
+        for group, values in dump_rows(dump):
             if group != "all":
                 out.setdefault(group, {})[step] = {k: values[k] for k in VARS.values()}
     return out

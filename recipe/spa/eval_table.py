@@ -33,25 +33,41 @@ def latest_dump(path: Path) -> Path:
     return max(dumps, key=lambda p: int(p.stem))
 
 
-def episode_infos(path: Path) -> list[dict]:
-    """One ``episode_info``-like dict per dumped episode."""
-    infos = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+class DumpError(ValueError):
+    """A generation dump that cannot make a table (no episodes, a torn or foreign line); names the file and line."""
+
+
+def episode_infos(path: Path, skip_invalid: bool = False) -> tuple[list[dict], int]:
+    """(one ``episode_info``-like dict per dumped episode, number of lines skipped). A line that is not valid UTF-8
+    JSON (a torn write) or lacks the reward managers' fields raises :class:`DumpError` with ``file:line``, or is
+    skipped and counted with ``skip_invalid``; a dump without episodes always raises."""
+    infos, skipped = [], 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
-            row = json.loads(line)
-            if "spa/won" not in row:
-                raise ValueError(f"{path}: no 'spa/won' field; was this run's reward manager 'outcome' or 'spa'?")
-            infos.append({
-                "won": float(row["spa/won"]),
-                "score": float(row.get("spa/task_score", 0.0)),
-                "executable_rate": float(row.get("spa/executable_rate", 0.0)),
-                "num_turns": float(row.get("spa/num_turns", 0.0)),
-                "truncated": float(row.get("spa/truncated", 0.0)),
-                "task_type": str(row.get("spa/task_type", "") or ""),
-            })
-    return infos
+            try:
+                row = json.loads(raw.decode("utf-8"))
+                if not isinstance(row, dict) or "spa/won" not in row:
+                    raise ValueError("no 'spa/won' field; was this run's reward manager 'outcome', 'spa' or 'istar'?")
+                info = {
+                    "won": float(row["spa/won"]),
+                    "score": float(row.get("spa/task_score", 0.0)),
+                    "executable_rate": float(row.get("spa/executable_rate", 0.0)),
+                    "num_turns": float(row.get("spa/num_turns", 0.0)),
+                    "truncated": float(row.get("spa/truncated", 0.0)),
+                    "task_type": str(row.get("spa/task_type", "") or ""),
+                }
+            except (UnicodeDecodeError, ValueError, TypeError) as exc:
+                if not skip_invalid:
+                    raise DumpError(f"{path}:{number}: {exc} (pass --skip-invalid to skip such lines)") from None
+                skipped += 1
+                continue
+            infos.append(info)
+    if not infos:
+        raise DumpError(f"{path}: no episodes" + (f" ({skipped} invalid lines skipped)" if skipped else "")
+                        + "; was the validation run cut short?")
+    return infos, skipped
 
 
 def table_rows(infos: list[dict]) -> list[tuple[str, dict]]:
@@ -90,11 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="validation_data_dir folders or <step>.jsonl files")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--split", default=None, help="which task split was played (printed in the title)")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip (and count) torn or foreign dump lines")
     args = parser.parse_args(argv)
     for p in args.paths:
-        dump = latest_dump(Path(p))
+        try:
+            dump = latest_dump(Path(p))
+            infos, skipped = episode_infos(dump, args.skip_invalid)
+        except (DumpError, FileNotFoundError) as exc:
+            print(f"eval_table: {exc}", file=sys.stderr)
+            return 1
         split = f"; split: {args.split}" if args.split else ""
-        print(render(f"{p} ({dump.name}{split}); success/score/grounding in %", table_rows(episode_infos(dump)),
+        note = f"; {skipped} invalid lines skipped" if skipped else ""
+        print(render(f"{p} ({dump.name}{split}{note}); success/score/grounding in %", table_rows(infos),
                      args.markdown))
         print()
     return 0

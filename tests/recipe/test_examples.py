@@ -421,3 +421,22 @@ def test_run_settings_carry_the_history_layout():
     assert check.run_settings(trainer_config())["history"] == "full"
     window = check.run_settings(trainer_config("env.history=window", "env.history_length=3"))
     assert window["history"] == "window:3" and "history" in check.COMPARED  # compare refuses mixing layouts
+
+
+def test_eval_table_refuses_empty_and_torn_dumps(tmp_path, capsys):
+    from recipe.spa.eval_table import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "5.jsonl").write_text("\n")
+    assert main([str(tmp_path / "empty")]) == 1  # was NaN with exit 0
+    assert "5.jsonl: no episodes" in capsys.readouterr().err
+    good = json.dumps({"spa/won": 1.0, "spa/task_score": 1.0}).encode()
+    torn = json.dumps({"spa/won": 0.0, "spa/task_type": "pick \u00e9tag\u00e8re"}, ensure_ascii=False).encode()[:-6]
+    dump = tmp_path / "torn"
+    dump.mkdir()
+    (dump / "3.jsonl").write_bytes(good + b"\n" + torn + b"\n" + good + b"\n")
+    assert main([str(dump)]) == 1
+    assert "3.jsonl:2:" in capsys.readouterr().err  # file and line named
+    assert main([str(dump), "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "1 invalid lines skipped" in out and out.splitlines()[2].split()[:3] == ["all", "2", "100.0"]
