@@ -20,7 +20,7 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
-from spa_reward.cli import positive_int
+from envs.cli import positive_int
 
 
 def make_records(path: Path, n: int, tokens: int, turns: int, seed: int = 0) -> int:

@@ -56,8 +56,8 @@ from typing import Any, Iterator
 
 from envs import check_env_name, env_names, make_env
 from envs.actions import STYLES, format_action, parse_action
-from envs.prepare import (data_source, env_kwargs, list_split, non_negative_int, positive_int, subsample_tasks,
-                          write_parquet)
+from envs.cli import non_negative_int, positive_float, positive_int
+from envs.prepare import data_source, env_kwargs, list_split, subsample_tasks, write_parquet
 from envs.prompts import SPA_PROMPT_VERSION, build_messages, build_window_messages, format_observation
 
 __all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought", "parts_dir_for", "window_chats"]
@@ -468,16 +468,6 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
     return rows, summary
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number of seconds, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.expert", description=__doc__.split("\n\n")[0])
     parser.add_argument("env", help=f"one of: {', '.join(env_names())}")
@@ -490,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-system-prompt", action="store_true", help="instructions in the first user message")
     parser.add_argument("--data-dir", default=None, help="environment data folder (default: $SPA_DATA/<env>)")
     parser.add_argument("--workers", type=positive_int, default=1, help="replay in N processes (one env each)")
-    parser.add_argument("--task-timeout", type=_positive_seconds, default=600.0,
+    parser.add_argument("--task-timeout", type=positive_float, default=600.0,
                         help="seconds one task may take before it is killed and counted as a timeout (default 600)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the finished tasks kept in <output>.parts/ from an earlier run")

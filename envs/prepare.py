@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from envs import check_env_name, env_names, make_env
+from envs.cli import non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -167,25 +168,6 @@ def _parse_splits(text: str) -> list[str]:
     if bad or not splits:
         raise argparse.ArgumentTypeError(f"splits must be a comma list of {', '.join(ALL_SPLITS)}; got {text!r}")
     return splits
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spa_reward.cli import positive_int
+from envs.cli import positive_int
 
 logger = logging.getLogger("recipe.spa.tour")
 

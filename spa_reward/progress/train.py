@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from envs.cli import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 from ..records import fsync_path, iter_records
 from ..threads import apply_thread_policy
 from .data import Example, ExampleSet, collate_examples, epoch_order, is_env_failure

@@ -1,4 +1,4 @@
-"""The thread-count policy (spa_reward.threads) and the typed CLI helpers (spa_reward.cli)."""
+"""The thread-count policy (spa_reward.threads) and the typed CLI helpers (envs.cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spa_reward import cli, threads
+from envs import cli
+from spa_reward import threads
 
 
 @pytest.mark.parametrize("cores,load,expected", [

@@ -1,4 +1,5 @@
-"""Typed argparse helpers shared by the project's command lines.
+"""Typed argparse helpers shared by every command line of the project (on the lowest floor, ``envs``, so the
+CLIs of every floor import the same ones).
 
 Pass them as ``type=`` so a bad value is an argparse error naming the flag (``argument --batch-size: must be an
 integer >= 1, got '0'``), raised before anything loads::
