@@ -25,6 +25,19 @@ def tiny_estimator_dir(tmp_path_factory, tiny_tokenizer):
     return out
 
 
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    """A randomly initialised tiny estimator to start training from (``--model``)."""
+    import torch
+
+    from spa_reward.progress.model import ProgressEstimator
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("init")
+    ProgressEstimator(tiny_config()).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Tiny models run fastest on one thread, and on a shared machine extra OpenMP threads only spin."""

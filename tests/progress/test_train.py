@@ -24,14 +24,6 @@ def record_files(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("init")
-    ProgressEstimator(tiny_config()).save_pretrained(out)
-    return out
-
-
 def _args(record_files, init_dir, out, *extra):
     return [
         "--records", str(record_files / "train.jsonl"), "--eval-records", str(record_files / "eval.parquet"),

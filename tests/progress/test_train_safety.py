@@ -10,11 +10,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from progress_helpers import random_record, tiny_config
+from progress_helpers import random_record
 
 from spa_reward.progress import train as train_mod
 from spa_reward.progress.data import ExampleSet, record_to_example
-from spa_reward.progress.model import ProgressEstimator
 from spa_reward.records import validate_record, write_records
 
 
@@ -24,14 +23,6 @@ def records_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("records") / "train.jsonl"
     write_records(path, [random_record(rng, i) for i in range(16)])
     return path
-
-
-@pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("init")
-    ProgressEstimator(tiny_config()).save_pretrained(out)
-    return out
 
 
 def _args(records, init_dir, out, *extra):
