@@ -57,8 +57,8 @@ gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ.
 on top of the RL budget and are reported in the table.
 
 Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes, mean and min-max band over seeds; second
-panel: per-step Pearson correlation of each method's per-turn advantage, and of c_t (istar: beta q_t), with the true step
-worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
+panel: per-step Pearson correlation of each method's per-turn advantage, and of c_t (istar: beta q_t), with the true
+step worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
 
     python benchmarks/bench_learning.py [--quick] [--seeds 5] [--methods grpo gigpo spa] [--out-dir DIR]
     python benchmarks/bench_learning.py --from-json DIR/learning.json --out-dir DIR2   # redraw only
@@ -581,7 +581,8 @@ METHODS: dict[str, Method] = {
     "spa_online": Method(spa_online_rewards, "spa", {"reward": "spa", "spa": {"online": {"enable": True}}},
                          prepare=prepare_spa_online,
                          doc="spa (alpha 1, beta 0.5) whose estimator keeps training on every RL batch (online)"),
-    "spa_online_nog": Method(spa_online_rewards, "spa", {"reward": "spa", "spa": {"beta": 0.0, "online": {"enable": True}}},
+    "spa_online_nog": Method(spa_online_rewards, "spa",
+                             {"reward": "spa", "spa": {"beta": 0.0, "online": {"enable": True}}},
                              prepare=prepare_spa_online, doc="online spa, beta = 0"),
     "istar": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"}}, prepare=prepare_istar,
                     doc="implicit PRM r_t = beta q_t (pi_ref = rollout policy), trajectory DPO, spa rloo advantage"),
@@ -589,8 +590,8 @@ METHODS: dict[str, Method] = {
                                                    "istar": {"reference": "frozen"}}, prepare=prepare_istar,
                            doc="istar with pi_ref = a frozen copy of the initial PRM (q_t = 0 at the start)"),
 }
-DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog", "istar",
-                   "istar_frozen"]
+DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog",
+                   "istar", "istar_frozen"]
 
 
 def algorithm_config(overrides: dict):
