@@ -23,19 +23,42 @@ own code on verl-shaped tensors, exactly as in a verl run:
 * the progress estimator (spa): exploration episodes of the initial policy -> ``TrajectoryRecord`` files ->
   ``spa_reward.progress.train`` (tiny Llama from a config, MSE(sum c_t, R)) -> ``ProgressScorer`` (the serving
   class the reward manager uses) scores every RL batch. The paper's pipeline in miniature.
+* the step-reward service (``spa_online``, ``istar``): ``spa_reward.steprm.trainer_hooks.StepRewardHooks`` built
+  from the method's ``algorithm`` block (the trainer's own plan: objective, online, beta, reference, replay
+  window), serving from an in-process ``spa_reward.steprm.service.StepRewardModel`` (the Ray actor's body) on CPU.
+  Every batch goes through ``StepRewardHooks.process`` on the columns ``on_batch`` reads from TransferQueue
+  (:func:`trainer_columns`): score with the pre-update weights, then one ``update`` on the batch.
+
+  - ``spa_online`` / ``spa_online_nog``: ``algorithm.spa.online.enable=true`` (objective ``progress``, replay window
+    4, one step per batch, the recipe's values) starting from the same offline estimator ``spa`` trains (cached
+    per seed); c_t scored by the service as the ``spa`` reward manager does, fused with alpha 1 and beta 0.5 / 0.
+  - ``istar`` (``algorithm.reward=istar algorithm.adv_estimator=spa algorithm.spa.mode=rloo``, as
+    ``examples/rl_istar.sh``): the env part of the ``istar`` reward manager (grounding_beta g_t = 0, R as the
+    episode reward), then r_t = beta * q_t (beta 0.05) added on each turn's token by ``add_step_rewards``, and one
+    trajectory-DPO update per batch. The PRM is a tiny causal Llama built from a config over the lock vocabulary.
+    The paper starts the PRM from the policy, so q_t = log pi_phi - log pi_old starts near 0; the MLP policy here
+    cannot be a causal LM, so with ``reference=rollout`` (pi_ref = the MLP's old log-prob of the chosen lever,
+    placed on the action token, what the trainer sends) q_t starts as log pi_phi(lever) over the whole vocabulary
+    minus log pi_old(lever) over the levers: a per-turn offset (cancelled by the rloo step baseline when it is
+    constant) plus an exploration bonus -log pi_old(a_t). That is iStar's formula, not its initial condition, so
+    ``istar_frozen`` (``algorithm.istar.reference=frozen``: pi_ref = a frozen copy of the initial PRM, q_t = 0
+    exactly before the first update) is the closest faithful variant and is run beside it.
+  The PRM / online learning rates are the benchmark's (``--online-lr``, ``--prm-lr``, default 1e-3 for models of
+  a few thousand weights trained from scratch); the recipe's 1e-5 / 1e-6 are for billion-weight checkpoints.
 
 Methods are the entries of ``METHODS`` (name -> reward function, advantage estimator, algorithm overrides,
-optional preparation step); add online SPA, iStar or StepAgent by adding an entry. Default: ``grpo``, ``gigpo``
-(outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0) and two diagnostics
-with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``; ``grpo_pen`` (GRPO with
+optional preparation step); add StepAgent by adding an entry. Default: ``grpo``, ``gigpo``
+(outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0), two diagnostics
+with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``, and the step-reward
+service methods ``spa_online``, ``spa_online_nog``, ``istar``, ``istar_frozen``; ``grpo_pen`` (GRPO with
 ``examples/``' invalid-action penalty 0.1) is available by name. Every method gets the same policy, optimiser,
 seeds, tasks and RL episode budget and the recipe's ``algorithm`` block (``recipe/spa/config/spa_trainer.yaml``:
 gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ. spa's exploration episodes come
 on top of the RL budget and are reported in the table.
 
 Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes, mean and min-max band over seeds; second
-panel: per-step Pearson correlation of each method's per-turn advantage, and of spa's c_t, with the true step
-worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
+panel: per-step Pearson correlation of each method's per-turn advantage, and of c_t (istar: beta q_t), with the true
+step worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
 
     python benchmarks/bench_learning.py [--quick] [--seeds 5] [--methods grpo gigpo spa] [--out-dir DIR]
     python benchmarks/bench_learning.py --from-json DIR/learning.json --out-dir DIR2   # redraw only
@@ -372,7 +395,7 @@ def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[
     return rewards, {"c_worth_pearson": _pearson(flat_c, flat_w), "c_lag1_pearson": _lag1_pearson(contribs, eps)}
 
 
-def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path) -> dict:
+def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
     """The paper's pipeline in miniature: the initial policy explores, the estimator is trained on its records."""
     from spa_reward.progress import train as train_mod
     from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig, build_tiny_backbone_config
@@ -415,18 +438,127 @@ def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, w
         "explore_lag1_pearson": _lag1_pearson(explore_pred, eps),
         "mean_c_by_event": _mean_by_event(explore_pred, eps),
     }
-    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info}
+    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info, "estimator_dir": str(work / "estimator")}
     return dict(_ESTIMATOR_CACHE[key])
 
 
 _ESTIMATOR_CACHE: dict = {}
 
 
+# ------------------------------------------------------------------ step-reward service (online spa, istar)
+
+
+def trainer_columns(eps: list[Episode], vocab: Vocab, turn_rewards: list[list[float]]) -> dict[str, list]:
+    """The per-row columns ``StepRewardHooks.on_batch`` reads from TransferQueue in a verl run: ``prompts``,
+    ``responses`` (action token + observation tokens per turn), ``response_mask``, ``uid``, ``episode_info``,
+    ``episode_reward``, ``rm_scores`` (the reward manager's ``turn_rewards`` on each turn's last token) and
+    ``old_log_probs`` (the rollout policy's log-prob of each response token: the MLP's log-prob of the chosen
+    lever on the action token; observation tokens are not the policy's and get 0, outside every turn)."""
+    cols: dict[str, list] = {k: [] for k in ("prompts", "responses", "response_mask", "uid", "episode_info",
+                                             "episode_reward", "rm_scores", "old_log_probs")}
+    for ep, r in zip(eps, turn_rewards):
+        ids, _ = estimator_sequence(ep, vocab)
+        plen = len(ep.prompt_ids)
+        mask, pos = response_layout(ep)
+        resp = ids[plen:]
+        assert len(resp) == len(mask), (len(resp), len(mask))
+        old = torch.zeros(len(resp))
+        old[torch.tensor(pos)] = torch.tensor(ep.logps, dtype=torch.float32)
+        cols["prompts"].append(torch.tensor(ep.prompt_ids))
+        cols["responses"].append(torch.tensor(resp))
+        cols["response_mask"].append(torch.tensor(mask))
+        cols["uid"].append(ep.uid)
+        cols["episode_info"].append({"won": ep.won})
+        cols["episode_reward"].append(ep.reward)
+        cols["rm_scores"].append(torch.tensor(place_turn_rewards(r, pos, len(resp)), dtype=torch.float32))
+        cols["old_log_probs"].append(old)
+    return cols
+
+
+def _step_reward_hooks(algo, settings: dict):
+    """``StepRewardHooks`` for the method's ``algorithm`` block (the trainer's plan: objective, online, beta,
+    reference, replay window, ...), serving from an in-process ``StepRewardModel`` built from the plan's settings
+    plus the benchmark's own (CPU, fp32, no checkpointing, its learning rate and model)."""
+    from omegaconf import OmegaConf
+
+    from spa_reward.steprm.service import StepRewardModel
+    from spa_reward.steprm.trainer_hooks import StepRewardHooks
+
+    hooks = StepRewardHooks(OmegaConf.create({"algorithm": OmegaConf.to_container(algo, resolve=True)}))
+    if not hooks.trains:
+        raise ValueError(f"algorithm block {algo.reward!r} plans no online step-reward service: {hooks.plan}")
+    merged = {**hooks.plan["settings"], **settings}
+    hooks.handle = StepRewardModel(merged)
+    return hooks
+
+
+def prepare_spa_online(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
+    """spa's offline estimator (shared, cached per seed) as the start of an online progress service
+    (``algorithm.spa.online``: replay window, steps per batch) that trains on every RL batch."""
+    base = prepare_spa(seed, policy, task, vocab, args, workdir)
+    algo = algo.copy()
+    algo.spa.estimator_path = base["estimator_dir"]
+    hooks = _step_reward_hooks(algo, {"device": "cpu", "dtype": "float32", "gradient_checkpointing": False,
+                                      "lr": args.online_lr, "micro_batch_size": 64, "seed": seed})
+    return {**base, "hooks": hooks}
+
+
+def spa_online_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """Online SPA: the reward manager ``spa`` scores c_t with the service's current (pre-update) weights, then the
+    trainer hook trains the service on the batch (R per episode, replay window)."""
+    hooks = ctx["hooks"]
+    items = []
+    for ep in eps:
+        ids, ends = estimator_sequence(ep, ctx["vocab"])
+        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
+    rewards, diag = _fused(eps, hooks.handle.score(items), algo)
+    metrics: dict = {}
+    hooks.process(trainer_columns(eps, ctx["vocab"], rewards), metrics)
+    return rewards, {**diag, "steprm_loss": metrics.get("steprm/loss", float("nan"))}
+
+
+def prepare_istar(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
+    """iStar's implicit PRM: a tiny causal LM built from a config over the lock vocabulary (the benchmark's
+    policy is an MLP, so the PRM cannot start from it as in the paper; see ``istar_rewards``)."""
+    from spa_reward.progress.model import build_tiny_backbone_config
+
+    backbone = build_tiny_backbone_config(vocab_size=vocab.size, hidden_size=args.est_hidden, num_layers=2,
+                                          num_heads=4, max_position_embeddings=256, pad_token_id=vocab.ids["<pad>"])
+    hooks = _step_reward_hooks(algo, {"backbone_config": backbone, "model_path": None, "device": "cpu",
+                                      "dtype": "float32", "gradient_checkpointing": False, "lr": args.prm_lr,
+                                      "micro_batch_size": 64, "seed": seed})
+    return {"hooks": hooks, "vocab": vocab}
+
+
+def istar_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """iStar, as the spa trainer mode runs it: the reward manager ``istar`` gives the env part per turn
+    (``grounding_beta * g_t - invalid_penalty * (1 - g_t)``, R as the episode reward), then
+    ``StepRewardHooks.process`` scores r_t = beta * q_t with the pre-update PRM, adds it on each turn's last token
+    of ``rm_scores`` (``add_step_rewards``) and runs one trajectory-DPO update on the batch."""
+    s = algo.istar
+    env_part = [fuse_turn_rewards([0.0] * len(ep.actions), ep.executable, alpha=0.0, beta=s.grounding_beta,
+                                  outcome=ep.reward, outcome_coef=algo.spa.outcome_coef, clip=None,
+                                  invalid_penalty=algo.invalid_penalty)[0] for ep in eps]
+    cols = trainer_columns(eps, ctx["vocab"], env_part)
+    metrics: dict = {}
+    new_scores = ctx["hooks"].process(cols, metrics)
+    rewards, q = [], []
+    for ep, env_r, row in zip(eps, env_part, new_scores):
+        _, pos = response_layout(ep)
+        r = row[torch.tensor(pos)].tolist()
+        rewards.append(r)
+        q.append([a - b for a, b in zip(r, env_r)])  # beta * q_t alone
+    flat_q = [x for c in q for x in c]
+    return rewards, {"c_worth_pearson": _pearson(flat_q, [w for ep in eps for w in ep.worth]),
+                     "c_lag1_pearson": _lag1_pearson(q, eps), "steprm_loss": metrics.get("steprm/loss", float("nan"))}
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the comparison: how turns are rewarded, which registered advantage estimator reads them, the
     algorithm overrides that are this method's own documented knobs, and an optional preparation step (e.g.
-    training an estimator) that returns the reward function's context and counts its extra episodes."""
+    training an estimator; called with the method's ``algo`` block) that returns the reward function's context
+    and counts its extra episodes."""
 
     reward: Callable[[list[Episode], dict, Any], tuple[list[list[float]], dict]]
     adv_estimator: str
@@ -446,8 +578,20 @@ METHODS: dict[str, Method] = {
                          doc="spa (released alpha, beta) with c_t = the true step worth: what a perfect estimator gives"),
     "spa_oracle_nog": Method(oracle_rewards, "spa", {"spa": {"beta": 0.0}}, doc="perfect estimator, beta = 0"),
     "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
+    "spa_online": Method(spa_online_rewards, "spa", {"reward": "spa", "spa": {"online": {"enable": True}}},
+                         prepare=prepare_spa_online,
+                         doc="spa (alpha 1, beta 0.5) whose estimator keeps training on every RL batch (online)"),
+    "spa_online_nog": Method(spa_online_rewards, "spa",
+                             {"reward": "spa", "spa": {"beta": 0.0, "online": {"enable": True}}},
+                             prepare=prepare_spa_online, doc="online spa, beta = 0"),
+    "istar": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"}}, prepare=prepare_istar,
+                    doc="implicit PRM r_t = beta q_t (pi_ref = rollout policy), trajectory DPO, spa rloo advantage"),
+    "istar_frozen": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"},
+                                                   "istar": {"reference": "frozen"}}, prepare=prepare_istar,
+                           doc="istar with pi_ref = a frozen copy of the initial PRM (q_t = 0 at the start)"),
 }
-DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog"]
+DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog",
+                   "istar", "istar_frozen"]
 
 
 def algorithm_config(overrides: dict):
@@ -511,7 +655,7 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     ctx, prep = {}, {}
     if method.prepare is not None:
-        ctx = method.prepare(seed, policy, task, vocab, args, workdir)
+        ctx = method.prepare(seed, policy, task, vocab, args, workdir, algo=algo)
         prep = ctx.get("info", {})
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -644,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--est-lr", type=float, default=3e-3)
     p.add_argument("--est-batch", type=int, default=64)
     p.add_argument("--est-hidden", type=int, default=32)
+    p.add_argument("--online-lr", type=float, default=1e-3, help="spa_online: the progress service's learning rate")
+    p.add_argument("--prm-lr", type=float, default=1e-3, help="istar: the implicit PRM's learning rate")
     p.add_argument("--n-tasks", type=int, default=LockTask.n_tasks)
     p.add_argument("--n-stages", type=int, default=LockTask.n_stages)
     p.add_argument("--n-actions", type=int, default=LockTask.n_actions)

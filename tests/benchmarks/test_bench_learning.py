@@ -119,3 +119,84 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     assert [row["method"] for row in saved["rows"]] == bench.DEFAULT_METHODS
     redrawn = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), "--out-dir", str(tmp_path / "re")])
     assert redrawn["rows"] == saved["rows"] and (tmp_path / "re" / "learning.png").stat().st_size > 0
+
+
+def _tiny_args(bench, tmp_path, **kw):
+    args = bench.build_parser().parse_args(["--explore-episodes", "64", "--est-epochs", "1", "--est-batch", "32",
+                                           "--workdir", str(tmp_path)])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def _first_batch(bench, name, tmp_path, seed=0):
+    """The method's prepared context and its first RL batch (2 locks x group 4) of a fresh policy."""
+    import spa_reward.register  # noqa: F401
+
+    task = bench.LockTask(n_tasks=2, n_stages=2, n_actions=6, n_traps=1, n_invalid=1, max_steps=6)
+    vocab = bench.Vocab(task)
+    torch_mod = pytest.importorskip("torch")
+    torch_mod.manual_seed(seed)
+    policy = bench.Policy(vocab.size, task.n_actions, hidden=8)
+    method = bench.METHODS[name]
+    algo = bench.algorithm_config({"adv_estimator": method.adv_estimator, **method.algorithm})
+    ctx = method.prepare(seed, policy, task, vocab, _tiny_args(bench, tmp_path), tmp_path, algo=algo)
+    tids = [f"lock-{k}" for k in (0, 1) for _ in range(4)]
+    eps = bench.rollout(policy, task, vocab, tids, [t + "-g" for t in tids], torch_mod.Generator().manual_seed(1))
+    return ctx, eps, algo, method
+
+
+def test_step_reward_methods_plan_the_trainers_service(bench):
+    from spa_reward.steprm.trainer_hooks import service_plan
+
+    kinds = {"spa_online": "progress_online", "spa_online_nog": "progress_online", "istar": "implicit",
+             "istar_frozen": "implicit"}
+    for name, kind in kinds.items():
+        method = bench.METHODS[name]
+        algo = bench.algorithm_config({"adv_estimator": method.adv_estimator, **method.algorithm})
+        assert service_plan({"algorithm": algo})["kind"] == kind, name
+    assert bench.algorithm_config(bench.METHODS["istar"].algorithm).spa.mode == "rloo"  # as examples/rl_istar.sh
+    assert bench.algorithm_config(bench.METHODS["spa_online_nog"].algorithm).spa.beta == 0.0
+
+
+def test_istar_first_batch_rewards_are_beta_times_the_log_ratio(bench, tmp_path):
+    import torch
+
+    from spa_reward.steprm.objectives import token_logprobs
+
+    # frozen reference: the PRM is its own reference before its first update, so every q_t is exactly 0
+    ctx, eps, algo, method = _first_batch(bench, "istar_frozen", tmp_path)
+    rewards, diag = method.reward(eps, ctx, algo)
+    assert [len(r) for r in rewards] == [len(ep.actions) for ep in eps]
+    assert all(x == 0.0 for r in rewards for x in r)
+    assert ctx["hooks"].handle.version == 1  # scored, then one DPO update on the batch
+    # rollout reference: r_t = beta * (log pi_phi(a_t | prefix) - log pi_policy(a_t)), pi_phi = the same initial PRM
+    frozen_initial = ctx["hooks"].handle.reference
+    ctx, eps, algo, method = _first_batch(bench, "istar", tmp_path)
+    rewards, _ = method.reward(eps, ctx, algo)
+    beta = algo.istar.beta
+    for ep, r in zip(eps, rewards):
+        ids, ends = bench.estimator_sequence(ep, ctx["vocab"])
+        with torch.no_grad():
+            lp = token_logprobs(frozen_initial(input_ids=torch.tensor([ids])).logits, torch.tensor([ids]))[0]
+        expected = [beta * (float(lp[e]) - lp_pol) for e, lp_pol in zip(ends, ep.logps)]
+        np.testing.assert_allclose(r, expected, rtol=1e-4, atol=1e-6)
+    adv = bench.compute_advantages(eps, rewards, method.adv_estimator, algo)
+    assert adv.shape == (len(eps), max(len(ep.actions) for ep in eps)) and torch.isfinite(adv).all()
+
+
+def test_spa_online_starts_from_the_offline_estimator_and_trains(bench, tmp_path):
+    ctx, eps, algo, method = _first_batch(bench, "spa_online", tmp_path)
+    items = []
+    for ep in eps:
+        ids, ends = bench.estimator_sequence(ep, ctx["vocab"])
+        items.append({"input_ids": ids, "turn_ends": ends})
+    offline = ctx["scorer"].score(items)  # the spa entry's frozen scorer
+    rewards, diag = method.reward(eps, ctx, algo)
+    expected = [bench.fuse_turn_rewards(c, ep.executable, alpha=1.0, beta=0.5)[0] for c, ep in zip(offline, eps)]
+    for r, e in zip(rewards, expected):
+        np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-6)
+    service = ctx["hooks"].handle
+    assert service.version == 1 and math.isfinite(diag["steprm_loss"])
+    after = service.score(items)  # trained on the batch: the online weights moved away from the offline ones
+    assert max(abs(a - b) for x, y in zip(after, offline) for a, b in zip(x, y)) > 1e-6
