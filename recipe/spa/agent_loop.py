@@ -160,6 +160,35 @@ class _Episode:
         self.turn_ends[-1] = max(end, self.turn_starts[-1])
 
 
+async def step_reply(env, ep: _Episode, text: str, parse_style: Optional[str], anchor: str,
+                     metrics: dict) -> tuple[str, str, dict, str]:
+    """One turn's env side, for both layouts: parse the reply, step the env with its action (an invalid step when
+    none parses), record anchor / action / executable / won / score / reward on ``ep`` and, when the env ends the
+    episode, ``ep.done`` and its truncation. Returns (action, observation, info, the next turn's anchor). An
+    ``EnvFailure`` propagates after the turn is recorded as not executed."""
+    parsed = parse_action(text, parse_style)
+    ep.anchors.append(anchor)
+    ep.actions.append(parsed.action or "")
+    try:
+        with simple_timer("tool_calls", metrics):
+            if parsed.action is None:
+                ep.parse_errors += 1
+                obs, reward, done, info = await env.invalid_step(parsed.error or "no action")
+            else:
+                obs, reward, done, info = await env.step(parsed.action)
+    except EnvFailure:
+        ep.executable.append(False)
+        raise
+    ep.executable.append(bool(info.get("executable", False)))
+    ep.won = bool(info.get("won", False))
+    ep.score = float(info.get("score", 0.0))
+    ep.last_reward = float(reward)
+    if done:
+        ep.done = True
+        ep.truncation = "max_steps" if info.get("truncated") else ""
+    return parsed.action or "", obs, info, str(info.get("anchor", anchor))
+
+
 def episode_summary(ep: _Episode, settings: EnvRolloutSettings, num_turns: int) -> tuple[float, float, dict, dict]:
     """(R, raw env reward, the episode-level fields of ``env_episode``, ``episode_info``) of a finished episode;
     one place for both layouts (packed rows here, per-step rows in ``recipe.spa.window``)."""
@@ -299,27 +328,8 @@ class EnvAgentLoop(AgentLoopBase):
             ep.turn_starts.append(len(ep.mask) - merge.appended_token_count)
             ep.turn_ends.append(len(ep.mask) - 1)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            parsed = parse_action(text, parse_style)
-            ep.anchors.append(anchor)
-            ep.actions.append(parsed.action or "")
-            try:
-                with simple_timer("tool_calls", metrics):
-                    if parsed.action is None:
-                        ep.parse_errors += 1
-                        obs, reward, done, info = await env.invalid_step(parsed.error or "no action")
-                    else:
-                        obs, reward, done, info = await env.step(parsed.action)
-            except EnvFailure:
-                ep.executable.append(False)
-                raise
-            ep.executable.append(bool(info.get("executable", False)))
-            ep.won = bool(info.get("won", False))
-            ep.score = float(info.get("score", 0.0))
-            ep.last_reward = float(reward)
-            anchor = str(info.get("anchor", anchor))
-            if done:
-                ep.done = True
-                ep.truncation = "max_steps" if info.get("truncated") else ""
+            _, obs, info, anchor = await step_reply(env, ep, text, parse_style, anchor, metrics)
+            if ep.done:
                 return
             if len(ep.mask) >= budget_limit:
                 ep.truncation = "response_length"

@@ -46,10 +46,9 @@ from uuid import uuid4
 
 from verl.utils.profiler import simple_timer
 
-from envs.actions import parse_action
 from envs.prepare import SPLITS
 from envs.prompts import build_window_messages
-from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode, episode_summary, weight_version_fields
+from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode, episode_summary, step_reply, weight_version_fields
 from recipe.spa.env_pool import EnvFailure
 from spa_reward.reward_manager import EPISODE_KEY
 
@@ -158,31 +157,12 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
             len(ids) == cap and ids[-1] != loop.tokenizer.eos_token_id), step_metrics)
         steps.append(step)
         text = loop.tokenizer.decode(ids, skip_special_tokens=True)
-        parsed = parse_action(text, parse_style)
-        ep.anchors.append(anchor)
-        ep.actions.append(parsed.action or "")
         ep.turn_starts.append(0)
         ep.turn_ends.append(len(ids) - 1)
-        try:
-            with simple_timer("tool_calls", step_metrics):
-                if parsed.action is None:
-                    ep.parse_errors += 1
-                    next_obs, reward, done, info = await env.invalid_step(parsed.error or "no action")
-                else:
-                    next_obs, reward, done, info = await env.step(parsed.action)
-        except EnvFailure:
-            ep.executable.append(False)
-            raise
-        ep.executable.append(bool(info.get("executable", False)))
-        ep.won = bool(info.get("won", False))
-        ep.score = float(info.get("score", 0.0))
-        ep.last_reward = float(reward)
-        anchor = str(info.get("anchor", anchor))
-        history.append((obs, parsed.action or ""))
+        action, next_obs, info, anchor = await step_reply(env, ep, text, parse_style, anchor, step_metrics)
+        history.append((obs, action))
         obs = next_obs
-        if done:
-            ep.done = True
-            ep.truncation = "max_steps" if info.get("truncated") else ""
+        if ep.done:
             return
         if turn == max_turns - 1:
             ep.truncation = "max_turns"
