@@ -176,6 +176,18 @@ def trainer_config(*overrides: str):
         return compose("spa_trainer", overrides=list(overrides))
 
 
+def postprocess_worker(manager):
+    """verl's real ``AgentLoopWorkerTQ`` (the v1 rollout worker) without Ray or servers, whose streaming reward call
+    goes to ``manager`` in process: enough to run its ``_agent_loop_postprocess`` on agent-loop outputs."""
+    from verl.trainer.ppo.v1 import agent_loop_tq
+
+    worker_cls = agent_loop_tq.AgentLoopWorkerTQ.__ray_metadata__.modified_class
+    worker = worker_cls.__new__(worker_cls)
+    worker.reward_loop_worker_handles = [_RewardWorker(manager)]
+    worker.processor, worker.mm_processor_kwargs, worker.distillation_enabled = None, {}, False
+    return worker
+
+
 class _Remote:
     def __init__(self, fn):
         self.fn = fn
@@ -209,10 +221,7 @@ def score_episodes(tokenizer, cfg, episodes, monkeypatch, scorer=None, env: dict
 
     async def go():
         manager = load_reward_manager(cfg, tokenizer, **({"scorer": scorer} if scorer is not None else {}))
-        worker_cls = agent_loop_tq.AgentLoopWorkerTQ.__ray_metadata__.modified_class
-        worker = worker_cls.__new__(worker_cls)
-        worker.reward_loop_worker_handles = [_RewardWorker(manager)]
-        worker.processor, worker.mm_processor_kwargs, worker.distillation_enabled = None, {}, False
+        worker = postprocess_worker(manager)
         results = []
         for policy, kwargs in episodes:
             loop = make_agent_loop(agent_config(env), FakeServer(tokenizer, policy), tokenizer)

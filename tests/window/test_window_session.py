@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from envs.actions import format_action
 from recipe.spa.agent_loop import EPISODE_KEY
-from tests.recipe.helpers import FakeServer, _RewardWorker, agent_config, make_agent_loop, row, trainer_config
+from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop, postprocess_worker, row, trainer_config
 from tests.window.layouts import toy_env_cfg
 
 ray = pytest.importorskip("ray")
@@ -43,14 +43,10 @@ def run_sessions(tokenizer, cfg, sessions, env: dict, scorer=None) -> list[list]
     """Play each ``(policy, run kwargs)`` with the env_agent loop, then verl's v1 postprocess (streaming reward
     call + TransferQueue put, both real); returns the outputs per session."""
     from verl.trainer.ppo.reward import load_reward_manager
-    from verl.trainer.ppo.v1 import agent_loop_tq
 
     async def go():
         manager = load_reward_manager(cfg, tokenizer, **({"scorer": scorer} if scorer is not None else {}))
-        worker_cls = agent_loop_tq.AgentLoopWorkerTQ.__ray_metadata__.modified_class
-        worker = worker_cls.__new__(worker_cls)
-        worker.reward_loop_worker_handles = [_RewardWorker(manager)]
-        worker.processor, worker.mm_processor_kwargs, worker.distillation_enabled = None, {}, False
+        worker = postprocess_worker(manager)
         results = []
         for pol, kwargs in sessions:
             loop = make_agent_loop(agent_config(env), FakeServer(tokenizer, pol), tokenizer)
