@@ -232,3 +232,25 @@ def score_episodes(tokenizer, cfg, episodes, monkeypatch, scorer=None, env: dict
         return results
 
     return asyncio.run(go())
+
+
+# real env -> (data fixture or None, split, task index) the real-env loop tests play
+REAL_ENVS = {"webshop": ("webshop_data", "train", 3), "alfworld": ("alfworld_data", "train", 0),
+             "virtualhome": (None, "train", 0)}
+
+
+def real_env(request, env_name: str):
+    """(env, its constructor kwargs, a task id) of a real environment; the test is skipped with the reason when
+    its engine or data is not here."""
+    import pytest
+
+    from envs import make_env
+    from envs.prepare import SPLITS
+
+    fixture, split, index = REAL_ENVS[env_name]
+    kwargs = {"data_dir": str(request.getfixturevalue(fixture))} if fixture else {}
+    try:
+        env = make_env(env_name, **kwargs)
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(f"{env_name} not available here: {exc}")
+    return env, kwargs, env.list_tasks(SPLITS[env_name][split])[index]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from envs.actions import format_action
 from recipe.spa.agent_loop import EPISODE_KEY, TURN_REWARDS_KEY
-from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop, row
+from tests.recipe.helpers import REAL_ENVS, FakeServer, agent_config, make_agent_loop, real_env, row
 
 
 def mask_runs(mask: list[int]) -> list[tuple[int, int]]:
@@ -204,25 +204,11 @@ def test_collect_writes_records(tokenizer, toy_env, tmp_path):
     assert rec.messages[-1]["role"] == "assistant" or rec.messages[-1]["role"] == "user"
 
 
-REAL_ENVS = {"webshop": ("webshop_data", "train", 3), "alfworld": ("alfworld_data", "train", 0),
-             "virtualhome": (None, "train", 0)}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("env_name", sorted(REAL_ENVS))
 def test_real_env_expert_and_garbage(tokenizer, request, env_name):
     """Each real environment in the process backend: the expert replay wins, garbage fails cleanly."""
-    from envs import make_env
-
-    fixture, split, index = REAL_ENVS[env_name]
-    kwargs = {"data_dir": str(request.getfixturevalue(fixture))} if fixture else {}
-    try:
-        env = make_env(env_name, **kwargs)
-    except (ImportError, FileNotFoundError) as exc:
-        pytest.skip(f"{env_name} not available here: {exc}")
-    from envs.prepare import SPLITS
-
-    task = env.list_tasks(SPLITS[env_name][split])[index]
+    env, kwargs, task = real_env(request, env_name)
     env.reset(task)
     actions = env.expert_actions()
     env.close()

@@ -6,26 +6,13 @@ from __future__ import annotations
 import pytest
 
 from recipe.spa.agent_loop import EPISODE_KEY
-from tests.recipe.helpers import row
+from tests.recipe.helpers import real_env, row
 from tests.window.layouts import play
 
-REAL_ENVS = {"virtualhome": (None, "train", 0), "webshop": ("webshop_data", "train", 3)}
+WINDOW_ENVS = ["virtualhome", "webshop"]  # fast experts (ALFWorld plans for seconds per game)
 
 
-def real_env(request, env_name):
-    from envs import make_env
-    from envs.prepare import SPLITS
-
-    fixture, split, index = REAL_ENVS[env_name]
-    kwargs = {"data_dir": str(request.getfixturevalue(fixture))} if fixture else {}
-    try:
-        env = make_env(env_name, **kwargs)
-    except (ImportError, FileNotFoundError) as exc:
-        pytest.skip(f"{env_name} not available here: {exc}")
-    return env, kwargs, env.list_tasks(SPLITS[env_name][split])[index]
-
-
-@pytest.mark.parametrize("env_name", sorted(REAL_ENVS))
+@pytest.mark.parametrize("env_name", WINDOW_ENVS)
 def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_name):
     from envs.expert import expert_rows
 
