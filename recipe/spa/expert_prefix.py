@@ -30,7 +30,7 @@ in the context: the env took it), it is counted (``stepagent/prefix_diverged``) 
 failures (timeouts, crashes) propagate as everywhere (the episode fails and is counted).
 
 The comparison, at the first policy turn (state after k expert actions, where a*_k is known): ``match`` when
-``normalize_action(agent) == normalize_action(a*_k)`` (``match_by="action"``); else, when the demo has anchors,
+``normalize_action(agent) == normalize_action(a*_k)`` ignoring case (``match_by="action"``); else, when the demo has anchors,
 when the agent's action executed and the anchor after it equals the demo's anchor after a*_k (``"anchor"``:
 different strings, same resulting state, e.g. ALFWorld's ``put x in/on y`` vs ``move x to y``). Written as the
 ``stepagent`` dict (schema: ``spa_reward.stepagent.settings``) into ``env_episode`` and the output field
@@ -58,6 +58,12 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 TRAIN_SPLIT = "train"  # the only split whose episodes get a prefix (validation rows carry val/test)
+
+
+def same_action(a: str, b: str) -> bool:
+    """Normalised action equality: ``envs.actions.normalize_action`` (whitespace, markdown/quote wrappers, final
+    period) and case (``Go to Desk 1`` is ``go to desk 1``)."""
+    return normalize_action(a).casefold() == normalize_action(b).casefold()
 
 
 def empty_stepagent() -> dict[str, Any]:
@@ -115,7 +121,7 @@ class Inspection:
         j = self.prefix_turns
         self.compared = True
         self.agent_action = agent_action or ""
-        if agent_action and normalize_action(agent_action) == normalize_action(self.expert_action):
+        if agent_action and same_action(agent_action, self.expert_action):
             self.match, self.match_by = True, "action"
         elif agent_action and executable and self.demo.anchors is not None and anchor_after == self.demo.anchors[j]:
             self.match, self.match_by = True, "anchor"
@@ -328,4 +334,4 @@ def after_first_turn(ep, insp: Optional[Inspection], anchor_after: str) -> None:
 
 
 __all__ = ["Inspection", "ExpertPrefix", "after_first_turn", "assistant_turn_ids", "attach", "before_first_turn",
-           "empty_stepagent", "play_packed_prefix", "play_window_prefix"]
+           "empty_stepagent", "play_packed_prefix", "play_window_prefix", "same_action"]
