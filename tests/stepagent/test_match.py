@@ -50,7 +50,10 @@ def walk_policy(text: str):
 
 
 class WalkToyEnv(ToyEnv):
-    """The toy line where 'walk' is another name for 'step forward' (same resulting state, other string)."""
+    """The toy line where 'walk' is another name for 'step forward' (same resulting state, other string); its own
+    env name, so the process-wide env pool never hands out a plain toy env built by an earlier test."""
+
+    name = "walktoy"
 
     def _step(self, action):
         return super()._step("step forward" if action == "walk" else action)
@@ -60,12 +63,15 @@ class WalkToyEnv(ToyEnv):
                                             ("walk", "anchor"), ("wait", ""), ("jump", "")])
 def test_match_flag_through_the_loop(tokenizer, toy_env, tmp_path, monkeypatch, agent, match_by):  # noqa: F811
     import envs
+    from envs import prompts
 
-    monkeypatch.setitem(envs.ENV_REGISTRY, "toy", "tests.stepagent.test_match:WalkToyEnv")
-    path = tmp_path / "toy_sft.parquet"
-    write_demos("toy", WalkToyEnv(), ["t2"], path)
-    out = play(stepagent_config(toy_cfg(), path), tokenizer, walk_policy(agent), step_row("t2", 0))
-    _, sa = check_prefix_episode(out, tokenizer, 2, 3, "toy", "reach 3", ["step forward"] * 3)
+    monkeypatch.setitem(envs.ENV_REGISTRY, "walktoy", "tests.stepagent.test_match:WalkToyEnv")
+    monkeypatch.setitem(prompts.ENV_PROMPTS, "walktoy", prompts.ENV_PROMPTS["toy"])
+    path = tmp_path / "walktoy_sft.parquet"
+    write_demos("walktoy", WalkToyEnv(), ["t2"], path)
+    out = play(stepagent_config(toy_cfg(name="walktoy"), path), tokenizer, walk_policy(agent),
+               step_row("t2", 0, env_name="walktoy"))
+    _, sa = check_prefix_episode(out, tokenizer, 2, 3, "walktoy", "reach 3", ["step forward"] * 3)
     assert sa["match_by"] == match_by and sa["match"] == bool(match_by) and sa["agent_action"] == agent.rstrip(".")
     assert out.episode_info["stepagent_match"] == float(bool(match_by))
 

@@ -43,10 +43,12 @@ def toy_demos(toy_env, tmp_path):  # noqa: F811
     return path
 
 
-def stepagent_config(env: dict, expert_path, prefix: str = "reverse", response_length: int = 4096, **extra):
+def stepagent_config(env: dict, expert_path, prefix: str = "reverse", response_length: int = 4096,
+                     prompt_length: int = 8192):
+    """The agent loop's config with ``algorithm.reward=stepagent`` (mode match) reading ``expert_path``."""
     sa = {"mode": "match", "expert_path": str(expert_path), "prefix": prefix, "reverse_steps": 100, "seed": 0}
-    return agent_config(env, response_length=response_length, algorithm={"reward": "stepagent", "stepagent": sa},
-                        **extra)
+    return agent_config(env, response_length=response_length, prompt_length=prompt_length,
+                        algorithm={"reward": "stepagent", "stepagent": sa})
 
 
 def play(config, tokenizer, policy, kwargs):  # noqa: F811
