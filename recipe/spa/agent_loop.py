@@ -37,7 +37,11 @@ each step's), ``episode_reward`` (float R) and ``episode_info`` (dict of scalars
 executable_rate, truncated, env_error, env_failed (1.0 when the env failed: the trainer then masks the row out of
 training and out of the episode metrics), env_error_text, task_type, env_reward, plus sum_contribution when the
 ``spa`` reward ran). Its ``as_dict()`` writes dense ``rm_scores`` from the reward manager's per-turn list
-(``reward_extra_info["spa_turn_rewards"]``, popped so downstream sees only scalars).
+(``reward_extra_info["spa_turn_rewards"]``, popped so downstream sees only scalars). A fourth field, ``stepagent``
+(also ``env_episode["stepagent"]``; schema in ``spa_reward.stepagent.settings``), holds the StepAgent inspection:
+with ``algorithm.reward=stepagent`` a training episode starts after k replayed expert actions (mask-0 turns in
+the response, not counted as turns) and its first turn is compared with the expert's (``recipe.spa.expert_prefix``);
+otherwise it is the empty dict of the same keys (``compared=False``).
 
 ``AgentLoopOutput.num_turns`` follows verl's convention (chat messages: the first user message, every assistant
 turn and every observation); ``episode_info["num_turns"]`` is the number of assistant turns (env steps).
@@ -314,8 +318,8 @@ class EnvAgentLoop(AgentLoopBase):
         budget_limit = self.response_length
         if ep.inspection is not None:  # StepAgent: replay the expert's first k actions (mask 0, not turns)
             ep.inspection.begin(env.max_steps, info)
-            anchor = await expert_prefix.play_packed_prefix(self, env, ep, ep.inspection, anchor, extra_info.get("seed"),
-                                                            env_split, budget_limit, metrics)
+            anchor = await expert_prefix.play_packed_prefix(self, env, ep, ep.inspection, anchor,
+                                                            extra_info.get("seed"), env_split, budget_limit, metrics)
             if ep.done:
                 return
 

@@ -30,8 +30,8 @@ in the context: the env took it), it is counted (``stepagent/prefix_diverged``) 
 failures (timeouts, crashes) propagate as everywhere (the episode fails and is counted).
 
 The comparison, at the first policy turn (state after k expert actions, where a*_k is known): ``match`` when
-``normalize_action(agent) == normalize_action(a*_k)`` ignoring case (``match_by="action"``); else, when the demo has anchors,
-when the agent's action executed and the anchor after it equals the demo's anchor after a*_k (``"anchor"``:
+``normalize_action(agent) == normalize_action(a*_k)`` ignoring case (``match_by="action"``); else, when the demo
+has anchors, when the agent's action executed and the anchor after it equals the demo's anchor after a*_k (``"anchor"``:
 different strings, same resulting state, e.g. ALFWorld's ``put x in/on y`` vs ``move x to y``). Written as the
 ``stepagent`` dict (schema: ``spa_reward.stepagent.settings``) into ``env_episode`` and the output field
 ``stepagent`` (full key set on every output, ``compared=False`` when off), and as scalars into ``episode_info``

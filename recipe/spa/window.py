@@ -27,6 +27,9 @@ reward manager returns (see ``spa_reward.layout``) and writes it on the row's la
 ``episode_info`` = the episode's scalars on every row plus ``session_row`` (t) and ``session_rows`` (T), so
 per-episode metrics count only the row with ``session_row == session_rows - 1``.
 
+StepAgent (``algorithm.reward=stepagent``, ``recipe.spa.expert_prefix``): the k replayed expert steps are history
+pairs of the first row (no rows are emitted for them); row 0 holds the comparison, later rows ``compared=False``.
+
 Stopping rules are the packed layout's, except that a reply cut at its cap does not end the episode (the next
 step has its own budget) and the prompt, not the response, is what grows: when the window prompt exceeds
 ``rollout.prompt_length`` the oldest pairs are dropped first; when even the bare prompt (no history) does not fit

@@ -335,3 +335,16 @@ def test_reader_errors_layouts_and_cache(toy_env, tmp_path, caplog):  # noqa: F8
     with caplog.at_level(logging.WARNING, logger="envs.expert"):
         assert load_expert_demos(old)["t2"].anchors is None
     assert sum("no anchors column" in r.message for r in caplog.records) == 1
+
+
+def test_env_failure_during_the_prefix_fails_the_episode(tokenizer, toy_demos):  # noqa: F811
+    """An env timeout on an expert action is an env failure like any other: the episode is failed and counted,
+    nothing is compared, and the bookkeeping stays consistent (no policy turns, all mask 0)."""
+    env = toy_cfg(env_kwargs={"hang_on": "step forward", "hang_seconds": 1.0},
+                  pool={"backend": "thread", "num_workers": 2, "step_timeout": 0.3})
+    out = play(stepagent_config(env, toy_demos), tokenizer, forward, step_row("t4", 0))
+    ep = out.extra_fields[EPISODE_KEY]
+    assert ep["env_error"] == "timeout:step" and ep["num_turns"] == 0 and not ep["won"]
+    assert out.episode_info["env_failed"] == 1.0 and out.episode_reward == 0.0
+    assert not any(out.response_mask) and len(out.response_mask) == len(out.response_ids)
+    assert not out.stepagent["compared"] and out.episode_info["stepagent_compared"] == 0.0

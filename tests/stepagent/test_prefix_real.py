@@ -13,7 +13,8 @@ from recipe.spa.agent_loop import EPISODE_KEY
 from spa_reward.stepagent.settings import prefix_length
 from tests.recipe.conftest import tokenizer  # noqa: F401  (fixture)
 from tests.recipe.helpers import REAL_ENVS, real_env
-from tests.stepagent.test_prefix import check_prefix_episode, expert_reply, play, stepagent_config, step_row, write_demos
+from tests.stepagent.test_prefix import (check_prefix_episode, expert_reply, play, stepagent_config, step_row,
+                                         write_demos)
 
 STEP = 50  # reverse curriculum, reverse_steps=100: k = floor((L - 1) / 2)
 
@@ -68,7 +69,8 @@ def test_prefix_reaches_the_expert_state_window(tokenizer, request, tmp_path):  
     assert len(outs) == L - k and all(o.extra_fields[EPISODE_KEY]["won"] for o in outs)
     assert [o.turn_anchors[0] for o in outs] == list(demo.anchors[k - 1:L - 1])
     sa = outs[0].stepagent
-    assert sa["prefix_turns"] == k and sa["compared"] and sa["match"] and sa["context_length"] == len(outs[0].prompt_ids)
+    assert sa["prefix_turns"] == k and sa["compared"] and sa["match"]
+    assert sa["context_length"] == len(outs[0].prompt_ids)
     assert sa["expert_reply_ids"] == list(outs[0].response_ids)
     prompt = tokenizer.decode(outs[0].prompt_ids)
     assert f"Action: {demo.actions[k - 1]}" in prompt  # the last expert step is history of the first row
