@@ -197,12 +197,14 @@ def attach(outputs: list, inspection: Optional[Inspection], enabled: bool, episo
 def assistant_turn_ids(loop, messages: list[dict], reply: str) -> list[int]:
     """The tokens of ``reply`` as the next assistant turn after ``messages``, as a server would generate them:
     the chat template's rendering of the turn after the generation prompt, up to and including its end-of-turn
-    token (the eos the server stops at; what follows it, e.g. ChatML's newline, is a boundary token the token
-    builder inserts with mask 0). Falls back to ``encode(reply) + [eos]`` when the template does not render the
-    conversation as a prefix of the one with the reply."""
+    token (the first special token after the reply: ChatML's ``<|im_end|>``, Llama-3's ``<|eot_id|>``, ...: where
+    the server stops; what follows it, e.g. ChatML's newline, is a boundary token the token builder inserts with
+    mask 0). Falls back to ``encode(reply) + [eos]`` when the template does not render the conversation as a
+    prefix of the one with the reply."""
     builder = loop.continuous_token_builder
     tok = loop.tokenizer
     eos = tok.eos_token_id
+    special = set(getattr(tok, "all_special_ids", None) or ([] if eos is None else [eos]))
     try:  # the builder's own renderer (verl.utils.tokenizer.continuous_token.ContinuousTokenBuilder._render_tokens)
         head = builder._render_tokens(list(messages), add_generation_prompt=True)
         full = builder._render_tokens(list(messages) + [{"role": "assistant", "content": reply}],
@@ -211,8 +213,9 @@ def assistant_turn_ids(loop, messages: list[dict], reply: str) -> list[int]:
         head, full = [], None
     if full is not None and full[: len(head)] == head and len(full) > len(head):
         delta = list(full[len(head):])
-        if eos is not None and eos in delta:
-            return delta[: delta.index(eos) + 1]
+        for i, t in enumerate(delta):
+            if t in special:
+                return delta[: i + 1]
         return delta
     ids = list(tok.encode(reply, add_special_tokens=False))
     return ids + ([int(eos)] if eos is not None else [])

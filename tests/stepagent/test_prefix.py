@@ -8,6 +8,8 @@ import asyncio
 import logging
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from envs.actions import format_action
 from envs.expert import expert_rows, load_expert_demos, make_thought
@@ -348,3 +350,23 @@ def test_env_failure_during_the_prefix_fails_the_episode(tokenizer, toy_demos): 
     assert out.episode_info["env_failed"] == 1.0 and out.episode_reward == 0.0
     assert not any(out.response_mask) and len(out.response_mask) == len(out.response_ids)
     assert not out.stepagent["compared"] and out.episode_info["stepagent_compared"] == 0.0
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(budget=st.integers(60, 900), step=st.integers(0, 100), obs_pad=st.integers(0, 30))
+def test_any_budget_keeps_the_bookkeeping(tokenizer, toy_demos, budget, step, obs_pad):  # noqa: F811
+    """Whatever the response budget and the curriculum step: the response fits, the mask-1 runs are the policy
+    turns, the policy acts at the state after the replayed prefix, and planned k = replayed + shortened."""
+    from spa_reward.stepagent.settings import prefix_length
+
+    out = play(stepagent_config(toy_cfg(env_kwargs={"obs_pad": obs_pad}), toy_demos, response_length=budget),
+               tokenizer, forward, step_row("t4", step))
+    ep, sa, info = out.extra_fields[EPISODE_KEY], out.stepagent, out.episode_info
+    assert len(out.response_ids) == len(out.response_mask) <= budget
+    assert mask_runs(out.response_mask) == list(zip(ep["turn_starts"], ep["turn_ends"]))
+    assert sa["prefix_turns"] + info["stepagent/prefix_shortened"] == prefix_length("reverse", 5, step, 100)
+    assert info["stepagent/prefix_diverged"] == 0.0
+    if ep["num_turns"]:
+        assert out.turn_anchors[0] == f"pos{sa['prefix_turns']}" and sa["compared"] and sa["match"]
+        assert sa["context_length"] == len(out.prompt_ids) + ep["turn_starts"][0]
+        assert not any(out.response_mask[:ep["turn_starts"][0]])
