@@ -20,7 +20,12 @@ process, and counts it in the summary (``timeouts``). ALFWorld plans are also ca
 Output columns: ``messages`` (list of ``{"role", "content"}``: system, user, then assistant/user turns,
 ending with the assistant's last action), ``data_source`` (``spa_rl/<env>``), ``env_name``, ``task_id``,
 ``task_type``, ``split``, ``num_turns`` (assistant turns), ``actions`` (the env actions of the assistant turns,
-as parsed back), ``score``, ``style``, ``prompt_version``.
+as parsed back), ``anchors`` (the state anchor ``info["anchor"]`` after each of those actions, as the RL agent
+loop records it; empty for tasks resumed from parts written before this column existed), ``score``, ``style``,
+``prompt_version``.
+
+Reading them back by task id (StepAgent's expert-prefix episodes, ``recipe.spa.expert_prefix``):
+:func:`load_expert_demos` ``(path) -> {task_id: ExpertDemo}``, loaded once per process (cached by path + mtime).
 
 Training with verl 0.9.1 (the engine SFT trainer; its dataset is ``verl.utils.dataset.multiturn_sft_dataset.
 MultiTurnSFTDataset``, which reads ``data.messages_key`` and puts the loss on assistant turns only)::
@@ -52,7 +57,8 @@ import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 from envs import check_env_name, env_names, make_env
 from envs.actions import STYLES, format_action, parse_action
@@ -60,7 +66,8 @@ from envs.cli import non_negative_int, positive_float, positive_int
 from envs.prepare import data_source, env_kwargs, list_split, subsample_tasks, write_parquet
 from envs.prompts import SPA_PROMPT_VERSION, build_messages, build_window_messages, format_observation
 
-__all__ = ["THOUGHT_TEMPLATES", "expert_episode", "expert_rows", "main", "make_thought", "parts_dir_for", "window_chats"]
+__all__ = ["THOUGHT_TEMPLATES", "ExpertDemo", "expert_episode", "expert_rows", "load_expert_demos", "main",
+           "make_thought", "parts_dir_for", "window_chats"]
 
 # (regex on the lower-cased action, thought template); the first match wins, named groups fill the template.
 # A group named "goal" only matches when its text is the task's goal.
@@ -142,8 +149,10 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
                               include_admissible=include_admissible)
     goal = info.get("goal")
     reset_info = {"goal": goal}
+    anchor = str(info.get("anchor", obs))
     step_info: dict = {"won": False, "score": 0.0}
     stepped: list[str] = []
+    anchors: list[str] = []  # info["anchor"] after each expert action (what the agent loop records)
     steps: list[tuple[str, dict, str]] = []  # (observation, its info, reply): what a window-layout row needs
     for step, action in enumerate(actions):
         try:
@@ -155,6 +164,8 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
         stepped.append(parsed.action)
         steps.append((obs, {"admissible_actions": info.get("admissible_actions")}, reply))
         obs, _reward, done, step_info = env.step(parsed.action)
+        anchor = str(step_info.get("anchor", anchor))  # the agent loop's rule (recipe.spa.agent_loop.step_reply)
+        anchors.append(anchor)
         info = step_info
         if done:
             break
@@ -164,7 +175,14 @@ def expert_episode(env, env_name: str, task_id: str, style: str = "react", one_s
         won = False
     return {"won": won, "messages": messages, "actions": stepped, "score": float(step_info.get("score", 0.0)),
             "turns": len(stepped), "error": None if won else "expert did not win", "steps": steps,
-            "reset_info": reset_info}
+            "reset_info": reset_info, "anchors": anchors}
+
+
+def _episode_anchors(episode: dict) -> list[str]:
+    """The anchors of an episode, ``[]`` when it was journalled before the column existed (or they do not line up
+    with its actions)."""
+    anchors = [str(a) for a in (episode.get("anchors") or [])]
+    return anchors if len(anchors) == len(episode.get("actions") or []) else []
 
 
 def window_chats(episode: dict, env_name: str, history_length: int, style: str = "react", one_shot: bool = False,
@@ -421,6 +439,7 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
                 rows.append({"messages": chat, "data_source": data_source(env_name), "env_name": env_name,
                              "task_id": task_id, "task_type": task_type, "split": split,
                              "num_turns": episode["turns"], "actions": [episode["actions"][t]],
+                             "anchors": list(_episode_anchors(episode)[t:t + 1]),
                              "score": episode["score"], "style": style, "prompt_version": SPA_PROMPT_VERSION,
                              "step_index": t, "history_length": int(history_length)})
             continue
@@ -433,6 +452,7 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
             "split": split,
             "num_turns": episode["turns"],
             "actions": episode["actions"],
+            "anchors": _episode_anchors(episode),
             "score": episode["score"],
             "style": style,
             "prompt_version": SPA_PROMPT_VERSION,
@@ -466,6 +486,105 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
         "failures": dict(sorted(failures.items())),
     }
     return rows, summary
+
+
+# ----------------------------------------------------------------------------------------------- reading back
+@dataclass(frozen=True)
+class ExpertDemo:
+    """One task's expert demonstration, as ``envs.expert`` wrote it.
+
+    ``actions[j]`` is the j-th expert action (as parsed back from its reply, i.e. what the env was stepped with);
+    ``anchors[j]`` the state anchor after it, or ``None`` when the file has no (usable) anchors for this task: then
+    a comparison can only use action equality."""
+
+    task_id: str
+    env_name: str
+    actions: tuple[str, ...]
+    anchors: Optional[tuple[str, ...]] = None
+    task_type: str = ""
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+DEMO_COLUMNS = ("task_id", "actions")  # what a demonstration file must have
+_DEMO_CACHE: dict[str, tuple[tuple[int, int], dict[str, ExpertDemo]]] = {}
+_NO_ANCHOR_LOGGED: set[str] = set()
+
+
+def load_expert_demos(path: str | Path) -> dict[str, ExpertDemo]:
+    """``{task_id: ExpertDemo}`` of an ``envs.expert`` output parquet (either layout: one row per episode, or one
+    row per step with ``step_index`` from ``--history k``). Read once per process: the result is cached by path,
+    modification time and size (do not mutate it). Only parquet rows are read (data, never code).
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, is not parquet, lacks a
+    column of :data:`DEMO_COLUMNS` or holds one task twice. A file without an ``anchors`` column (written before
+    it existed) still loads; every demo then has ``anchors=None`` (said once per file in the log)."""
+    path = Path(os.path.expanduser(str(path)))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"expert demonstrations not found: {path} (write them with `python -m envs.expert <env> --output "
+            f"{path}` or examples/prepare_data.sh, or point algorithm.stepagent.expert_path at the file)") from None
+    if not path.is_file():
+        raise ValueError(f"expert demonstrations {path} is not a file (expected envs.expert's parquet output)")
+    key, stamp = str(path.resolve()), (st.st_mtime_ns, st.st_size)
+    cached = _DEMO_CACHE.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    demos = _read_demos(path)
+    _DEMO_CACHE[key] = (stamp, demos)
+    return demos
+
+
+def _read_demos(path: Path) -> dict[str, ExpertDemo]:
+    import logging
+
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception as exc:
+        raise ValueError(f"expert demonstrations {path} are not a readable parquet file: {exc}") from exc
+    missing = [c for c in DEMO_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"expert demonstrations {path} lack the column(s) {missing} (have {sorted(names)}); "
+                         "write the file with `python -m envs.expert`")
+    wanted = [c for c in ("task_id", "actions", "anchors", "env_name", "task_type", "step_index") if c in names]
+    table = pq.read_table(path, columns=wanted).to_pydict()
+    n = len(table["task_id"])
+    col = lambda name, default: table.get(name, [default] * n)  # noqa: E731
+    steps: dict[str, dict[int, tuple[list, Optional[list]]]] = defaultdict(dict)
+    meta: dict[str, tuple[str, str]] = {}
+    for i, (task_id, actions, anchors, env_name, task_type, step) in enumerate(zip(
+            col("task_id", ""), col("actions", None), col("anchors", None), col("env_name", ""),
+            col("task_type", ""), col("step_index", 0))):
+        task_id, step = str(task_id), int(step if step is not None else 0)
+        if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+            raise ValueError(f"expert demonstrations {path}: row {i} (task {task_id!r}) has actions {actions!r}, "
+                             "expected a list of strings")
+        if step in steps[task_id]:
+            raise ValueError(f"expert demonstrations {path} hold task {task_id!r}"
+                             + (f" step {step}" if "step_index" in names else "") + " twice")
+        steps[task_id][step] = (actions, anchors if isinstance(anchors, list) else None)
+        meta.setdefault(task_id, (str(env_name or ""), str(task_type or "")))
+    demos: dict[str, ExpertDemo] = {}
+    for task_id, by_step in steps.items():
+        actions, anchors = [], []
+        for step in sorted(by_step):
+            acts, anc = by_step[step]
+            actions += acts
+            anchors = None if anchors is None or anc is None or len(anc) != len(acts) else anchors + anc
+        if actions:
+            demos[task_id] = ExpertDemo(task_id, meta[task_id][0], tuple(actions),
+                                        tuple(anchors) if anchors else None, meta[task_id][1])
+    if "anchors" not in names and str(path) not in _NO_ANCHOR_LOGGED:
+        _NO_ANCHOR_LOGGED.add(str(path))
+        logging.getLogger(__name__).warning(
+            "expert demonstrations %s have no anchors column (written by an older envs.expert): the expert "
+            "comparison uses action equality only; rewrite the file with `python -m envs.expert` to add anchors", path)
+    return demos
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,11 @@ each step's), ``episode_reward`` (float R) and ``episode_info`` (dict of scalars
 executable_rate, truncated, env_error, env_failed (1.0 when the env failed: the trainer then masks the row out of
 training and out of the episode metrics), env_error_text, task_type, env_reward, plus sum_contribution when the
 ``spa`` reward ran). Its ``as_dict()`` writes dense ``rm_scores`` from the reward manager's per-turn list
-(``reward_extra_info["spa_turn_rewards"]``, popped so downstream sees only scalars).
+(``reward_extra_info["spa_turn_rewards"]``, popped so downstream sees only scalars). A fourth field, ``stepagent``
+(also ``env_episode["stepagent"]``; schema in ``spa_reward.stepagent.settings``), holds the StepAgent inspection:
+with ``algorithm.reward=stepagent`` a training episode starts after k replayed expert actions (mask-0 turns in
+the response, not counted as turns) and its first turn is compared with the expert's (``recipe.spa.expert_prefix``);
+otherwise it is the empty dict of the same keys (``compared=False``).
 
 ``AgentLoopOutput.num_turns`` follows verl's convention (chat messages: the first user message, every assistant
 turn and every observation); ``episode_info["num_turns"]`` is the number of assistant turns (env steps).
@@ -64,7 +68,9 @@ from verl.utils.profiler import simple_timer
 from envs.actions import parse_action
 from envs.prepare import SPLITS
 from envs.prompts import build_messages, format_observation
+from recipe.spa import expert_prefix
 from recipe.spa.env_pool import EnvFailure, get_env_pool
+from recipe.spa.expert_prefix import ExpertPrefix, empty_stepagent
 from recipe.spa.settings import EnvRolloutSettings, default_pool_size, validate_env_settings
 from spa_reward.config_check import select_key
 from spa_reward.fusion import place_turn_rewards
@@ -87,6 +93,9 @@ class EnvAgentLoopOutput(AgentLoopOutput):
     """Episode return R (scaled env reward); TransferQueue field ``episode_reward``."""
     episode_info: dict[str, Any] = {}
     """Scalars per episode; TransferQueue field ``episode_info``."""
+    stepagent: dict[str, Any] = {}
+    """StepAgent inspection of this row (schema: ``spa_reward.stepagent.settings``; ``recipe.spa.expert_prefix``);
+    TransferQueue field ``stepagent``."""
 
     def as_dict(self) -> dict[str, Any]:
         output = super().as_dict()
@@ -106,6 +115,7 @@ class EnvAgentLoopOutput(AgentLoopOutput):
         output["episode_info"] = info
         output.setdefault("turn_anchors", list(self.turn_anchors))
         output.setdefault("episode_reward", float(self.episode_reward))
+        output["stepagent"] = dict(output.get("stepagent") or self.stepagent or empty_stepagent())
         return output
 
     def _row_turn_rewards(self, turn_rewards: list, episode: dict) -> list:
@@ -145,6 +155,7 @@ class _Episode:
     env_error: str = ""  # EnvFailure.reason (e.g. "timeout:step"); "" when the env did not fail
     env_error_text: str = ""  # the full EnvFailure message
     extra_fields: dict = field(default_factory=dict)
+    inspection: Any = None  # recipe.spa.expert_prefix.Inspection when algorithm.reward=stepagent
 
     @property
     def num_turns(self) -> int:
@@ -250,6 +261,8 @@ class EnvAgentLoop(AgentLoopBase):
         self.settings = EnvRolloutSettings.from_config(self.config)
         validate_env_settings(self.settings)
         self.response_length = int(self.rollout_config.response_length)
+        # StepAgent inspection (algorithm.reward=stepagent): expert-prefix episodes + the comparison; None otherwise
+        self.expert_prefix = ExpertPrefix.from_config(self.config, self.settings.name)
 
     def _pool(self):
         s = self.settings
@@ -268,9 +281,13 @@ class EnvAgentLoop(AgentLoopBase):
                 "`python -m envs.prepare <env> --output-dir <dir>`"
             )
         ep = _Episode(env_name=env_name, task_id=str(task_id), split=split)
+        if self.expert_prefix is not None:  # this episode's k (0 on validation rows / tasks without a demo)
+            ep.inspection = self.expert_prefix.start(ep.task_id, split, kwargs.get("global_steps"))
         if s.history == "window":  # window layout: one output per step (recipe/spa/window.py)
             from recipe.spa.window import run_window_episode
-            return await run_window_episode(self, ep, sampling_params, extra_info, kwargs)
+            outputs = await run_window_episode(self, ep, sampling_params, extra_info, kwargs)
+            expert_prefix.attach(outputs, ep.inspection, self.expert_prefix is not None, EPISODE_KEY)
+            return outputs
         metrics: dict[str, float] = {}
         try:
             async with self._pool().session(env_name, s.make_kwargs()) as env:
@@ -280,7 +297,9 @@ class EnvAgentLoop(AgentLoopBase):
             ep.env_error, ep.won, ep.done = exc.reason, False, False
             ep.env_error_text = str(exc)[:ENV_ERROR_TEXT_CHARS]
             ep.truncation = ep.truncation or "env_error"
-        return await self._finish(ep, kwargs, metrics)
+        output = await self._finish(ep, kwargs, metrics)
+        expert_prefix.attach([output], ep.inspection, self.expert_prefix is not None, EPISODE_KEY)
+        return output
 
     async def _play(self, env, ep: _Episode, sampling_params: dict, extra_info: dict, metrics: dict) -> None:
         s = self.settings
@@ -297,6 +316,12 @@ class EnvAgentLoop(AgentLoopBase):
         parse_style = s.parse_style or s.prompt_style
         request_id = uuid4().hex
         budget_limit = self.response_length
+        if ep.inspection is not None:  # StepAgent: replay the expert's first k actions (mask 0, not turns)
+            ep.inspection.begin(env.max_steps, info)
+            anchor = await expert_prefix.play_packed_prefix(self, env, ep, ep.inspection, anchor,
+                                                            extra_info.get("seed"), env_split, budget_limit, metrics)
+            if ep.done:
+                return
 
         for turn in range(max_turns):
             budget = budget_limit - len(ep.mask)
@@ -305,6 +330,8 @@ class EnvAgentLoop(AgentLoopBase):
                 return
             params = dict(sampling_params)
             params["max_tokens"] = budget if s.max_tokens_per_turn is None else min(budget, int(s.max_tokens_per_turn))
+            if turn == 0:
+                expert_prefix.before_first_turn(self, ep, ep.inspection, ep.messages, len(ep.prompt_ids) + len(ep.mask))
             with simple_timer("generate_sequences", metrics):
                 out = await self.server_manager.generate(
                     request_id=request_id, prompt_ids=ep.runtime, sampling_params=params
@@ -329,6 +356,8 @@ class EnvAgentLoop(AgentLoopBase):
             ep.turn_ends.append(len(ep.mask) - 1)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             _, obs, info, anchor = await step_reply(env, ep, text, parse_style, anchor, metrics)
+            if turn == 0:
+                expert_prefix.after_first_turn(ep, ep.inspection, anchor)
             if ep.done:
                 return
             if len(ep.mask) >= budget_limit:

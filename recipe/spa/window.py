@@ -27,6 +27,9 @@ reward manager returns (see ``spa_reward.layout``) and writes it on the row's la
 ``episode_info`` = the episode's scalars on every row plus ``session_row`` (t) and ``session_rows`` (T), so
 per-episode metrics count only the row with ``session_row == session_rows - 1``.
 
+StepAgent (``algorithm.reward=stepagent``, ``recipe.spa.expert_prefix``): the k replayed expert steps are history
+pairs of the first row (no rows are emitted for them); row 0 holds the comparison, later rows ``compared=False``.
+
 Stopping rules are the packed layout's, except that a reply cut at its cap does not end the episode (the next
 step has its own budget) and the prompt, not the response, is what grows: when the window prompt exceeds
 ``rollout.prompt_length`` the oldest pairs are dropped first; when even the bare prompt (no history) does not fit
@@ -48,6 +51,7 @@ from verl.utils.profiler import simple_timer
 
 from envs.prepare import SPLITS
 from envs.prompts import build_window_messages
+from recipe.spa import expert_prefix
 from recipe.spa.agent_loop import EnvAgentLoopOutput, _Episode, episode_summary, step_reply, weight_version_fields
 from recipe.spa.env_pool import EnvFailure
 from spa_reward.reward_manager import EPISODE_KEY
@@ -130,6 +134,12 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
     cap = loop.response_length if s.max_tokens_per_turn is None else min(loop.response_length,
                                                                          int(s.max_tokens_per_turn))
     history: list[tuple[str, str]] = []
+    if ep.inspection is not None:  # StepAgent: the expert's first k steps become history pairs (no rows)
+        ep.inspection.begin(env.max_steps, reset_info)
+        obs, info, anchor = await expert_prefix.play_window_prefix(loop, env, ep, ep.inspection, anchor, obs, info,
+                                                                   history, metrics)
+        if ep.done:
+            return
     for turn in range(max_turns):
         prompt_ids, messages, shown = await _window_prompt(loop, ep, obs, info, history, reset_info, prompt_limit)
         if len(prompt_ids) > prompt_limit:
@@ -141,6 +151,8 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
         params = dict(sampling_params)
         params["max_tokens"] = cap
         step_metrics = dict(metrics) if turn == 0 else {}
+        if turn == 0:
+            expert_prefix.before_first_turn(loop, ep, ep.inspection, messages, len(prompt_ids))
         with simple_timer("generate_sequences", step_metrics):
             out = await loop.server_manager.generate(request_id=request_id, prompt_ids=prompt_ids,
                                                      sampling_params=params)
@@ -160,6 +172,8 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
         ep.turn_starts.append(0)
         ep.turn_ends.append(len(ids) - 1)
         action, next_obs, info, anchor = await step_reply(env, ep, text, parse_style, anchor, step_metrics)
+        if turn == 0:
+            expert_prefix.after_first_turn(ep, ep.inspection, anchor)
         history.append((obs, action))
         obs = next_obs
         if ep.done:
