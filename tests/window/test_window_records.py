@@ -5,8 +5,13 @@ the window loop emitted and exactly the packed row the full-history loop emitted
 from __future__ import annotations
 
 import dataclasses
+import random
+import shutil
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from envs.actions import format_action
 from spa_reward.progress.layouts import make_token_builder, packed_view, window_sequences
@@ -93,3 +98,32 @@ def test_records_without_pieces_or_with_another_builder_are_refused(tokenizer, t
                                                                          "window_prompt_lengths": [1] * rec.num_turns}})
     with pytest.raises(ValueError, match="rebuilt window prompt of step 0"):
         window_sequences(broken, builder)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(k=st.integers(0, 3), per_turn=st.one_of(st.none(), st.integers(4, 40)), prompt_slack=st.integers(-30, 300),
+       obs_pad=st.integers(0, 12), seed=st.integers(0, 999))
+def test_any_window_episode_rebuilds_from_its_record(tokenizer, toy_env, builder, k, per_turn, prompt_slack, obs_pad,
+                                                     seed):
+    rng = random.Random(seed)
+    replies = [rng.choice([format_action("step forward", "go " * rng.randint(0, 8), "react"),
+                           format_action("wait", None, "react"), "junk " * rng.randint(1, 6)]) for _ in range(6)]
+    env = {"history": "window", "history_length": k, "max_steps": 6, "max_tokens_per_turn": per_turn,
+           "env_kwargs": {"obs_pad": obs_pad}}
+    first = play(tokenizer, toy_env_cfg(**env), lambda t, p: replies[t], row("t4"))[0]
+    folder = tempfile.mkdtemp(prefix="w12rec")
+    try:
+        outs = play(tokenizer, toy_env_cfg(collect_dir=folder, **env), lambda t, p: replies[t], row("t4"),
+                    prompt_length=max(1, len(first.prompt_ids) + prompt_slack))
+        records = read_records(folder) if outs[0].extra_fields["env_episode"]["episode_turns"] else []
+    except FileNotFoundError:  # an episode without a step writes no record
+        records = []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    T = outs[0].extra_fields["env_episode"]["episode_turns"]
+    assert len(records) == (1 if T else 0)
+    if T:
+        (rec,) = records
+        assert [(r.input_ids, r.prompt_length) for r in window_sequences(rec, builder)] == rows_of(outs)
+        assert rec.prompt_length == len(outs[0].prompt_ids) and rec.actions == [o.extra_fields["env_episode"][
+            "actions"][0] for o in outs]
