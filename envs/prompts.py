@@ -48,11 +48,26 @@ from envs.actions import STYLES, format_action
 SPA_PROMPT_VERSION = "spa-prompts-v1"
 
 __all__ = ["ENV_PROMPTS", "HISTORY_LAYOUTS", "NO_ACTION", "RESPONSE_FORMATS", "SPA_PROMPT_VERSION", "EnvPrompt",
-           "build_messages", "build_window_messages", "format_observation", "format_window_history",
-           "system_prompt_text"]
+           "PROMPT_INFO_KEYS", "build_messages", "build_window_messages", "format_observation",
+           "format_window_history", "prompt_info", "system_prompt_text"]
 
 HISTORY_LAYOUTS = ("full", "window")  # env.history: one packed row per episode | one row per step (last k steps)
 NO_ACTION = "(no valid action)"  # what the window history shows for a reply without a parseable action
+# the keys of an env's info dict that the builders below read (format_observation: admissible_actions; the task
+# line: goal); trajectory records keep exactly these per step, so either layout's prompts can be rebuilt
+PROMPT_INFO_KEYS = ("admissible_actions", "goal")
+
+
+def prompt_info(info: dict | None) -> dict:
+    """The part of an env ``info`` dict the prompt builders read (:data:`PROMPT_INFO_KEYS`), as plain JSON data:
+    ``admissible_actions`` as a list of str, ``goal`` as a str; absent keys stay absent."""
+    out: dict = {}
+    info = info or {}
+    if info.get("admissible_actions") is not None:
+        out["admissible_actions"] = [str(a) for a in info["admissible_actions"]]
+    if info.get("goal") is not None:
+        out["goal"] = str(info["goal"])
+    return out
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ turn (``step_index`` = t, ``episode_turns`` = T) and the episode's fields.
 step exactly as in the packed layout) and returns ONE result for the session in the packed schema: the T turn
 rewards in step order under ``spa_turn_rewards`` (each row's output takes element ``step_index``) and the
 episode's scalars. With the ``spa`` reward each row's contribution c_t is scored on that row's window prompt +
-reply, its turn end = the row's last token.
+reply, its turn end = the row's last token: exactly the sequences ``spa_reward.progress.layouts.window_sequences``
+rebuilds from the episode's trajectory record, which is what ``python -m spa_reward.progress.train --layout window``
+trains on (an estimator trained in the other layout is refused at start-up:
+``spa_reward.progress.serve.check_estimator_layout``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,33 @@ truncated          bool | None                  optional, episode cut by the ste
 extra              dict | None                  optional, JSON-serialisable free-form data.  The key
                                                 ``extra["contributions"]`` (:data:`CONTRIBUTIONS_KEY`)
                                                 holds per-turn c_t when a scorer has filled it in.
+                                                ``extra["layout"]`` and ``extra["prompt_pieces"]``: see
+                                                "Both layouts" below.
 =================  ===========================  ======================================================
+
+Both layouts (``env.history=full|window``). A record collected by the ``env_agent`` loop keeps, next to the
+packed sequence, the raw pieces every prompt is built from, so one record gives either layout
+(:mod:`spa_reward.progress.layouts`: ``window_sequences`` for the window layout's T rows, ``packed_view``)::
+
+    extra["layout"]         "full" | "window": the layout the episode was played in (absent: "full")
+    extra["prompt_pieces"]  {"version": 1,
+                             "observations": [raw observation of step 0 (the reset), 1, ...]  (>= T entries),
+                             "infos":        [envs.prompts.prompt_info(info of that step), ...] (same length;
+                                              entry 0 is the reset info, which carries the goal),
+                             "style", "one_shot", "system_prompt", "include_admissible": the prompt settings,
+                             "token_builder": class of verl's continuous-token builder that tokenised it,
+                             "chat_template_kwargs": the run's data.apply_chat_template_kwargs,
+                             window layout only: "history_length" (k), "history_shown" (pairs in each step's
+                             prompt, fewer where the loop dropped old pairs to fit rollout.prompt_length) and
+                             "window_prompt_lengths" (tokens of each step's prompt, checked on rebuild)}
+
+What ``input_ids`` holds: always the packed (full-history) view. A record played in the full layout holds the
+loop's own row. A record played in the window layout holds the packed sequence rebuilt from its pieces and the
+exact reply tokens with the run's token builder (what the full-history loop builds for the same replies, without
+the response-length budget, so it may be longer than ``rollout.response_length``); its window rows are not
+stored: ``window_sequences`` rebuilds them token for token (the recorded prompt lengths are checked). ``actions``
+is required for the window rebuild (the history shows the parsed actions). Records written before the pieces were
+kept still load; asking them for the window layout raises :class:`RecordError` saying so.
 
 Files: ``.jsonl`` (one JSON object per line; append-friendly, use it while collecting) and ``.parquet``
 (columnar; ``messages`` and ``extra`` are stored as JSON strings). The suffix picks the format.
@@ -60,6 +86,10 @@ from typing import Any
 
 FORMAT_VERSION = 1
 CONTRIBUTIONS_KEY = "contributions"
+LAYOUT_KEY = "layout"
+PIECES_KEY = "prompt_pieces"
+PIECES_VERSION = 1
+LAYOUTS = ("full", "window")  # env.history; see "Both layouts" in the module docstring
 SUFFIXES = (".jsonl", ".parquet")
 
 _REQUIRED = (
@@ -299,6 +329,9 @@ def validate_record(d: Mapping[str, Any] | TrajectoryRecord) -> TrajectoryRecord
             extra = json.loads(json.dumps(dict(extra), allow_nan=False))
         except (TypeError, ValueError) as e:
             raise _fail("extra", extra, f"must be JSON-serialisable with str keys and finite numbers: {e}") from None
+        layout = extra.get(LAYOUT_KEY)
+        if layout is not None and layout not in LAYOUTS:
+            raise _fail(f"extra[{LAYOUT_KEY!r}]", layout, f"must be one of {LAYOUTS}")
         contrib = extra.get(CONTRIBUTIONS_KEY)
         if contrib is not None and (not isinstance(contrib, list) or len(contrib) != len(spans)):
             raise _fail(f"extra[{CONTRIBUTIONS_KEY!r}]", contrib, f"must be a list with one value per turn ({len(spans)})")
@@ -321,6 +354,44 @@ def validate_record(d: Mapping[str, Any] | TrajectoryRecord) -> TrajectoryRecord
         truncated=truncated,
         extra=extra,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# both layouts
+
+
+def record_layout(rec: TrajectoryRecord) -> str:
+    """The layout ``rec`` was played in: ``extra["layout"]``, ``"full"`` when absent (older records)."""
+    return str((rec.extra or {}).get(LAYOUT_KEY) or "full")
+
+
+def prompt_pieces(rec: TrajectoryRecord) -> dict:
+    """``extra["prompt_pieces"]`` of ``rec``, checked (see the module docstring). Raises :class:`RecordError` when
+    the record does not keep them (written before they were, or not by the env_agent loop): such a record can only
+    be used in the full layout."""
+    pieces = (rec.extra or {}).get(PIECES_KEY)
+    where = f"trajectory record {rec.episode_id!r}"
+    if pieces is None:
+        raise RecordError(
+            f"{where} has no extra[{PIECES_KEY!r}] (the raw observations and prompt settings), so its window-layout "
+            "prompts cannot be rebuilt; it was collected before records kept them. Use it in the full layout, or "
+            "collect again with env.collect_dir (either env.history)"
+        )
+    if not isinstance(pieces, Mapping):
+        raise _fail(f"extra[{PIECES_KEY!r}]", pieces, "must be a dict")
+    if int(pieces.get("version", -1)) != PIECES_VERSION:
+        raise _fail(f"extra[{PIECES_KEY!r}]['version']", pieces.get("version"), f"this reader knows {PIECES_VERSION}")
+    obs, infos, T = pieces.get("observations"), pieces.get("infos"), rec.num_turns
+    if not isinstance(obs, list) or not all(isinstance(o, str) for o in obs) or len(obs) < T:
+        raise _fail(f"extra[{PIECES_KEY!r}]['observations']", obs, f"must be a list of >= {T} str (one per turn)")
+    if not isinstance(infos, list) or len(infos) != len(obs) or not all(isinstance(i, Mapping) for i in infos):
+        raise _fail(f"extra[{PIECES_KEY!r}]['infos']", infos, f"must be a list of {len(obs)} dicts")
+    if rec.actions is None:
+        raise _fail("actions", None, f"{where}: the window layout's history shows the actions; they are required")
+    shown = pieces.get("history_shown")
+    if shown is not None and (not isinstance(shown, list) or len(shown) != T):
+        raise _fail(f"extra[{PIECES_KEY!r}]['history_shown']", shown, f"must be a list of {T} ints")
+    return dict(pieces)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -560,13 +631,19 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike], skip_in
 __all__ = [
     "CONTRIBUTIONS_KEY",
     "FORMAT_VERSION",
+    "LAYOUTS",
+    "LAYOUT_KEY",
+    "PIECES_KEY",
+    "PIECES_VERSION",
     "RecordError",
     "RecordWriter",
     "TrajectoryRecord",
     "expand_paths",
     "fsync_path",
     "iter_records",
+    "prompt_pieces",
     "read_records",
+    "record_layout",
     "shard_path",
     "validate_record",
     "write_records",

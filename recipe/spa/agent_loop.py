@@ -46,9 +46,10 @@ otherwise it is the empty dict of the same keys (``compared=False``).
 ``AgentLoopOutput.num_turns`` follows verl's convention (chat messages: the first user message, every assistant
 turn and every observation); ``episode_info["num_turns"]`` is the number of assistant turns (env steps).
 
-Collection (``env.collect_dir``): one :class:`spa_reward.records.TrajectoryRecord` per episode with at least one
-turn, appended to a jsonl shard per worker process (``<collect_dir>/<env>-<host>-<pid>-<rand>.jsonl``). Its
-``reward`` is the raw env reward (what the progress estimator regresses onto). Episodes that ended by env failure
+Collection (``env.collect_dir``, both layouts): one :class:`spa_reward.records.TrajectoryRecord` per episode with
+at least one turn, appended to a jsonl shard per worker process (``<collect_dir>/<env>-<host>-<pid>-<rand>.jsonl``).
+Its ``reward`` is the raw env reward (what the progress estimator regresses onto); its ``extra`` keeps the layout
+it was played in and the raw pieces of both layouts' prompts (``spa_reward.records``, "Both layouts"). Episodes that ended by env failure
 are written too, marked ``extra["env_failed"] = True`` (estimator training skips them by default); an episode that
 failed before its first turn has nothing to write.
 """
@@ -67,13 +68,14 @@ from verl.utils.profiler import simple_timer
 
 from envs.actions import parse_action
 from envs.prepare import SPLITS
-from envs.prompts import build_messages, format_observation
+from envs.prompts import build_messages, format_observation, prompt_info
 from recipe.spa import expert_prefix
 from recipe.spa.env_pool import EnvFailure, get_env_pool
 from recipe.spa.expert_prefix import ExpertPrefix, empty_stepagent
 from recipe.spa.settings import EnvRolloutSettings, default_pool_size, validate_env_settings
 from spa_reward.config_check import select_key
 from spa_reward.fusion import place_turn_rewards
+from spa_reward.records import LAYOUT_KEY, PIECES_KEY, PIECES_VERSION
 from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
 
 logger = logging.getLogger(__name__)
@@ -156,6 +158,11 @@ class _Episode:
     env_error_text: str = ""  # the full EnvFailure message
     extra_fields: dict = field(default_factory=dict)
     inspection: Any = None  # recipe.spa.expert_prefix.Inspection when algorithm.reward=stepagent
+    seen: list = field(default_factory=list)  # (raw observation, prompt_info) of every step, for the records
+
+    def keep_observation(self, obs: str, info: dict) -> None:
+        """Keep a step's raw observation and the info the prompt builders read (records rebuild both layouts)."""
+        self.seen.append((str(obs), prompt_info(info)))
 
     @property
     def num_turns(self) -> int:
@@ -306,6 +313,7 @@ class EnvAgentLoop(AgentLoopBase):
         env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)  # our split name -> the adapter's
         with simple_timer("tool_calls", metrics):
             obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)
+        ep.keep_observation(obs, info)
         ep.task_type = str(info.get("task_type", ""))
         anchor = str(info.get("anchor", obs))
         ep.messages = build_messages(ep.env_name, obs, info, s.prompt_style, s.one_shot, s.system_prompt,
@@ -358,6 +366,7 @@ class EnvAgentLoop(AgentLoopBase):
             _, obs, info, anchor = await step_reply(env, ep, text, parse_style, anchor, metrics)
             if turn == 0:
                 expert_prefix.after_first_turn(ep, ep.inspection, anchor)
+            ep.keep_observation(obs, info)
             if ep.done:
                 return
             if len(ep.mask) >= budget_limit:
@@ -432,11 +441,34 @@ class EnvAgentLoop(AgentLoopBase):
             episode_info=info,
         )
         if s.collect_dir and n:
-            self._collect(ep, output, kwargs, raw, R)
+            P = len(output.prompt_ids)
+            self._collect(ep, kwargs, raw, info, list(output.prompt_ids) + list(output.response_ids), P,
+                          [[P + a, P + b + 1] for a, b in zip(ep.turn_starts, ep.turn_ends)], ep.messages)
         return output
 
-    def _collect(self, ep: _Episode, output: EnvAgentLoopOutput, kwargs: dict, raw: float, R: float) -> None:
-        P = len(output.prompt_ids)
+    def prompt_pieces(self, ep: _Episode, window: Optional[dict] = None) -> dict:
+        """``extra["prompt_pieces"]`` of a record (schema in ``spa_reward.records``): the raw observations, the
+        prompt settings and the token builder; ``window`` adds the window layout's keys."""
+        s = self.settings
+        template_kwargs = self.apply_chat_template_kwargs
+        if hasattr(template_kwargs, "items"):
+            from omegaconf import OmegaConf
+
+            template_kwargs = (OmegaConf.to_container(template_kwargs, resolve=True)
+                               if OmegaConf.is_config(template_kwargs) else dict(template_kwargs))
+        pieces = {"version": PIECES_VERSION, "observations": [o for o, _ in ep.seen],
+                  "infos": [i for _, i in ep.seen], "style": s.prompt_style, "one_shot": bool(s.one_shot),
+                  "system_prompt": bool(s.system_prompt), "include_admissible": s.include_admissible,
+                  "token_builder": type(self.continuous_token_builder).__name__,
+                  "chat_template_kwargs": template_kwargs or {}}
+        pieces.update(window or {})
+        return pieces
+
+    def _collect(self, ep: _Episode, kwargs: dict, raw: float, info: dict, input_ids: list, P: int, spans: list,
+                 messages: list, layout: str = "full", window: Optional[dict] = None) -> None:
+        """Write the episode's trajectory record: the packed sequence ``input_ids`` (prompt length ``P``, turn
+        ``spans``) and, in ``extra``, the layout it was played in and the pieces of both layouts."""
+        R = float(info["env_reward"])
         uid = str(kwargs.get("uid") or f"{ep.env_name}-{ep.task_id}")
         record = {
             "format_version": 1,
@@ -446,14 +478,14 @@ class EnvAgentLoop(AgentLoopBase):
             "task_id": ep.task_id,
             "tokenizer": str(getattr(self.tokenizer, "name_or_path", "") or
                              select_key(self.config, "actor_rollout_ref.model.path", "unknown")),
-            "input_ids": list(output.prompt_ids) + list(output.response_ids),
+            "input_ids": list(input_ids),
             "prompt_length": P,
-            "turn_spans": [[P + a, P + b + 1] for a, b in zip(ep.turn_starts, ep.turn_ends)],
+            "turn_spans": [list(span) for span in spans],
             "executable": list(ep.executable),
             "reward": raw,
-            "won": bool(output.episode_info["won"]),
+            "won": bool(info["won"]),
             "actions": list(ep.actions),
-            "truncated": bool(output.episode_info["truncated"]),
+            "truncated": bool(info["truncated"]),
             "extra": {
                 "episode_reward": R,
                 "reward_scale": self.settings.reward_scale,
@@ -465,10 +497,12 @@ class EnvAgentLoop(AgentLoopBase):
                 "env_failed": bool(ep.env_error),  # estimator training skips these by default
                 "global_steps": int(kwargs["global_steps"]) if kwargs.get("global_steps") is not None else -1,
                 "turn_anchors": list(ep.anchors),
+                LAYOUT_KEY: layout,
+                PIECES_KEY: self.prompt_pieces(ep, window),
             },
         }
         if self.settings.collect_messages:
-            record["messages"] = list(ep.messages)
+            record["messages"] = list(messages)
         _record_writer(self.settings.collect_dir, ep.env_name).write(record)
 
 

@@ -130,9 +130,6 @@ def env_settings_problems(settings: Any) -> list[str]:
     if isinstance(settings.history_length, bool) or not isinstance(settings.history_length, int) \
             or settings.history_length < 0:
         out.append(f"env.history_length must be an integer >= 0, got {settings.history_length!r}")
-    if settings.history == "window" and settings.collect_dir:
-        out.append("env.collect_dir is set with env.history=window: trajectory records hold the full-history "
-                   "layout; collect with env.history=full (the estimator's training data), or unset collect_dir")
     for key, value in (("env.pool.step_timeout", settings.step_timeout),
                        ("env.pool.reset_timeout", settings.reset_timeout)):
         if not (value > 0 and math.isfinite(value)):
@@ -155,13 +152,20 @@ def env_block_problems(cfg: Any) -> list[str]:
         settings = EnvRolloutSettings.from_config(cfg)
     except (ValueError, TypeError) as exc:
         return [str(exc)]
-    return env_settings_problems(settings) + window_problems(settings, cfg)
+    out = env_settings_problems(settings) + window_problems(settings, cfg)
+    if settings.collect_dir and select_key(cfg, "algorithm.reward") == "stepagent":
+        out.append("env.collect_dir is set with algorithm.reward=stepagent: expert-prefix episodes start from an "
+                   "expert state, so their records are not the policy's own episodes (and their prompt pieces do not "
+                   "hold the replayed prefix); collect with the reward the estimator is for, or unset env.collect_dir")
+    return out
 
 
 # advantage estimators that treat the rows of one window-layout session ({uid}_{session_id}_{index}) as one episode:
 # grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row)
 WINDOW_ESTIMATORS = ("grpo", "gigpo", "spa")  # spa: critic-free (turn GAE needs values across rows)
-WINDOW_REWARDS = ("outcome",)  # the progress estimator and the PRM are trained/served on full-history rows
+# spa: a frozen estimator trained on window rows (python -m spa_reward.progress.train --layout window); the online
+# estimator and iStar's PRM train on the packed rows of an episode, which a window session does not give them
+WINDOW_REWARDS = ("outcome", "spa")
 
 
 def window_problems(settings: Any, cfg: Any) -> list[str]:
@@ -180,12 +184,41 @@ def window_problems(settings: Any, cfg: Any) -> list[str]:
                    "critic-free spa estimator or env.history=full")
     reward = select_key(cfg, "algorithm.reward")
     if reward is not None and str(reward) not in WINDOW_REWARDS:
-        out.append(f"env.history=window with algorithm.reward={reward}: its step-reward model is trained and served on "
-                   "full-history rows (trajectory records cannot rebuild window prompts yet); use "
-                   f"algorithm.reward in {WINDOW_REWARDS} or env.history=full")
+        out.append(f"env.history=window with algorithm.reward={reward}: its step-reward model trains during RL on "
+                   "whole packed episodes, and the rows of a window session are not grouped into episodes for it "
+                   f"yet; use algorithm.reward in {WINDOW_REWARDS} (spa with a frozen estimator trained with "
+                   "--layout window) or env.history=full")
+    if str(reward) == "spa" and select_key(cfg, "algorithm.spa.online.enable", False):
+        out.append("env.history=window with algorithm.spa.online.enable=true: the online estimator trains on whole "
+                   "packed episodes, and the rows of a window session are not grouped into episodes for it yet; use "
+                   "a frozen estimator trained on window rows (python -m spa_reward.progress.train --layout window "
+                   "--history-length k) or env.history=full")
     penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
     if str(estimator) == "grpo" and penalty not in (None, 0, 0.0):
         out.append(f"env.history=window with grpo and algorithm.invalid_penalty={penalty}: verl's multi-trajectory "
                    "GRPO scores a session by its final row only, so the penalties of earlier steps would be dropped; "
                    "set algorithm.invalid_penalty=0 or use env.history=full")
     return out
+
+
+@register_config_check
+def estimator_layout_problems(cfg: Any) -> list[str]:
+    """A ``spa`` run whose progress estimator was trained in the other context layout (or window length); checked
+    only when the estimator folder exists (a missing one is reported by the reward's own checks)."""
+    if select_key(cfg, "algorithm.reward") != "spa" or select_key(cfg, "env") is None:
+        return []
+    path = select_key(cfg, "reward.reward_kwargs.estimator_path") or select_key(cfg, "algorithm.spa.estimator_path")
+    if not path:
+        return []
+    import os
+
+    from spa_reward.progress.serve import check_estimator_layout
+
+    try:
+        check_estimator_layout(os.path.expanduser(str(path)), str(select_key(cfg, "env.history", "full")),
+                               select_key(cfg, "env.history_length"))
+    except FileNotFoundError:  # no estimator there (yet): not this check's to report
+        return []
+    except ValueError as exc:
+        return [str(exc)]
+    return []

@@ -36,7 +36,12 @@ step has its own budget) and the prompt, not the response, is what grows: when t
 the episode ends before that step (``truncation_reason="prompt_length"``). An env failure (timeout/crash) keeps
 every row played so far (the failed step's row has ``executable=False``), and every row gets R=0, won=False,
 ``env_error`` set. A failure before the first reply gives one placeholder row (one pad token, mask 0), as the
-packed layout does. Collection (``env.collect_dir``) is refused in this layout by the config check.
+packed layout does.
+
+Collection (``env.collect_dir``): one trajectory record per episode (not per row), written by ``_collect``: its
+``input_ids`` are the packed view of the episode, its ``extra["prompt_pieces"]`` rebuild every row token for token
+(``spa_reward.records``, "Both layouts"). ``_play`` keeps each step's raw observation and prompt info for it
+(``_Episode.keep_observation``).
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
     env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)
     with simple_timer("tool_calls", metrics):
         obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)
+    ep.keep_observation(obs, info)
     reset_info = dict(info)
     ep.task_type = str(info.get("task_type", ""))
     anchor = str(info.get("anchor", obs))
@@ -174,6 +180,7 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
         action, next_obs, info, anchor = await step_reply(env, ep, text, parse_style, anchor, step_metrics)
         if turn == 0:
             expert_prefix.after_first_turn(ep, ep.inspection, anchor)
+        ep.keep_observation(next_obs, info)
         history.append((obs, action))
         obs = next_obs
         if ep.done:
@@ -187,7 +194,7 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
 async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWindowOutput]:
     s = loop.settings
     T = len(steps)
-    R, _, summary, info = episode_summary(ep, s, T)
+    R, raw, summary, info = episode_summary(ep, s, T)
     common = {**summary, "layout": LAYOUT, "episode_turns": T, "history_length": int(s.history_length)}
     if not steps:  # nothing was generated: one placeholder row so the session still reaches the trainer
         prompt_ids = ep.prompt_ids or list(await loop.ct_build_initial_tokens(
@@ -229,4 +236,22 @@ async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWind
             episode_reward=R,
             episode_info={**info, "session_row": t, "session_rows": T},
         ))
+    if s.collect_dir:
+        await _collect(loop, ep, steps, kwargs, raw, info)
     return outputs
+
+
+async def _collect(loop, ep: _Episode, steps: list, kwargs: dict, raw: float, info: dict) -> None:
+    """One trajectory record for the whole episode (not one per row): ``input_ids`` is the packed view rebuilt with
+    the loop's token builder from the raw pieces and the exact replies; the pieces keep what rebuilds every row
+    (``spa_reward.progress.layouts.window_sequences``)."""
+    from spa_reward.progress.layouts import packed_view
+
+    window = {"history_length": int(loop.settings.history_length), "history_shown": [st.shown for st in steps],
+              "window_prompt_lengths": [len(st.prompt_ids) for st in steps]}
+    pieces = loop.prompt_pieces(ep, window)
+    replies = [st.response_ids for st in steps]
+    packed = await loop.loop.run_in_executor(
+        None, lambda: packed_view(ep.env_name, pieces, replies, loop.continuous_token_builder))
+    loop._collect(ep, kwargs, raw, info, packed.input_ids, packed.prompt_length, packed.turn_spans, packed.messages,
+                  layout=LAYOUT, window=window)

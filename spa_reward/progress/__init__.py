@@ -1,7 +1,8 @@
 """SPA progress estimator: model, training, serving and a synthetic attribution check.
 
 Submodules: :mod:`.model` (``ProgressEstimator``), :mod:`.data` (truncation, batching), :mod:`.train` (CLI
-``python -m spa_reward.progress.train``), :mod:`.serve` (``ProgressScorer``, the Ray actor), :mod:`.synthetic`.
+``python -m spa_reward.progress.train``), :mod:`.serve` (``ProgressScorer``, the Ray actor), :mod:`.layouts` (a
+record's window-layout rows and packed view), :mod:`.synthetic`.
 Names are imported lazily so that ``import spa_reward.progress`` does not load torch.
 """
 
@@ -17,6 +18,8 @@ _EXPORTS = {
     "ProgressScorer": ".serve",
     "get_progress_scorer": ".serve",
     "check_tokenizer_compatible": ".serve",
+    "check_estimator_layout": ".serve",
+    "window_sequences": ".layouts",
 }
 
 __all__ = list(_EXPORTS)

@@ -14,6 +14,13 @@ Truncation rule (shared by training and serving, so c_t means the same thing in 
 
 Dropped turns get no c_t: in training they are simply absent from ``sum_t c_t`` (the estimator learns that the
 kept turns carry R); in serving :class:`~spa_reward.progress.serve.ProgressScorer` returns 0.0 for them.
+
+Window layout (``--layout window``): an episode is T one-turn sequences (its window rows, see
+:mod:`spa_reward.progress.layouts`), each truncated by the same rule (one turn: an over-long row keeps its last
+``max_length`` tokens, as the scorer does for a served window row). :meth:`ExampleSet.append_rows` stores them as
+one example whose ``row_starts`` mark where each row begins in the concatenated ``input_ids``;
+:func:`collate_window_examples` flattens a batch of such episodes into rows plus ``episode_index`` (row -> episode),
+so ``sum_t c_t`` per episode is one ``index_add``.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ class Example:
     kept: list[int]
     truncated: bool
     episode_id: str = ""
+    row_starts: list[int] | None = None  # window layout: start of each row (one turn each) in input_ids
 
 
 def record_to_example(rec: TrajectoryRecord, max_length: int, keep_prompt: bool = True) -> Example:
@@ -141,6 +149,9 @@ class ExampleSet(Sequence[Example]):
         self._num_turns = array("i")
         self._first_kept = array("i")
         self._truncated = array("b")
+        # window layout only (a set holds one layout): row starts (relative to the example), offsets per example
+        self._rows = array("i")
+        self._row_off: array | None = None
         self.episode_ids: list[str] = []
         self.max_token_id = -1
 
@@ -153,10 +164,43 @@ class ExampleSet(Sequence[Example]):
         self._reward.append(float(rec.reward))
         self._num_turns.append(rec.num_turns)
         self._first_kept.append(t.kept[0] if t.kept else rec.num_turns)
+        if self._row_off is not None:
+            raise ValueError("this ExampleSet holds window-layout episodes (append_rows); keep one layout per set")
         self._truncated.append(int(t.truncated))
         self.episode_ids.append(rec.episode_id)
         if t.input_ids:
             self.max_token_id = max(self.max_token_id, max(t.input_ids))
+
+    def append_rows(self, rec: TrajectoryRecord, rows: Sequence[tuple[Sequence[int], int]], max_length: int,
+                    keep_prompt: bool = True) -> None:
+        """Add one episode in the window layout: ``rows`` = [(row token ids, row prompt length)], one turn each,
+        its end the row's last token (``spa_reward.progress.layouts.window_sequences``)."""
+        if len(rows) != rec.num_turns:
+            raise ValueError(f"record {rec.episode_id!r}: {len(rows)} window rows for {rec.num_turns} turns")
+        if self._row_off is None:
+            if len(self):
+                raise ValueError("this ExampleSet holds packed examples (append); keep one layout per set")
+            self._row_off = array("q", [0])
+        start, truncated = len(self._tokens), False
+        ends, starts = [], []
+        for ids, prompt_length in rows:
+            t = truncate_for_estimator(ids, [len(ids) - 1], max_length, prompt_length if keep_prompt else 0)
+            starts.append(len(self._tokens) - start)
+            self._tokens.extend(t.input_ids)
+            ends.append(len(self._tokens) - start - 1)
+            truncated = truncated or t.truncated
+            if t.input_ids:
+                self.max_token_id = max(self.max_token_id, max(t.input_ids))
+        self._tok_off.append(len(self._tokens))
+        self._ends.extend(ends)
+        self._end_off.append(len(self._ends))
+        self._reward.append(float(rec.reward))
+        self._num_turns.append(rec.num_turns)
+        self._first_kept.append(0)  # a row keeps its turn
+        self._truncated.append(int(truncated))
+        self._rows.extend(starts)
+        self._row_off.append(len(self._rows))
+        self.episode_ids.append(rec.episode_id)
 
     def __len__(self) -> int:
         return len(self._reward)
@@ -170,6 +214,9 @@ class ExampleSet(Sequence[Example]):
             raise IndexError(f"example {i} of {len(self)}")
         a, b = self._tok_off[i], self._tok_off[i + 1]
         n = self._num_turns[i]
+        rows = None
+        if self._row_off is not None:
+            rows = self._rows[self._row_off[i]:self._row_off[i + 1]].tolist()
         return Example(
             input_ids=np.frombuffer(self._tokens[a:b], dtype=np.int32),
             turn_ends=self._ends[self._end_off[i] : self._end_off[i + 1]].tolist(),
@@ -178,6 +225,7 @@ class ExampleSet(Sequence[Example]):
             kept=list(range(self._first_kept[i], n)),
             truncated=bool(self._truncated[i]),
             episode_id=self.episode_ids[i],
+            row_starts=rows,
         )
 
     @property
@@ -195,7 +243,7 @@ class ExampleSet(Sequence[Example]):
     def nbytes(self) -> int:
         """Bytes held by the arrays (the episode id strings not counted)."""
         arrays = (self._tokens, self._tok_off, self._ends, self._end_off, self._reward, self._num_turns,
-                  self._first_kept, self._truncated)
+                  self._first_kept, self._truncated, self._rows, self._row_off or array("q"))
         return sum(a.itemsize * len(a) for a in arrays)
 
 
@@ -234,6 +282,31 @@ def collate_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict
     return batch
 
 
+def window_rows(example: Example) -> tuple[list[np.ndarray], list[list[int]]]:
+    """(row sequences, their turn ends) of one example: its window rows, or the example itself when packed."""
+    if example.row_starts is None:
+        return [example.input_ids], [list(example.turn_ends)]
+    bounds = list(example.row_starts) + [len(example.input_ids)]
+    seqs = [example.input_ids[bounds[r]:bounds[r + 1]] for r in range(len(example.row_starts))]
+    return seqs, [[len(s) - 1] for s in seqs]
+
+
+def collate_window_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of episodes in the window layout, flattened into rows: ``input_ids``/``attention_mask`` ``(rows, L)``,
+    ``turn_end_positions`` ``(rows, 1)``, ``episode_index`` ``(rows,)`` (which episode each row belongs to) and
+    ``rewards`` ``(episodes,)``. ``sum_t c_t`` of episode e = the sum of c over the rows with index e."""
+    seqs, ends, index = [], [], []
+    for e, ex in enumerate(examples):
+        rows, row_ends = window_rows(ex)
+        seqs += rows
+        ends += row_ends
+        index += [e] * len(rows)
+    batch = collate_sequences(seqs, ends, pad_token_id)
+    batch["episode_index"] = torch.tensor(index, dtype=torch.long)
+    batch["rewards"] = torch.tensor([ex.reward for ex in examples], dtype=torch.float32)
+    return batch
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """Deterministic shuffled order of ``n`` examples for one epoch (restorable on resume)."""
     order = list(range(n))
@@ -249,9 +322,11 @@ __all__ = [
     "check_turn_ends",
     "collate_examples",
     "collate_sequences",
+    "collate_window_examples",
     "epoch_order",
     "is_env_failure",
     "record_to_example",
     "records_to_examples",
     "truncate_for_estimator",
+    "window_rows",
 ]

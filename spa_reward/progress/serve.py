@@ -10,6 +10,9 @@
   ``ray.get(actor.score.remote(batch))``. Concurrent calls are coalesced into shared forward passes.
 * :func:`check_tokenizer_compatible`: the reward feeds the *policy's* token ids to the estimator, so both must
   share one vocabulary; this raises when they do not.
+* :func:`check_estimator_layout`: an estimator trained in one context layout (``--layout full|window``, stored as
+  ``config.extra["layout"]`` / ``["history_length"]``; estimators without it were trained on packed rows) is
+  refused for a run in the other layout (or with another window length), at start-up.
 
 NaN/inf outputs are returned as they are (not filtered or replaced): the reward layer counts and handles them.
 """
@@ -124,6 +127,8 @@ class ProgressScorer:
             "tokenizer": cfg.tokenizer,
             "max_length": self.max_length,
             "keep_prompt_on_truncation": self.keep_prompt,
+            "layout": str((cfg.extra or {}).get("layout") or "full"),
+            "history_length": (cfg.extra or {}).get("history_length"),
             "max_batch_size": self.max_batch_size,
             "stats": dict(self.stats),
         }
@@ -308,6 +313,40 @@ def get_progress_scorer(
     return actor
 
 
+# ---------------------------------------------------------------------------------------------------- layouts
+
+
+def estimator_layout(estimator_dir: str | os.PathLike) -> tuple[str, int | None]:
+    """(layout, history_length) the estimator in ``estimator_dir`` was trained on: ``config.extra["layout"]``
+    (``"full"`` when absent: estimators saved before layouts were recorded were trained on packed rows) and
+    ``config.extra["history_length"]`` (None in the full layout)."""
+    from .model import ProgressEstimatorConfig
+
+    extra = ProgressEstimatorConfig.load(resolve_estimator_dir(estimator_dir)).extra or {}
+    layout = str(extra.get("layout") or "full")
+    k = extra.get("history_length")
+    return layout, (int(k) if layout == "window" and k is not None else None)
+
+
+def check_estimator_layout(estimator_dir: str | os.PathLike, history: str, history_length: int | None = None) -> None:
+    """Raise ``ValueError`` when the estimator was trained in another context layout than the run's
+    (``env.history`` / ``env.history_length``): its c_t would be read off sequences it never saw."""
+    layout, k = estimator_layout(estimator_dir)
+    history = str(history or "full")
+    run = "full" if history == "full" else f"window (env.history_length={history_length})"
+    trained = "full" if layout == "full" else f"window (history_length={k})"
+    same = layout == history and (layout == "full" or k is None or history_length is None
+                                  or int(k) == int(history_length))
+    if not same:
+        fix = (f"--layout window --history-length {history_length}" if history == "window" else "--layout full")
+        raise ValueError(
+            f"the progress estimator {str(estimator_dir)!r} was trained in the {trained} layout but this run uses "
+            f"env.history={run}: its contributions would be read off sequences it never saw. Train one for this "
+            f"layout (python -m spa_reward.progress.train ... {fix}) or run with the estimator's layout "
+            + ("(env.history=full)" if layout == "full" else f"(env.history=window env.history_length={k})")
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- tokenizers
 
 
@@ -369,6 +408,8 @@ def check_tokenizer_compatible(estimator_dir: str | os.PathLike, policy_tokenize
 
 __all__ = [
     "ProgressScorer",
+    "check_estimator_layout",
+    "estimator_layout",
     "ProgressScorerActor",
     "check_tokenizer_compatible",
     "get_progress_scorer",

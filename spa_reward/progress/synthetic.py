@@ -116,6 +116,21 @@ def make_episode(rng: random.Random, cfg: SyntheticTaskConfig, index: int, value
     )
 
 
+def window_rows(rec: TrajectoryRecord, history_length: int | None) -> list[tuple[list[int], int]]:
+    """The token-level window layout of a synthetic episode (the synthetic task has no text env, so the window
+    prompt is built from its tokens): row t = the prompt, the last k (observation, turn) segments, observation t,
+    then turn t; [(row ids, row prompt length)]. Pass as ``rows_of`` to :func:`spa_reward.progress.train.train`."""
+    k = 2 if history_length is None else int(history_length)
+    ids, spans = rec.input_ids, rec.turn_spans
+    starts = [rec.prompt_length] + [end for _, end in spans[:-1]]  # each segment: observation + turn
+    rows = []
+    for t, (a, b) in enumerate(spans):
+        context = [x for j in range(max(0, t - k), t) for x in ids[starts[j]:spans[j][1]]]
+        prompt = list(ids[: rec.prompt_length]) + context + list(ids[starts[t]:a])
+        rows.append((prompt + list(ids[a:b]), len(prompt)))
+    return rows
+
+
 def make_synthetic_records(n: int, seed: int = 0, cfg: SyntheticTaskConfig | None = None, start_index: int = 0) -> list[TrajectoryRecord]:
     """``n`` episodes; the same ``cfg`` gives the same action values, ``seed`` varies the episodes."""
     cfg = cfg or SyntheticTaskConfig()

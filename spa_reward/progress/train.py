@@ -29,6 +29,18 @@ Safety: ``trainer_state.pt`` holds only tensors and plain data and is loaded wit
 name (``../x`` or an absolute path is refused). Checkpoint files and folders are fsynced before the renames that
 publish them.
 
+Layouts: ``--layout full`` (default) trains on the records' packed sequences (one sequence per episode, SPA's
+setting). ``--layout window --history-length k`` trains for runs with ``env.history=window``: every record becomes
+its T window rows (``spa_reward.progress.layouts.window_sequences``: the window prompt of step t + the reply tokens
+of turn t, its turn end the row's last token; the records must keep ``extra["prompt_pieces"]``, which the
+``env_agent`` loop writes in either layout), built with verl's continuous-token builder of the estimator's
+tokenizer and ``--hf-model-type`` (default: the backbone's ``model_type``). The loss stays SPA's
+``(sum_t c_t - R)^2`` per episode, the sum running over the episode's T rows (``--batch-size`` counts episodes; a
+micro-batch of B episodes is B x T rows). ``--history-length`` defaults to the k the records were collected with.
+The estimator records the layout in its config (``extra["layout"]``, ``extra["history_length"]``) and serving
+refuses it for a run in the other layout (``spa_reward.progress.serve.check_estimator_layout``); ``--resume``
+refuses a different layout than the checkpoint's.
+
 Data: records are streamed into packed int32 examples (:class:`~spa_reward.progress.data.ExampleSet`, about 4
 bytes a token), never held as record lists. Episodes that ended by an environment error (``extra["env_failed"]``)
 are skipped and counted (``--include-env-failures`` keeps them). ``--eval-fraction`` reads the records' uids in
@@ -68,9 +80,18 @@ import numpy as np
 import torch
 
 from envs.cli import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
-from ..records import fsync_path, iter_records
+from ..records import LAYOUTS, fsync_path, iter_records
 from ..threads import apply_thread_policy
-from .data import Example, ExampleSet, collate_examples, epoch_order, is_env_failure
+from ..records import RecordError, prompt_pieces
+from .data import (
+    Example,
+    ExampleSet,
+    collate_examples,
+    collate_window_examples,
+    epoch_order,
+    is_env_failure,
+    window_rows,
+)
 from .model import (
     ADAPTER_DIR,
     BACKBONE_DIR,
@@ -178,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--skip-invalid", action="store_true", help="skip malformed records with a warning instead of failing")
     g.add_argument(
+        "--layout", choices=LAYOUTS, default="full",
+        help="context layout of the RL run the estimator will score: full = one packed sequence per episode "
+        "(env.history=full), window = one sequence per step holding the last --history-length steps "
+        "(env.history=window); the records must keep extra['prompt_pieces'] for window",
+    )
+    g.add_argument(
+        "--history-length", type=non_negative_int, default=None,
+        help="window layout: past (observation, action) pairs per prompt, the run's env.history_length "
+        "(default: the k the records were collected with)",
+    )
+    g.add_argument(
+        "--hf-model-type", default=None,
+        help="window layout: the policy's HF model_type, which picks verl's token builder (default: the backbone's)",
+    )
+    g.add_argument(
         "--include-env-failures", action="store_true",
         help="keep episodes that ended by an environment error (extra['env_failed']); skipped by default, as their "
         "R says nothing about the policy",
@@ -276,31 +312,71 @@ def _uids(paths, skip_invalid: bool) -> list[str]:
         return [r.uid for r in iter_records(paths, skip_invalid=skip_invalid)]
 
 
-def load_examples(args, max_length: int, keep_prompt: bool, world: int = 1, rank: int = 0) -> dict[str, Any]:
+def window_row_source(tokenizer, hf_model_type: str | None, chat_template_kwargs: dict | None = None):
+    """``rows_of(record, k) -> [(row ids, row prompt length)]``: the window layout through verl's token builder."""
+    from .layouts import make_token_builder, window_sequences
+
+    if tokenizer is None:
+        raise SystemExit("--layout window builds the window prompts with the policy's tokenizer: pass --tokenizer "
+                         "(or a --model folder that holds one)")
+    builder = make_token_builder(tokenizer, hf_model_type, chat_template_kwargs)
+
+    def rows_of(rec, k):
+        return [(r.input_ids, r.prompt_length) for r in window_sequences(rec, builder, k)]
+
+    return rows_of
+
+
+def _record_history_length(rec, k: int | None) -> int | None:
+    return k if k is not None else prompt_pieces(rec).get("history_length")
+
+
+def load_examples(args, max_length: int, keep_prompt: bool, world: int = 1, rank: int = 0,
+                  rows_of=None) -> dict[str, Any]:
     """Stream the records into packed :class:`ExampleSet` s: no record list is ever held, and with ``world > 1``
     each rank keeps only its share of the training examples (every ``world``-th, from ``rank``); only rank 0
     keeps the eval examples. Episodes that ended by an env error are skipped unless ``--include-env-failures``.
 
-    Returns ``{"train", "eval", "num_train", "env_failed", "tokenizers"}`` (``num_train``: over all ranks)."""
+    ``rows_of(record, k)`` gives a record's window rows (``--layout window``, :func:`window_row_source`); with it
+    every example is an episode of rows. Returns ``{"train", "eval", "num_train", "env_failed", "tokenizers",
+    "history_lengths"}`` (``num_train``: over all ranks; ``history_lengths``: the window k used)."""
     held: set[str] = set()
     if not args.eval_records and args.eval_fraction > 0:
         held = split_uids(_uids(args.records, args.skip_invalid), args.eval_fraction, args.seed)
     train, evals = ExampleSet(), ExampleSet()
-    counts = {"train": 0, "env_failed": 0}
+    counts = {"train": 0, "env_failed": 0, "no_pieces": 0}
     tokenizers: set[str] = set()
+    history_lengths: set[int] = set()
+    k = getattr(args, "history_length", None)
+
+    def add(target: ExampleSet, rec) -> None:
+        if rows_of is None:
+            target.append(rec, max_length, keep_prompt)
+        else:
+            target.append_rows(rec, rows_of(rec, k), max_length, keep_prompt)
 
     def consume(paths, is_eval_file: bool) -> None:
         for rec in iter_records(paths, skip_invalid=args.skip_invalid):
             if not args.include_env_failures and is_env_failure(rec):
                 counts["env_failed"] += 1
                 continue
+            if rows_of is not None:
+                try:
+                    history_lengths.add(int(_record_history_length(rec, k)))
+                except (RecordError, TypeError) as e:
+                    if not args.skip_invalid:
+                        raise SystemExit(f"--layout window: {e}" if isinstance(e, RecordError) else
+                                         f"--layout window: record {rec.episode_id!r} was collected in the full "
+                                         "layout: pass --history-length (the run's env.history_length)") from None
+                    counts["no_pieces"] += 1
+                    continue
             tokenizers.add(rec.tokenizer)
             if is_eval_file or rec.uid in held:
                 if rank == 0:
-                    evals.append(rec, max_length, keep_prompt)
+                    add(evals, rec)
                 continue
             if counts["train"] % world == rank:
-                train.append(rec, max_length, keep_prompt)
+                add(train, rec)
             counts["train"] += 1
 
     consume(args.records, False)
@@ -309,8 +385,13 @@ def load_examples(args, max_length: int, keep_prompt: bool, world: int = 1, rank
     if counts["env_failed"]:
         logger.info("skipped %d env-failed episodes (extra[%r]); --include-env-failures keeps them",
                     counts["env_failed"], "env_failed")
+    if counts["no_pieces"]:
+        logger.warning("--layout window: skipped %d records that cannot rebuild the window layout", counts["no_pieces"])
+    if len(history_lengths) > 1:
+        raise SystemExit(f"--layout window: the records were collected with different history lengths "
+                         f"{sorted(history_lengths)}; pass --history-length (the run's env.history_length)")
     return {"train": train, "eval": evals, "num_train": counts["train"], "env_failed": counts["env_failed"],
-            "tokenizers": sorted(tokenizers)}
+            "tokenizers": sorted(tokenizers), "history_lengths": sorted(history_lengths)}
 
 
 class _Tracker:
@@ -662,18 +743,57 @@ def plot_learning_curve(history: list[dict], out_path: str | os.PathLike) -> Pat
     return out
 
 
+def episode_predictions(contrib: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``sum_t c_t`` per episode ``(episodes,)`` from the model's ``contrib`` ``(rows, K)`` (0 at padded turns): the
+    row sums, added up per episode with ``index_add`` when the batch is in the window layout
+    (``batch["episode_index"]``, :func:`~spa_reward.progress.data.collate_window_examples`)."""
+    rows = contrib.float().sum(dim=1)
+    index = batch.get("episode_index")
+    if index is None:
+        return rows
+    return torch.zeros(batch["rewards"].shape[0], dtype=rows.dtype, device=rows.device).index_add(0, index, rows)
+
+
 def evaluate(model: ProgressEstimator, examples: list[Example], batch_size: int, autocast_dtype) -> dict[str, float]:
-    contributions = predict_batched(
-        model, [e.input_ids for e in examples], [e.turn_ends for e in examples], max_batch_size=batch_size,
-        autocast_dtype=autocast_dtype,
-    )
+    """Regression metrics of ``sum_t c_t`` against R; a window-layout example's c_t are its rows' (one each)."""
+    seqs, ends, owner = [], [], []
+    for i, e in enumerate(examples):
+        rows, row_ends = window_rows(e)
+        seqs += rows
+        ends += row_ends
+        owner += [i] * len(rows)
+    preds = predict_batched(model, seqs, ends, max_batch_size=batch_size, autocast_dtype=autocast_dtype)
+    contributions: list[list[float]] = [[] for _ in examples]
+    for i, p in zip(owner, preds):
+        contributions[i].extend(p)
     return regression_metrics(contributions, [e.reward for e in examples])
 
 
 # ------------------------------------------------------------------------------------------------------------ main
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def _set_layout(cfg: ProgressEstimatorConfig, args, ckpt, history_lengths: list[int]) -> None:
+    """Record the layout (and window length) in the estimator config; a resumed checkpoint must match it."""
+    k = None
+    if args.layout == "window":
+        k = args.history_length if args.history_length is not None else (history_lengths[0] if history_lengths
+                                                                          else None)
+    extra = dict(cfg.extra or {})
+    before = (str(extra.get("layout") or "full"), extra.get("history_length"))
+    if ckpt is not None and before != (args.layout, k):
+        raise SystemExit(f"--resume: the checkpoint {ckpt} was trained in layout {before[0]!r} (history_length "
+                         f"{before[1]}), this run asks for {args.layout!r} (history_length {k}); resume with the "
+                         "checkpoint's --layout/--history-length or start a new --output")
+    if before != (args.layout, k) and is_estimator_dir(args.model or ""):
+        logger.warning("continuing the estimator %s (layout %s, history_length %s) in layout %s (history_length %s)",
+                       args.model, before[0], before[1], args.layout, k)
+    extra.update(layout=args.layout, history_length=k)
+    cfg.extra = extra
+
+
+def train(args: argparse.Namespace, rows_of=None) -> dict[str, Any]:
+    """Run the training (see the module docstring). ``rows_of(record, k)`` overrides how ``--layout window`` turns
+    a record into its rows (default :func:`window_row_source`; the synthetic task has its own token-level one)."""
     world, rank, local_rank = _dist_info()
     is_main = rank == 0
     device = _pick_device(args.device, local_rank)
@@ -717,7 +837,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
 
     # ---- data
-    data = load_examples(args, cfg.max_length, cfg.keep_prompt_on_truncation, world, rank)
+    if args.layout == "window" and rows_of is None:
+        rows_of = window_row_source(tokenizer, args.hf_model_type or (cfg.backbone_config or {}).get("model_type"))
+    data = load_examples(args, cfg.max_length, cfg.keep_prompt_on_truncation, world, rank,
+                         rows_of if args.layout == "window" else None)
+    _set_layout(cfg, args, ckpt, data["history_lengths"])
     examples, eval_examples = data["train"], data["eval"]
     if not data["num_train"]:
         raise SystemExit("no training records" + (f" ({data['env_failed']} env-failed episodes skipped; "
@@ -791,6 +915,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "train": data["num_train"], "eval": len(eval_examples), "truncated": n_trunc,
             "dropped_turns": n_dropped_turns, "env_failed_skipped": data["env_failed"],
             "tokens_held_per_rank": examples.num_tokens, "bytes_held_per_rank": examples.nbytes(),
+            "layout": args.layout, "history_length": cfg.extra.get("history_length"),
         },
         "schedule": {
             "world_size": world, "grad_accum": grad_accum, "effective_batch": args.batch_size * grad_accum * world,
@@ -845,7 +970,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             loss_sum, abs_c, n_c, tokens = 0.0, 0.0, 0, 0
             optimizer.zero_grad(set_to_none=True)
             for j, mb in enumerate(group):
-                batch = collate_examples([examples[i] for i in mb], cfg.pad_token_id)
+                collate = collate_window_examples if args.layout == "window" else collate_examples
+                batch = collate([examples[i] for i in mb], cfg.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 sync = j == len(group) - 1
                 ctx = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
@@ -853,7 +979,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
                                         enabled=autocast_dtype is not None):
                         contrib = train_model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"])
-                    pred = contrib.float().sum(dim=1)
+                    pred = episode_predictions(contrib, batch)
                     sq = (pred - batch["rewards"]) ** 2
                     (sq.sum() / n_group).backward()
                 loss_sum += float(sq.detach().sum())

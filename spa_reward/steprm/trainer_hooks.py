@@ -182,6 +182,11 @@ class StepRewardHooks:
         if self.plan is None or self.handle is not None:
             return
         plan = self.plan
+        if plan["kind"] in ("progress_frozen", "progress_online") and plan["settings"].get("model_path"):
+            from spa_reward.progress.serve import check_estimator_layout  # the run's layout = the estimator's
+
+            check_estimator_layout(plan["settings"]["model_path"], _get(self.config, "env.history", "full"),
+                                   _get(self.config, "env.history_length"))
         if plan["kind"] == "progress_frozen":
             from spa_reward.progress.serve import check_tokenizer_compatible, get_progress_scorer
 

@@ -354,3 +354,33 @@ def test_parquet_writer_that_fails_midway_keeps_the_old_file(tmp_path):
             w.write(random_record(rng, 13))
             raise RuntimeError("stop")
     assert not (tmp_path / "new.parquet").exists()
+
+
+def test_layout_and_prompt_pieces_are_checked_and_old_records_still_load(tmp_path):
+    import random
+
+    from progress_helpers import random_record
+
+    from spa_reward.records import PIECES_KEY, prompt_pieces, record_layout
+
+    rec = random_record(random.Random(9), 0, n_turns=2)
+    old = validate_record(rec)  # no extra at all: a format-1 record from before the pieces were kept
+    write_records(tmp_path / "old.jsonl", [old])
+    (back,) = read_records(tmp_path / "old.jsonl")
+    assert record_layout(back) == "full"
+    with pytest.raises(RecordError, match="no extra\\['prompt_pieces'\\].*Use it in the full layout"):
+        prompt_pieces(back)
+    with pytest.raises(RecordError, match="extra\\['layout'\\].*must be one of \\('full', 'window'\\)"):
+        validate_record({**rec, "extra": {"layout": "windowed"}})
+    pieces = {"version": 1, "observations": ["o0", "o1"], "infos": [{"goal": "g"}, {}], "style": "react"}
+    good = validate_record({**rec, "extra": {"layout": "window", PIECES_KEY: pieces}})
+    assert record_layout(good) == "window" and prompt_pieces(good)["observations"] == ["o0", "o1"]
+    for bad, match in (({**pieces, "observations": ["o0"]}, "observations.*>= 2 str"),
+                       ({**pieces, "infos": [{}]}, "infos.*list of 2 dicts"),
+                       ({**pieces, "version": 7}, "version.*knows 1"),
+                       ({**pieces, "history_shown": [0]}, "history_shown.*list of 2 ints")):
+        with pytest.raises(RecordError, match=match):
+            prompt_pieces(validate_record({**rec, "extra": {PIECES_KEY: bad}}))
+    with pytest.raises(RecordError, match="actions.*required"):
+        prompt_pieces(validate_record({**{k: v for k, v in rec.items() if k != "actions"},
+                                       "extra": {PIECES_KEY: pieces}}))

@@ -171,8 +171,8 @@ def test_config_checks(tokenizer, toy_env):
     problems = env_settings_problems(EnvRolloutSettings(name="alfworld", history="windowed", history_length=-1))
     assert any("env.history='windowed'" in p for p in problems)
     assert any("env.history_length must be an integer >= 0, got -1" in p for p in problems)
-    problems = env_settings_problems(EnvRolloutSettings(name="alfworld", history="window", collect_dir="/tmp/x"))
-    assert any("collect_dir" in p and "env.history=full" in p for p in problems)
+    # collection works in both layouts (one record per episode: tests/window/test_window_records.py)
+    assert env_settings_problems(EnvRolloutSettings(name="alfworld", history="window", collect_dir="/tmp/x")) == []
     assert env_settings_problems(EnvRolloutSettings(name="alfworld", history="window", history_length=0)) == []
 
 
@@ -190,9 +190,15 @@ def test_composed_config_refuses_estimators_without_session_support():
     assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=spa")) == []
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=spa", "critic.enable=true"))
     assert len(bad) == 1 and "critic.enable=true" in bad[0]
+    # a frozen estimator (trained with --layout window) scores window rows; the online one and iStar are refused
+    assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
+                                             "algorithm.reward=spa")) == []
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
-                                            "algorithm.reward=spa"))
-    assert len(bad) == 1 and "algorithm.reward=spa" in bad[0] and "full-history rows" in bad[0]
+                                            "algorithm.reward=spa", "algorithm.spa.online.enable=true"))
+    assert len(bad) == 1 and "online.enable=true" in bad[0] and "--layout window" in bad[0]
+    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
+                                            "algorithm.reward=istar"))
+    assert len(bad) == 1 and "algorithm.reward=istar" in bad[0] and "not grouped into episodes" in bad[0]
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=grpo",
                                             "algorithm.invalid_penalty=0.1"))
     assert len(bad) == 1 and "invalid_penalty=0.1" in bad[0] and "final row only" in bad[0]

@@ -13,7 +13,7 @@ WINDOW_ENVS = ["virtualhome", "webshop"]  # fast experts (ALFWorld plans for sec
 
 
 @pytest.mark.parametrize("env_name", WINDOW_ENVS)
-def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_name):
+def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_name, tmp_path):
     from envs.expert import expert_rows
 
     from envs.expert import expert_episode
@@ -30,9 +30,10 @@ def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_na
            "max_tokens_per_turn": 4096,  # byte tokenizer: a long WebShop search is more than 512 tokens
            "pool": {"backend": "thread", "num_workers": 1}}
     policy = lambda turn, prompt: replies[turn]  # noqa: E731  (the expert's replies, turn by turn)
-    packed = play(tokenizer, cfg, policy, row(task, env_name), response_length=32768, prompt_length=32768)
-    window = play(tokenizer, {**cfg, "history": "window", "history_length": 2}, policy, row(task, env_name),
+    packed = play(tokenizer, {**cfg, "collect_dir": str(tmp_path / "full")}, policy, row(task, env_name),
                   response_length=32768, prompt_length=32768)
+    window = play(tokenizer, {**cfg, "history": "window", "history_length": 2, "collect_dir": str(tmp_path / "win")},
+                  policy, row(task, env_name), response_length=32768, prompt_length=32768)
     pe = packed.extra_fields[EPISODE_KEY]
     assert pe["won"] and len(window) == pe["num_turns"] == len(sft)
     assert all(o.extra_fields[EPISODE_KEY]["won"] for o in window)
@@ -44,6 +45,17 @@ def test_expert_in_both_layouts_and_windowed_sft_rows(tokenizer, request, env_na
         expected = tokenizer.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=False)
         assert tokenizer.decode(o.prompt_ids) == expected
         assert tokenizer.decode(o.response_ids, skip_special_tokens=True) == r["messages"][-1]["content"]
+    # the records of both plays rebuild both layouts exactly (admissible actions and goal included)
+    from spa_reward.progress.layouts import make_token_builder, window_sequences
+    from spa_reward.records import read_records
+
+    (full_rec,), (win_rec,) = read_records(tmp_path / "full"), read_records(tmp_path / "win")
+    builder = make_token_builder(tokenizer, "qwen2")
+    emitted = [(list(o.prompt_ids) + list(o.response_ids), len(o.prompt_ids)) for o in window]
+    for rec, k in ((win_rec, None), (full_rec, 2)):
+        assert [(r.input_ids, r.prompt_length) for r in window_sequences(rec, builder, k)] == emitted
+    assert win_rec.input_ids == full_rec.input_ids == list(packed.prompt_ids) + list(packed.response_ids)
+    assert win_rec.turn_spans == full_rec.turn_spans and win_rec.messages == full_rec.messages
     longest_window = max(len(o.prompt_ids) + len(o.response_ids) for o in window)
     assert len(window) < 3 or longest_window < len(packed.prompt_ids) + len(packed.response_ids)
     # benchmarks/bench_context.py counts exactly what the agent loop produces, in both layouts
