@@ -18,8 +18,7 @@ A run folder is what the launch scripts write (``run_rl`` in ``examples/common.s
   log has no validation for (left over from a launch that a resume replaced) are ignored.
 
 Columns: best and last validation success (with their steps), task score, grounding (executable-action rate) and
-mean turns at the last validation, training steps logged, GPU hours, the reward (``run_settings.json``
-``reward_label``: StepAgent runs show their mode, ``stepagent-match|implicit|irl``); success/score/grounding in %.
+mean turns at the last validation, training steps logged, GPU hours; success/score/grounding in %.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ VAL_KEY = re.compile(r"^val-(?:core|aux)/(?P<src>[^/]+)/spa/(?P<var>won|task_sco
                      r"/mean@(?P<n>\d+)$")
 VARS = {"won": "success", "task_score": "score", "executable_rate": "grounding", "num_turns": "turns"}
 COLUMNS = ("env", "run", "advantage", "group", "best_success", "best_step", "last_success", "last_step", "score",
-           "grounding", "turns", "steps", "gpu_hours", "reward")
+           "grounding", "turns", "steps", "gpu_hours")
 PERCENT = ("best_success", "last_success", "score", "grounding")
 
 
@@ -181,10 +180,8 @@ def summary(series: dict[int, dict[str, float]]) -> dict:
 def table(runs: list[Run]) -> list[dict]:
     rows = []
     for run in runs:
-        s = run.settings or {}
-        base = {"env": run.env, "run": run.name, "advantage": s.get("advantage", ""),
-                "steps": training_steps(run), "gpu_hours": gpu_hours(run),
-                "reward": s.get("reward_label") or s.get("reward") or ""}  # stepagent-<mode>: modes stay apart
+        base = {"env": run.env, "run": run.name, "advantage": (run.settings or {}).get("advantage", ""),
+                "steps": training_steps(run), "gpu_hours": gpu_hours(run)}
         rows.append({**base, "group": "all", **summary(val_series(run))})
         for group, series in sorted(task_type_series(run).items()):
             rows.append({**base, "group": group, **summary(series)})
