@@ -72,3 +72,19 @@ def test_identical_pairs_are_skipped():
     assert m["steprm/pairs"] == 1.0 and svc.stats["identical_pairs"] == 1 and m["steprm/episodes"] == 2.0
     with pytest.raises(ValueError, match="pair item 0 must be a dict"):
         svc.update([{"input_ids": [1, 2]}])
+
+
+def test_discriminator_starts_from_a_causal_lm_checkpoint_with_a_fresh_head(tmp_path):
+    """The irl plan's model_path is the policy checkpoint (a causal LM): its backbone weights, a new scalar head."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    policy = AutoModelForCausalLM.from_config(AutoConfig.for_model(**tiny_backbone(VOCAB, 32, 1)))
+    policy.save_pretrained(tmp_path / "policy")
+    svc = discriminator(model_path=str(tmp_path / "policy"), backbone_config=None)
+    got = dict(svc.model.backbone.named_parameters())
+    for name, p in policy.named_parameters():
+        assert torch.equal(got[name], p), name
+    assert float(svc.model.head[-1].bias.detach()) == 0.0  # fresh head: every step starts at logit ~ 0
+    items, _ = scoring_items(synthetic_pairs(2, seed=5))
+    assert all(abs(r[0]) < 1.0 for r in svc.score(items))

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from envs.actions import format_action
 from spa_reward.reward_manager import TURN_REWARDS_KEY
-from tests.recipe.helpers import byte_tokenizer, trainer_config
+from tests.recipe.conftest import tokenizer, toy_env  # noqa: F401  (fixtures shared with tests/recipe)
+from tests.recipe.helpers import byte_tokenizer, row, score_episodes, trainer_config
 
 
 def manager(*overrides: str):
@@ -110,3 +112,21 @@ def test_prm_modes_have_no_match_term(mode):
 def test_bad_block_fails_at_construction():
     with pytest.raises(ValueError, match="algorithm.stepagent.mode='imitate'"):
         manager("algorithm.stepagent.mode=imitate")
+
+
+def test_through_verls_streaming_reward_path(tokenizer, toy_env, monkeypatch):  # noqa: F811
+    """A toy env_agent episode (4 turns, the second unparseable, won: R = 10) scored by verl's streaming path with
+    the ``stepagent`` manager: the turn rewards land on each turn's last token of ``rm_scores``. The toy loop writes
+    no ``stepagent`` dict (no expert prefix), so there is no match term."""
+    def policy(turn, prompt):
+        return "no idea" if turn == 1 else format_action("step forward", "forward", "react")
+
+    cfg = trainer_config(*SETTINGS, "algorithm.reward=stepagent", "algorithm.stepagent.expert_path=/x/e.parquet")
+    ((out, fields, _),) = score_episodes(tokenizer, cfg, [(policy, row("t2", uid="uid-a"))], monkeypatch)
+    expected = [0.2, -0.1, 0.2, 0.2 + 10.0]
+    ends = out.extra_fields["env_episode"]["turn_ends"]
+    dense = torch.zeros(len(out.response_ids))
+    for r, e in zip(expected, ends):
+        dense[e] = r
+    assert torch.allclose(fields["rm_scores"], dense) and fields["episode_reward"] == 10.0
+    assert out.extra_fields["reward_extra_info"]["stepagent/compared"] == 0.0
