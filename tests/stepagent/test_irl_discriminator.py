@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from spa_reward.steprm import objectives as obj
 from spa_reward.steprm.service import StepRewardModel
@@ -30,6 +31,18 @@ def test_irl_reward_is_the_clipped_logit_and_always_finite():
     assert (torch.log(d) - torch.log1p(-d)).tolist() == pytest.approx([-0.3, 2.0])
     with pytest.raises(ValueError, match="irl clip"):
         obj.irl_reward(logits, clip=0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=16),
+       st.floats(min_value=1e-3, max_value=1e3))
+def test_irl_reward_is_bounded_and_monotone(values, clip):
+    logits = torch.tensor(values, dtype=torch.float32)
+    r = obj.irl_reward(logits, clip)
+    assert torch.isfinite(r).all() and bool((r.abs() <= clip * (1 + 1e-6)).all())
+    finite = torch.isfinite(logits)
+    order = torch.argsort(logits[finite])
+    assert bool((r[finite][order].diff() >= 0).all())  # a more expert-like step never gets less
 
 
 def test_discriminator_loss_by_hand():
