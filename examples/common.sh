@@ -226,7 +226,7 @@ override_value() {
 
 # run_rl <env> <algo> [hydra overrides...]
 #   One RL run of <algo> (the script's label: grpo, gigpo, ppo, spa, ...). The experiment name carries env, algo,
-#   reward, advantage estimator, critic, online estimator training, the window history (_h<k>), the progress estimator (a slug of its path) and RUN_NAME /
+#   reward (stepagent: stepagent-<mode>), advantage estimator, critic, online estimator training, the window history (_h<k>), the progress estimator (a slug of its path) and RUN_NAME /
 #   EXPERIMENT_SUFFIX, all read from the overrides (the caller's, then the user's); the run owns
 #   $OUT_DIR/rl/<env>/<experiment name>/ with checkpoints/ (trainer.default_local_dir), validation/ (generation
 #   dumps), logs/ and run_settings.json. RESUME=auto resumes this folder's latest checkpoint only; disable
@@ -247,7 +247,12 @@ run_rl() {
   local reward adv critic est name suffix
   reward=$(override_value algorithm.reward "$@"); adv=$(override_value algorithm.adv_estimator "$@")
   critic=$(override_value critic.enable "$@"); est=$(override_value algorithm.spa.estimator_path "$@")
-  name="${env}_${algo}_${reward:-outcome}_${adv:-grpo}"
+  local reward_slug=${reward:-outcome}
+  if [[ "$reward" == stepagent ]]; then  # the mode is part of the reward: modes never share a run folder
+    local sa_mode; sa_mode=$(override_value algorithm.stepagent.mode "$@")
+    reward_slug="stepagent-${sa_mode:-match}"
+  fi
+  name="${env}_${algo}_${reward_slug}_${adv:-grpo}"
   if [[ "${critic,,}" == true ]]; then name+="_critic"; fi
   local online history hlen
   online=$(override_value algorithm.spa.online.enable "$@"); history=$(override_value env.history "$@")

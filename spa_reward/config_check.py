@@ -5,9 +5,13 @@
 It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each problem and the key to set:
 
 * unknown environment / reply style / reward mode / env pool backend (``env.*``);
-* unknown reward (``algorithm.reward``: outcome | spa | istar), a ``reward.reward_manager.name`` that disagrees with it,
+* unknown reward (``algorithm.reward``: outcome | spa | istar | stepagent), a ``reward.reward_manager.name`` that
+  disagrees with it,
   an advantage estimator verl does not know (``algorithm.adv_estimator``);
-* step-reward service settings that cannot build (``algorithm.istar.*``, ``algorithm.spa.online.*``);
+* step-reward service settings that cannot build (``algorithm.istar.*``, ``algorithm.spa.online.*``,
+  ``algorithm.stepagent.*`` of modes implicit / irl);
+* ``algorithm.reward=stepagent``: the ``algorithm.stepagent`` block (``StepAgentSettings.problems``) and, when files
+  are checked, an ``algorithm.stepagent.expert_path`` that does not exist (written by ``examples/prepare_data.sh``);
 * ``algorithm.reward=spa`` without a progress-estimator checkpoint (``algorithm.spa.estimator_path``);
 * missing dataset parquet files (``data.train_files`` / ``data.val_files``);
 * settings the dense per-turn rewards cannot work with: the legacy trainer (``trainer.use_v1=false``) or a
@@ -29,7 +33,7 @@ import math
 import os
 from typing import Any, Callable
 
-REWARDS = ("outcome", "spa", "istar")
+REWARDS = ("outcome", "spa", "istar", "stepagent")
 REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
 
 
@@ -104,8 +108,11 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
         elif check_files and not os.path.isdir(path):
             problems.append(f"algorithm.spa.estimator_path={path!r} does not exist: {ESTIMATOR_HELP}")
 
-    # step-reward service (istar / online spa): its settings must build
-    if reward in ("istar", "spa"):
+    if reward == "stepagent":
+        problems += stepagent_problems(cfg, check_files)
+
+    # step-reward service (istar / online spa / stepagent implicit, irl): its settings must build
+    if reward in ("istar", "spa", "stepagent"):
         from spa_reward.steprm.trainer_hooks import plan_problems
 
         problems += plan_problems(cfg)
@@ -144,6 +151,21 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
         problems.append("reward.reward_model.enable=true: a colocated reward model overwrites the per-turn "
                         "rm_scores; the progress estimator runs as its own Ray actor, keep this false")
     return problems
+
+
+def stepagent_problems(cfg: Any, check_files: bool = True) -> list[str]:
+    """The ``algorithm.stepagent`` block's problems, and (``check_files``) a missing expert-demonstration file."""
+    from spa_reward.stepagent.settings import StepAgentSettings
+
+    s = StepAgentSettings.from_config(cfg)
+    out = s.problems()
+    if check_files and s.expert_path and not str(s.expert_path).startswith(REMOTE_PREFIXES) \
+            and not os.path.exists(s.expert_path):
+        env = select_key(cfg, "env.name", "<env>")
+        out.append(f"algorithm.stepagent.expert_path={s.expert_path!r} does not exist: write the expert "
+                   f"demonstrations with `bash examples/prepare_data.sh {env}` (python -m envs.expert {env} "
+                   f"--output $DATA_DIR/{env}_sft.parquet) or point EXPERT / algorithm.stepagent.expert_path at them")
+    return out
 
 
 def _number(value: Any) -> float | None:
@@ -276,4 +298,4 @@ def validate_config(cfg: Any, check_files: bool = True) -> None:
 
 
 __all__ = ["ConfigError", "config_problems", "gpu_split_problems", "register_config_check", "select_key",
-           "validate_config", "value_problems"]
+           "stepagent_problems", "validate_config", "value_problems"]

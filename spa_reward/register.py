@@ -13,7 +13,7 @@ process that never looks up a trainer mode never pays for one:
 * trainer mode ``spa``: when ``verl.trainer.ppo.v1`` is imported, the package of ``get_trainer_cls`` (imports
   ``spa_reward.trainer``); the recipe's env start-up check is registered at load in ``spa_reward.startup`` and its
   code loads only when a ``spa`` trainer starts;
-* reward managers ``spa``, ``outcome``, ``istar``: when ``verl.experimental.reward_loop.reward_manager`` is imported (imports
+* reward managers ``spa``, ``outcome``, ``istar``, ``stepagent``: when ``verl.experimental.reward_loop.reward_manager`` is imported (imports
   ``spa_reward.reward_manager``);
 * agent loop ``env_agent``: when ``verl.experimental.agent_loop.agent_loop`` is imported (writes a ``_target_``
   string only).
@@ -41,7 +41,7 @@ from typing import Callable
 REGISTERED = {
     "adv_estimator": ["spa", "gigpo"],
     "trainer_mode": ["spa"],
-    "reward_manager": ["spa", "outcome", "istar"],
+    "reward_manager": ["spa", "outcome", "istar", "stepagent"],
     "agent_loop": ["env_agent"],
 }
 

@@ -1,4 +1,4 @@
-"""Reward-loop managers ``outcome``, ``spa`` and ``istar`` (verl 0.9 ``verl.experimental.reward_loop`` registry).
+"""Reward-loop managers ``outcome``, ``spa``, ``istar`` and ``stepagent`` (verl 0.9 ``verl.experimental.reward_loop`` registry).
 
 Selected by ``reward.reward_manager.name`` (the recipe sets it to ``${algorithm.reward}``). Both read the
 per-turn bookkeeping that the ``env_agent`` agent loop stores in ``extra_fields["env_episode"]`` (arriving here
@@ -35,6 +35,11 @@ Per-turn rewards:
 * ``istar``: r_t = grounding_beta*g_t - invalid_penalty*(1-g_t) here; the implicit step reward beta*q_t is added at
   each turn's last token by the ``spa`` trainer mode (it needs the rollout's old log-probs), see
   ``spa_reward.steprm.trainer_hooks``.
+* ``stepagent`` (StepAgent, arXiv 2411.03817, our reading; ``algorithm.stepagent``): r_t = grounding_beta*g_t -
+  invalid_penalty*(1-g_t) on every policy turn, + R on the last turn; in mode ``match`` also +match_reward on the
+  compared turn (the first policy turn, after the replayed expert prefix) when the agent's action matched the
+  expert's, -match_reward when not. Modes ``implicit`` / ``irl`` get their step reward (beta*q_t / clip(logit_t))
+  from the trainer hooks, like ``istar``. Extra scalars ``stepagent/{compared,match,prefix_turns}``.
 
 Settings: ``reward.reward_kwargs`` (the recipe yaml fills it from ``algorithm.spa`` and ``algorithm.invalid_penalty``
 by interpolation, so set those): alpha, beta, outcome_coef, clip, invalid_penalty, estimator_path,
@@ -257,6 +262,77 @@ class SpaRewardManager(_EnvRewardManager):
         return rewards, stats
 
 
+@register("stepagent")
+class StepAgentRewardManager(_EnvRewardManager):
+    """StepAgent's env part of the per-turn reward, plus the match bonus in mode ``match`` (module docstring).
+
+    Reads ``algorithm.stepagent`` (mode, match_reward, grounding_beta) and ``reward.reward_kwargs.invalid_penalty``.
+    The compared turn is turn 0 of the row's policy turns (the expert prefix turns carry mask 0 and are no turns);
+    in the window layout, the row with ``step_index`` 0. A row without the agent loop's ``stepagent`` dict (or with
+    ``compared`` false: the task has no demonstration) gets no match term."""
+
+    def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None,
+                 reward_model_tokenizer=None, **kwargs):
+        super().__init__(config, tokenizer, compute_score, reward_router_address, reward_model_tokenizer, **kwargs)
+        from spa_reward.stepagent.settings import StepAgentSettings
+
+        self.stepagent = StepAgentSettings.from_config(config)
+        problems = [p for p in self.stepagent.problems() if "expert_path" not in p]  # the loop reads the experts
+        if problems:
+            raise ValueError("reward manager 'stepagent': " + "; ".join(problems))
+
+    @staticmethod
+    def compared(episode: dict) -> Optional[bool]:
+        """None when this row holds no compared turn, else whether the agent's action matched the expert's."""
+        from spa_reward.stepagent.settings import STEPAGENT_KEY
+
+        sa = episode.get(STEPAGENT_KEY)
+        if not isinstance(sa, dict) or not sa.get("compared", False):
+            return None
+        if episode.get("layout") == "window" and int(episode.get("step_index", 0)) != 0:
+            return None
+        return bool(sa.get("match", False))
+
+    async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
+        n = len(episode["turn_ends"])
+        sa = self.stepagent
+        bonus = [0.0] * n
+        matched = self.compared(episode)
+        if sa.mode == "match" and matched is not None and n:
+            bonus[0] = float(sa.match_reward) if matched else -float(sa.match_reward)
+        return fuse_turn_rewards(
+            bonus, episode["executable"], alpha=1.0, beta=float(sa.grounding_beta),
+            outcome=float(episode.get("episode_reward", 0.0)), outcome_coef=1.0, clip=None,
+            invalid_penalty=self.settings.invalid_penalty,
+        )
+
+    async def run_single(self, data: DataProto) -> dict:
+        result = await super().run_single(data)
+        from spa_reward.stepagent.settings import STEPAGENT_KEY
+
+        episodes = [ep for ep in (_row_extra(data, i) for i in range(len(data))) if ep is not None]
+        sa, matched = {}, None
+        for ep in episodes:
+            if self.compared(ep) is not None:
+                sa, matched = ep[STEPAGENT_KEY], self.compared(ep)
+                break
+        else:
+            if episodes and isinstance(episodes[-1].get(STEPAGENT_KEY), dict):
+                sa = episodes[-1][STEPAGENT_KEY]
+        result["reward_extra_info"].update({
+            "stepagent/compared": float(matched is not None),
+            "stepagent/match": float(bool(matched)),
+            "stepagent/prefix_turns": float(sa.get("prefix_turns", 0) or 0),
+        })
+        return result
+
+
+def _row_extra(data: DataProto, i: int) -> Optional[dict]:
+    extra = data[i].non_tensor_batch.get("tool_extra_fields", None)
+    episode = extra.get(EPISODE_KEY) if isinstance(extra, dict) else None
+    return episode if isinstance(episode, dict) else None
+
+
 @register("istar")
 class IstarRewardManager(_EnvRewardManager):
     """iStar's env part of the per-turn reward: ``grounding_beta * g_t - invalid_penalty * (1 - g_t)`` per turn.
@@ -275,5 +351,5 @@ class IstarRewardManager(_EnvRewardManager):
         )
 
 
-__all__ = ["EPISODE_KEY", "IstarRewardManager", "OutcomeRewardManager", "RewardSettings", "SpaRewardManager", "TURN_REWARDS_KEY",
-           "episode_fields"]
+__all__ = ["EPISODE_KEY", "IstarRewardManager", "OutcomeRewardManager", "RewardSettings", "SpaRewardManager",
+           "StepAgentRewardManager", "TURN_REWARDS_KEY", "episode_fields"]

@@ -74,6 +74,14 @@ def advantage_label(cfg: Any) -> str:
     return f"{est}" + (", critic" if critic else "")
 
 
+def reward_label(cfg: Any) -> str:
+    """The reward as the run names it: ``algorithm.reward``, with StepAgent's mode (``stepagent-irl``)."""
+    reward = str(_get(cfg, "algorithm.reward"))
+    if reward == "stepagent":
+        return f"stepagent-{_get(cfg, 'algorithm.stepagent.mode', 'match')}"
+    return reward
+
+
 def run_settings(cfg: Any) -> dict:
     """The settings of a run: the :data:`COMPARED` keys first, then what tells runs apart."""
     history = _get(cfg, "env.history")
@@ -103,6 +111,7 @@ def run_settings(cfg: Any) -> dict:
         # what differs between the compared runs
         "experiment_name": _get(cfg, "trainer.experiment_name"),
         "reward": _get(cfg, "algorithm.reward"),
+        "reward_label": reward_label(cfg),
         "adv_estimator": _get(cfg, "algorithm.adv_estimator"),
         "critic": _get(cfg, "critic.enable", False) is True,
         "advantage": advantage_label(cfg),
@@ -120,7 +129,7 @@ def run_settings(cfg: Any) -> dict:
 def format_settings(settings: dict) -> str:
     lines = ["[spa-rl] settings that must be equal across compared runs:"]
     lines += [f"  {k}: {json.dumps(settings[k])}" for k in COMPARED]
-    lines.append(f"  (this run: {settings['experiment_name']}: reward={settings['reward']}, "
+    lines.append(f"  (this run: {settings['experiment_name']}: reward={settings['reward_label']}, "
                  f"advantage={settings['advantage']}; {settings['gpus']} GPUs)")
     return "\n".join(lines)
 
@@ -134,9 +143,10 @@ def folder_problems(settings_file: Path, settings: dict) -> list[str]:
         old = json.loads(settings_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return [f"{settings_file}: unreadable ({exc}); move it away or pick another RUN_NAME"]
-    keys = (*COMPARED, "reward", "adv_estimator", "critic", "gamma", "lam", "estimator_path")
+    keys = (*COMPARED, "reward", "reward_label", "adv_estimator", "critic", "gamma", "lam", "estimator_path")
     diff = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(settings.get(k))}" for k in keys
-            if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
+            if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)
+            and not (k == "reward_label" and k not in old)]  # folders written before reward_label existed
     if not diff:
         return []
     return [f"the run folder {settings_file.parent} already holds a run with other settings ({'; '.join(diff)}); "

@@ -9,6 +9,12 @@ Two objectives share one service (:mod:`spa_reward.steprm.service`):
   ``r_t = beta * q_t``; trained with the trajectory-level DPO loss (:func:`trajectory_dpo_loss`) over every
   (success, failure) pair inside one uid group, where a trajectory's score is ``Q = mean_t beta * q_t``
   (:func:`trajectory_scores`). A group without both a success and a failure contributes nothing.
+* ``implicit`` with the step-level DPO loss (StepAgent, arXiv 2411.03817, our reading): the same PRM and
+  ``q``, trained on (expert action, agent action) pairs at one state s: :func:`step_dpo_loss` =
+  mean over pairs of ``-log sigmoid(beta * q(s, a_expert) - beta * q(s, a_agent))``.
+* ``discriminator`` (StepAgent's inverse-RL reflection, our reading): ``D(s, a) = sigmoid(l)`` with ``l`` a scalar
+  head's logit at the action's last token; :func:`discriminator_loss` = binary cross-entropy (expert steps 1, agent
+  steps 0); reward :func:`irl_reward` = ``clip(log D - log(1 - D)) = clip(l)``.
 
 Turns are given by a per-token turn index (bs, L) long: the 0-based turn a token belongs to, -1 for tokens outside
 every assistant turn (prompt, observations, padding); :func:`span_turn_index` builds it from turn spans and
@@ -17,6 +23,7 @@ every assistant turn (prompt, observations, padding); :func:`span_turn_index` bu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -118,6 +125,46 @@ def trajectory_dpo_loss(scores: torch.Tensor, success: torch.Tensor, group: torc
     return -F.logsigmoid(margin[pairs]).mean(), n
 
 
+def step_dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """StepAgent's step-level DPO loss: mean over pairs of ``-log sigmoid(chosen - rejected)``; 0 (keeping the
+    graph) for no pair.
+
+    Args:
+        chosen: (n_pairs,) ``beta * q(s, a_expert)``, the implicit value of the expert's action at state s.
+        rejected: (n_pairs,) ``beta * q(s, a_agent)``, the agent's action at the same state.
+    """
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} differ in shape")
+    if chosen.numel() == 0:
+        return chosen.sum() * 0.0 + rejected.sum() * 0.0
+    return -F.logsigmoid(chosen.float() - rejected.float()).mean()
+
+
+def discriminator_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the discriminator ``D = sigmoid(logits)``: mean over steps of
+    ``-(y log D + (1 - y) log(1 - D))`` (computed from the logits, stable for any magnitude).
+
+    Args:
+        logits: (n,) the head's logit at each step's last token.
+        labels: (n,) 1 for an expert step, 0 for an agent step.
+    """
+    if logits.numel() == 0:
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.to(torch.float32).to(logits.device))
+
+
+def irl_reward(logits: torch.Tensor, clip: float) -> torch.Tensor:
+    """(...) the inverse-RL step reward ``clip(log D - log(1 - D), -clip, clip)`` for ``D = sigmoid(logits)``.
+
+    ``log sigmoid(l) - log(1 - sigmoid(l)) = l`` exactly, so this is ``clamp(l)``: finite for every logit, +-inf
+    included (they give +-clip); a NaN logit gives 0 (no reward rather than a poisoned batch)."""
+    clip = float(clip)
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"irl clip must be a finite number > 0, got {clip}")
+    x = torch.nan_to_num(logits.float(), nan=0.0, posinf=clip, neginf=-clip)
+    return x.clamp(-clip, clip)
+
+
 def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
     """SPA's MSE: mean over rows of ``(sum_t c_t - R)^2``.
 
@@ -131,7 +178,10 @@ def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards
 
 
 __all__ = [
+    "discriminator_loss",
     "dpo_pairs",
+    "irl_reward",
+    "step_dpo_loss",
     "progress_loss",
     "span_turn_index",
     "token_logprobs",

@@ -1,8 +1,9 @@
 """The step-reward model service: one model that gives each assistant turn a reward and, when its objective is
 online, learns from every RL batch.
 
-* :class:`StepRMSettings`: what to build (objective, model, optimiser, schedule); ``from_config`` reads
-  ``algorithm.istar`` (objective ``implicit``) or ``algorithm.spa.online`` (objective ``progress``).
+* :class:`StepRMSettings`: what to build (objective, loss, model, optimiser, schedule); the trainer hooks' service
+  plan fills it from ``algorithm.istar`` (objective ``implicit``, loss ``trajectory_dpo``), ``algorithm.spa.online``
+  (``progress``, ``mse``) or ``algorithm.stepagent`` (``implicit`` + ``step_dpo``, or ``discriminator`` + ``bce``).
 * :class:`StepRewardModel`: the in-process service. ``score(items)`` -> one reward per turn per item;
   ``update(items)`` -> a few optimiser steps on the batch's finished episodes plus a replay window of the last K
   batches; ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
@@ -21,6 +22,17 @@ An item is a dict::
     ref_logprobs   list[float]        implicit + reference=rollout: log-prob of every input token under the rollout
                                       policy (aligned with input_ids; prompt positions are ignored)
     uid, success, reward              for ``update``: the group id, won (implicit) and the episode reward R (progress)
+
+The pair losses (``step_dpo``, ``bce``: StepAgent) train on *pair items* instead (``update`` only; scoring takes
+the items above)::
+
+    input_ids      list[int]          the state s: every token before the compared turn
+    expert_ids     list[int]          the expert's action at s, as the tokens of an assistant turn
+    agent_ids      list[int]          the agent's action at s (its own compared-turn tokens)
+    prompt_length  int                optional: where the prompt ends inside s (truncation keeps it)
+
+Each pair becomes two one-turn items, ``s + a_expert`` (label 1) and ``s + a_agent`` (label 0), sharing a pair id;
+a pair whose two actions are the same tokens carries no signal and is skipped (``stats["identical_pairs"]``).
 
 Scoring always uses the weights as they were when the call started: an online service trains a separate copy and
 swaps the trained weights into the serving copy at the end of each update, under the serving lock, so a reward
@@ -55,7 +67,10 @@ from spa_reward.steprm import objectives as obj
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("progress", "implicit")
+OBJECTIVES = ("progress", "implicit", "discriminator")
+# the losses each objective trains with; the first is its default
+LOSSES = {"progress": ("mse",), "implicit": ("trajectory_dpo", "step_dpo"), "discriminator": ("bce",)}
+PAIR_LOSSES = ("step_dpo", "bce")  # trained on (expert, agent) pair items
 REFERENCES = ("rollout", "frozen")
 STATE_FORMAT = 1
 SERVICE_NAME = "spa_step_reward_service"
@@ -66,7 +81,11 @@ class StepRMSettings:
     """Settings of a :class:`StepRewardModel`.
 
     Args:
-        objective: ``progress`` (SPA: c_t with sum_t c_t ~ R) or ``implicit`` (iStar: r_t = beta * q_t).
+        objective: ``progress`` (SPA: c_t with sum_t c_t ~ R), ``implicit`` (iStar / StepAgent: r_t = beta * q_t)
+            or ``discriminator`` (StepAgent irl: r_t = clip(logit of D(s, a)), a causal-LM backbone + scalar head).
+        loss: ``mse`` (progress), ``trajectory_dpo`` (implicit, iStar) or ``step_dpo`` (implicit, StepAgent: pairs
+            of expert/agent actions at one state), ``bce`` (discriminator); None = the objective's default.
+        reward_clip: discriminator: |r_t| bound of the scored reward (``objectives.irl_reward``).
         online: train on every RL batch (``update``); ``False`` = a frozen scorer (``update`` refuses).
         model_path: ``implicit``: the causal LM to start from (the policy checkpoint); ``progress``: a trained
             progress estimator dir (``python -m spa_reward.progress.train``).
@@ -87,6 +106,8 @@ class StepRMSettings:
     """
 
     objective: str = "progress"
+    loss: Optional[str] = None
+    reward_clip: float = 5.0
     online: bool = False
     model_path: Optional[str] = None
     backbone_config: Optional[dict] = None
@@ -109,6 +130,8 @@ class StepRMSettings:
     device: Optional[str] = None
 
     def __post_init__(self):
+        if self.loss is None and self.objective in LOSSES:
+            self.loss = LOSSES[self.objective][0]
         problems = self.problems()
         if problems:
             raise ValueError("step-reward model settings: " + "; ".join(problems))
@@ -117,8 +140,16 @@ class StepRMSettings:
         p = []
         if self.objective not in OBJECTIVES:
             p.append(f"objective={self.objective!r} is not one of {OBJECTIVES}")
+        elif self.loss not in LOSSES[self.objective]:
+            p.append(f"loss={self.loss!r} does not train the {self.objective!r} objective (known: "
+                     f"{LOSSES[self.objective]})")
         if self.reference not in REFERENCES:
             p.append(f"reference={self.reference!r} is not one of {REFERENCES}")
+        elif self.loss == "step_dpo" and self.reference != "frozen":
+            p.append("loss='step_dpo' needs reference='frozen': the expert's reply tokens have no rollout log-probs")
+        v = _float(self.reward_clip)
+        if v is None or not (math.isfinite(v) and v > 0):
+            p.append(f"reward_clip={self.reward_clip!r} must be a finite number > 0")
         if self.model_path is None and self.backbone_config is None:
             p.append("model_path is not set (implicit: the policy checkpoint; progress: a trained estimator dir)")
         for name in ("beta", "lr", "grad_clip"):
@@ -142,6 +173,13 @@ class StepRMSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _float(x) -> Optional[float]:
+    try:
+        return None if isinstance(x, bool) else float(x)
+    except (TypeError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ items
@@ -198,6 +236,30 @@ def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bo
     return out
 
 
+def parse_pair_items(batch: Sequence[Mapping[str, Any]], tag: str = "") -> tuple[list[_Item], int]:
+    """Pair items (see the module docstring) -> ``(one-turn items, identical pairs skipped)``: for pair i,
+    ``s + a_expert`` (success True) then ``s + a_agent`` (success False), both with uid ``f"{tag}{i}"``."""
+    if isinstance(batch, Mapping):
+        raise TypeError("pass a list of pair items, not a single dict")
+    out, identical = [], 0
+    for i, it in enumerate(batch):
+        if not isinstance(it, Mapping) or any(k not in it for k in ("input_ids", "expert_ids", "agent_ids")):
+            raise ValueError(f"pair item {i} must be a dict with 'input_ids' (the state), 'expert_ids' and 'agent_ids'")
+        s = [int(t) for t in _as_list(it["input_ids"])]
+        a_exp = [int(t) for t in _as_list(it["expert_ids"])]
+        a_agent = [int(t) for t in _as_list(it["agent_ids"])]
+        if not s or not a_exp or not a_agent:
+            raise ValueError(f"pair item {i}: the state ({len(s)} tokens), the expert action ({len(a_exp)}) and the "
+                             f"agent action ({len(a_agent)}) must all be non-empty")
+        if a_exp == a_agent:
+            identical += 1
+            continue
+        plen = min(int(it.get("prompt_length") or 0), len(s))
+        for a, won in ((a_exp, True), (a_agent, False)):
+            out.append(_Item(s + a, plen, [[len(s), len(s) + len(a)]], None, f"{tag}{i}", won, 0.0))
+    return out, identical
+
+
 # ------------------------------------------------------------------------------------------------ model
 
 
@@ -225,7 +287,7 @@ class StepRewardModel:
             cfg = peft.LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, target_modules="all-linear", bias="none")
             self.model = peft.get_peft_model(self.model, cfg)
         if s.gradient_checkpointing:
-            if s.objective == "progress":
+            if self._head_model:
                 self.model.enable_gradient_checkpointing()
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -243,14 +305,36 @@ class StepRewardModel:
         self.serving.eval()
         self.window: deque[list[_Item]] = deque(maxlen=int(s.replay_batches))
         self.version = 0  # completed updates
-        self.stats = {"score_calls": 0, "scored_items": 0, "updates": 0, "trained_episodes": 0, "skipped_episodes": 0}
+        self.stats = {"score_calls": 0, "scored_items": 0, "updates": 0, "trained_episodes": 0, "skipped_episodes": 0,
+                      "identical_pairs": 0}
         self._serve_lock = threading.Lock()  # one forward of the serving copy at a time; held while swapping
         self._train_lock = threading.Lock()
 
     # -------------------------------------------------------------------------------------------- building
 
+    @property
+    def _head_model(self) -> bool:
+        """A backbone + scalar head read at each turn's last token (progress, discriminator), not a causal LM."""
+        return self.settings.objective in ("progress", "discriminator")
+
     def _build_model(self):
         s = self.settings
+        if s.objective == "discriminator":
+            # a fresh scalar head on the policy checkpoint's backbone (ProgressEstimator built from a causal-LM path)
+            from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig
+
+            cfg = ProgressEstimatorConfig(backbone=s.model_path,
+                                          backbone_config=None if s.model_path else dict(s.backbone_config),
+                                          head=s.head, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
+                                          max_length=s.max_length or 4096)
+            model = ProgressEstimator(cfg, dtype=self.dtype)
+            text = model.base_backbone.config
+            text = text.get_text_config() if hasattr(text, "get_text_config") else text
+            self.max_length = int(s.max_length or getattr(text, "max_position_embeddings", 4096))
+            self.keep_prompt = True
+            self.vocab_rows = int(model.base_backbone.get_input_embeddings().weight.shape[0])
+            self.pad_id = int(getattr(text, "pad_token_id", None) or 0)
+            return model
         if s.objective == "progress":
             from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig
 
@@ -298,7 +382,7 @@ class StepRewardModel:
             if it.input_ids and (min(it.input_ids) < 0 or max(it.input_ids) >= self.vocab_rows):
                 raise ValueError(f"item {i} holds a token id outside the model vocabulary [0, {self.vocab_rows}): "
                                  "the policy and the step-reward model tokenizers differ")
-            if self.settings.objective == "progress":
+            if self._head_model:
                 from spa_reward.progress.data import truncate_for_estimator
 
                 ends = [b - 1 for _, b in it.spans]
@@ -312,7 +396,8 @@ class StepRewardModel:
         return out
 
     def _forward(self, model, prepared: list, grad: bool) -> torch.Tensor:
-        """(bs, K) per-turn values: c_t (progress) or beta * q_t (implicit), 0 on missing turns."""
+        """(bs, K) per-turn values: c_t (progress), beta * q_t (implicit) or the logit l_t (discriminator), 0 on
+        missing turns."""
         from spa_reward.progress.data import collate_sequences
 
         seqs = [p[0] for p in prepared]
@@ -320,7 +405,7 @@ class StepRewardModel:
         batch = collate_sequences(seqs, ends, self.pad_id, self.device)
         k = max(1, max(len(p[1]) for p in prepared))
         with torch.set_grad_enabled(grad), self._autocast():
-            if self.settings.objective == "progress":
+            if self._head_model:  # c_t (progress) or the discriminator's logit l_t (raw: the reward clips it)
                 return model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"]).float()
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             logp = obj.token_logprobs(logits, batch["input_ids"])
@@ -356,8 +441,8 @@ class StepRewardModel:
     # -------------------------------------------------------------------------------------------- public API
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> list[list[float]]:
-        """One reward per turn per item, in input order: c_t (progress) or r_t = beta * q_t (implicit).
-        Turns that truncation dropped get 0.0."""
+        """One reward per turn per item, in input order: c_t (progress), r_t = beta * q_t (implicit) or
+        r_t = clip(log D - log(1 - D)) = clip(l_t) (discriminator). Turns that truncation dropped get 0.0."""
         s = self.settings
         items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
         if not items:
@@ -372,6 +457,8 @@ class StepRewardModel:
                 self.serving.train(was)
             self.stats["score_calls"] += 1
             self.stats["scored_items"] += len(items)
+        if s.objective == "discriminator":
+            values = [obj.irl_reward(v, s.reward_clip) for v in values]
         out = []
         for it, p, v in zip(items, prepared, values):
             full = [0.0] * len(it.spans)
@@ -387,8 +474,12 @@ class StepRewardModel:
         s = self.settings
         if not s.online:
             raise RuntimeError("this step-reward model is not online (settings.online=false): it does not train")
-        items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
         with self._train_lock:
+            if s.loss in PAIR_LOSSES:  # pair ids unique over the replay window
+                items, identical = parse_pair_items(batch, tag=f"{self.version}/")
+                self.stats["identical_pairs"] += identical
+            else:
+                items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
             self.window.append([it for it in items if it.spans])
             data = [it for b in self.window for it in b]
             torch.manual_seed(s.seed * 1_000_003 + self.version)
@@ -404,7 +495,7 @@ class StepRewardModel:
             "steprm/loss": float(sum(losses) / len(losses)) if losses else 0.0,
             "steprm/loss_first": float(losses[0]) if losses else 0.0,
             "steprm/pairs": float(pairs),
-            "steprm/episodes": float(len(data)),
+            "steprm/episodes": float(len(data)),  # pair losses: one-turn items, two per pair
             "steprm/version": float(self.version),
         }
 
@@ -420,6 +511,10 @@ class StepRewardModel:
         data = [data[i] for i in keep]
         n = len(prepared)
         mb = int(s.micro_batch_size)
+        if s.loss == "bce":
+            return self._bce_step(prepared, data)
+        if s.loss == "step_dpo":
+            return self._step_dpo_step(prepared, data)
         if s.objective == "progress":
             rewards = torch.tensor([it.reward for it in data], dtype=torch.float32)
             total = 0.0
@@ -454,6 +549,45 @@ class StepRewardModel:
             (scores * grad_q[chunk].to(scores.device)).sum().backward()
         self._clip_and_step()
         return float(loss.detach()), pairs
+
+    def _bce_step(self, prepared: list, data: list[_Item]) -> tuple[float, int]:
+        """Discriminator: binary cross-entropy, expert steps (success) 1, agent steps 0, micro-batch by micro-batch."""
+        n, mb = len(prepared), int(self.settings.micro_batch_size)
+        labels = torch.tensor([float(it.success) for it in data])
+        total = 0.0
+        for start in range(0, n, mb):
+            chunk = list(range(start, min(n, start + mb)))
+            logits = self._forward(self.model, [prepared[i] for i in chunk], grad=True)[:, 0]  # one turn per item
+            loss = obj.discriminator_loss(logits, labels[chunk])
+            (loss * len(chunk) / n).backward()
+            total += float(loss.detach()) * len(chunk) / n
+        self._clip_and_step()
+        return total, len({it.uid for it in data})
+
+    def _step_dpo_step(self, prepared: list, data: list[_Item]) -> tuple[float, int]:
+        """Step-level DPO over the (expert, agent) pairs: dL/dv from a no-grad pass over every item, then
+        ``sum(v * dL/dv)`` back-propagated micro-batch by micro-batch (exact, memory of one micro-batch)."""
+        chosen, rejected = {}, {}
+        for i, it in enumerate(data):
+            (chosen if it.success else rejected)[it.uid] = i
+        uids = [u for u in chosen if u in rejected]
+        if not uids:
+            return 0.0, 0
+        with torch.no_grad():
+            v = torch.stack([x[0] if x.numel() else torch.zeros(()) for x in self._values(self.model, prepared)])
+        ci, ri = torch.tensor([chosen[u] for u in uids]), torch.tensor([rejected[u] for u in uids])
+        v_leaf = v.clone().requires_grad_(True)
+        loss = obj.step_dpo_loss(v_leaf[ci], v_leaf[ri])
+        (grad_v,) = torch.autograd.grad(loss, v_leaf)
+        n, mb = len(prepared), int(self.settings.micro_batch_size)
+        for start in range(0, n, mb):
+            chunk = list(range(start, min(n, start + mb)))
+            if not bool((grad_v[chunk] != 0).any()):
+                continue
+            values = self._forward(self.model, [prepared[i] for i in chunk], grad=True)[:, 0]  # beta * q(s, a)
+            (values * grad_v[chunk].to(values.device)).sum().backward()
+        self._clip_and_step()
+        return float(loss.detach()), len(uids)
 
     def _clip_and_step(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -510,9 +644,11 @@ class StepRewardModel:
             state = json.load(f)
         if int(state.get("format", -1)) != STATE_FORMAT:
             raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
-        if state["settings"]["objective"] != self.settings.objective:
-            raise ValueError(f"{src} holds a {state['settings']['objective']!r} model, this service is "
-                             f"{self.settings.objective!r}")
+        saved = state["settings"]
+        saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
+        if (saved["objective"], saved_loss) != (self.settings.objective, self.settings.loss):
+            raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
+                             f"is {self.settings.objective!r} with {self.settings.loss!r}")
         weights = load_file(str(src / "weights.safetensors"))
         with self._train_lock:
             params = dict(self.model.named_parameters())
@@ -656,5 +792,5 @@ async def call_service(handle, name: str, method: str, *args, retry_wait_s: floa
     raise AssertionError("unreachable")
 
 
-__all__ = ["OBJECTIVES", "SERVICE_NAME", "StepRMSettings", "StepRewardModel", "StepRewardServiceActor",
-           "call_service", "lookup_service", "parse_items", "start_service"]
+__all__ = ["LOSSES", "OBJECTIVES", "SERVICE_NAME", "StepRMSettings", "StepRewardModel", "StepRewardServiceActor",
+           "call_service", "lookup_service", "parse_items", "parse_pair_items", "start_service"]

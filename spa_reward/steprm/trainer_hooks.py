@@ -3,12 +3,16 @@
 * ``start()`` (trainer start-up, before checkpoint loading): creates the service actor the run needs, so a
   tokenizer mismatch or an unschedulable GPU fails here with our error, not in a reward worker:
   ``algorithm.reward=spa`` -> the progress scorer (frozen; ``algorithm.spa.online.enable=true`` -> the online
-  progress service under the same name); ``algorithm.reward=istar`` -> the implicit PRM service.
+  progress service under the same name); ``algorithm.reward=istar`` -> the implicit PRM service;
+  ``algorithm.reward=stepagent`` with ``algorithm.stepagent.mode=implicit|irl`` -> the StepAgent PRM (implicit
+  objective + step-level DPO) or discriminator (``match`` needs no service).
   Reward workers only look the actor up by name and ``await`` it.
 * ``on_batch(batch, metrics)`` (start of ``_compute_advantage``, after the old log-probs exist): for ``istar``
   adds ``r_t = beta * q_t`` at each turn's last token of ``rm_scores`` (computed with the weights from before this
   batch's update), then, for an online objective, one ``update`` on the batch's finished episodes (env-failed
-  episodes excluded). Metrics ``steprm/*``.
+  episodes excluded). StepAgent ``implicit`` / ``irl`` add ``beta * q_t`` / ``clip(logit_t)`` on every policy turn
+  the same way (prefix turns carry mask 0, so they are no turns and get nothing), then train on the batch's
+  unmatched compared turns (:func:`stepagent_pairs`). Metrics ``steprm/*``, ``stepagent/*``.
 * ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
   ``<global_step_N>/steprm`` beside verl's actor checkpoint.
 
@@ -35,6 +39,14 @@ STATE_DIR = "steprm"
 ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
               "micro_batch_size", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r",
               "lora_alpha", "seed")
+STEPAGENT_KEYS = ("beta", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
+                  "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r", "lora_alpha", "head",
+                  "seed")
+# plan kinds whose service trains online / whose scores are added to rm_scores on every turn
+TRAINING_KINDS = ("progress_online", "implicit", "stepagent_implicit", "stepagent_irl")
+SCORING_KINDS = ("implicit", "stepagent_implicit", "stepagent_irl")
+PLAN_BLOCKS = {"implicit": "algorithm.istar", "progress_online": "algorithm.spa.online",
+               "stepagent_implicit": "algorithm.stepagent", "stepagent_irl": "algorithm.stepagent"}
 ONLINE_KEYS = ("lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
                "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "seed")
 
@@ -57,9 +69,30 @@ def _to_plain(value: Any) -> Any:
 
 
 def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
-    """What service a config needs: ``None`` (outcome rewards) or ``{"kind", "name", "num_gpus", "settings",
-    "timeout_s"}`` with kind ``progress_frozen`` | ``progress_online`` | ``implicit``."""
+    """What service a config needs: ``None`` (outcome rewards, StepAgent ``match``) or ``{"kind", "name",
+    "num_gpus", "settings", "timeout_s"}`` with kind ``progress_frozen`` | ``progress_online`` | ``implicit`` |
+    ``stepagent_implicit`` | ``stepagent_irl``.
+
+    StepAgent ``implicit`` always uses ``reference=frozen`` (a frozen copy of the initial PRM): the step-level DPO
+    compares the expert's reply, whose tokens the rollout never generated, so there are no rollout log-probs for it.
+    """
     reward = _get(cfg, "algorithm.reward")
+    if reward == "stepagent":
+        mode = _get(cfg, "algorithm.stepagent.mode", "match")
+        if mode not in ("implicit", "irl"):
+            return None  # match: rewards from the comparison alone; a bad mode is a config problem
+        block = _to_plain(_get(cfg, "algorithm.stepagent", {})) or {}
+        settings = {k: block[k] for k in STEPAGENT_KEYS if block.get(k) is not None}
+        model = block.get("model_path") or _get(cfg, "actor_rollout_ref.model.path")
+        if mode == "implicit":
+            settings.update(objective="implicit", loss="step_dpo", reference="frozen")
+        else:
+            settings.update(objective="discriminator", loss="bce", reward_clip=block.get("irl_clip", 5.0))
+        settings.update(online=True, model_path=model and os.path.expanduser(str(model)),
+                        backbone_config=block.get("backbone_config"))
+        return {"kind": f"stepagent_{mode}", "name": str(block.get("service_name") or SERVICE_NAME),
+                "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
+                "timeout_s": float(block.get("start_timeout_s", 600))}
     if reward == "istar":
         block = _to_plain(_get(cfg, "algorithm.istar", {})) or {}
         settings = {k: block[k] for k in ISTAR_KEYS if block.get(k) is not None}
@@ -124,6 +157,45 @@ def episode_items(
     return items, trainable
 
 
+def stepagent_pairs(items: Sequence[dict], trainable: Sequence[bool], stepagent: Sequence[Any],
+                    step_index: Optional[Sequence[int]] = None) -> tuple[list[dict], dict[str, float]]:
+    """StepAgent's training pairs of one batch: ``(pair items, counts)``.
+
+    A row gives a pair when it may train (:func:`episode_items`), holds the compared turn (``stepagent["compared"]``;
+    in the window layout only the episode's step-0 row, ``step_index`` 0) and the agent's action differs from the
+    expert's (``match`` false: a matched pair is the same step twice and would teach the discriminator that one
+    action is both expert and not). The state is ``s = input_ids[:context_length]``; the expert action is
+    ``expert_reply_ids``; the agent action is the row's own tokens from ``context_length`` to the end of the first
+    turn that starts at or after it (the compared turn). Counts: ``stepagent/compared``, ``stepagent/matched``,
+    ``stepagent/pairs``, ``stepagent/bad_rows`` (a compared row whose context_length or expert reply does not fit;
+    logged, left out)."""
+    pairs, counts = [], {"stepagent/compared": 0.0, "stepagent/matched": 0.0, "stepagent/pairs": 0.0,
+                         "stepagent/bad_rows": 0.0}
+    for i, (item, ok) in enumerate(zip(items, trainable)):
+        sa = stepagent[i] if i < len(stepagent) else None
+        if not ok or not isinstance(sa, dict) or not sa.get("compared", False):
+            continue
+        if step_index is not None and int(step_index[i]) != 0:
+            continue
+        counts["stepagent/compared"] += 1
+        if sa.get("match", False):
+            counts["stepagent/matched"] += 1
+            continue
+        ids = item["input_ids"]
+        c = int(sa.get("context_length", -1))
+        expert = [int(t) for t in (sa.get("expert_reply_ids") or [])]
+        end = next((b for a, b in item["turn_spans"] if a >= c), None)
+        if not (0 < c < len(ids)) or end is None or not expert:
+            counts["stepagent/bad_rows"] += 1
+            logger.warning("stepagent: row %d (uid %s) has context_length=%s, %d expert reply tokens and turns %s; "
+                           "left out of the pairs", i, item.get("uid"), c, len(expert), item["turn_spans"])
+            continue
+        pairs.append({"input_ids": ids[:c], "expert_ids": expert, "agent_ids": ids[c:end],
+                      "prompt_length": item["prompt_length"], "uid": item["uid"]})
+        counts["stepagent/pairs"] += 1
+    return pairs, counts
+
+
 def add_step_rewards(rm_scores: Sequence[torch.Tensor], items: Sequence[dict], step_rewards: Sequence[Sequence[float]]
                      ) -> list[torch.Tensor]:
     """Each row's ``rm_scores`` plus r_t on the last token of turn t (turn spans of :func:`episode_items`)."""
@@ -172,7 +244,16 @@ class StepRewardHooks:
 
     @property
     def trains(self) -> bool:
-        return self.plan is not None and self.plan["kind"] in ("progress_online", "implicit")
+        return self.plan is not None and self.plan["kind"] in TRAINING_KINDS
+
+    @property
+    def scores_turns(self) -> bool:
+        """The service's reward is added on every policy turn of ``rm_scores`` (istar, StepAgent implicit / irl)."""
+        return self.plan is not None and self.plan["kind"] in SCORING_KINDS
+
+    @property
+    def stepagent(self) -> bool:
+        return self.plan is not None and self.plan["kind"].startswith("stepagent_")
 
     @property
     def implicit(self) -> bool:
@@ -201,7 +282,7 @@ class StepRewardHooks:
             from spa_reward.progress.serve import check_tokenizer_compatible
 
             check_tokenizer_compatible(plan["settings"]["model_path"], self.tokenizer)
-        # implicit: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer by construction
+        # implicit / stepagent: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer
         self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
                                     timeout_s=plan["timeout_s"])
 
@@ -215,7 +296,9 @@ class StepRewardHooks:
 
     def process(self, columns: dict[str, Any], metrics: dict) -> Optional[list[torch.Tensor]]:
         """The per-batch step on plain columns (lists of per-row tensors / values): returns the new per-row
-        ``rm_scores`` for ``istar`` (None otherwise) and trains an online service afterwards."""
+        ``rm_scores`` for ``istar`` and StepAgent implicit / irl (None otherwise) and trains an online service
+        afterwards. StepAgent needs ``columns["stepagent"]`` (the agent loop's per-row dict) and takes the optional
+        ``columns["step_index"]`` (window layout)."""
         if not self.trains:
             return None
         items, trainable = episode_items(
@@ -223,15 +306,23 @@ class StepRewardHooks:
             columns["episode_info"], columns["episode_reward"],
             columns.get("old_log_probs") if self.implicit and self._rollout_reference else None, self.reward_scale)
         new_scores = None
-        if self.implicit:
+        if self.scores_turns:
             rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
             new_scores = add_step_rewards(columns["rm_scores"], items, rewards)
             flat = [x for r in rewards for x in r]
             if flat:
                 metrics["steprm/step_reward_mean"] = float(sum(flat) / len(flat))
                 metrics["steprm/step_reward_abs_max"] = float(max(abs(x) for x in flat))
-        train = [it for it, ok in zip(items, trainable) if ok]
-        metrics["steprm/skipped_episodes"] = float(len(items) - len(train))
+        if self.stepagent:
+            if "stepagent" not in columns:
+                raise RuntimeError("algorithm.reward=stepagent needs the agent loop's 'stepagent' field per row "
+                                   "(recipe.spa expert-prefix episodes, algorithm.stepagent.expert_path)")
+            train, counts = stepagent_pairs(items, trainable, columns["stepagent"], columns.get("step_index"))
+            metrics.update(counts)
+            metrics["steprm/skipped_episodes"] = float(sum(not ok for ok in trainable))
+        else:
+            train = [it for it, ok in zip(items, trainable) if ok]
+            metrics["steprm/skipped_episodes"] = float(len(items) - len(train))
         if train:
             metrics.update(_run(self._call("update", train)))
         return new_scores
@@ -249,6 +340,8 @@ class StepRewardHooks:
         fields = ["prompts", "responses", "response_mask", "uid", "episode_info", "episode_reward", "rm_scores"]
         if self.implicit and self._rollout_reference:
             fields.append("old_log_probs")
+        if self.stepagent:
+            fields.append("stepagent")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         missing = [f for f in fields if f not in data.keys()]
         if missing:
@@ -263,6 +356,10 @@ class StepRewardHooks:
                 cols[name] = list(value.unbind()) if value.is_nested else list(value)
             else:
                 cols[name] = column(data, name)
+        if self.stepagent:
+            from spa_reward.trainer import session_layout
+
+            cols["step_index"] = [int(x) for x in session_layout(list(batch.keys))[1]]
         new_scores = self.process(cols, metrics)
         if new_scores is not None:
             from verl.utils import tensordict_utils as tu
@@ -288,7 +385,7 @@ class StepRewardHooks:
         _run(self._call("load", path))
 
 
-__all__ = ["STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan"]
+__all__ = ["STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan", "stepagent_pairs"]
 
 
 def plan_problems(cfg: Any) -> list[str]:
@@ -296,11 +393,11 @@ def plan_problems(cfg: Any) -> list[str]:
     plan = service_plan(cfg)
     if plan is None or plan["kind"] == "progress_frozen":
         return []
-    block = "algorithm.istar" if plan["kind"] == "implicit" else "algorithm.spa.online"
+    block = PLAN_BLOCKS[plan["kind"]]
     settings = dict(plan["settings"])
     if settings.get("model_path") is None and settings.get("backbone_config") is None:
         return [f"{block}: no model to start from (set {block}.model_path"
-                + (" or actor_rollout_ref.model.path)" if plan["kind"] == "implicit" else
+                + (" or actor_rollout_ref.model.path)" if plan["kind"] != "progress_online" else
                    "; online SPA trains algorithm.spa.estimator_path)")]
     try:
         StepRMSettings.from_dict(settings)

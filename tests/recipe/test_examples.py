@@ -98,6 +98,52 @@ def test_rl_scripts_compose(script, env, reward, estimator):
     assert config_problems(cfg, check_files=False) == []
 
 
+STEPAGENT_MODES = ("match", "implicit", "irl")
+
+
+def test_rl_stepagent_modes_name_their_folders_and_split_gpus():
+    """rl_stepagent.sh: each mode gets its own run folder (reward slug stepagent-<mode>), the PRM modes a GPU of
+    their own, the expert file from DATA_DIR; ADV / EXPERT / STEPAGENT_CRITIC reach the overrides."""
+    names = set()
+    for mode in STEPAGENT_MODES:
+        o = overrides("rl_stepagent.sh", "alfworld", STEPAGENT_MODE=mode, N_GPUS="3", TP="2")
+        assert o["algorithm.reward"] == "stepagent" and o["algorithm.stepagent.mode"] == mode
+        assert o["algorithm.stepagent.expert_path"] == "/data/spa/alfworld_sft.parquet"
+        assert o["algorithm.adv_estimator"] == "spa" and o["algorithm.stepagent.prefix"] == "uniform"
+        assert o["trainer.experiment_name"] == f"alfworld_stepagent_stepagent-{mode}_spa"
+        assert o["trainer.default_local_dir"] == f"/out/rl/alfworld/alfworld_stepagent_stepagent-{mode}_spa/checkpoints"
+        names.add(o["trainer.experiment_name"])
+        if mode == "match":  # no PRM: every GPU trains
+            assert o["trainer.n_gpus_per_node"] == "3" and "algorithm.stepagent.num_gpus" not in o
+        else:
+            assert o["trainer.n_gpus_per_node"] == "2" and o["algorithm.stepagent.num_gpus"] == "1"
+    assert len(names) == 3
+    assert "algorithm.stepagent.mode" not in overrides("rl_grpo.sh", "alfworld")  # others unchanged
+    o = overrides("rl_stepagent.sh", "webshop", ADV="grpo", EXPERT="/e/x.parquet", PREFIX="reverse")
+    assert o["algorithm.adv_estimator"] == "grpo" and o["algorithm.stepagent.expert_path"] == "/e/x.parquet"
+    assert o["algorithm.stepagent.prefix"] == "reverse" and o["trainer.experiment_name"].endswith("stepagent-match_grpo")
+    o = overrides("rl_stepagent.sh", "webshop", STEPAGENT_CRITIC="1")
+    assert o["critic.enable"] == "true" and o["trainer.experiment_name"].endswith("_spa_critic")
+    for bad, msg in ((dict(STEPAGENT_MODE="imitate"), "STEPAGENT_MODE=imitate"), (dict(ADV="gae"), "ADV=gae"),
+                     (dict(STEPAGENT_CRITIC="1", ADV="grpo"), "needs ADV=spa"),
+                     (dict(STEPAGENT_MODE="irl", N_GPUS="1"), "leaves no GPU")):
+        _, proc = check_args("rl_stepagent.sh", "webshop", **bad)
+        assert proc.returncode == 2 and msg in proc.stderr
+
+
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=() if m == "irl" else pytest.mark.slow)
+                                  for m in STEPAGENT_MODES])
+def test_rl_stepagent_composes(mode):
+    cfg = composed("rl_stepagent.sh", "virtualhome", "algorithm.stepagent.irl_clip=3", STEPAGENT_MODE=mode)
+    a = cfg.algorithm
+    assert a.reward == "stepagent" and a.stepagent.mode == mode and a.adv_estimator == "spa"
+    assert cfg.reward.reward_manager.name == "stepagent" and cfg.trainer.v1.trainer_mode == "spa"
+    assert a.stepagent.expert_path == "/data/spa/virtualhome_sft.parquet" and a.stepagent.irl_clip == 3
+    assert cfg.data.train_batch_size == 16 and cfg.actor_rollout_ref.rollout.n == 8  # the shared schedule
+    assert cfg.trainer.experiment_name == f"virtualhome_stepagent_stepagent-{mode}_spa"
+    assert config_problems(cfg, check_files=False) == []
+
+
 def test_run_folders_resume_and_ppo_discount():
     runs = {
         "grpo": overrides("rl_grpo.sh", "webshop"),
