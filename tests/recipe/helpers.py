@@ -203,11 +203,12 @@ class _RewardWorker:
         self.compute_score = _Remote(manager.run_single)
 
 
-def score_episodes(tokenizer, cfg, episodes, monkeypatch, scorer=None, env: dict | None = None):
+def score_episodes(tokenizer, cfg, episodes, monkeypatch, scorer=None, env: dict | None = None, loop_config=None):
     """Play ``episodes`` = [(policy, run kwargs), ...] with the env_agent loop (toy env, thread pool), score each
     through verl's streaming reward path (``AgentLoopWorker._compute_score`` -> our reward manager, built by
     verl's ``load_reward_manager`` from ``cfg``) and the v1 ``AgentLoopWorkerTQ._agent_loop_postprocess``, whose
-    TransferQueue put is captured. Returns ``[(AgentLoopOutput, {field: value}, tag), ...]``."""
+    TransferQueue put is captured (``loop_config``: the agent loop's config instead of ``agent_config(env)``).
+    Returns ``[(AgentLoopOutput, {field: value}, tag), ...]``."""
     from verl.trainer.ppo.reward import load_reward_manager
     from verl.trainer.ppo.v1 import agent_loop_tq
 
@@ -224,7 +225,8 @@ def score_episodes(tokenizer, cfg, episodes, monkeypatch, scorer=None, env: dict
         worker = postprocess_worker(manager)
         results = []
         for policy, kwargs in episodes:
-            loop = make_agent_loop(agent_config(env), FakeServer(tokenizer, policy), tokenizer)
+            loop = make_agent_loop(loop_config if loop_config is not None else agent_config(env),
+                                   FakeServer(tokenizer, policy), tokenizer)
             out = await loop.run({"temperature": 1.0, "logprobs": True}, **kwargs)
             await worker._agent_loop_postprocess(out, False, **kwargs)
             keys, fields, tags = puts[-1]
