@@ -63,6 +63,7 @@ def episode_metrics(infos: list[dict], prefix: str = "episode") -> dict[str, flo
             by_type[str(i["task_type"])].append(w)
     for task_type, vals in sorted(by_type.items()):
         out[f"{prefix}/success_rate/{task_type}"] = _mean(vals)
+    out.update(stepagent_metrics(infos, won, prefix))
     pairs = [(i["sum_contribution"], i["env_reward"]) for i in infos if "sum_contribution" in i and "env_reward" in i]
     if pairs:
         sums, rewards = zip(*pairs)
@@ -70,4 +71,29 @@ def episode_metrics(infos: list[dict], prefix: str = "episode") -> dict[str, flo
         corr = pearson(sums, rewards)
         if not math.isnan(corr):
             out["spa/corr_sum_contribution_reward"] = corr
+    return out
+
+
+def stepagent_metrics(infos: list[dict], won: list[float], prefix: str = "episode") -> dict[str, float]:
+    """StepAgent's inspection over the batch's episodes (the ``stepagent_*`` scalars the agent loop writes when
+    ``algorithm.reward=stepagent``): mean prefix length, share compared, match rate among the compared, diverged and
+    shortened prefixes, and the success rate of the episodes that started from the task's start state (k = 0): an
+    episode with a prefix starts closer to the goal, so ``<prefix>/success_rate`` of a StepAgent run is not the
+    policy's own (validation episodes never get a prefix)."""
+    rows = [(i, w) for i, w in zip(infos, won) if "stepagent_prefix_turns" in i]
+    if not rows:
+        return {}
+    k = [float(i["stepagent_prefix_turns"]) for i, _ in rows]
+    compared = [i for i, _ in rows if i.get("stepagent_compared")]
+    out = {
+        "stepagent/prefix_turns": _mean(k),
+        "stepagent/compared_rate": len(compared) / len(rows),
+        "stepagent/prefix_diverged": float(sum(float(i.get("stepagent/prefix_diverged", 0.0)) for i, _ in rows)),
+        "stepagent/prefix_shortened": float(sum(float(i.get("stepagent/prefix_shortened", 0.0)) for i, _ in rows)),
+    }
+    if compared:
+        out["stepagent/match_rate"] = _mean([float(i.get("stepagent_match", 0.0)) for i in compared])
+    start = [w for (i, w), kk in zip(rows, k) if kk == 0]
+    if start:
+        out[f"{prefix}/success_rate_no_prefix"] = _mean(start)
     return out

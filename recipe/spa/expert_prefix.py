@@ -172,7 +172,7 @@ class ExpertPrefix:
 
 def attach(outputs: list, inspection: Optional[Inspection], enabled: bool, episode_key: str) -> None:
     """Write the ``stepagent`` dict on every output (the compared turn's values on the first row only) and, when
-    inspection is on, its scalars into ``episode_info``."""
+    inspection is on, the episode's scalars into every row's ``episode_info``."""
     for i, out in enumerate(outputs):
         if inspection is None:
             d = empty_stepagent()
@@ -184,10 +184,8 @@ def attach(outputs: list, inspection: Optional[Inspection], enabled: bool, episo
         episode = out.extra_fields.get(episode_key)
         if isinstance(episode, dict):
             episode[STEPAGENT_KEY] = d
-        if enabled:
+        if enabled:  # the episode's scalars on every row, like the rest of episode_info (metrics read one row)
             scalars = inspection.scalars() if inspection is not None else Inspection(None, 0).scalars()
-            if i > 0:
-                scalars.update(stepagent_compared=0.0, stepagent_match=0.0)
             out.episode_info = {**out.episode_info, **scalars}
 
 

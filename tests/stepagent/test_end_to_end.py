@@ -118,3 +118,23 @@ def test_collection_with_expert_prefixes_is_refused(toy_demos):  # noqa: F811
     ok = config_problems(trainer_config("algorithm.reward=stepagent", f"algorithm.stepagent.expert_path={toy_demos}"),
                          check_files=False)
     assert not any("env.collect_dir" in p for p in ok)
+
+
+def test_stepagent_batch_metrics_by_hand():
+    """Four finished episodes: k = 2, 0, 3, 0; compared 3 of them, 1 matched; wins 1, 0, 1, 1; one env failure is
+    left out; the no-prefix success rate counts only the k = 0 episodes (a prefix starts closer to the goal)."""
+    from spa_reward.metrics import episode_metrics
+
+    def info(k, compared, match, won, failed=False, diverged=0.0):
+        return {"won": float(won), "num_turns": 2, "stepagent_prefix_turns": float(k),
+                "stepagent_compared": float(compared), "stepagent_match": float(match),
+                "stepagent/prefix_diverged": diverged, "stepagent/prefix_shortened": 0.0,
+                "env_failed": 1.0 if failed else 0.0, "env_error": "timeout:step" if failed else ""}
+
+    m = episode_metrics([info(2, 1, 1, 1), info(0, 1, 0, 0), info(3, 0, 0, 1, diverged=1.0), info(0, 1, 0, 1),
+                         info(1, 1, 1, 1, failed=True)])
+    assert m["stepagent/prefix_turns"] == 5 / 4
+    assert m["stepagent/compared_rate"] == 3 / 4 and m["stepagent/match_rate"] == 1 / 3
+    assert m["stepagent/prefix_diverged"] == 1.0 and m["episode/success_rate"] == 3 / 4
+    assert m["episode/success_rate_no_prefix"] == 1 / 2
+    assert "stepagent/prefix_turns" not in episode_metrics([{"won": 1.0}])  # other rewards: no StepAgent keys
