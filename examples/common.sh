@@ -224,6 +224,27 @@ override_value() {
   echo "$v"
 }
 
+# split_side_gpus <VAR> [what a valid value is]: a scorer / PRM Ray actor runs outside verl's resource pool (which
+#   claims every GPU it is given), so the trainer gets N_GPUS - $VAR GPUs and the actor the rest. Checks $VAR, sets
+#   TRAIN_GPUS, caps TP, REQUIRE_GPUS (the machine needs them all) and N_GPUS (what run_rl gives the trainer;
+#   recipe.spa.check refuses splits verl cannot run).
+split_side_gpus() {
+  local name=$1 what=${2:-a whole number of GPUs}; local value=${!name}
+  if ! [[ "$value" =~ ^[0-9]+$ ]]; then echo "$name=$value: $what" >&2; exit 2; fi
+  TRAIN_GPUS=$((N_GPUS - value))
+  if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with $name=$value" >&2; exit 2; fi
+  if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
+  REQUIRE_GPUS=${REQUIRE_GPUS:-$N_GPUS}
+  N_GPUS=$TRAIN_GPUS
+}
+
+# critic_overrides: CRITIC_ARGS = the critic of the turn-GAE runs (same model as the policy, lr CRITIC_LR)
+critic_overrides() {
+  CRITIC_ARGS=(critic.enable=true "critic.model.path=$RL_INIT" "critic.optim.lr=${CRITIC_LR:-1e-5}"
+               "critic.ppo_micro_batch_size_per_gpu=$MICRO_BATCH_PER_GPU" critic.use_dynamic_bsz=true
+               "critic.ppo_max_token_len_per_gpu=$MAX_TOKEN_LEN_PER_GPU")
+}
+
 # run_rl <env> <algo> [hydra overrides...]
 #   One RL run of <algo> (the script's label: grpo, gigpo, ppo, spa, ...). The experiment name carries env, algo,
 #   reward (stepagent: stepagent-<mode>), advantage estimator, critic, online estimator training, the window history (_h<k>), the progress estimator (a slug of its path) and RUN_NAME /

@@ -9,12 +9,7 @@
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
 PRM_GPUS=${PRM_GPUS:-1}
-TRAIN_GPUS=$((N_GPUS - PRM_GPUS))
-if ! [[ "$PRM_GPUS" =~ ^[0-9]+$ ]]; then echo "PRM_GPUS=$PRM_GPUS: a whole number of GPUs" >&2; exit 2; fi
-if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with PRM_GPUS=$PRM_GPUS" >&2; exit 2; fi
-if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
-REQUIRE_GPUS=${REQUIRE_GPUS:-$N_GPUS}  # the machine needs them all
-N_GPUS=$TRAIN_GPUS  # what run_rl gives the trainer; recipe.spa.check refuses splits verl cannot run
+split_side_gpus PRM_GPUS
 ISTAR_BETA=${ISTAR_BETA:-0.05}
 PRM_LR=${PRM_LR:-1e-6}
 PRM_LORA_R=${PRM_LORA_R:-0}

@@ -9,15 +9,12 @@
 # lam=1 (undiscounted Monte-Carlo returns minus V; the comparison table then says so).
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
-CRITIC_LR=${CRITIC_LR:-1e-5}
 PPO_GAE=${PPO_GAE:-turn}
 case "$PPO_GAE" in
   turn) adv=(algorithm.adv_estimator=spa algorithm.lam=1.0) ;;
   token) adv=(algorithm.adv_estimator=gae algorithm.gamma=1.0 algorithm.lam=1.0) ;;
   *) echo "PPO_GAE=$PPO_GAE: use turn (turn-level GAE, per-turn gamma) or token (verl's gae, gamma=1 lam=1)" >&2; exit 2 ;;
 esac
+critic_overrides
 run_rl "$ENV" ppo \
-  algorithm.reward=outcome "${adv[@]}" "algorithm.invalid_penalty=$INVALID_PENALTY" \
-  critic.enable=true "critic.model.path=$RL_INIT" "critic.optim.lr=$CRITIC_LR" \
-  "critic.ppo_micro_batch_size_per_gpu=$MICRO_BATCH_PER_GPU" critic.use_dynamic_bsz=true \
-  "critic.ppo_max_token_len_per_gpu=$MAX_TOKEN_LEN_PER_GPU" "$@"
+  algorithm.reward=outcome "${adv[@]}" "algorithm.invalid_penalty=$INVALID_PENALTY" "${CRITIC_ARGS[@]}" "$@"

@@ -9,25 +9,15 @@
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
 SCORER_GPUS=${SCORER_GPUS:-1}
-if ! [[ "$SCORER_GPUS" =~ ^[0-9]+$ ]]; then echo "SCORER_GPUS=$SCORER_GPUS: a whole number of GPUs (0 = CPU)" >&2; exit 2; fi
-TRAIN_GPUS=$((N_GPUS - SCORER_GPUS))
-if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with SCORER_GPUS=$SCORER_GPUS" >&2; exit 2; fi
-if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
-REQUIRE_GPUS=${REQUIRE_GPUS:-$N_GPUS}  # the machine needs them all
-N_GPUS=$TRAIN_GPUS  # what run_verl gives the trainer; recipe.spa.check refuses splits verl cannot run
+split_side_gpus SCORER_GPUS "a whole number of GPUs (0 = CPU)"
 ESTIMATOR=${ESTIMATOR:-$ESTIMATOR_DIR/$ENV}
 SPA_INVALID_PENALTY=${SPA_INVALID_PENALTY:-0.0}  # SPA's grounding term beta * g_t already rewards valid actions
 SPA_CRITIC=${SPA_CRITIC:-0}
 SPA_ONLINE=${SPA_ONLINE:-0}  # 1: the estimator keeps training on every RL batch (algorithm.spa.online.*)
 online=()
 if [[ "$SPA_ONLINE" == 1 ]]; then online=(algorithm.spa.online.enable=true); fi
-CRITIC_LR=${CRITIC_LR:-1e-5}
 critic=()
-if [[ "$SPA_CRITIC" == 1 ]]; then
-  critic=(critic.enable=true "critic.model.path=$RL_INIT" "critic.optim.lr=$CRITIC_LR"
-          "critic.ppo_micro_batch_size_per_gpu=$MICRO_BATCH_PER_GPU" critic.use_dynamic_bsz=true
-          "critic.ppo_max_token_len_per_gpu=$MAX_TOKEN_LEN_PER_GPU")
-fi
+if [[ "$SPA_CRITIC" == 1 ]]; then critic_overrides; critic=("${CRITIC_ARGS[@]}"); fi
 run_rl "$ENV" spa \
   algorithm.reward=spa algorithm.adv_estimator=spa "algorithm.spa.estimator_path=$ESTIMATOR" \
   algorithm.spa.alpha=1.0 algorithm.spa.beta=0.5 "algorithm.invalid_penalty=$SPA_INVALID_PENALTY" \

@@ -27,12 +27,7 @@ MATCH_REWARD=${MATCH_REWARD:-1.0}
 STEPAGENT_CRITIC=${STEPAGENT_CRITIC:-0}
 if [[ "$STEPAGENT_CRITIC" == 1 && "$ADV" != spa ]]; then echo "STEPAGENT_CRITIC=1 needs ADV=spa (turn-level GAE)" >&2; exit 2; fi
 if [[ "$STEPAGENT_MODE" == match ]]; then PRM_GPUS=0; else PRM_GPUS=${PRM_GPUS:-1}; fi
-if ! [[ "$PRM_GPUS" =~ ^[0-9]+$ ]]; then echo "PRM_GPUS=$PRM_GPUS: a whole number of GPUs" >&2; exit 2; fi
-TRAIN_GPUS=$((N_GPUS - PRM_GPUS))
-if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with PRM_GPUS=$PRM_GPUS" >&2; exit 2; fi
-if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
-REQUIRE_GPUS=${REQUIRE_GPUS:-$N_GPUS}  # the machine needs them all
-N_GPUS=$TRAIN_GPUS  # what run_rl gives the trainer; recipe.spa.check refuses splits verl cannot run
+split_side_gpus PRM_GPUS
 PRM_BETA=${PRM_BETA:-0.05}
 PRM_LR=${PRM_LR:-1e-6}
 PRM_LORA_R=${PRM_LORA_R:-0}
@@ -43,11 +38,7 @@ if [[ "$STEPAGENT_MODE" != match ]]; then
        "algorithm.stepagent.num_gpus=$PRM_GPUS")
 fi
 critic=()
-if [[ "$STEPAGENT_CRITIC" == 1 ]]; then
-  critic=(critic.enable=true "critic.model.path=$RL_INIT" "critic.optim.lr=${CRITIC_LR:-1e-5}"
-          "critic.ppo_micro_batch_size_per_gpu=$MICRO_BATCH_PER_GPU" critic.use_dynamic_bsz=true
-          "critic.ppo_max_token_len_per_gpu=$MAX_TOKEN_LEN_PER_GPU")
-fi
+if [[ "$STEPAGENT_CRITIC" == 1 ]]; then critic_overrides; critic=("${CRITIC_ARGS[@]}"); fi
 run_rl "$ENV" stepagent \
   algorithm.reward=stepagent "algorithm.adv_estimator=$ADV" "algorithm.stepagent.mode=$STEPAGENT_MODE" \
   "algorithm.stepagent.expert_path=$EXPERT" "algorithm.stepagent.prefix=$PREFIX" \

@@ -44,6 +44,18 @@ def byte_tokenizer(save_dir: str | os.PathLike | None = None):
     return fast
 
 
+def mask_runs(mask) -> list[tuple[int, int]]:
+    """[first, last] of every run of 1s in a response mask."""
+    runs, start = [], None
+    for i, m in enumerate(list(mask) + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    return runs
+
+
 class FakeServer:
     """Stands in for verl's LLMServerClient: ``policy(turn, prompt_text) -> reply text``; the reply is encoded
     and ends with <|im_end|>, then cut to ``sampling_params['max_tokens']`` like a real server."""

@@ -13,19 +13,9 @@ from hypothesis import strategies as st
 
 from envs.actions import format_action
 from recipe.spa.agent_loop import EPISODE_KEY, TURN_REWARDS_KEY
-from tests.recipe.helpers import REAL_ENVS, FakeServer, agent_config, make_agent_loop, real_env, row
+from tests.recipe.helpers import REAL_ENVS, FakeServer, agent_config, make_agent_loop, mask_runs, real_env, row
 
 
-def mask_runs(mask: list[int]) -> list[tuple[int, int]]:
-    """[first, last] of every run of 1s."""
-    runs, start = [], None
-    for i, m in enumerate(mask + [0]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    return runs
 
 
 def check_bookkeeping(out, response_length: int) -> dict:

@@ -16,7 +16,7 @@ from envs.expert import expert_rows, load_expert_demos, make_thought
 from envs.prepare import write_parquet
 from recipe.spa.agent_loop import EPISODE_KEY
 from tests.recipe.conftest import tokenizer, toy_env  # noqa: F401  (fixtures)
-from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop, row
+from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop, mask_runs, row
 
 STEPAGENT_KEYS = {"prefix_turns", "expert_turns", "compared", "expert_action", "agent_action", "match", "match_by",
                   "context_length", "expert_reply_ids"}
@@ -69,17 +69,6 @@ def step_row(task: str, step: int, split: str = "train", **kw) -> dict:
 
 def forward(turn, prompt):
     return format_action("step forward", f"turn {turn}: on.", "react")
-
-
-def mask_runs(mask) -> list[tuple[int, int]]:
-    runs, start = [], None
-    for i, m in enumerate(list(mask) + [0]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    return runs
 
 
 def expert_reply(env_name: str, action: str, goal: str, step: int, style: str = "react") -> str:
