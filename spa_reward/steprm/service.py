@@ -741,9 +741,13 @@ def publish_state(model: StepRewardModel, root: str | os.PathLike, token: Option
     pointer = {"format": STATE_FORMAT, "token": token, "version": int(model.version), "state": name,
                "metrics": dict(metrics or {})}
     _write_pointer(out, pointer)
-    for child in out.iterdir():
-        if child.is_dir() and child.name.startswith("v") and child.name != name and not child.is_symlink():
+    for child in out.iterdir():  # older states, and pointer files of a writer that was killed
+        if child.is_symlink():
+            continue
+        if child.is_dir() and child.name.startswith("v") and child.name != name:
             shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and child.name.startswith(f".{ROLLING_POINTER}.") and child.name.endswith(".tmp"):
+            child.unlink(missing_ok=True)
     return pointer
 
 
@@ -778,7 +782,8 @@ def restore_state(model: StepRewardModel, root: str | os.PathLike, token: Option
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ServiceNotRestoredError(f"the published state {str(src / name)!r} does not load ({e})") from e
     if model.version != version:
-        raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says {version}")
+        raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says "
+                                      f"{version}")
     return pointer
 
 

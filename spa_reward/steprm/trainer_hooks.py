@@ -251,6 +251,7 @@ class StepRewardHooks:
         self.expected: Optional[dict[str, Any]] = None
         self.restarts = 0
         self.last_saved: Optional[tuple[str, int]] = None
+        self._ray_restarts_base: Optional[int] = None
         self.run_token = uuid.uuid4().hex  # the published state belongs to this trainer process
 
     @property
@@ -323,7 +324,8 @@ class StepRewardHooks:
         """The service takes ``update(batch, base_version)`` (the actor, in Ray or in process)."""
         from spa_reward.steprm.service import StepRewardServiceActor
 
-        return hasattr(getattr(self.handle, "update", None), "remote") or isinstance(self.handle, StepRewardServiceActor)
+        handle = self.handle
+        return hasattr(getattr(handle, "update", None), "remote") or isinstance(handle, StepRewardServiceActor)
 
     async def _call(self, method: str, *args):
         """``method`` on the service; for a training service first :meth:`_verify` it is the one expected."""
@@ -353,22 +355,28 @@ class StepRewardHooks:
         name = self.plan["name"]
         info = await self._invoke("info")
         incarnation, version = info.get("incarnation"), int(info["version"])
+        ray_restarts = info.get("ray_restarts")
         if self.expected is None:
             self.expected = {"incarnation": incarnation, "version": version}
+            self._ray_restarts_base = ray_restarts if isinstance(ray_restarts, int) else None
         elif incarnation != self.expected["incarnation"]:
-            self.restarts += 1
-            logger.warning("step-reward service %r was restarted (restart %d seen by the trainer; Ray restarts: %s; "
-                           "restored from %s)", name, self.restarts, info.get("ray_restarts"), info.get("restored_from"))
+            # Ray's count (when it gives one) also covers restarts between two calls of the trainer
+            base = self._ray_restarts_base
+            ray_seen = ray_restarts - base if isinstance(ray_restarts, int) and base is not None else 0
+            self.restarts = max(self.restarts + 1, ray_seen)
+            logger.warning("step-reward service %r was restarted (restarts seen by the trainer: %d; Ray's count: %s; "
+                           "restored from %s)", name, self.restarts, ray_restarts, info.get("restored_from"))
             self.expected["incarnation"] = incarnation
         if restoring:
             return
         if info.get("not_restored"):
             saved = self.last_saved
             if saved is None or saved[1] != self.expected["version"]:
+                last = f"{saved[0]} at version {saved[1]}" if saved else "none"
                 raise RuntimeError(
                     f"the online step-reward service {name!r} was restarted and could not restore itself "
                     f"({info['not_restored']}); the trainer expects version {self.expected['version']} and this run "
-                    f"has no checkpoint at that version (last saved: {saved[0] + f' at version {saved[1]}' if saved else 'none'}). "
+                    f"has no checkpoint at that version (last saved: {last}). "
                     "Stopping rather than training on rewards of a different model: restart the run from its last "
                     "checkpoint (trainer.resume_mode=auto)")
             logger.warning("step-reward service %r was not restored by itself; loading this run's checkpoint %s "

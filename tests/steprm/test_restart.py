@@ -149,7 +149,10 @@ def test_a_restarted_actor_without_state_dir_or_of_another_run_refuses(tmp_path,
 def test_published_state_is_checked_before_it_loads(tmp_path):
     model = StepRewardModel(SETTINGS)
     model.update(items(0))
+    (tmp_path / "v00000000-killed").mkdir()  # left by a writer killed before it published
+    (tmp_path / ".LATEST.json.dead.tmp").write_text("{")
     pointer = publish_state(model, tmp_path, token="t")
+    assert sorted(os.listdir(tmp_path)) == ["LATEST.json", pointer["state"]]
     assert pointer["version"] == 1 and (tmp_path / pointer["state"] / "weights.safetensors").is_file()
     fresh = StepRewardModel(SETTINGS)
     restore_state(fresh, tmp_path, "t")
