@@ -11,7 +11,9 @@ online, learns from every RL batch.
 * :class:`StepRewardServiceActor`, :func:`start_service`, :func:`lookup_service`, :func:`call_service`: the Ray side.
   The trainer process starts the named actor once (with a timeout that names the resources asked for); reward
   workers and the trainer look it up by name and ``await`` it; a dead actor is restarted by Ray
-  (``max_restarts``) and looked up again once by :func:`call_service`.
+  (``max_restarts``) and looked up again once by :func:`call_service`. A restarted *online* actor restores the
+  state it published after its last update (:func:`publish_state`, :func:`restore_state`) before it serves, or
+  refuses to serve (:class:`ServiceNotRestoredError`).
 
 An item is a dict::
 
@@ -53,7 +55,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
+import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -674,36 +678,235 @@ class StepRewardModel:
 # ---------------------------------------------------------------------------------------------------------- Ray
 
 
+ROLLING_POINTER = "LATEST.json"
+
+
+class ServiceNotRestoredError(RuntimeError):
+    """An online service actor that Ray restarted and that could not be restored: it refuses to score, train or
+    save (its weights are the initial ones, not the run's)."""
+
+
+def ray_restart_info() -> tuple[bool, Optional[int]]:
+    """``(restarted, restart count)`` of the Ray actor this runs in; ``(False, None)`` outside an actor.
+
+    The decision uses Ray's public ``RuntimeContext.was_current_actor_reconstructed`` (ray 2.60: the actor's
+    ``NumRestarts`` in the GCS is not 0); the count is read from the same GCS record through the private
+    ``ray._private.state.actors`` and is None where that is not available (informational only)."""
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        actor_id = ctx.get_actor_id()
+        if actor_id is None:
+            return False, None
+        restarted = bool(ctx.was_current_actor_reconstructed)
+    except Exception:  # not in a Ray worker
+        return False, None
+    try:
+        from ray._private.state import actors
+
+        count: Optional[int] = int(actors(actor_id=actor_id)["NumRestarts"])
+    except Exception:
+        count = None
+    return restarted, count
+
+
+def _write_pointer(root: Path, pointer: dict) -> None:
+    """Replace ``root/LATEST.json`` atomically (temp file, fsync, ``os.replace``)."""
+    tmp = root / f".{ROLLING_POINTER}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(pointer, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / ROLLING_POINTER)
+
+
+def publish_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str],
+                  metrics: Optional[Mapping[str, float]] = None, with_state: bool = True) -> dict:
+    """Publish ``model``'s current state as the rolling state a restarted actor restores.
+
+    ``with_state``: the state goes to a fresh child ``v<version>-<random>/`` (:meth:`StepRewardModel.save`), then
+    ``LATEST.json`` (token, version, child name, the last update's metrics) is replaced atomically, then the older
+    children are removed: a kill at any point leaves the previous or the new state published, never a torn one.
+    ``with_state=False`` publishes version 0 without files: the initial model, which a restarted actor rebuilds
+    from its settings (same checkpoint, same seed). Returns the pointer."""
+    out = Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    name = None
+    if with_state:
+        name = f"v{model.version:08d}-{uuid.uuid4().hex[:8]}"
+        model.save(out / name)
+    elif model.version != 0:
+        raise ValueError(f"only version 0 is published without a state (this model is at version {model.version})")
+    pointer = {"format": STATE_FORMAT, "token": token, "version": int(model.version), "state": name,
+               "metrics": dict(metrics or {})}
+    _write_pointer(out, pointer)
+    for child in out.iterdir():  # older states, and pointer files of a writer that was killed
+        if child.is_symlink():
+            continue
+        if child.is_dir() and child.name.startswith("v") and child.name != name:
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and child.name.startswith(f".{ROLLING_POINTER}.") and child.name.endswith(".tmp"):
+            child.unlink(missing_ok=True)
+    return pointer
+
+
+def restore_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str]) -> dict:
+    """Load the state :func:`publish_state` last published under ``root`` into ``model`` (which must be as
+    built); returns the pointer. ``ServiceNotRestoredError`` says why not: no pointer, unreadable, written by
+    another run (token), a child name that is not a plain folder name, or a state that does not load."""
+    src = Path(root)
+    path = src / ROLLING_POINTER
+    if not path.is_file():
+        raise ServiceNotRestoredError(f"no published state {str(path)!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            pointer = json.load(f)
+        version = int(pointer["version"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ServiceNotRestoredError(f"the published state {str(path)!r} is unreadable ({e})") from e
+    if pointer.get("format") != STATE_FORMAT:
+        raise ServiceNotRestoredError(f"{str(path)!r} has format {pointer.get('format')!r}, expected {STATE_FORMAT}")
+    if pointer.get("token") != token:
+        raise ServiceNotRestoredError(f"{str(path)!r} was published by another run (token {pointer.get('token')!r}, "
+                                      f"this service's run is {token!r})")
+    name = pointer.get("state")
+    if name is None:
+        if version != 0:
+            raise ServiceNotRestoredError(f"{str(path)!r} names no state for version {version}")
+        return pointer  # the initial model, rebuilt from the settings
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise ServiceNotRestoredError(f"{str(path)!r} names state {name!r}, which is not a plain child folder name")
+    try:
+        model.load(src / name)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ServiceNotRestoredError(f"the published state {str(src / name)!r} does not load ({e})") from e
+    if model.version != version:
+        raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says "
+                                      f"{version}")
+    return pointer
+
+
 class StepRewardServiceActor:
     """Ray actor body around :class:`StepRewardModel` (async). Scoring and training run on two worker threads,
     so a score call is never queued behind an update (it is served from the pre-update weights). Concurrent score
     calls (one per episode from the reward workers) are validated one by one, so a bad request fails alone, and
-    then coalesced into shared forward passes of up to ``coalesce_items`` items."""
+    then coalesced into shared forward passes of up to ``coalesce_items`` items.
 
-    def __init__(self, settings: dict, coalesce_items: int = 256):
+    Restarts. Each incarnation has a random ``incarnation`` id (in :meth:`info`). An *online* service given
+    ``state_dir`` publishes its state there after every update and every load (:func:`publish_state`; version 0
+    at first start, without files). When Ray restarts the actor, ``__init__`` runs again with the same arguments,
+    sees ``ray_restart_info()`` and restores the published state (:func:`restore_state`) before it serves
+    anything. When that is impossible (no ``state_dir``, nothing published, another run's state, a state that
+    does not load), the actor stays up but refuses ``score``, ``update`` and ``save`` with
+    :class:`ServiceNotRestoredError` until :meth:`load` restores it, so neither reward workers nor the trainer
+    get rewards from its initial weights. ``update(batch, base_version)`` is idempotent per version: a call
+    retried after its update was applied (and published) is answered with that update's metrics, not applied
+    twice. A frozen scorer (``online`` false) comes back whole and publishes nothing."""
+
+    def __init__(self, settings: dict, coalesce_items: int = 256, state_dir: Optional[str] = None,
+                 run_token: Optional[str] = None):
         from spa_reward.progress.serve import Coalescer
 
         self.model = StepRewardModel(settings)
         self.coalesce_items = max(1, int(coalesce_items))
-        self._coalescer = Coalescer(self.model.score, self.coalesce_items, "steprm-score")
+        self._coalescer = Coalescer(self._score, self.coalesce_items, "steprm-score")
         self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-train")
+        self.incarnation = uuid.uuid4().hex
+        self.state_dir = None if state_dir is None else str(state_dir)
+        self.run_token = run_token
+        self.restarted, self.ray_restarts = ray_restart_info()
+        self.restored_from: Optional[str] = None
+        self.not_restored: Optional[str] = None  # why this incarnation refuses to serve
+        self._last_metrics: dict[str, float] = {}
+        if not self.model.settings.online:
+            return
+        if self.restarted:
+            self._restore()
+        elif self.state_dir is not None:
+            publish_state(self.model, self.state_dir, self.run_token, with_state=False)
+
+    def _restore(self) -> None:
+        if self.state_dir is None:
+            self.not_restored = ("this online step-reward service was restarted by Ray and was started without "
+                                 "state_dir, so there is no published state to restore")
+        else:
+            try:
+                pointer = restore_state(self.model, self.state_dir, self.run_token)
+            except ServiceNotRestoredError as e:
+                self.not_restored = f"this online step-reward service was restarted by Ray and was not restored: {e}"
+            else:
+                self.restored_from = os.path.join(self.state_dir, pointer["state"] or "(initial model)")
+                self._last_metrics = dict(pointer.get("metrics") or {})
+                logger.warning("step-reward service restarted by Ray (restarts: %s); restored version %d from %s",
+                               self.ray_restarts, self.model.version, self.restored_from)
+                return
+        logger.error("%s; it refuses to score, train and save until load() restores it", self.not_restored)
+
+    def _refuse_if_not_restored(self) -> None:
+        if self.not_restored:
+            raise ServiceNotRestoredError(
+                f"{self.not_restored}. It refuses to serve rewards from its initial weights: restore it with "
+                "load('<checkpoint>/global_step_N/steprm') or restart the run from its last checkpoint")
+
+    def _score(self, batch: list[dict]) -> list[list[float]]:
+        self._refuse_if_not_restored()
+        return self.model.score(batch)
 
     async def score(self, batch: list[dict]) -> list[list[float]]:
+        self._refuse_if_not_restored()
         s = self.model.settings
         parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")  # raises alone
         return await self._coalescer.submit(list(batch))
 
-    async def update(self, batch: list[dict]) -> dict[str, float]:
-        return await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.update, batch)
+    async def update(self, batch: list[dict], base_version: Optional[int] = None) -> dict[str, float]:
+        """:meth:`StepRewardModel.update`, then publish the new state (``state_dir``). ``base_version``: the
+        version the caller expects before this update (the trainer hooks pass it)."""
+        return await asyncio.get_running_loop().run_in_executor(self._train_pool, self._update, batch, base_version)
 
-    async def save(self, directory: str) -> None:
+    def _update(self, batch: list[dict], base_version: Optional[int]) -> dict[str, float]:
+        self._refuse_if_not_restored()
+        if base_version is not None:
+            v, base = self.model.version, int(base_version)
+            if v == base + 1:  # this update was applied (and published) before the caller got the reply
+                logger.warning("update from version %d was already applied (a retried call): not applied again", base)
+                return {**self._last_metrics, "steprm/version": float(v), "steprm/retried_update": 1.0}
+            if v != base:
+                raise RuntimeError(f"the trainer updates the step-reward service from version {base}, but it is at "
+                                   f"version {v} (incarnation {self.incarnation}): refusing to train a different model")
+        metrics = self.model.update(batch)
+        if self.state_dir is not None:
+            publish_state(self.model, self.state_dir, self.run_token, metrics)
+        self._last_metrics = dict(metrics)
+        return metrics
+
+    async def save(self, directory: str) -> dict[str, Any]:
+        self._refuse_if_not_restored()
         await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.save, directory)
+        return self.identity()
 
-    async def load(self, directory: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.load, directory)
+    async def load(self, directory: str) -> dict[str, Any]:
+        """Restore a saved state (a checkpoint's ``steprm/``); this also makes a not-restored actor serve again."""
+        await asyncio.get_running_loop().run_in_executor(self._train_pool, self._load, directory)
+        return self.identity()
+
+    def _load(self, directory: str) -> None:
+        self.model.load(directory)
+        self.not_restored = None
+        self.restored_from = str(directory)
+        self._last_metrics = {}
+        if self.model.settings.online and self.state_dir is not None:
+            publish_state(self.model, self.state_dir, self.run_token)
+
+    def identity(self) -> dict[str, Any]:
+        """Who answers: ``incarnation`` (new at every start and restart), ``version`` (completed updates),
+        ``restarted`` / ``ray_restarts`` (Ray's view), ``restored_from``, ``not_restored`` (why it refuses)."""
+        return {"incarnation": self.incarnation, "version": self.model.version, "restarted": self.restarted,
+                "ray_restarts": self.ray_restarts, "restored_from": self.restored_from,
+                "not_restored": self.not_restored, "state_dir": self.state_dir}
 
     async def info(self) -> dict[str, Any]:
-        return self.model.info()
+        return {**self.model.info(), **self.identity()}
 
 
 DEFAULT_RESTARTS = 3
@@ -718,12 +921,16 @@ def start_service(
     max_restarts: int = DEFAULT_RESTARTS,
     max_task_retries: int = DEFAULT_RESTARTS,
     namespace: Optional[str] = None,
+    state_dir: Optional[str] = None,
+    run_token: Optional[str] = None,
 ):
     """Create (or return the existing) named service actor and wait until it has loaded its model.
 
-    Called once by the trainer process at start-up. Raises ``TimeoutError`` naming the GPUs/CPUs asked for and
-    what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits forever
-    otherwise)."""
+    Called once by the trainer process at start-up. ``state_dir`` / ``run_token``: where an online service
+    publishes its state after every update and which run it belongs to (see :class:`StepRewardServiceActor`;
+    without them a restarted online actor refuses to serve). Raises ``TimeoutError`` naming the GPUs/CPUs asked
+    for and what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits
+    forever otherwise)."""
     import ray
 
     s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
@@ -734,7 +941,8 @@ def start_service(
                                "max_concurrency": 8}
     if namespace is not None:
         options["namespace"] = namespace
-    actor = ray.remote(StepRewardServiceActor).options(**options).remote(s.to_dict())
+    actor = ray.remote(StepRewardServiceActor).options(**options).remote(
+        s.to_dict(), state_dir=None if state_dir is None else str(state_dir), run_token=run_token)
     try:
         ray.get(actor.info.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -792,5 +1000,6 @@ async def call_service(handle, name: str, method: str, *args, retry_wait_s: floa
     raise AssertionError("unreachable")
 
 
-__all__ = ["LOSSES", "OBJECTIVES", "SERVICE_NAME", "StepRMSettings", "StepRewardModel", "StepRewardServiceActor",
-           "call_service", "lookup_service", "parse_items", "parse_pair_items", "start_service"]
+__all__ = ["LOSSES", "OBJECTIVES", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
+           "StepRewardServiceActor", "call_service", "lookup_service", "parse_items", "parse_pair_items",
+           "publish_state", "restore_state", "start_service"]

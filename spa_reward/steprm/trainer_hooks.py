@@ -15,6 +15,12 @@
   unmatched compared turns (:func:`stepagent_pairs`). Metrics ``steprm/*``, ``stepagent/*``.
 * ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
   ``<global_step_N>/steprm`` beside verl's actor checkpoint.
+* Restarts: an online service publishes its state to ``<trainer.default_local_dir>/steprm_latest`` after every
+  update and load and restores it itself when Ray restarts it (``service.StepRewardServiceActor``). Before each
+  call the hooks compare the service's ``incarnation`` and ``version`` with what they expect (the version after
+  their last update): a new incarnation is a restart (counted, ``steprm/restarts``); a version other than the
+  expected one, or an actor that could not restore itself (and no checkpoint of this run at the expected version
+  to load), stops the run with an error naming what happened.
 
 The pure part (:func:`episode_items`, :func:`add_step_rewards`) works on plain per-row tensors, so it is tested
 without TransferQueue or Ray.
@@ -23,8 +29,10 @@ without TransferQueue or Ray.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -36,6 +44,7 @@ from spa_reward.steprm.service import SERVICE_NAME, StepRMSettings
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "steprm"
+ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: the state published after every update
 ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
               "micro_batch_size", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r",
               "lora_alpha", "seed")
@@ -237,6 +246,13 @@ class StepRewardHooks:
         self.plan = service_plan(config)
         self.handle = service
         self.reward_scale = float(_get(config, "env.reward_scale", 1.0) or 1.0)
+        # restart detection: what the service must be at the next call ({"incarnation", "version"}; None until
+        # the first call), restarts seen, and the newest checkpoint state of this run (path, version)
+        self.expected: Optional[dict[str, Any]] = None
+        self.restarts = 0
+        self.last_saved: Optional[tuple[str, int]] = None
+        self._ray_restarts_base: Optional[int] = None
+        self.run_token = uuid.uuid4().hex  # the published state belongs to this trainer process
 
     @property
     def active(self) -> bool:
@@ -284,15 +300,97 @@ class StepRewardHooks:
             check_tokenizer_compatible(plan["settings"]["model_path"], self.tokenizer)
         # implicit / stepagent: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer
         self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
-                                    timeout_s=plan["timeout_s"])
+                                    timeout_s=plan["timeout_s"], state_dir=self.rolling_dir(),
+                                    run_token=self.run_token)
 
-    async def _call(self, method: str, *args):
-        if hasattr(getattr(self.handle, method, None), "remote"):
+    def rolling_dir(self) -> Optional[str]:
+        """``<trainer.default_local_dir>/steprm_latest`` (absolute), where the online service publishes its state
+        after every update; None without ``trainer.default_local_dir`` (a restarted actor then refuses to serve)."""
+        root = _get(self.config, "trainer.default_local_dir")
+        return os.path.join(os.path.abspath(os.path.expanduser(str(root))), ROLLING_DIR) if root else None
+
+    async def _invoke(self, method: str, *args):
+        fn = getattr(self.handle, method)
+        if hasattr(fn, "remote"):
             from spa_reward.steprm.service import call_service
 
             self.handle, result = await call_service(self.handle, self.plan["name"], method, *args)
             return result
-        return getattr(self.handle, method)(*args)
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    @property
+    def _versioned(self) -> bool:
+        """The service takes ``update(batch, base_version)`` (the actor, in Ray or in process)."""
+        from spa_reward.steprm.service import StepRewardServiceActor
+
+        handle = self.handle
+        return hasattr(getattr(handle, "update", None), "remote") or isinstance(handle, StepRewardServiceActor)
+
+    async def _call(self, method: str, *args):
+        """``method`` on the service; for a training service first :meth:`_verify` it is the one expected."""
+        if not self.trains or method not in ("score", "update", "save", "load"):
+            return await self._invoke(method, *args)
+        await self._verify(restoring=method == "load")
+        if method == "update" and self._versioned:
+            args = (*args, self.expected["version"])
+        result = await self._invoke(method, *args)
+        if method == "update":
+            self.expected["version"] += 1
+            got = result.get("steprm/version") if isinstance(result, dict) else None
+            if got is not None and int(got) != self.expected["version"]:
+                raise RuntimeError(f"the step-reward service {self.plan['name']!r} answered an update with version "
+                                   f"{int(got)}, the trainer expects {self.expected['version']}")
+            result = {**result, "steprm/restarts": float(self.restarts)}
+        elif method == "load":
+            self.expected = None  # the loaded version is the new expectation
+            await self._verify()
+        return result
+
+    async def _verify(self, restoring: bool = False) -> None:
+        """Compare the service's ``info()`` with :attr:`expected`: a new incarnation is a restart (counted; the
+        actor restored itself from its published state); an actor that could not restore itself is loaded from
+        this run's last checkpoint when that is at the expected version, else the run stops; a version other than
+        the expected one stops the run. ``restoring``: a load follows, so neither is an error yet."""
+        name = self.plan["name"]
+        info = await self._invoke("info")
+        incarnation, version = info.get("incarnation"), int(info["version"])
+        ray_restarts = info.get("ray_restarts")
+        if self.expected is None:
+            self.expected = {"incarnation": incarnation, "version": version}
+            self._ray_restarts_base = ray_restarts if isinstance(ray_restarts, int) else None
+        elif incarnation != self.expected["incarnation"]:
+            # Ray's count (when it gives one) also covers restarts between two calls of the trainer
+            base = self._ray_restarts_base
+            ray_seen = ray_restarts - base if isinstance(ray_restarts, int) and base is not None else 0
+            self.restarts = max(self.restarts + 1, ray_seen)
+            logger.warning("step-reward service %r was restarted (restarts seen by the trainer: %d; Ray's count: %s; "
+                           "restored from %s)", name, self.restarts, ray_restarts, info.get("restored_from"))
+            self.expected["incarnation"] = incarnation
+        if restoring:
+            return
+        if info.get("not_restored"):
+            saved = self.last_saved
+            if saved is None or saved[1] != self.expected["version"]:
+                last = f"{saved[0]} at version {saved[1]}" if saved else "none"
+                raise RuntimeError(
+                    f"the online step-reward service {name!r} was restarted and could not restore itself "
+                    f"({info['not_restored']}); the trainer expects version {self.expected['version']} and this run "
+                    f"has no checkpoint at that version (last saved: {last}). "
+                    "Stopping rather than training on rewards of a different model: restart the run from its last "
+                    "checkpoint (trainer.resume_mode=auto)")
+            logger.warning("step-reward service %r was not restored by itself; loading this run's checkpoint %s "
+                           "(version %d)", name, saved[0], saved[1])
+            await self._invoke("load", saved[0])
+            info = await self._invoke("info")
+            version = int(info["version"])
+        if version != self.expected["version"]:
+            raise RuntimeError(
+                f"the online step-reward service {name!r} is at version {version} (incarnation "
+                f"{info.get('incarnation')}, restarted by Ray: {info.get('restarted')}, restored from "
+                f"{info.get('restored_from')}), but the trainer's last update left it at version "
+                f"{self.expected['version']}: its rewards would come from a different model. Stopping: restart the "
+                "run from its last checkpoint (trainer.resume_mode=auto)")
 
     def process(self, columns: dict[str, Any], metrics: dict) -> Optional[list[torch.Tensor]]:
         """The per-batch step on plain columns (lists of per-row tensors / values): returns the new per-row
@@ -370,7 +468,9 @@ class StepRewardHooks:
 
     def save(self, step_dir: str | os.PathLike) -> None:
         if self.trains:
-            _run(self._call("save", os.path.join(str(step_dir), STATE_DIR)))
+            path = os.path.abspath(os.path.join(str(step_dir), STATE_DIR))  # the actor's cwd may differ
+            _run(self._call("save", path))
+            self.last_saved = (path, self.expected["version"])
 
     def load(self, step_dir: str | os.PathLike) -> None:
         if not self.trains:
@@ -383,9 +483,10 @@ class StepRewardHooks:
                 "Resume from a checkpoint written by this run, or set trainer.resume_mode=disable"
             )
         _run(self._call("load", path))
+        self.last_saved = (path, self.expected["version"])
 
 
-__all__ = ["STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan", "stepagent_pairs"]
+__all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan", "stepagent_pairs"]
 
 
 def plan_problems(cfg: Any) -> list[str]:

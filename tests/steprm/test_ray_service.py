@@ -39,7 +39,8 @@ def settings():
 
 def test_start_score_kill_and_recover(local_ray):
     items, _ = synthetic_items(4, seed=0)
-    actor = start_service(settings(), name="steprm_test", timeout_s=120, max_restarts=2, max_task_retries=2)
+    frozen = dict(settings(), online=False)  # a restarted online service restores its state: test_restart_ray.py
+    actor = start_service(frozen, name="steprm_test", timeout_s=120, max_restarts=2, max_task_retries=2)
     expected = ray.get(actor.score.remote(items))
 
     # killed: Ray restarts it under the same name, and the reward worker's next call succeeds
