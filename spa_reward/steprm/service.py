@@ -794,8 +794,10 @@ class StepRewardServiceActor:
     then coalesced into shared forward passes of up to ``coalesce_items`` items.
 
     Restarts. Each incarnation has a random ``incarnation`` id (in :meth:`info`). An *online* service given
-    ``state_dir`` publishes its state there after every update and every load (:func:`publish_state`; version 0
-    at first start, without files). When Ray restarts the actor, ``__init__`` runs again with the same arguments,
+    ``state_dir`` publishes its state there after every ``publish_every``-th update (default every one) and every
+    load (:func:`publish_state`; version 0 at first start, without files). A restart between two publications
+    restores an older version, which the trainer hooks refuse (the run stops and resumes from its checkpoint):
+    ``publish_every > 1`` trades that for less writing with a large PRM. When Ray restarts the actor, ``__init__`` runs again with the same arguments,
     sees ``ray_restart_info()`` and restores the published state (:func:`restore_state`) before it serves
     anything. When that is impossible (no ``state_dir``, nothing published, another run's state, a state that
     does not load), the actor stays up but refuses ``score``, ``update`` and ``save`` with
@@ -805,8 +807,12 @@ class StepRewardServiceActor:
     twice. A frozen scorer (``online`` false) comes back whole and publishes nothing."""
 
     def __init__(self, settings: dict, coalesce_items: int = 256, state_dir: Optional[str] = None,
-                 run_token: Optional[str] = None):
+                 run_token: Optional[str] = None, publish_every: int = 1):
         from spa_reward.progress.serve import Coalescer
+
+        if int(publish_every) < 1:
+            raise ValueError(f"publish_every={publish_every} must be >= 1 (updates between two published states)")
+        self.publish_every = int(publish_every)
 
         self.model = StepRewardModel(settings)
         self.coalesce_items = max(1, int(coalesce_items))
@@ -875,7 +881,7 @@ class StepRewardServiceActor:
                 raise RuntimeError(f"the trainer updates the step-reward service from version {base}, but it is at "
                                    f"version {v} (incarnation {self.incarnation}): refusing to train a different model")
         metrics = self.model.update(batch)
-        if self.state_dir is not None:
+        if self.state_dir is not None and self.model.version % self.publish_every == 0:
             publish_state(self.model, self.state_dir, self.run_token, metrics)
         self._last_metrics = dict(metrics)
         return metrics
@@ -923,6 +929,7 @@ def start_service(
     namespace: Optional[str] = None,
     state_dir: Optional[str] = None,
     run_token: Optional[str] = None,
+    publish_every: int = 1,
 ):
     """Create (or return the existing) named service actor and wait until it has loaded its model.
 
@@ -942,7 +949,8 @@ def start_service(
     if namespace is not None:
         options["namespace"] = namespace
     actor = ray.remote(StepRewardServiceActor).options(**options).remote(
-        s.to_dict(), state_dir=None if state_dir is None else str(state_dir), run_token=run_token)
+        s.to_dict(), state_dir=None if state_dir is None else str(state_dir), run_token=run_token,
+        publish_every=int(publish_every))
     try:
         ray.get(actor.info.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:

@@ -79,7 +79,7 @@ def _to_plain(value: Any) -> Any:
 
 def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
     """What service a config needs: ``None`` (outcome rewards, StepAgent ``match``) or ``{"kind", "name",
-    "num_gpus", "settings", "timeout_s"}`` with kind ``progress_frozen`` | ``progress_online`` | ``implicit`` |
+    "num_gpus", "settings", "timeout_s"[, "publish_every"]}`` with kind ``progress_frozen`` | ``progress_online`` | ``implicit`` |
     ``stepagent_implicit`` | ``stepagent_irl``.
 
     StepAgent ``implicit`` always uses ``reference=frozen`` (a frozen copy of the initial PRM): the step-level DPO
@@ -101,7 +101,7 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": f"stepagent_{mode}", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600))}
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", 1)}
     if reward == "istar":
         block = _to_plain(_get(cfg, "algorithm.istar", {})) or {}
         settings = {k: block[k] for k in ISTAR_KEYS if block.get(k) is not None}
@@ -110,7 +110,7 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": "implicit", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600))}
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", 1)}
     if reward == "spa":
         online = _to_plain(_get(cfg, "algorithm.spa.online", {})) or {}
         path = _get(cfg, "reward.reward_kwargs.estimator_path") or _get(cfg, "algorithm.spa.estimator_path")
@@ -122,7 +122,8 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                     "timeout_s": timeout}
         settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
         settings.update(objective="progress", online=True, model_path=path and os.path.expanduser(str(path)))
-        return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout}
+        return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout,
+                "publish_every": online.get("publish_every", 1)}
     return None
 
 
@@ -301,7 +302,7 @@ class StepRewardHooks:
         # implicit / stepagent: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer
         self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
                                     timeout_s=plan["timeout_s"], state_dir=self.rolling_dir(),
-                                    run_token=self.run_token)
+                                    run_token=self.run_token, publish_every=plan.get("publish_every", 1))
 
     def rolling_dir(self) -> Optional[str]:
         """``<trainer.default_local_dir>/steprm_latest`` (absolute), where the online service publishes its state
@@ -509,4 +510,8 @@ def plan_problems(cfg: Any) -> list[str]:
         problems.append(f"{block}.num_gpus={plan['num_gpus']} must be >= 0")
     if not plan["timeout_s"] > 0:
         problems.append(f"{block}.start_timeout_s={plan['timeout_s']} must be > 0")
+    every = plan.get("publish_every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        problems.append(f"{block}.publish_every={every!r} must be an integer >= 1 (updates between two states the "
+                        "online service publishes for a restart; 1 = after every update)")
     return problems

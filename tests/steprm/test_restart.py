@@ -188,3 +188,28 @@ def asyncio_run(coro):
     import asyncio
 
     return asyncio.run(coro)
+
+
+def test_publish_every_writes_less_and_a_restart_between_publications_stops_the_run(tmp_path, monkeypatch):
+    """publish_every=2: the state is published after updates 2, 4, ...; a restart after update 3 restores version 2,
+    which the hooks refuse (they expect 3) instead of training on; a bad value is refused by the config check."""
+    from spa_reward.steprm.trainer_hooks import plan_problems
+
+    hooks = hooks_for(None, tmp_path)
+    monkeypatch.setattr(service_mod, "ray_restart_info", lambda: (False, 0))
+    hooks.handle = StepRewardServiceActor(dict(SETTINGS), state_dir=hooks.rolling_dir(), run_token=hooks.run_token,
+                                          publish_every=2)
+    latest = tmp_path / "steprm_latest" / "LATEST.json"
+    versions = []
+    for step in range(3):
+        hooks.process(columns(step), {})
+        versions.append(json.loads(latest.read_text())["version"])
+    assert versions == [0, 2, 2]
+    hooks.handle = actor(hooks, monkeypatch, restarted=True)
+    assert hooks.handle.identity()["version"] == 2
+    with pytest.raises(RuntimeError, match=r"is at version 2 .*left it at version 3"):
+        hooks.process(columns(3), {})
+    bad = trainer_config("algorithm.reward=istar", "algorithm.istar.publish_every=0")
+    assert any("algorithm.istar.publish_every=0" in p for p in plan_problems(bad))
+    with pytest.raises(ValueError, match="publish_every=0"):
+        StepRewardServiceActor(dict(SETTINGS), publish_every=0)
