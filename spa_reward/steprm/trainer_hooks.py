@@ -13,6 +13,11 @@
   episodes excluded). StepAgent ``implicit`` / ``irl`` add ``beta * q_t`` / ``clip(logit_t)`` on every policy turn
   the same way (prefix turns carry mask 0, so they are no turns and get nothing), then train on the batch's
   unmatched compared turns (:func:`stepagent_pairs`). Metrics ``steprm/*``, ``stepagent/*``.
+  Window layout (``env.history=window``, one row per step): every item carries its episode, ``{uid}_{session_id}``
+  from the TransferQueue keys (:func:`spa_reward.trainer.session_layout`), so the service trains on a session's
+  rows as one episode (iStar: Q = mean of beta * q_t over all its turns, pairs of episodes; online SPA: the sum of
+  its rows' c_t regressed onto R); scoring stays per row (each row's reply, its own old log-probs). A row failed
+  by the env drops its whole episode from training. StepAgent pairs come from the step-0 row.
 * ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
   ``<global_step_N>/steprm`` beside verl's actor checkpoint.
 

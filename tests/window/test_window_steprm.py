@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from envs.actions import format_action
 from spa_reward.steprm import objectives as obj
@@ -71,6 +73,33 @@ def test_progress_loss_over_rows_is_the_mse_of_the_episode_sums():
     packed = obj.progress_loss(torch.tensor([[0.3, 0.5, 0.0], [0.1, -0.2, 0.4]]),
                                torch.tensor([[True, True, False], [True, True, True]]), torch.tensor([1.0, 0.0]))
     assert packed.item() == pytest.approx(loss.item(), abs=1e-7)
+
+
+def _padded(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    k = max(len(r) for r in rows)
+    values = torch.tensor([r + [0.0] * (k - len(r)) for r in rows], dtype=torch.float64)
+    return values, torch.tensor([[t < len(r) for t in range(k)] for r in rows])
+
+
+VALUE = st.floats(-5, 5, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(episodes=st.lists(st.lists(st.lists(VALUE, min_size=1, max_size=3), min_size=1, max_size=4), min_size=1,
+                         max_size=4),
+       data=st.data())
+def test_any_split_of_episodes_into_rows_gives_the_packed_numbers(episodes, data):
+    """Any episodes cut into any rows: Q per episode and the progress loss equal the packed layout's (each episode
+    one row holding all its turns)."""
+    rows = [r for ep in episodes for r in ep]
+    index = torch.tensor([e for e, ep in enumerate(episodes) for _ in ep])
+    window, wvalid = _padded(rows)
+    packed, pvalid = _padded([[x for r in ep for x in r] for ep in episodes])
+    q = obj.episode_trajectory_scores(window, wvalid, index, len(episodes))
+    assert torch.allclose(q, obj.trajectory_scores(packed, pvalid), atol=1e-9)
+    rewards = torch.tensor(data.draw(st.lists(VALUE, min_size=len(episodes), max_size=len(episodes))))
+    assert obj.progress_loss(window, wvalid, rewards, episode_index=index).item() == pytest.approx(
+        obj.progress_loss(packed, pvalid, rewards).item(), rel=1e-6, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ service
