@@ -6,7 +6,7 @@ online, learns from every RL batch.
   (``progress``, ``mse``) or ``algorithm.stepagent`` (``implicit`` + ``step_dpo``, or ``discriminator`` + ``bce``).
 * :class:`StepRewardModel`: the in-process service. ``score(items)`` -> one reward per turn per item;
   ``update(items)`` -> a few optimiser steps on the batch's finished episodes plus a replay window of the last K
-  batches (an episode may span several items: the window layout, see ``episode`` below); ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
+  batches; ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
   exactly like an uninterrupted one).
 * :class:`StepRewardServiceActor`, :func:`start_service`, :func:`lookup_service`, :func:`call_service`: the Ray side.
   The trainer process starts the named actor once (with a timeout that names the resources asked for); reward
