@@ -163,9 +163,11 @@ def env_block_problems(cfg: Any) -> list[str]:
 # advantage estimators that treat the rows of one window-layout session ({uid}_{session_id}_{index}) as one episode:
 # grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row)
 WINDOW_ESTIMATORS = ("grpo", "gigpo", "spa")  # spa: critic-free (turn GAE needs values across rows)
-# spa: a frozen estimator trained on window rows (python -m spa_reward.progress.train --layout window); the online
-# estimator and iStar's PRM train on the packed rows of an episode, which a window session does not give them
-WINDOW_REWARDS = ("outcome", "spa")
+# reward managers that score a window session row by row (spa_reward/layout.py) and whose step-reward models train
+# on a session's rows as one episode (spa_reward/steprm: items keyed by {uid}_{session_id}): spa with an estimator
+# trained with --layout window (frozen or online; the layout is checked at start-up), istar (Q = mean of beta * q_t
+# over all the episode's rows), stepagent (pairs from the step-0 row)
+WINDOW_REWARDS = ("outcome", "spa", "istar", "stepagent")
 
 
 def window_problems(settings: Any, cfg: Any) -> list[str]:
@@ -184,15 +186,9 @@ def window_problems(settings: Any, cfg: Any) -> list[str]:
                    "critic-free spa estimator or env.history=full")
     reward = select_key(cfg, "algorithm.reward")
     if reward is not None and str(reward) not in WINDOW_REWARDS:
-        out.append(f"env.history=window with algorithm.reward={reward}: its step-reward model trains during RL on "
-                   "whole packed episodes, and the rows of a window session are not grouped into episodes for it "
-                   f"yet; use algorithm.reward in {WINDOW_REWARDS} (spa with a frozen estimator trained with "
-                   "--layout window) or env.history=full")
-    if str(reward) == "spa" and select_key(cfg, "algorithm.spa.online.enable", False):
-        out.append("env.history=window with algorithm.spa.online.enable=true: the online estimator trains on whole "
-                   "packed episodes, and the rows of a window session are not grouped into episodes for it yet; use "
-                   "a frozen estimator trained on window rows (python -m spa_reward.progress.train --layout window "
-                   "--history-length k) or env.history=full")
+        out.append(f"env.history=window with algorithm.reward={reward}: this reward manager is not known to score a "
+                   "window session row by row (spa_reward/layout.py) nor to train on a session's rows as one "
+                   f"episode; use algorithm.reward in {WINDOW_REWARDS} or env.history=full")
     penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
     if str(estimator) == "grpo" and penalty not in (None, 0, 0.0):
         out.append(f"env.history=window with grpo and algorithm.invalid_penalty={penalty}: verl's multi-trajectory "

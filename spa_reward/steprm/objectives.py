@@ -16,6 +16,12 @@ Two objectives share one service (:mod:`spa_reward.steprm.service`):
   head's logit at the action's last token; :func:`discriminator_loss` = binary cross-entropy (expert steps 1, agent
   steps 0); reward :func:`irl_reward` = ``clip(log D - log(1 - D)) = clip(l)``.
 
+Window layout (``env.history=window``: one row per env step): an episode's turns are spread over several rows;
+``episode`` (rows,) long says which episode each row belongs to. :func:`episode_trajectory_scores` is
+``Q = mean over ALL the episode's turns`` and :func:`progress_loss` with ``episode_index`` regresses the sum of
+the episode's rows' ``c_t`` (the offline trainer's ``spa_reward.progress.train.episode_predictions``). With one
+row per episode both give exactly the packed numbers.
+
 Turns are given by a per-token turn index (bs, L) long: the 0-based turn a token belongs to, -1 for tokens outside
 every assistant turn (prompt, observations, padding); :func:`span_turn_index` builds it from turn spans and
 ``spa_reward.turns.turn_index`` from a response mask.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +103,24 @@ def trajectory_scores(step_rewards: torch.Tensor, turn_valid: torch.Tensor) -> t
     return (step_rewards * valid).sum(-1) / valid.sum(-1).clamp(min=1.0)
 
 
+def episode_trajectory_scores(step_rewards: torch.Tensor, turn_valid: torch.Tensor, episode: torch.Tensor,
+                              num_episodes: int) -> torch.Tensor:
+    """(E,) ``Q_e = mean over the valid turns of every row of episode e of r_t`` (window layout); 0 for an episode
+    without turns. One row per episode (``episode`` = arange) gives :func:`trajectory_scores`.
+
+    Args:
+        step_rewards: (rows, K) per-turn values of each row (``beta * q_t``).
+        turn_valid: (rows, K) bool.
+        episode: (rows,) long in ``[0, num_episodes)``.
+        num_episodes: E.
+    """
+    valid = turn_valid.to(step_rewards.dtype)
+    zeros = torch.zeros(num_episodes, dtype=step_rewards.dtype, device=step_rewards.device)
+    sums = zeros.index_add(0, episode, (step_rewards * valid).sum(-1))
+    counts = zeros.index_add(0, episode, valid.sum(-1))
+    return sums / counts.clamp(min=1.0)
+
+
 def dpo_pairs(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """(bs, bs) bool: ``[w, l]`` is True for every (success w, failure l) pair of the same group.
 
@@ -165,21 +190,31 @@ def irl_reward(logits: torch.Tensor, clip: float) -> torch.Tensor:
     return x.clamp(-clip, clip)
 
 
-def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-    """SPA's MSE: mean over rows of ``(sum_t c_t - R)^2``.
+def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor,
+                  episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SPA's MSE: mean over episodes of ``(sum_t c_t - R)^2``.
 
     Args:
-        contributions: (bs, K) c_t (padded turns are ignored through ``turn_valid``).
-        turn_valid: (bs, K) bool.
-        rewards: (bs,) episode rewards R.
+        contributions: (rows, K) c_t (padded turns are ignored through ``turn_valid``).
+        turn_valid: (rows, K) bool.
+        rewards: (E,) episode rewards R; E = rows without ``episode_index``.
+        episode_index: (rows,) long, the episode of each row (window layout): an episode's ``sum_t c_t`` is the
+            sum over its rows, added up with the offline trainer's ``episode_predictions`` (index_add).
     """
-    total = (contributions.float() * turn_valid.float()).sum(-1)
-    return ((total - rewards.float()) ** 2).mean()
+    if episode_index is None:
+        total = (contributions.float() * turn_valid.float()).sum(-1)
+    else:
+        from spa_reward.progress.train import episode_predictions
+
+        masked = contributions.float() * turn_valid.float()
+        total = episode_predictions(masked, {"episode_index": episode_index.to(masked.device), "rewards": rewards})
+    return ((total - rewards.float().to(total.device)) ** 2).mean()
 
 
 __all__ = [
     "discriminator_loss",
     "dpo_pairs",
+    "episode_trajectory_scores",
     "irl_reward",
     "step_dpo_loss",
     "progress_loss",

@@ -24,6 +24,13 @@ An item is a dict::
     ref_logprobs   list[float]        implicit + reference=rollout: log-prob of every input token under the rollout
                                       policy (aligned with input_ids; prompt positions are ignored)
     uid, success, reward              for ``update``: the group id, won (implicit) and the episode reward R (progress)
+    episode        str                optional, for ``update``: the episode the row belongs to. In the window layout
+                                      (``env.history=window``) an episode is several rows, one per step (the
+                                      trainer hooks pass ``{uid}_{session_id}`` from the TransferQueue keys); the
+                                      losses then aggregate over the episode's rows: iStar's ``Q`` is the mean of
+                                      ``beta * q_t`` over all its turns, the progress target is ``sum of its rows'
+                                      c_t ~ R``. Rows of one episode must agree on uid, success and reward. Missing
+                                      or empty: the item is an episode of its own (the packed layout).
 
 The pair losses (``step_dpo``, ``bce``: StepAgent) train on *pair items* instead (``update`` only; scoring takes
 the items above)::
@@ -198,6 +205,7 @@ class _Item:
     uid: str = ""
     success: bool = False
     reward: float = 0.0
+    episode: str = ""  # "" = an episode of its own (packed layout); window layout: "{uid}_{session_id}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -236,8 +244,38 @@ def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bo
             if len(ref) != len(ids):
                 raise ValueError(f"item {i}: {len(ref)} ref_logprobs for {len(ids)} input_ids")
         out.append(_Item(ids, int(it.get("prompt_length") or 0), spans, ref, str(it.get("uid", "")),
-                         bool(it.get("success", False)), float(it.get("reward", 0.0))))
+                         bool(it.get("success", False)), float(it.get("reward", 0.0)), str(it.get("episode") or "")))
+    _check_episodes(out)
     return out
+
+
+def _check_episodes(items: Sequence[_Item]) -> None:
+    """Rows of one episode (same non-empty ``episode``) must agree on uid, success and reward."""
+    first: dict[str, int] = {}
+    for i, it in enumerate(items):
+        if not it.episode:
+            continue
+        j = first.setdefault(it.episode, i)
+        a = items[j]
+        for name in ("uid", "success", "reward"):
+            if getattr(it, name) != getattr(a, name):
+                raise ValueError(f"item {i}: episode {it.episode!r} has {name}={getattr(it, name)!r} here and "
+                                 f"{getattr(a, name)!r} at item {j}; the rows of one episode share its uid, success "
+                                 "and reward")
+
+
+def episode_index(items: Sequence[_Item]) -> tuple[torch.Tensor, list[int]]:
+    """``(index (rows,) long, first row of each episode)``: rows with the same non-empty ``episode`` are one
+    episode (numbered in order of first appearance); a row with an empty ``episode`` is an episode of its own."""
+    ids: dict[str, int] = {}
+    index, first = [], []
+    for i, it in enumerate(items):
+        key = it.episode if it.episode else f"\0row{i}"  # "\0": never a real key
+        e = ids.setdefault(key, len(ids))
+        if e == len(first):
+            first.append(i)
+        index.append(e)
+    return torch.tensor(index, dtype=torch.long), first
 
 
 def parse_pair_items(batch: Sequence[Mapping[str, Any]], tag: str = "") -> tuple[list[_Item], int]:
@@ -484,6 +522,9 @@ class StepRewardModel:
                 self.stats["identical_pairs"] += identical
             else:
                 items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
+                for it in items:  # episode keys unique over the replay window
+                    if it.episode:
+                        it.episode = f"{self.version}/{it.episode}"
             self.window.append([it for it in items if it.spans])
             data = [it for b in self.window for it in b]
             torch.manual_seed(s.seed * 1_000_003 + self.version)
@@ -494,12 +535,13 @@ class StepRewardModel:
             self._sync_serving()
             self.version += 1
             self.stats["updates"] += 1
-            self.stats["trained_episodes"] += len(items)
+            self.stats["trained_episodes"] += len(episode_index(items)[1])
         return {
             "steprm/loss": float(sum(losses) / len(losses)) if losses else 0.0,
             "steprm/loss_first": float(losses[0]) if losses else 0.0,
             "steprm/pairs": float(pairs),
-            "steprm/episodes": float(len(data)),  # pair losses: one-turn items, two per pair
+            "steprm/episodes": float(len(episode_index(data)[1])),  # pair losses: one-turn items, two per pair
+            "steprm/rows": float(len(data)),
             "steprm/version": float(self.version),
         }
 
@@ -519,6 +561,9 @@ class StepRewardModel:
             return self._bce_step(prepared, data)
         if s.loss == "step_dpo":
             return self._step_dpo_step(prepared, data)
+        episode, first = episode_index(data)
+        if len(first) < n:  # window layout: an episode spans several rows
+            return self._episode_step(prepared, data, episode, first)
         if s.objective == "progress":
             rewards = torch.tensor([it.reward for it in data], dtype=torch.float32)
             total = 0.0
@@ -551,6 +596,43 @@ class StepRewardModel:
             valid = (torch.arange(values.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(values.device)
             scores = obj.trajectory_scores(values, valid)
             (scores * grad_q[chunk].to(scores.device)).sum().backward()
+        self._clip_and_step()
+        return float(loss.detach()), pairs
+
+    def _episode_step(self, prepared: list, data: list[_Item], episode: torch.Tensor, first: list[int]
+                      ) -> tuple[float, int]:
+        """The progress / trajectory-DPO loss when an episode spans several rows (window layout): the per-turn
+        values V (rows, K) of every row from a no-grad pass, the loss of the episodes and dL/dV from them, then
+        ``sum(V * dL/dV)`` back-propagated micro-batch by micro-batch (exact; memory of one micro-batch, one extra
+        forward per step for progress). Progress: MSE(sum of the episode's rows' c_t, R); implicit: iStar's DPO
+        over (success, failure) episodes of one uid group with ``Q`` = the mean of ``beta * q_t`` over all the
+        episode's turns. Rows of one episode need not share a micro-batch."""
+        n, mb = len(prepared), int(self.settings.micro_batch_size)
+        with torch.no_grad():
+            values = torch.nn.utils.rnn.pad_sequence(self._values(self.model, prepared), batch_first=True)
+        lengths = torch.tensor([len(p[1]) for p in prepared])
+        valid = torch.arange(values.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        v_leaf = values.float().clone().requires_grad_(True)
+        heads = [data[i] for i in first]  # an episode's uid / success / reward (its rows agree: parse_items)
+        if self.settings.objective == "progress":
+            rewards = torch.tensor([it.reward for it in heads], dtype=torch.float32)
+            loss, pairs = obj.progress_loss(v_leaf, valid, rewards, episode_index=episode), 0
+        else:
+            groups: dict[str, int] = {}
+            group = torch.tensor([groups.setdefault(it.uid, len(groups)) for it in heads])
+            success = torch.tensor([it.success for it in heads])
+            scores = obj.episode_trajectory_scores(v_leaf, valid, episode, len(first))
+            loss, pairs = obj.trajectory_dpo_loss(scores, success, group)
+            if pairs == 0:
+                return 0.0, 0
+        (grad_v,) = torch.autograd.grad(loss, v_leaf)
+        for start in range(0, n, mb):
+            chunk = list(range(start, min(n, start + mb)))
+            if not bool((grad_v[chunk] != 0).any()):
+                continue
+            out = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # (mb, K') c_t or beta * q_t
+            g = grad_v[chunk, : out.shape[1]].to(out.device)
+            (out[:, : g.shape[1]].float() * g).sum().backward()
         self._clip_and_step()
         return float(loss.detach()), pairs
 
@@ -1009,5 +1091,5 @@ async def call_service(handle, name: str, method: str, *args, retry_wait_s: floa
 
 
 __all__ = ["LOSSES", "OBJECTIVES", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
-           "StepRewardServiceActor", "call_service", "lookup_service", "parse_items", "parse_pair_items",
-           "publish_state", "restore_state", "start_service"]
+           "StepRewardServiceActor", "call_service", "episode_index", "lookup_service", "parse_items",
+           "parse_pair_items", "publish_state", "restore_state", "start_service"]

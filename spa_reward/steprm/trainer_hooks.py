@@ -13,10 +13,15 @@
   episodes excluded). StepAgent ``implicit`` / ``irl`` add ``beta * q_t`` / ``clip(logit_t)`` on every policy turn
   the same way (prefix turns carry mask 0, so they are no turns and get nothing), then train on the batch's
   unmatched compared turns (:func:`stepagent_pairs`). Metrics ``steprm/*``, ``stepagent/*``.
+  Window layout (``env.history=window``, one row per step): every item carries its episode, ``{uid}_{session_id}``
+  from the TransferQueue keys (:func:`spa_reward.trainer.session_layout`), so the service trains on a session's
+  rows as one episode (iStar: Q = mean of beta * q_t over all its turns, pairs of episodes; online SPA: the sum of
+  its rows' c_t regressed onto R); scoring stays per row (each row's reply, its own old log-probs). A row failed
+  by the env drops its whole episode from training. StepAgent pairs come from the step-0 row.
 * ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
   ``<global_step_N>/steprm`` beside verl's actor checkpoint.
 * Restarts: an online service publishes its state to ``<trainer.default_local_dir>/steprm_latest`` after every
-  update and load and restores it itself when Ray restarts it (``service.StepRewardServiceActor``). Before each
+  update (every ``publish_every``-th) and load and restores it itself when Ray restarts it (``service.StepRewardServiceActor``). Before each
   call the hooks compare the service's ``incarnation`` and ``version`` with what they expect (the version after
   their last update): a new incarnation is a restart (counted, ``steprm/restarts``); a version other than the
   expected one, or an actor that could not restore itself (and no checkpoint of this run at the expected version
@@ -139,14 +144,19 @@ def episode_items(
     episode_rewards: Sequence[float],
     old_log_probs: Optional[Sequence[torch.Tensor]] = None,
     reward_scale: float = 1.0,
+    episodes: Optional[Sequence[str]] = None,
 ) -> tuple[list[dict], list[bool]]:
     """Service items (``input_ids``, ``prompt_length``, ``turn_spans``, ``ref_logprobs``, ``uid``, ``success``,
-    ``reward``) for one batch of rows, and which rows may train (not failed by the env, at least one turn).
+    ``reward``, ``episode``) for one batch of rows, and which rows may train (at least one turn, and no row of
+    their episode failed by the env).
 
     Turns are the runs of 1 in each row's response mask (as the advantage estimators see them); ``success`` is
     the episode's ``won``; ``reward`` is the raw env reward R / ``reward_scale`` (what the progress estimator
-    regresses onto, as in the collected records)."""
-    items, trainable = [], []
+    regresses onto, as in the collected records). ``episodes`` (rows,): the episode of each row,
+    ``{uid}_{session_id}`` from the TransferQueue keys (:func:`spa_reward.trainer.session_layout`); in the window
+    layout the rows of one session are one episode, which the service's losses aggregate over. None: every row is
+    an episode of its own (the packed layout)."""
+    items, trainable, failed_rows = [], [], []
     for i, (p, r, m) in enumerate(zip(prompts, responses, response_masks)):
         p, r, m = p.reshape(-1), r.reshape(-1), m.reshape(-1)
         n = int(m.numel())
@@ -161,10 +171,23 @@ def episode_items(
         if old_log_probs is not None:
             lp = old_log_probs[i].reshape(-1).float()
             item["ref_logprobs"] = [0.0] * plen + lp[:n].tolist() + [0.0] * max(0, n - int(lp.numel()))
+        if episodes is not None:
+            item["episode"] = str(episodes[i])
         items.append(item)
         failed = bool(info.get("env_failed", False)) or bool(info.get("env_error", ""))
         trainable.append(bool(spans) and not failed)
+        failed_rows.append(failed)
+    if episodes is not None and any(failed_rows):  # a failed row fails its whole episode (never half an episode)
+        bad = {str(e) for e, f in zip(episodes, failed_rows) if f}
+        trainable = [ok and str(e) not in bad for ok, e in zip(trainable, episodes)]
     return items, trainable
+
+
+def skipped_episodes(items: Sequence[dict], trainable: Sequence[bool]) -> int:
+    """Episodes (an item's ``episode``, else the item itself) none of whose rows may train."""
+    keys = [it.get("episode") or f"\0row{i}" for i, it in enumerate(items)]
+    kept = {k for k, ok in zip(keys, trainable) if ok}
+    return len(set(keys) - kept)
 
 
 def stepagent_pairs(items: Sequence[dict], trainable: Sequence[bool], stepagent: Sequence[Any],
@@ -397,13 +420,16 @@ class StepRewardHooks:
         """The per-batch step on plain columns (lists of per-row tensors / values): returns the new per-row
         ``rm_scores`` for ``istar`` and StepAgent implicit / irl (None otherwise) and trains an online service
         afterwards. StepAgent needs ``columns["stepagent"]`` (the agent loop's per-row dict) and takes the optional
-        ``columns["step_index"]`` (window layout)."""
+        ``columns["step_index"]`` (window layout). The optional ``columns["episode"]`` (``{uid}_{session_id}`` per
+        row, :meth:`on_batch` fills it from the TransferQueue keys) groups the rows of a window-layout session into
+        one training episode; without it every row is an episode."""
         if not self.trains:
             return None
         items, trainable = episode_items(
             columns["prompts"], columns["responses"], columns["response_mask"], columns["uid"],
             columns["episode_info"], columns["episode_reward"],
-            columns.get("old_log_probs") if self.implicit and self._rollout_reference else None, self.reward_scale)
+            columns.get("old_log_probs") if self.implicit and self._rollout_reference else None, self.reward_scale,
+            columns.get("episode"))
         new_scores = None
         if self.scores_turns:
             rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
@@ -418,10 +444,9 @@ class StepRewardHooks:
                                    "(recipe.spa expert-prefix episodes, algorithm.stepagent.expert_path)")
             train, counts = stepagent_pairs(items, trainable, columns["stepagent"], columns.get("step_index"))
             metrics.update(counts)
-            metrics["steprm/skipped_episodes"] = float(sum(not ok for ok in trainable))
         else:
             train = [it for it, ok in zip(items, trainable) if ok]
-            metrics["steprm/skipped_episodes"] = float(len(items) - len(train))
+        metrics["steprm/skipped_episodes"] = float(skipped_episodes(items, trainable))
         if train:
             metrics.update(_run(self._call("update", train)))
         return new_scores
@@ -455,10 +480,11 @@ class StepRewardHooks:
                 cols[name] = list(value.unbind()) if value.is_nested else list(value)
             else:
                 cols[name] = column(data, name)
-        if self.stepagent:
-            from spa_reward.trainer import session_layout
+        from spa_reward.trainer import session_layout  # {uid}_{session_id}_{index}: one session = one episode
 
-            cols["step_index"] = [int(x) for x in session_layout(list(batch.keys))[1]]
+        sessions, step_index, _ = session_layout(list(batch.keys))
+        cols["episode"] = list(sessions)
+        cols["step_index"] = [int(x) for x in step_index]
         new_scores = self.process(cols, metrics)
         if new_scores is not None:
             from verl.utils import tensordict_utils as tu
@@ -487,7 +513,8 @@ class StepRewardHooks:
         self.last_saved = (path, self.expected["version"])
 
 
-__all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan", "stepagent_pairs"]
+__all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan",
+           "skipped_episodes", "stepagent_pairs"]
 
 
 def plan_problems(cfg: Any) -> list[str]:

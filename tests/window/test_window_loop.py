@@ -190,15 +190,14 @@ def test_composed_config_refuses_estimators_without_session_support():
     assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=spa")) == []
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=spa", "critic.enable=true"))
     assert len(bad) == 1 and "critic.enable=true" in bad[0]
-    # a frozen estimator (trained with --layout window) scores window rows; the online one and iStar are refused
+    # an estimator trained with --layout window scores window rows, frozen or online; iStar's PRM trains on a
+    # session's rows as one episode (tests/window/test_window_steprm.py)
     assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
                                              "algorithm.reward=spa")) == []
-    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
-                                            "algorithm.reward=spa", "algorithm.spa.online.enable=true"))
-    assert len(bad) == 1 and "online.enable=true" in bad[0] and "--layout window" in bad[0]
-    bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
-                                            "algorithm.reward=istar"))
-    assert len(bad) == 1 and "algorithm.reward=istar" in bad[0] and "not grouped into episodes" in bad[0]
+    assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
+                                             "algorithm.reward=spa", "algorithm.spa.online.enable=true")) == []
+    assert env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=gigpo",
+                                             "algorithm.reward=istar")) == []
     bad = env_block_problems(trainer_config("env.history=window", "algorithm.adv_estimator=grpo",
                                             "algorithm.invalid_penalty=0.1"))
     assert len(bad) == 1 and "invalid_penalty=0.1" in bad[0] and "final row only" in bad[0]
