@@ -972,7 +972,7 @@ def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: s
     ax1.set(xlabel="RL episodes", ylabel=f"success rate (moving avg, {window} batches)", ylim=(-0.02, 1.02), title=title)
     ax1.axhline(0.5, color="grey", lw=0.5, ls=":")
     ax1.axhline(0.8, color="grey", lw=0.5, ls=":")
-    ax1.legend(loc="upper left", fontsize=7, ncol=2)
+    ax1.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.5)
     ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.05),
             title="credit assignment: advantage / contribution vs true worth")
     ax2.axhline(0, color="grey", lw=0.5)
