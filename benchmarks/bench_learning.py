@@ -1,4 +1,5 @@
-"""Does it learn? A CPU credit-assignment benchmark: GRPO vs GiGPO vs SPA on one small task with delayed reward.
+"""Does it learn? A CPU credit-assignment benchmark: GRPO vs GiGPO vs SPA vs iStar vs StepAgent on one small task
+with delayed reward.
 
 The task (``LockEnv``, a :class:`envs.base.TextEnv`): open a combination lock of ``n_stages`` stages by pulling
 levers. At every stage one lever advances the lock, ``n_traps`` levers reset it to stage 0, ``n_invalid`` levers
@@ -45,12 +46,34 @@ own code on verl-shaped tensors, exactly as in a verl run:
     exactly before the first update) is the closest faithful variant and is run beside it.
   The PRM / online learning rates are the benchmark's (``--online-lr``, ``--prm-lr``, default 1e-3 for models of
   a few thousand weights trained from scratch); the recipe's 1e-5 / 1e-6 are for billion-weight checkpoints.
+* StepAgent (``stepagent*``, ``algorithm.reward=stepagent``, ``examples/rl_stepagent.sh``'s defaults: ADV=spa,
+  mean_norm, match_reward 1, grounding_beta 0): the lock's expert pulls the advancing lever of each stage
+  (:func:`lock_expert`, L = n_stages). Each training episode starts from an expert prefix as the recipe's agent loop
+  plays it (``recipe.spa.expert_prefix``): k = ``spa_reward.stepagent.settings.prefix_length(prefix, L, step,
+  reverse_steps, seed, key=task_id)`` (step = the iteration + 1, as verl's ``global_steps``; seed = the run seed;
+  one k per group), the first k expert levers are stepped in the env (they count toward ``max_steps``) and sit in
+  the response with mask 0 (context: no log-prob, no advantage, no reward); the policy's first step is compared
+  with a*_k by ``Inspection.compare`` and the episode carries the agent loop's ``stepagent`` dict
+  (context_length, expert_reply_ids = the expert lever's token, compared, match). Rewards: the ``stepagent``
+  reward manager's (``spa_reward.fusion.stepagent_turn_rewards``): ``stepagent`` (+-1 on the compared turn, R on
+  the last; uniform k), ``stepagent_reverse`` (the reverse curriculum, k from L-1 to 0 over ``--reverse-steps``,
+  default half the iterations, so the second half trains from the start state like every other method);
+  ``stepagent_irl`` / ``stepagent_implicit`` add the step-reward service's reward on every policy turn through
+  ``StepRewardHooks.process`` with the ``stepagent`` column (discriminator clip(logit) / beta q_t with a frozen
+  reference) and train it on the batch's unmatched compared turns (tiny models over the lock vocabulary, as
+  ``istar``); ``stepagent_irl_8steps`` (diagnostic) gives the discriminator 8 optimiser steps per batch instead of
+  the recipe's 1. A prefix makes the task shorter, so a StepAgent method's success is measured on an extra batch
+  per iteration from the start state (the same tasks, same size, temperature 1, never trained on; counted in the
+  table's ``extra episodes``); ``train_success`` (with prefixes), ``match_rate`` and ``prefix_mean`` (mean k) are
+  kept in the JSON.
 
 Methods are the entries of ``METHODS`` (name -> reward function, advantage estimator, algorithm overrides,
-optional preparation step); add StepAgent by adding an entry. Default: ``grpo``, ``gigpo``
+optional preparation step, expert-prefix flag). Default: ``grpo``, ``gigpo``
 (outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0), two diagnostics
 with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``, and the step-reward
-service methods ``spa_online``, ``spa_online_nog``, ``istar``, ``istar_frozen``; ``grpo_pen`` (GRPO with
+service methods ``spa_online``, ``spa_online_nog``, ``istar``, ``istar_frozen``, the StepAgent methods
+``stepagent``, ``stepagent_reverse``, ``stepagent_irl``, ``stepagent_implicit`` and ``stepagent_irl_8steps``;
+``grpo_pen`` (GRPO with
 ``examples/``' invalid-action penalty 0.1) is available by name. Every method gets the same policy, optimiser,
 seeds, tasks and RL episode budget and the recipe's ``algorithm`` block (``recipe/spa/config/spa_trainer.yaml``:
 gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ. spa's exploration episodes come
@@ -245,21 +268,80 @@ class Episode:
     events: list[str] = field(default_factory=list)
     reward: float = 0.0
     won: bool = False
+    # StepAgent: the expert levers replayed before the policy acted, their response tokens (each lever token and the
+    # observation after it; all mask 0: context, not policy turns) and the agent loop's ``stepagent`` dict
+    prefix_actions: list[int] = field(default_factory=list)
+    prefix_ids: list[int] = field(default_factory=list)
+    stepagent: dict | None = None
+
+
+def lock_expert(task: LockTask) -> dict:
+    """The lock's expert demonstrations as ``envs.expert.ExpertDemo`` (what the recipe reads from
+    ``algorithm.stepagent.expert_path``): per task, the advancing lever of each stage (L = n_stages actions) and the
+    state anchor after each."""
+    from envs.expert import ExpertDemo
+
+    roles = lock_layout(task)
+    demos = {}
+    for t in range(task.n_tasks):
+        levers = [int(np.nonzero(roles[t, s] == 1)[0][0]) for s in range(task.n_stages)]
+        demos[f"lock-{t}"] = ExpertDemo(
+            task_id=f"lock-{t}", env_name=LockEnv.name, actions=tuple(f"lever{a}" for a in levers),
+            anchors=tuple(f"lock-{t}|stage{s + 1}" for s in range(task.n_stages)),
+        )
+    return demos
+
+
+def play_expert_prefix(env: LockEnv, insp, ep: Episode, vocab: Vocab, obs: str, info: dict) -> tuple[str, dict]:
+    """StepAgent inspection, as ``recipe.spa.expert_prefix`` runs it (packed layout): after the reset, step the
+    expert's first ``insp.k`` actions in the env (they count toward ``max_steps``) and append each as response tokens
+    with mask 0 (the lever token, then its observation); a step that does not execute or does not reach the demo's
+    anchor stops the prefix (``diverged``: nothing is compared). Then fix what the first policy turn is compared
+    with: a*_k, its reply tokens (the lever token) and ``context_length`` (tokens before that turn). Returns the
+    observation and info of the state the policy acts on first."""
+    insp.begin(env.max_steps, info)
+    for j in range(insp.k):
+        action = insp.demo.actions[j]
+        obs, _, done, info = env.step(action)
+        insp.prefix_turns = j + 1
+        ep.prefix_actions.append(env.actions.index(action))
+        ep.prefix_ids += [vocab.ids[action], vocab.ids["<obs>"]] + vocab.encode(obs)
+        if done:  # k <= L - 1 advances cannot open the lock and k <= max_steps - 1 cannot truncate
+            raise RuntimeError(f"the expert prefix of {ep.task_id} ended the episode after {j + 1} of k={insp.k}")
+        if not info["executable"] or str(info["anchor"]) != insp.demo.anchors[j]:
+            insp.diverged = True
+            break
+    if insp.will_compare:
+        insp.expert_action = insp.demo.actions[insp.prefix_turns]
+        insp.expert_reply_ids = [vocab.ids[insp.expert_action]]
+        insp.context_length = len(ep.prompt_ids) + len(ep.prefix_ids)
+    return obs, info
 
 
 def rollout(policy: Policy, task: LockTask, vocab: Vocab, task_ids: list[str], uids: list[str],
-            gen: torch.Generator) -> list[Episode]:
-    """Play one episode per task id with the policy at temperature 1, all envs stepped in lockstep."""
+            gen: torch.Generator, inspections: list | None = None) -> list[Episode]:
+    """Play one episode per task id with the policy at temperature 1, all envs stepped in lockstep.
+
+    ``inspections`` (StepAgent, one ``recipe.spa.expert_prefix.Inspection`` or None per episode): replay that
+    episode's expert prefix first (:func:`play_expert_prefix`; the policy's first input is the state it reached and
+    the last expert lever as the previous action), compare the first policy action with a*_k
+    (``Inspection.compare``) and store the ``stepagent`` dict on the episode."""
     envs = [LockEnv(task) for _ in task_ids]
     eps, feats, active = [], [], []
     none_id = vocab.ids["<none>"]
-    for env, tid, uid in zip(envs, task_ids, uids):
+    insps = inspections if inspections is not None else [None] * len(task_ids)
+    for env, tid, uid, insp in zip(envs, task_ids, uids, insps):
         obs, info = env.reset(tid)
         words = vocab.encode(obs)
         ep = Episode(tid, uid, [vocab.ids["<bos>"], vocab.ids["<task>"]] + [vocab.ids["<obs>"]] + words)
+        last = none_id
+        if insp is not None:
+            obs, info = play_expert_prefix(env, insp, ep, vocab, obs, info)
+            words = vocab.encode(obs)
+            last = vocab.ids[f"lever{ep.prefix_actions[-1]}"] if ep.prefix_actions else none_id
         ep.anchors.append(info["anchor"])
         eps.append(ep)
-        feats.append(words + [none_id])
+        feats.append(words + [last])
     active = list(range(len(envs)))
     with torch.no_grad():
         while active:
@@ -278,6 +360,9 @@ def rollout(policy: Policy, task: LockTask, vocab: Vocab, task_ids: list[str], u
                 ep.executable.append(bool(info["executable"]))
                 ep.worth.append(float(info["worth"]))
                 ep.events.append(info["event"])
+                insp = insps[i]
+                if insp is not None and len(ep.actions) == 1 and insp.will_compare:
+                    insp.compare(envs[i].actions[a], bool(info["executable"]), str(info.get("anchor", "")))
                 if done:
                     ep.reward, ep.won = float(reward), bool(info["won"])
                 else:
@@ -285,6 +370,9 @@ def rollout(policy: Policy, task: LockTask, vocab: Vocab, task_ids: list[str], u
                     feats[i] = words + [vocab.ids[f"lever{a}"]]
                     still.append(i)
             active = still
+    for ep, insp in zip(eps, insps):
+        if insp is not None:
+            ep.stepagent = insp.as_dict()
     return eps
 
 
@@ -292,9 +380,10 @@ def rollout(policy: Policy, task: LockTask, vocab: Vocab, task_ids: list[str], u
 
 
 def response_layout(ep: Episode) -> tuple[list[int], list[int]]:
-    """verl's response row after the prompt: each turn = its action token (mask 1) then the next observation's
-    tokens (mask 0), no observation after the last turn. Returns (response_mask, position of each turn's token)."""
-    mask, pos = [], []
+    """verl's response row after the prompt: the expert prefix's tokens (StepAgent; mask 0), then each turn = its
+    action token (mask 1) then the next observation's tokens (mask 0), no observation after the last turn.
+    Returns (response_mask, position of each turn's token)."""
+    mask, pos = [0] * len(ep.prefix_ids), []
     for t in range(len(ep.actions)):
         pos.append(len(mask))
         mask.append(1)
@@ -305,7 +394,7 @@ def response_layout(ep: Episode) -> tuple[list[int], list[int]]:
 
 def estimator_sequence(ep: Episode, vocab: Vocab) -> tuple[list[int], list[int]]:
     """Full token sequence (prompt + response) for the progress estimator and the index of each turn's token."""
-    ids, ends = list(ep.prompt_ids), []
+    ids, ends = list(ep.prompt_ids) + list(ep.prefix_ids), []
     for t, a in enumerate(ep.actions):
         ends.append(len(ids))
         ids.append(vocab.ids[f"lever{a}"])
@@ -553,18 +642,115 @@ def istar_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]
                      "c_lag1_pearson": _lag1_pearson(q, eps), "steprm_loss": metrics.get("steprm/loss", float("nan"))}
 
 
+# ---------------------------------------------------------------------------------------------- StepAgent
+
+
+def iterations(args) -> int:
+    """RL iterations (= verl training steps) of a run: the episode budget over the batch size."""
+    return max(1, args.episodes // (args.tasks_per_batch * args.group_size))
+
+
+def prepare_stepagent(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path,
+                      algo=None) -> dict:
+    """StepAgent's settings (``algorithm.stepagent`` of the method's block, read by the recipe's
+    ``StepAgentSettings``; ``seed`` = the run seed so seeds draw different k; ``reverse_steps`` from
+    ``--reverse-steps``, default half the run's iterations), the lock's expert demonstrations and, for modes
+    ``implicit`` / ``irl``, the trainer's ``StepRewardHooks`` serving from an in-process ``StepRewardModel``: a tiny
+    causal Llama (implicit: step-level DPO, frozen reference) or that backbone + a linear head (irl: the
+    discriminator) over the lock vocabulary, as ``istar``'s PRM."""
+    from omegaconf import OmegaConf
+
+    from spa_reward.progress.model import build_tiny_backbone_config
+    from spa_reward.stepagent.settings import StepAgentSettings
+
+    settings = StepAgentSettings.from_config(OmegaConf.create({"algorithm": OmegaConf.to_container(algo)}))
+    settings.seed = seed
+    if settings.prefix == "reverse":
+        settings.reverse_steps = int(args.reverse_steps or max(1, iterations(args) // 2))
+    problems = [p for p in settings.problems() if "expert_path" not in p]  # the experts are built here, in process
+    if problems:
+        raise ValueError("stepagent: " + "; ".join(problems))
+    ctx = {"settings": settings, "demos": lock_expert(task), "vocab": vocab,
+           "info": {"prefix": settings.prefix, "reverse_steps": settings.reverse_steps if settings.prefix == "reverse"
+                    else None}}
+    if settings.mode in ("implicit", "irl"):
+        backbone = build_tiny_backbone_config(vocab_size=vocab.size, hidden_size=args.est_hidden, num_layers=2,
+                                              num_heads=4, max_position_embeddings=256, pad_token_id=vocab.ids["<pad>"])
+        ctx["hooks"] = _step_reward_hooks(algo, {"backbone_config": backbone, "model_path": None, "device": "cpu",
+                                                 "dtype": "float32", "gradient_checkpointing": False,
+                                                 "lr": args.prm_lr, "micro_batch_size": 64, "seed": seed})
+    return ctx
+
+
+def stepagent_inspections(ctx: dict, task_ids: list[str], global_step: int) -> list:
+    """One ``recipe.spa.expert_prefix.Inspection`` per training episode, as ``ExpertPrefix.start`` plans it:
+    k = ``prefix_length(prefix, L, global_step, reverse_steps, seed, key=task_id)``, so a group (one task in one
+    step) shares k."""
+    from recipe.spa.expert_prefix import Inspection
+    from spa_reward.stepagent.settings import prefix_length
+
+    s = ctx["settings"]
+    out = []
+    for tid in task_ids:
+        demo = ctx["demos"][tid]
+        out.append(Inspection(demo, prefix_length(s.prefix, len(demo), global_step, s.reverse_steps, s.seed, key=tid)))
+    return out
+
+
+def stepagent_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
+    """StepAgent, as the recipe runs it: the ``stepagent`` reward manager's per-turn reward
+    (``spa_reward.fusion.stepagent_turn_rewards``: +-match_reward on the compared turn in mode ``match``,
+    grounding_beta * g_t, R on the last turn; whether the row matched read by ``StepAgentRewardManager.compared``
+    from the episode's ``stepagent`` dict), then for ``implicit`` / ``irl`` ``StepRewardHooks.process`` on the
+    trainer's columns plus the ``stepagent`` column: scores every policy turn with the pre-update PRM /
+    discriminator (beta * q_t / clip(logit)), adds it on the turn's token and trains on the batch's unmatched
+    compared turns (``stepagent_pairs``). The diagnostic c_t is the step-reward part (the match term, or the
+    service's reward)."""
+    from spa_reward.fusion import stepagent_turn_rewards
+    from spa_reward.reward_manager import StepAgentRewardManager
+    from spa_reward.stepagent.settings import STEPAGENT_KEY
+
+    s = ctx["settings"]
+
+    def manager(ep: Episode, matched):
+        return stepagent_turn_rewards(len(ep.actions), ep.executable, ep.reward, matched, mode=s.mode,
+                                      match_reward=float(s.match_reward), grounding_beta=float(s.grounding_beta),
+                                      invalid_penalty=algo.invalid_penalty)[0]
+
+    rewards = [manager(ep, StepAgentRewardManager.compared({STEPAGENT_KEY: ep.stepagent or {}})) for ep in eps]
+    metrics: dict = {}
+    if "hooks" in ctx:
+        cols = trainer_columns(eps, ctx["vocab"], rewards)
+        cols["stepagent"] = [ep.stepagent for ep in eps]
+        new_scores = ctx["hooks"].process(cols, metrics)
+        rewards = [row[torch.tensor(response_layout(ep)[1])].tolist() for ep, row in zip(eps, new_scores)]
+    # the step-reward part: what the comparison adds over the env part (grounding, R) of a row without one
+    step = [[a - b for a, b in zip(r, manager(ep, None))] for r, ep in zip(rewards, eps)]
+    compared = [ep.stepagent for ep in eps if ep.stepagent and ep.stepagent["compared"]]
+    flat = [x for c in step for x in c]
+    return rewards, {
+        "c_worth_pearson": _pearson(flat, [w for ep in eps for w in ep.worth]),
+        "c_lag1_pearson": _lag1_pearson(step, eps),
+        "match_rate": float(np.mean([d["match"] for d in compared])) if compared else float("nan"),
+        "prefix_mean": float(np.mean([len(ep.prefix_actions) for ep in eps])),
+        "steprm_loss": metrics.get("steprm/loss", float("nan")), "pairs": metrics.get("stepagent/pairs", 0.0),
+    }
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the comparison: how turns are rewarded, which registered advantage estimator reads them, the
     algorithm overrides that are this method's own documented knobs, and an optional preparation step (e.g.
     training an estimator; called with the method's ``algo`` block) that returns the reward function's context
-    and counts its extra episodes."""
+    and counts its extra episodes. ``expert_prefix`` (StepAgent): training episodes start from an expert prefix
+    (:func:`stepagent_inspections`), and success is measured on an extra batch from the start state."""
 
     reward: Callable[[list[Episode], dict, Any], tuple[list[list[float]], dict]]
     adv_estimator: str
     algorithm: dict = field(default_factory=dict)
     prepare: Callable[..., dict] | None = None
     doc: str = ""
+    expert_prefix: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -589,9 +775,28 @@ METHODS: dict[str, Method] = {
     "istar_frozen": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"},
                                                    "istar": {"reference": "frozen"}}, prepare=prepare_istar,
                            doc="istar with pi_ref = a frozen copy of the initial PRM (q_t = 0 at the start)"),
+    # StepAgent: examples/rl_stepagent.sh's defaults (ADV=spa, mean_norm; match_reward 1, grounding 0, uniform k)
+    "stepagent": Method(stepagent_rewards, "spa", {"reward": "stepagent", "stepagent": {"mode": "match"}},
+                        prepare=prepare_stepagent, expert_prefix=True,
+                        doc="StepAgent match: expert prefix (uniform k), +-1 on the compared turn, R on the last"),
+    "stepagent_reverse": Method(stepagent_rewards, "spa",
+                                {"reward": "stepagent", "stepagent": {"mode": "match", "prefix": "reverse"}},
+                                prepare=prepare_stepagent, expert_prefix=True,
+                                doc="stepagent with the reverse curriculum (k from L-1 to 0 over --reverse-steps)"),
+    "stepagent_irl": Method(stepagent_rewards, "spa", {"reward": "stepagent", "stepagent": {"mode": "irl"}},
+                            prepare=prepare_stepagent, expert_prefix=True,
+                            doc="StepAgent irl: discriminator D(s, a), r_t = clip(logit) on every policy turn"),
+    "stepagent_implicit": Method(stepagent_rewards, "spa", {"reward": "stepagent", "stepagent": {"mode": "implicit"}},
+                                 prepare=prepare_stepagent, expert_prefix=True,
+                                 doc="StepAgent implicit: step-level DPO PRM, r_t = beta q_t on every policy turn"),
+    "stepagent_irl_8steps": Method(stepagent_rewards, "spa",
+                                   {"reward": "stepagent", "stepagent": {"mode": "irl", "steps_per_batch": 8}},
+                                   prepare=prepare_stepagent, expert_prefix=True,
+                                   doc="diagnostic: stepagent_irl with 8 discriminator steps per batch (recipe: 1)"),
 }
 DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog",
-                   "istar", "istar_frozen"]
+                   "istar", "istar_frozen", "stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit",
+                   "stepagent_irl_8steps"]
 
 
 def algorithm_config(overrides: dict):
@@ -656,19 +861,27 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
     ctx, prep = {}, {}
     if method.prepare is not None:
         ctx = method.prepare(seed, policy, task, vocab, args, workdir, algo=algo)
-        prep = ctx.get("info", {})
+        prep = dict(ctx.get("info", {}))
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
+    eval_gen = torch.Generator().manual_seed(20_000 + seed)  # StepAgent's evaluation batches: their own stream
     per_iter = args.tasks_per_batch * args.group_size
-    iters = max(1, args.episodes // per_iter)
+    iters = iterations(args)
     curve = {"episodes": [], "success": [], "adv_worth_pearson": [], "c_worth_pearson": [], "c_lag1_pearson": [],
-             "loss": []}
+             "loss": [], "train_success": [], "match_rate": [], "prefix_mean": []}
     t0 = time.time()
     for it in range(iters):
         locks = rng.sample(range(task.n_tasks), args.tasks_per_batch)
         tids = [f"lock-{k}" for k in locks for _ in range(args.group_size)]
         uids = [f"it{it}-lock{k}" for k in locks for _ in range(args.group_size)]
-        eps = rollout(policy, task, vocab, tids, uids, gen)
+        if method.expert_prefix:  # verl's first training step is global_steps 1
+            eps = rollout(policy, task, vocab, tids, uids, gen, stepagent_inspections(ctx, tids, it + 1))
+            # success without the prefix: the same tasks from the start state, same size, temperature 1, not trained on
+            won = [ep.won for ep in rollout(policy, task, vocab, tids, [u + "-eval" for u in uids], eval_gen)]
+            prep["eval_episodes"] = prep.get("eval_episodes", 0) + len(won)
+        else:
+            eps = rollout(policy, task, vocab, tids, uids, gen)
+            won = [ep.won for ep in eps]
         turn_rewards, diag = method.reward(eps, ctx, algo)
         adv = compute_advantages(eps, turn_rewards, method.adv_estimator, algo)
         if not torch.isfinite(adv).all():
@@ -676,7 +889,10 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
         loss = ppo_update(policy, opt, eps, adv, args)
         flat_adv = [float(x) for i, ep in enumerate(eps) for x in adv[i, : len(ep.actions)]]
         curve["episodes"].append((it + 1) * per_iter)
-        curve["success"].append(float(np.mean([ep.won for ep in eps])))
+        curve["success"].append(float(np.mean(won)))
+        curve["train_success"].append(float(np.mean([ep.won for ep in eps])))
+        curve["match_rate"].append(diag.get("match_rate", float("nan")))
+        curve["prefix_mean"].append(diag.get("prefix_mean", 0.0))
         curve["adv_worth_pearson"].append(_pearson(flat_adv, [w for ep in eps for w in ep.worth]))
         curve["c_worth_pearson"].append(diag.get("c_worth_pearson", float("nan")))
         curve["c_lag1_pearson"].append(diag.get("c_lag1_pearson", float("nan")))
@@ -714,6 +930,9 @@ def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
             at = episodes_to(ep, mean, level)
             reach[level] = f"{'never' if at is None else at} ({seeds_hit}/{len(sm)} seeds)"
         extra = int(np.mean([r["prepare"].get("explore_episodes", 0) for r in mine]))
+        evals = int(np.mean([r["prepare"].get("eval_episodes", 0) for r in mine]))
+        if evals:  # StepAgent: success is measured on these, played from the start state and never trained on
+            extra = f"{extra + evals} (evaluation)" if not extra else f"{extra} + {evals} (evaluation)"
         final = [float(np.mean(r["success"][-window:])) for r in mine]
         adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
         c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
@@ -735,12 +954,14 @@ def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 1]})
-    for name in methods:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.6), gridspec_kw={"width_ratios": [1, 1]})
+    extra_colors = ["black", "darkgoldenrod", "darkblue", "deeppink", "darkgreen", "slategray"]
+    for i, name in enumerate(methods):
         mine = [r for r in runs if r["method"] == name]
         ep = np.array(mine[0]["episodes"])
         sm = np.array([smooth(r["success"], window) for r in mine])
-        line, = ax1.plot(ep, sm.mean(0), label=f"{name} ({len(mine)} seeds)")
+        color = f"C{i}" if i < 10 else extra_colors[(i - 10) % len(extra_colors)]  # the default cycle has 10
+        line, = ax1.plot(ep, sm.mean(0), color=color, label=f"{name} ({len(mine)} seeds)")
         ax1.fill_between(ep, sm.min(0), sm.max(0), color=line.get_color(), alpha=0.18)
         corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
         ax2.plot(ep, corr.mean(0), color=line.get_color(), label=f"{name}: corr(A_t, worth)")
@@ -751,11 +972,11 @@ def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: s
     ax1.set(xlabel="RL episodes", ylabel=f"success rate (moving avg, {window} batches)", ylim=(-0.02, 1.02), title=title)
     ax1.axhline(0.5, color="grey", lw=0.5, ls=":")
     ax1.axhline(0.8, color="grey", lw=0.5, ls=":")
-    ax1.legend(loc="upper left")
+    ax1.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.5)
     ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.05),
             title="credit assignment: advantage / contribution vs true worth")
     ax2.axhline(0, color="grey", lw=0.5)
-    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -789,7 +1010,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--est-batch", type=int, default=64)
     p.add_argument("--est-hidden", type=int, default=32)
     p.add_argument("--online-lr", type=float, default=1e-3, help="spa_online: the progress service's learning rate")
-    p.add_argument("--prm-lr", type=float, default=1e-3, help="istar: the implicit PRM's learning rate")
+    p.add_argument("--prm-lr", type=float, default=1e-3,
+                   help="istar, stepagent_implicit / _irl: the implicit PRM's / discriminator's learning rate")
+    p.add_argument("--reverse-steps", type=int, default=None,
+                   help="stepagent_reverse: steps over which k goes from L-1 to 0 (default: half the iterations)")
     p.add_argument("--n-tasks", type=int, default=LockTask.n_tasks)
     p.add_argument("--n-stages", type=int, default=LockTask.n_stages)
     p.add_argument("--n-actions", type=int, default=LockTask.n_actions)

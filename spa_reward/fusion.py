@@ -8,6 +8,8 @@ Plain functions on Python lists, no torch: the reward managers call them once pe
   SPA-RL's released code uses alpha = 1, beta = 0.5 and no outcome term (R enters only through sum_t c_t ~ R).
 * :func:`outcome_turn_rewards`: the outcome-only baseline, R on the last turn (minus the invalid-action penalty
   on non-executable turns, as GiGPO's ``invalid_action_penalty``).
+* :func:`stepagent_turn_rewards`: StepAgent's per-turn reward (+-match_reward on the compared turn in mode
+  ``match``, grounding, R on the last turn), shared by the ``stepagent`` reward manager and the learning benchmark.
 * :func:`place_turn_rewards`: a dense per-token list with each r_t on its turn's last token.
 
 Non-finite contributions: a NaN/inf c_t is replaced by 0 (the turn keeps its grounding term) and counted in
@@ -135,6 +137,32 @@ def outcome_turn_rewards(
     return rewards
 
 
+def stepagent_turn_rewards(
+    num_turns: int,
+    executable: Sequence[bool],
+    outcome: float,
+    matched: bool | None = None,
+    mode: str = "match",
+    match_reward: float = 1.0,
+    grounding_beta: float = 0.0,
+    invalid_penalty: float = 0.0,
+) -> tuple[list[float], FusionStats]:
+    """StepAgent's per-turn rewards (the ``stepagent`` reward manager's, our reading of arXiv 2411.03817).
+
+    ``r_t = grounding_beta*g_t - invalid_penalty*(1 - g_t)`` on every policy turn, ``+ outcome`` (R) on the last;
+    in mode ``match`` also ``+match_reward`` on turn 0 (the compared turn: the first policy turn after the expert
+    prefix) when ``matched`` is True, ``-match_reward`` when it is False; ``matched=None`` (no compared turn in
+    this row) and the modes ``implicit`` / ``irl`` (their step reward comes from the step-reward service) add no
+    term. ``executable`` needs one flag per turn. Returns ``(rewards, stats)`` as :func:`fuse_turn_rewards`."""
+    bonus = [0.0] * int(num_turns)
+    if mode == "match" and matched is not None and num_turns:
+        bonus[0] = float(match_reward) if matched else -float(match_reward)
+    return fuse_turn_rewards(
+        bonus, executable, alpha=1.0, beta=float(grounding_beta), outcome=float(outcome), outcome_coef=1.0,
+        clip=None, invalid_penalty=invalid_penalty,
+    )
+
+
 def clamp_turn_positions(
     turn_end_positions: Sequence[int], response_length: int, turn_start_positions: Sequence[int] | None = None
 ) -> list[int | None]:
@@ -200,4 +228,5 @@ __all__ = [
     "fuse_turn_rewards",
     "outcome_turn_rewards",
     "place_turn_rewards",
+    "stepagent_turn_rewards",
 ]

@@ -59,7 +59,7 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from spa_reward.fusion import FusionStats, fuse_turn_rewards, outcome_turn_rewards
+from spa_reward.fusion import FusionStats, fuse_turn_rewards, outcome_turn_rewards, stepagent_turn_rewards
 from spa_reward.layout import is_window_session, score_window_session
 
 logger = logging.getLogger(__name__)
@@ -294,16 +294,11 @@ class StepAgentRewardManager(_EnvRewardManager):
         return bool(sa.get("match", False))
 
     async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
-        n = len(episode["turn_ends"])
         sa = self.stepagent
-        bonus = [0.0] * n
-        matched = self.compared(episode)
-        if sa.mode == "match" and matched is not None and n:
-            bonus[0] = float(sa.match_reward) if matched else -float(sa.match_reward)
-        return fuse_turn_rewards(
-            bonus, episode["executable"], alpha=1.0, beta=float(sa.grounding_beta),
-            outcome=float(episode.get("episode_reward", 0.0)), outcome_coef=1.0, clip=None,
-            invalid_penalty=self.settings.invalid_penalty,
+        return stepagent_turn_rewards(
+            len(episode["turn_ends"]), episode["executable"], float(episode.get("episode_reward", 0.0)),
+            self.compared(episode), mode=sa.mode, match_reward=float(sa.match_reward),
+            grounding_beta=float(sa.grounding_beta), invalid_penalty=self.settings.invalid_penalty,
         )
 
     async def run_single(self, data: DataProto) -> dict:

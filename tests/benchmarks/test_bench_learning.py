@@ -115,6 +115,12 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     assert np.mean(grpo_final) >= 0.35 > np.mean(first), (first, grpo_final)  # random play wins ~18% here
     spa = [r for r in runs if r["method"] == "spa"]
     assert all(r["prepare"]["explore_episodes"] > 0 for r in spa)
+    per_iter = result["args"]["tasks_per_batch"] * result["args"]["group_size"]
+    stepagent = [r for r in runs if bench.METHODS[r["method"]].expert_prefix]
+    assert {r["method"] for r in stepagent} >= {"stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit"}
+    for r in stepagent:  # success from an extra evaluation batch per iteration, from the start state
+        assert r["prepare"]["eval_episodes"] == per_iter * len(r["episodes"]), r["method"]
+        assert max(r["prefix_mean"]) > 0 and all(0 <= x <= 1 for x in r["match_rate"]), r["method"]
     saved = json.loads((tmp_path / "out" / "learning.json").read_text())
     assert [row["method"] for row in saved["rows"]] == bench.DEFAULT_METHODS
     redrawn = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), "--out-dir", str(tmp_path / "re")])
