@@ -785,18 +785,23 @@ METHODS: dict[str, Method] = {
                                 doc="stepagent with the reverse curriculum (k from L-1 to 0 over --reverse-steps)"),
     "stepagent_irl": Method(stepagent_rewards, "spa", {"reward": "stepagent", "stepagent": {"mode": "irl"}},
                             prepare=prepare_stepagent, expert_prefix=True,
-                            doc="StepAgent irl: discriminator D(s, a), r_t = clip(logit) on every policy turn"),
+                            doc="StepAgent irl: discriminator D(s, a), r = clip(logit) on the compared turn"),
     "stepagent_implicit": Method(stepagent_rewards, "spa", {"reward": "stepagent", "stepagent": {"mode": "implicit"}},
                                  prepare=prepare_stepagent, expert_prefix=True,
-                                 doc="StepAgent implicit: step-level DPO PRM, r_t = beta q_t on every policy turn"),
+                                 doc="StepAgent implicit: step-level DPO PRM, r = beta q on the compared turn"),
+    "stepagent_irl_all": Method(stepagent_rewards, "spa",
+                                {"reward": "stepagent", "stepagent": {"mode": "irl", "prm_turns": "all"}},
+                                prepare=prepare_stepagent, expert_prefix=True,
+                                doc="diagnostic: stepagent_irl with r_t = clip(logit) on every policy turn"),
     "stepagent_irl_8steps": Method(stepagent_rewards, "spa",
-                                   {"reward": "stepagent", "stepagent": {"mode": "irl", "steps_per_batch": 8}},
+                                   {"reward": "stepagent",
+                                    "stepagent": {"mode": "irl", "steps_per_batch": 8, "prm_turns": "all"}},
                                    prepare=prepare_stepagent, expert_prefix=True,
-                                   doc="diagnostic: stepagent_irl with 8 discriminator steps per batch (recipe: 1)"),
+                                   doc="diagnostic: stepagent_irl_all with 8 discriminator steps per batch (recipe: 1)"),
 }
 DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog",
                    "istar", "istar_frozen", "stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit",
-                   "stepagent_irl_8steps"]
+                   "stepagent_irl_all", "stepagent_irl_8steps"]
 
 
 def algorithm_config(overrides: dict):

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 MODES = ("match", "implicit", "irl")
 PREFIX_SCHEDULES = ("uniform", "reverse")
+PRM_TURNS = ("compared", "all")
 STEPAGENT_KEY = "stepagent"
 
 
@@ -52,6 +53,10 @@ class StepAgentSettings:
         match_reward: the +-reward of the compared turn in ``match`` mode.
         grounding_beta: beta * g_t added on every policy turn (all modes).
         irl_clip: |r_t| bound of the ``irl`` reward.
+        prm_turns: which policy turns get the ``implicit`` / ``irl`` model's reward: ``compared`` (the compared
+            turn only: the model is trained at compared states, so that is where its reward is in distribution) or
+            ``all`` (every policy turn, as r_t for every t; its later turns act on states the model never trained
+            on, which makes the discriminator's reward noise in the learning benchmark).
     """
 
     mode: str = "match"
@@ -62,6 +67,7 @@ class StepAgentSettings:
     match_reward: float = 1.0
     grounding_beta: float = 0.0
     irl_clip: float = 5.0
+    prm_turns: str = "compared"
 
     @classmethod
     def from_config(cls, cfg: Any) -> StepAgentSettings:
@@ -84,6 +90,8 @@ class StepAgentSettings:
         p = []
         if self.mode not in MODES:
             p.append(f"algorithm.stepagent.mode={self.mode!r} is not one of {MODES}")
+        if self.prm_turns not in PRM_TURNS:
+            p.append(f"algorithm.stepagent.prm_turns={self.prm_turns!r} is not one of {PRM_TURNS}")
         if self.prefix not in PREFIX_SCHEDULES:
             p.append(f"algorithm.stepagent.prefix={self.prefix!r} is not one of {PREFIX_SCHEDULES}")
         if isinstance(self.reverse_steps, bool) or not isinstance(self.reverse_steps, int) or self.reverse_steps < 1:
@@ -127,4 +135,4 @@ def prefix_length(schedule: str, expert_turns: int, global_step: int, reverse_st
     raise ValueError(f"unknown expert-prefix schedule {schedule!r} (known: {PREFIX_SCHEDULES})")
 
 
-__all__ = ["MODES", "PREFIX_SCHEDULES", "STEPAGENT_KEY", "StepAgentSettings", "prefix_length"]
+__all__ = ["MODES", "PREFIX_SCHEDULES", "PRM_TURNS", "STEPAGENT_KEY", "StepAgentSettings", "prefix_length"]

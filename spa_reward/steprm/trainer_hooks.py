@@ -229,6 +229,24 @@ def stepagent_pairs(items: Sequence[dict], trainable: Sequence[bool], stepagent:
     return pairs, counts
 
 
+def compared_turns(items: Sequence[dict], stepagent: Sequence[Any], step_index: Optional[Sequence[int]] = None
+                   ) -> list[list[bool]]:
+    """Per item, per turn: is it the StepAgent compared turn (the first turn starting at or after the row's
+    ``context_length`` on a row whose ``stepagent["compared"]`` is true; in the window layout only a step-0 row)."""
+    out = []
+    for i, item in enumerate(items):
+        sa = stepagent[i] if i < len(stepagent) else None
+        spans = item["turn_spans"]
+        keep = [False] * len(spans)
+        if isinstance(sa, dict) and sa.get("compared", False) and (step_index is None or int(step_index[i]) == 0):
+            c = int(sa.get("context_length", -1))
+            t = next((j for j, (a, _) in enumerate(spans) if a >= c), None)
+            if t is not None:
+                keep[t] = True
+        out.append(keep)
+    return out
+
+
 def add_step_rewards(rm_scores: Sequence[torch.Tensor], items: Sequence[dict], step_rewards: Sequence[Sequence[float]]
                      ) -> list[torch.Tensor]:
     """Each row's ``rm_scores`` plus r_t on the last token of turn t (turn spans of :func:`episode_items`)."""
@@ -433,6 +451,9 @@ class StepRewardHooks:
         new_scores = None
         if self.scores_turns:
             rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
+            if self.stepagent and self._stepagent_turns == "compared":
+                keep = compared_turns(items, columns["stepagent"], columns.get("step_index"))
+                rewards = [[x if k else 0.0 for x, k in zip(r, ks)] for r, ks in zip(rewards, keep)]
             new_scores = add_step_rewards(columns["rm_scores"], items, rewards)
             flat = [x for r in rewards for x in r]
             if flat:
@@ -450,6 +471,12 @@ class StepRewardHooks:
         if train:
             metrics.update(_run(self._call("update", train)))
         return new_scores
+
+    @property
+    def _stepagent_turns(self) -> str:
+        from spa_reward.stepagent.settings import StepAgentSettings
+
+        return StepAgentSettings.from_config(self.config).prm_turns
 
     @property
     def _rollout_reference(self) -> bool:
@@ -514,7 +541,7 @@ class StepRewardHooks:
 
 
 __all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan",
-           "skipped_episodes", "stepagent_pairs"]
+           "compared_turns", "skipped_episodes", "stepagent_pairs"]
 
 
 def plan_problems(cfg: Any) -> list[str]:

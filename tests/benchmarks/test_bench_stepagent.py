@@ -188,7 +188,7 @@ def test_stepagent_implicit_first_batch_is_the_env_part_then_trains_on_unmatched
 def test_stepagent_irl_rewards_are_the_initial_discriminators_clipped_logits(bench, tmp_path):  # noqa: F811
     from spa_reward.steprm.service import StepRewardModel
 
-    task, vocab, policy, method, algo, ctx = _prepare(bench, "stepagent_irl", tmp_path)
+    task, vocab, policy, method, algo, ctx = _prepare(bench, "stepagent_irl_all", tmp_path)
     fresh = StepRewardModel(ctx["hooks"].handle.settings)  # same settings and seed: the same initial weights
     tids = [f"lock-{t}" for t in (0, 1) for _ in range(4)]
     eps = bench.rollout(policy, task, vocab, tids, [t + "-g" for t in tids], torch.Generator().manual_seed(1),
@@ -205,6 +205,13 @@ def test_stepagent_irl_rewards_are_the_initial_discriminators_clipped_logits(ben
         np.testing.assert_allclose(r, [e + x for e, x in zip(env, q)], rtol=1e-5, atol=1e-6)
         assert all(abs(x) <= clip for x in q)
     assert ctx["hooks"].handle.version == 1 and diag["pairs"] == sum(not ep.stepagent["match"] for ep in eps)
+    # the recipe's default (prm_turns=compared): the same logit on the compared turn (the first policy turn), none after
+    task, vocab, policy, method, algo, ctx = _prepare(bench, "stepagent_irl", tmp_path / "compared")
+    rewards, _ = method.reward(eps, ctx, algo)
+    for ep, r, q in zip(eps, rewards, logits):
+        env = [0.0] * (len(ep.actions) - 1) + [1.0 if ep.won else 0.0]
+        expected = [e + (x if t == 0 and ep.stepagent["compared"] else 0.0) for t, (e, x) in enumerate(zip(env, q))]
+        np.testing.assert_allclose(r, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_benchmark_with_stepagent_measures_success_from_the_start_state(bench, tmp_path):  # noqa: F811

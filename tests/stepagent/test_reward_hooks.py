@@ -54,9 +54,10 @@ def service(mode: str) -> StepRewardModel:
     return svc
 
 
-def hooks(mode: str, svc=None) -> StepRewardHooks:
+def hooks(mode: str, svc=None, prm_turns: str = "all") -> StepRewardHooks:
     cfg = trainer_config("algorithm.reward=stepagent", f"algorithm.stepagent.mode={mode}",
-                         "algorithm.stepagent.expert_path=/x/e.parquet", "algorithm.adv_estimator=spa")
+                         "algorithm.stepagent.expert_path=/x/e.parquet", "algorithm.adv_estimator=spa",
+                         f"algorithm.stepagent.prm_turns={prm_turns}")
     return StepRewardHooks(cfg, service=svc if svc is not None else service(mode))
 
 
@@ -108,6 +109,29 @@ def test_prm_reward_on_every_policy_turn_never_on_the_prefix(mode):
     ref = service(mode)
     ref.update([EXPECTED_PAIR])
     assert ref.score(items) == svc.score(items) and svc.score(items) != r
+
+
+@pytest.mark.parametrize("mode", ["implicit", "irl"])
+def test_prm_reward_on_the_compared_turn_only_by_default(mode):
+    """prm_turns=compared (the default): the model's reward lands on the compared turn of each compared row (the
+    turn that starts at context_length) and nowhere else; rows without a comparison keep their rm_scores."""
+    from spa_reward.steprm.trainer_hooks import compared_turns
+
+    h = hooks(mode, prm_turns="compared")
+    c = columns()
+    items, _ = episode_items(c["prompts"], c["responses"], c["response_mask"], c["uid"], c["episode_info"],
+                             c["episode_reward"])
+    keep = compared_turns(items, c["stepagent"])
+    assert keep == [[True, False], [True], [False], [True, False]]
+    assert compared_turns(items, c["stepagent"], step_index=[1, 0, 0, 0])[0] == [False, False]
+    r = h.handle.score(items)
+    new = h.process(c, {})
+    for row, (scores, base, ends) in enumerate(zip(new, BASE, TURN_ENDS)):
+        expected = base.clone()
+        for t, pos in enumerate(ends):
+            if keep[row][t]:
+                expected[pos] += r[row][t]
+        assert scores.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_no_pair_no_update_and_a_missing_field_is_named():
