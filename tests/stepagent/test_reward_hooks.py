@@ -170,34 +170,26 @@ def test_save_load_resumes_identically(mode, tmp_path):
         wrong.load(tmp_path / "global_step_1")
 
 
-def test_on_batch_reads_the_stepagent_field_through_transfer_queue():
+def test_on_batch_reads_the_stepagent_field_through_transfer_queue(transfer_queue):
     """verl's TransferQueue round trip: the rows as the agent loop stores them (with ``stepagent``), rm_scores
     written back; one-row sessions (keys ``{uid}_{session}_0``)."""
-    ray = pytest.importorskip("ray")
-    tq = pytest.importorskip("transfer_queue")
-    from omegaconf import OmegaConf
+    tq = transfer_queue
     from transfer_queue import KVBatchMeta
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    try:
-        c = columns()
-        names = ["prompts", "responses", "response_mask", "rm_scores", "uid", "episode_info", "episode_reward",
-                 "stepagent"]
-        rows = [{n: c[n][i] for n in names} for i in range(4)]
-        keys = [f"u{i}_{i}_0" for i in range(4)]
-        tq.kv_batch_put(keys=keys, fields=list_of_dict_to_tensordict(rows), partition_id="train")
-        h = hooks("irl")
-        items, _ = episode_items(c["prompts"], c["responses"], c["response_mask"], c["uid"], c["episode_info"],
-                                 c["episode_reward"])
-        r = h.handle.score(items)
-        metrics: dict = {}
-        h.on_batch(KVBatchMeta(keys=keys, tags=[{}] * 4, partition_id="train"), metrics)
-        got = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rm_scores"])["rm_scores"]
-        assert got[0].tolist() == pytest.approx([0, 0, 0, 0, 0.7 + r[0][0], 0, 0, 0.1 + r[0][1]], abs=1e-6)
-        assert got[2].tolist() == pytest.approx([0.0, 0.0, 0.3 + r[2][0]], abs=1e-6)
-        assert metrics["stepagent/pairs"] == 1.0 and h.handle.version == 2
-    finally:
-        tq.close()
-        ray.shutdown()
+    c = columns()
+    names = ["prompts", "responses", "response_mask", "rm_scores", "uid", "episode_info", "episode_reward",
+             "stepagent"]
+    rows = [{n: c[n][i] for n in names} for i in range(4)]
+    keys = [f"u{i}_{i}_0" for i in range(4)]
+    tq.kv_batch_put(keys=keys, fields=list_of_dict_to_tensordict(rows), partition_id="train")
+    h = hooks("irl")
+    items, _ = episode_items(c["prompts"], c["responses"], c["response_mask"], c["uid"], c["episode_info"],
+                             c["episode_reward"])
+    r = h.handle.score(items)
+    metrics: dict = {}
+    h.on_batch(KVBatchMeta(keys=keys, tags=[{}] * 4, partition_id="train"), metrics)
+    got = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["rm_scores"])["rm_scores"]
+    assert got[0].tolist() == pytest.approx([0, 0, 0, 0, 0.7 + r[0][0], 0, 0, 0.1 + r[0][1]], abs=1e-6)
+    assert got[2].tolist() == pytest.approx([0.0, 0.0, 0.3 + r[2][0]], abs=1e-6)
+    assert metrics["stepagent/pairs"] == 1.0 and h.handle.version == 2

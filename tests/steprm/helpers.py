@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from spa_reward.progress.model import build_tiny_backbone_config
 from spa_reward.progress.synthetic import SyntheticTaskConfig, make_synthetic_records
 
@@ -20,3 +22,12 @@ def synthetic_items(n: int, seed: int, group_size: int = 8, success_at: float = 
               "reward": r.reward, "uid": f"{seed}-{i // group_size}", "success": r.reward >= success_at}
              for i, r in enumerate(recs)]
     return items, recs
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for the module's actor tests."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()

@@ -12,11 +12,7 @@ from tests.steprm.helpers import synthetic_items, tiny_backbone
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
+from tests.steprm.helpers import local_ray  # noqa: E402,F401  (fixture)
 
 
 def wait_gone(name: str, timeout_s: float = 60.0) -> None:

@@ -15,11 +15,7 @@ from tests.steprm.test_restart import SETTINGS, columns, hooks_for, items
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
+from tests.steprm.helpers import local_ray  # noqa: E402,F401  (fixture)
 
 
 def kill_and_wait_for_restart(handle, timeout_s: float = 60.0) -> dict:
