@@ -412,8 +412,8 @@ def test_online_spa_window_episode_through_the_loop(tokenizer, toy_env, monkeypa
 @pytest.mark.parametrize("mode", ["irl", "implicit"])
 def test_stepagent_window_pairs_from_the_step0_row(tokenizer, toy_env, toy_demos, monkeypatch, mode):  # noqa: F811
     """StepAgent irl / implicit in the window layout: one pair, from the step-0 row (the state = its window prompt,
-    which holds the replayed expert steps; the agent action = its reply); the clipped logit / beta * q_t lands on
-    each row's last token only."""
+    which holds the replayed expert steps; the agent action = its reply); the clipped logit / beta * q lands on
+    the compared step-0 row's last token only (prm_turns=compared)."""
     cfg = trainer_config("algorithm.reward=stepagent", f"algorithm.stepagent.mode={mode}",
                          f"algorithm.stepagent.expert_path={toy_demos}", "algorithm.adv_estimator=spa",
                          "env.name=toy", "env.reward_scale=10.0", "env.history=window", "env.history_length=2")
@@ -439,9 +439,10 @@ def test_stepagent_window_pairs_from_the_step0_row(tokenizer, toy_env, toy_demos
     assert metrics["stepagent/pairs"] == 1.0 and metrics["stepagent/compared"] == 1.0
     (pair,) = pairs_seen
     assert pair["input_ids"] == list(outs[0].prompt_ids) and pair["agent_ids"] == list(outs[0].response_ids)
-    for b, a, r in zip(before, new, expected):
+    for row, (b, a, r) in enumerate(zip(before, new, expected)):
         diff = (a - b).tolist()
-        assert diff[-1] == pytest.approx(r[0], abs=1e-6) and all(x == 0.0 for x in diff[:-1])
+        want = r[0] if row == 0 else 0.0  # prm_turns=compared (the default): the compared step-0 row only
+        assert diff[-1] == pytest.approx(want, abs=1e-6) and all(x == 0.0 for x in diff[:-1])
     assert metrics["steprm/version"] == 1.0
     assert svc.score(items)[0][0] != pytest.approx(expected[0][0], abs=1e-7)  # trained on the pair
 
