@@ -291,16 +291,22 @@ def window_rows(example: Example) -> tuple[list[np.ndarray], list[list[int]]]:
     return seqs, [[len(s) - 1] for s in seqs]
 
 
-def collate_window_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """A batch of episodes in the window layout, flattened into rows: ``input_ids``/``attention_mask`` ``(rows, L)``,
-    ``turn_end_positions`` ``(rows, 1)``, ``episode_index`` ``(rows,)`` (which episode each row belongs to) and
-    ``rewards`` ``(episodes,)``. ``sum_t c_t`` of episode e = the sum of c over the rows with index e."""
+def flatten_rows(examples: Sequence[Example]) -> tuple[list[np.ndarray], list[list[int]], list[int]]:
+    """Every example's rows (:func:`window_rows`) in order: (sequences, their turn ends, the example index of each)."""
     seqs, ends, index = [], [], []
     for e, ex in enumerate(examples):
         rows, row_ends = window_rows(ex)
         seqs += rows
         ends += row_ends
         index += [e] * len(rows)
+    return seqs, ends, index
+
+
+def collate_window_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of episodes in the window layout, flattened into rows: ``input_ids``/``attention_mask`` ``(rows, L)``,
+    ``turn_end_positions`` ``(rows, 1)``, ``episode_index`` ``(rows,)`` (which episode each row belongs to) and
+    ``rewards`` ``(episodes,)``. ``sum_t c_t`` of episode e = the sum of c over the rows with index e."""
+    seqs, ends, index = flatten_rows(examples)
     batch = collate_sequences(seqs, ends, pad_token_id)
     batch["episode_index"] = torch.tensor(index, dtype=torch.long)
     batch["rewards"] = torch.tensor([ex.reward for ex in examples], dtype=torch.float32)

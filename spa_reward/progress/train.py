@@ -89,8 +89,8 @@ from .data import (
     collate_examples,
     collate_window_examples,
     epoch_order,
+    flatten_rows,
     is_env_failure,
-    window_rows,
 )
 from .model import (
     ADAPTER_DIR,
@@ -756,12 +756,7 @@ def episode_predictions(contrib: torch.Tensor, batch: dict[str, torch.Tensor]) -
 
 def evaluate(model: ProgressEstimator, examples: list[Example], batch_size: int, autocast_dtype) -> dict[str, float]:
     """Regression metrics of ``sum_t c_t`` against R; a window-layout example's c_t are its rows' (one each)."""
-    seqs, ends, owner = [], [], []
-    for i, e in enumerate(examples):
-        rows, row_ends = window_rows(e)
-        seqs += rows
-        ends += row_ends
-        owner += [i] * len(rows)
+    seqs, ends, owner = flatten_rows(examples)
     preds = predict_batched(model, seqs, ends, max_batch_size=batch_size, autocast_dtype=autocast_dtype)
     contributions: list[list[float]] = [[] for _ in examples]
     for i, p in zip(owner, preds):

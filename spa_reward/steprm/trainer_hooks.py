@@ -288,6 +288,12 @@ class StepRewardHooks:
         self.plan = service_plan(config)
         self.handle = service
         self.reward_scale = float(_get(config, "env.reward_scale", 1.0) or 1.0)
+        # StepAgent implicit / irl: which policy turns get the model's reward (read once, not per batch)
+        self.stepagent_turns = None
+        if self.stepagent:
+            from spa_reward.stepagent.settings import StepAgentSettings
+
+            self.stepagent_turns = StepAgentSettings.from_config(config).prm_turns
         # restart detection: what the service must be at the next call ({"incarnation", "version"}; None until
         # the first call), restarts seen, and the newest checkpoint state of this run (path, version)
         self.expected: Optional[dict[str, Any]] = None
@@ -451,7 +457,7 @@ class StepRewardHooks:
         new_scores = None
         if self.scores_turns:
             rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
-            if self.stepagent and self._stepagent_turns == "compared":
+            if self.stepagent and self.stepagent_turns == "compared":
                 keep = compared_turns(items, columns["stepagent"], columns.get("step_index"))
                 rewards = [[x if k else 0.0 for x, k in zip(r, ks)] for r, ks in zip(rewards, keep)]
             new_scores = add_step_rewards(columns["rm_scores"], items, rewards)
@@ -471,12 +477,6 @@ class StepRewardHooks:
         if train:
             metrics.update(_run(self._call("update", train)))
         return new_scores
-
-    @property
-    def _stepagent_turns(self) -> str:
-        from spa_reward.stepagent.settings import StepAgentSettings
-
-        return StepAgentSettings.from_config(self.config).prm_turns
 
     @property
     def _rollout_reference(self) -> bool:
