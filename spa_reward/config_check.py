@@ -65,6 +65,19 @@ def select_key(cfg: Any, path: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+def block_values(cfg: Any, block: str, cls: type) -> dict[str, Any]:
+    """The keys of config block ``block`` (e.g. ``algorithm.stepagent``) that name a field of dataclass ``cls`` and
+    are set (not None): ``cls(**block_values(...))`` keeps the defaults of the rest."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = select_key(cfg, f"{block}.{f.name}")
+        if value is not None:
+            values[f.name] = value
+    return values
+
+
 def _files(value: Any) -> list[str]:
     if value is None:
         return []
@@ -297,5 +310,5 @@ def validate_config(cfg: Any, check_files: bool = True) -> None:
                           + ":\n  - " + "\n  - ".join(problems))
 
 
-__all__ = ["ConfigError", "config_problems", "gpu_split_problems", "register_config_check", "select_key",
+__all__ = ["ConfigError", "block_values", "config_problems", "gpu_split_problems", "register_config_check", "select_key",
            "stepagent_problems", "validate_config", "value_problems"]

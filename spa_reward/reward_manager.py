@@ -52,7 +52,7 @@ import inspect
 import logging
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from verl import DataProto
@@ -90,14 +90,9 @@ class RewardSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> RewardSettings:
-        from spa_reward.config_check import select_key
+        from spa_reward.config_check import block_values
 
-        values = {}
-        for f in fields(cls):
-            value = select_key(config, f"reward.reward_kwargs.{f.name}")
-            if value is not None:
-                values[f.name] = value
-        s = cls(**values)
+        s = cls(**block_values(config, "reward.reward_kwargs", cls))
         for name in ("alpha", "beta", "outcome_coef", "invalid_penalty", "scorer_num_gpus", "grounding_beta"):
             setattr(s, name, float(getattr(s, name)))
         if s.clip is not None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 MODES = ("match", "implicit", "irl")
@@ -73,14 +73,9 @@ class StepAgentSettings:
     def from_config(cls, cfg: Any) -> StepAgentSettings:
         """Read ``algorithm.stepagent`` of a trainer config (missing keys keep their defaults; other keys of the
         block, the step-reward model's, are read by the service plan)."""
-        from spa_reward.config_check import select_key
+        from spa_reward.config_check import block_values
 
-        values = {}
-        for f in fields(cls):
-            value = select_key(cfg, f"algorithm.stepagent.{f.name}")
-            if value is not None:
-                values[f.name] = value
-        s = cls(**values)
+        s = cls(**block_values(cfg, "algorithm.stepagent", cls))
         if s.expert_path is not None:
             s.expert_path = os.path.expanduser(str(s.expert_path))
         return s
