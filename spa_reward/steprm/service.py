@@ -49,9 +49,13 @@ call that arrives during an update is answered from the pre-update weights. Memo
 copies of the model (training and serving) plus the optimiser state; with LoRA only the adapter tensors are
 copied at each swap, but both copies still hold the frozen base (sharing it is a possible saving, not done).
 
-Scale: ``dtype`` (bf16 weights on CUDA by default), ``autocast_bf16``, ``gradient_checkpointing`` and ``lora_r``
-(peft) are implemented and tested on CPU; one actor uses the GPUs it is given (``num_gpus``). Multi-GPU training
-of a 7B PRM is left to a data-parallel group of these actors (see the README).
+Precision (:func:`precision`): a model that trains keeps fp32 master weights and fp32 AdamW state and computes in
+bf16 under autocast on CUDA (verl's actor does the same: ``model_dtype: fp32``, bf16 compute); a frozen scorer
+holds bf16 weights on CUDA. Plain AdamW on bf16 weights loses every step smaller than the weight's bf16 spacing
+(at lr 1e-6 about 2% of the weights ever move), so an online model whose trainable weights are not fp32 is refused.
+Scale: ``gradient_checkpointing`` and ``lora_r`` (peft) are implemented and tested on CPU; one actor uses the GPUs
+it is given (``num_gpus``). Multi-GPU training of a 7B PRM is left to a data-parallel group of these actors (see
+the README).
 """
 
 from __future__ import annotations
@@ -109,7 +113,9 @@ class StepRMSettings:
         replay_batches: K, the window of the last K batches trained on (1 = the current batch only).
         micro_batch_size: sequences per forward/backward (gradient accumulation over a step).
         max_length: progress objective: truncation length (default: the estimator's); implicit: longer items raise.
-        dtype: weight dtype (``auto`` = bf16 on CUDA, fp32 elsewhere); ``autocast_bf16``: bf16 autocast forwards.
+        dtype: weight dtype; ``auto`` = fp32 master weights for an online model, bf16 on CUDA for a frozen scorer
+            (:func:`precision`). An online model with bf16 / fp16 trainable weights is refused.
+        autocast_bf16: bf16 autocast for forwards and backwards (``auto`` = on CUDA).
         gradient_checkpointing, lora_r, lora_alpha: memory options for large models (LoRA through peft).
         head: progress head for a random model (``mlp`` | ``linear`` | ``logits_linear``).
         seed: seeds the optimiser-side randomness (dropout) per update, so a resumed run repeats it.
@@ -132,7 +138,7 @@ class StepRMSettings:
     micro_batch_size: int = 8
     max_length: Optional[int] = None
     dtype: str = "auto"
-    autocast_bf16: bool = False
+    autocast_bf16: bool | str = "auto"
     gradient_checkpointing: bool = False
     lora_r: int = 0
     lora_alpha: int = 16
@@ -172,6 +178,18 @@ class StepRMSettings:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.lora_r < 0:
             p.append(f"lora_r={self.lora_r} must be >= 0")
+        if self.autocast_bf16 not in (True, False, "auto"):
+            p.append(f"autocast_bf16={self.autocast_bf16!r} must be true, false or 'auto' (on CUDA)")
+        try:
+            weights = None if self.dtype in (None, "auto") else _resolve_dtype(self.dtype)
+        except ValueError as e:
+            p.append(f"dtype={self.dtype!r}: {e}")
+        else:
+            if self.online and weights in HALF_DTYPES and self.lora_r == 0:
+                p.append(f"dtype={self.dtype!r} with online=true cannot train: AdamW on {weights} weights drops "
+                         "every step smaller than the weight's spacing (at lr 1e-6 about 2% of the weights ever "
+                         "move). Use dtype=auto or float32 (fp32 master weights; bf16 compute with "
+                         "autocast_bf16=true), or LoRA (lora_r > 0: fp32 adapters on a bf16 base)")
         return p
 
     @classmethod
@@ -184,6 +202,31 @@ class StepRMSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _resolve_dtype(dtype, device=None) -> torch.dtype:
+    from spa_reward.progress.model import resolve_dtype
+
+    return resolve_dtype(dtype, device)
+
+
+def precision(settings: StepRMSettings, device: torch.device | str) -> tuple[torch.dtype, bool]:
+    """``(weight dtype, bf16 autocast)`` of a step-reward model on ``device``.
+
+    ``dtype=auto``: an online model keeps fp32 master weights (its optimiser state is fp32 too), a frozen scorer
+    bf16 weights on CUDA and fp32 elsewhere. ``autocast_bf16=auto``: bf16 compute on CUDA. So on a GPU a training
+    PRM computes in bf16 and updates fp32 weights (verl's ``model_dtype: fp32`` with bf16 mixed precision); on a
+    CPU everything is fp32 unless asked."""
+    device = torch.device(device)
+    if settings.dtype in (None, "auto"):
+        weights = torch.float32 if settings.online else _resolve_dtype("auto", device)
+    else:
+        weights = _resolve_dtype(settings.dtype, device)
+    auto = settings.autocast_bf16 == "auto"
+    return weights, bool(device.type == "cuda" if auto else settings.autocast_bf16)
 
 
 def _float(x) -> Optional[float]:
@@ -313,11 +356,9 @@ class StepRewardModel:
     """In-process step-reward model service (see the module docstring)."""
 
     def __init__(self, settings: StepRMSettings | Mapping[str, Any]):
-        from spa_reward.progress.model import resolve_dtype
-
         self.settings = s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
         self.device = _device(s.device)
-        self.dtype = resolve_dtype(s.dtype, self.device)
+        self.dtype, self.autocast_bf16 = precision(s, self.device)
         torch.manual_seed(s.seed)
         self.model = self._build_model()
         self.reference = None
@@ -339,8 +380,13 @@ class StepRewardModel:
         self.serving = self.model
         self.optimizer = None
         if s.online:
-            self.serving = copy.deepcopy(self.model).requires_grad_(False).eval()
             params = [p for p in self.model.parameters() if p.requires_grad]
+            half = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
+            if half:
+                raise ValueError(f"this online step-reward model has trainable weights in {half}: AdamW cannot "
+                                 "update them at small learning rates. Use dtype=auto or float32 (fp32 master "
+                                 "weights, bf16 compute with autocast_bf16)")
+            self.serving = copy.deepcopy(self.model).requires_grad_(False).eval()
             self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         else:
             self.model.requires_grad_(False)
@@ -412,8 +458,7 @@ class StepRewardModel:
         return model.get_base_model() if type(model).__module__.startswith("peft.") else model
 
     def _autocast(self):
-        on = self.settings.autocast_bf16
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
 
     # -------------------------------------------------------------------------------------------- forward
 
@@ -694,7 +739,7 @@ class StepRewardModel:
     def info(self) -> dict[str, Any]:
         s = self.settings
         return {"objective": s.objective, "online": s.online, "model_path": s.model_path, "device": str(self.device),
-                "dtype": str(self.dtype), "version": self.version, "replay": [len(b) for b in self.window],
+                "dtype": str(self.dtype), "autocast_bf16": self.autocast_bf16, "version": self.version, "replay": [len(b) for b in self.window],
                 "stats": dict(self.stats)}
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -1090,6 +1135,6 @@ async def call_service(handle, name: str, method: str, *args, retry_wait_s: floa
     raise AssertionError("unreachable")
 
 
-__all__ = ["LOSSES", "OBJECTIVES", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
+__all__ = ["LOSSES", "OBJECTIVES", "precision", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
            "StepRewardServiceActor", "call_service", "episode_index", "lookup_service", "parse_items",
            "parse_pair_items", "publish_state", "restore_state", "start_service"]
