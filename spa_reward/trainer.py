@@ -31,6 +31,13 @@ episode that ended by env failure (``episode_info["env_failed"]``). For every es
 If more than ``algorithm.max_env_failure_share`` (default 0.5) of a batch's real episodes failed, the run stops
 with the env errors listed (:class:`EnvFailureShareExceeded`).
 
+Lone survivors. When env failures leave a uid group with fewer than two real episodes, the survivor has nothing to
+be compared with: verl's GRPO would treat it as a group of one (mean 0, std 1, so A = R next to normalised
+siblings) and ours would return its raw score. Such an episode (:func:`lone_survivors`) gets advantage 0 under
+every group-relative estimator (everything but ``gae``, ``reinforce_plus_plus``, ``remax`` and ``spa`` with a
+critic, whose baseline is not the group); it keeps its loss mask. Counted as ``episode/lone_survivors``. A group of
+one by design (``rollout.n=1``) is not a lone survivor and keeps the estimator's convention.
+
 Start-up. :meth:`SpaTrainer.init` runs the registered start-up checks (the recipe registers one that builds one env
 with the run's env settings, so a bad data dir or a missing engine fails before any worker or GPU exists) and then
 :meth:`SpaTrainer._start_services` (the hook where long-lived services such as the progress scorer are created)
@@ -62,6 +69,8 @@ from spa_reward.startup import run_startup_checks
 logger = logging.getLogger(__name__)
 
 TURN_ESTIMATORS = ("spa", "gigpo")  # estimators that read the extra per-turn fields
+# estimators whose baseline is not the uid group (a critic, the batch, a greedy rollout): lone survivors keep theirs
+GROUP_FREE_ESTIMATORS = ("gae", "reinforce_plus_plus", "remax")
 MAX_FAILURE_SHARE_KEY = "algorithm.max_env_failure_share"
 DEFAULT_MAX_FAILURE_SHARE = 0.5
 MAX_LISTED_ERRORS = 10
@@ -102,6 +111,21 @@ def row_flags(tags: list[dict], infos: list, sessions: list[str] | None = None) 
     if sessions is not None and failed.any():
         failed = pd.Series(failed).groupby(pd.Series(sessions, dtype=object)).transform("max").to_numpy() & ~padding
     return padding, failed
+
+
+def lone_survivors(uids: list, sessions: list[str], padding: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """(bs,) bool: the rows of real episodes that are the only real episode left in a uid group that had two or
+    more (the others ended by env failure). A session (window layout: several rows) is one episode; verl's padding
+    rows count for nothing."""
+    frame = pd.DataFrame({"uid": pd.Series(uids, dtype=object), "session": pd.Series(sessions, dtype=object),
+                          "failed": failed})[~padding]
+    per_session = frame.groupby("session", sort=False).agg(uid=("uid", "first"), failed=("failed", "max"))
+    groups = per_session.groupby("uid", sort=False)["failed"].agg(total="size", failed="sum")
+    lone_uids = groups.index[(groups["total"] >= 2) & (groups["total"] - groups["failed"] == 1)]
+    out = np.zeros(len(uids), dtype=bool)
+    if len(lone_uids):
+        out = pd.Series(uids, dtype=object).isin(set(lone_uids)).to_numpy() & ~padding & ~failed
+    return out
 
 
 class EnvFailureShareExceeded(RuntimeError):
@@ -221,7 +245,7 @@ class SpaTrainer(PPOTrainerSync):
         if steprm is not None:  # istar: + beta*q_t on rm_scores (pre-update weights); online: one service update
             steprm.on_batch(batch, metrics)
         estimator = self.config.algorithm.adv_estimator
-        fields = ["episode_info"]
+        fields = ["episode_info", "uid"]
         if estimator in TURN_ESTIMATORS:
             fields += ["turn_anchors", "episode_reward"]
         want_values = estimator == "spa" and self.use_critic
@@ -250,12 +274,14 @@ class SpaTrainer(PPOTrainerSync):
         if want_values:
             inputs["values"] = data.to_padded_tensor()["values"] if hasattr(data, "to_padded_tensor") else data["values"]
 
+        lone = lone_survivors(column(data, "uid"), sessions, padding, failed)
+        metrics["episode/lone_survivors"] = float((lone & final).sum())
+        group_free = estimator in GROUP_FREE_ESTIMATORS or want_values
+        zero_keys = [k for k, z in zip(batch.keys, failed | (lone & (not group_free))) if z]
         failed_keys = [k for k, bad in zip(batch.keys, failed) if bad]
-        if not failed_keys:
-            with estimator_inputs(**inputs):
-                return super()._compute_advantage(batch, metrics)
-
-        uids = self._mask_failed_rows(batch.partition_id, failed_keys, isolate=estimator not in TURN_ESTIMATORS)
+        uids = None
+        if failed_keys:
+            uids = self._mask_failed_rows(batch.partition_id, failed_keys, isolate=estimator not in TURN_ESTIMATORS)
         try:
             with estimator_inputs(**inputs):
                 batch = super()._compute_advantage(batch, metrics)
@@ -263,9 +289,10 @@ class SpaTrainer(PPOTrainerSync):
             if uids is not None:  # give the failed rows their real uid back
                 tq.kv_batch_put(keys=failed_keys, partition_id=batch.partition_id,
                                 fields=list_of_dict_to_tensordict([{"uid": u} for u in uids]))
-        zeros = [{"advantages": torch.zeros(len(m), dtype=torch.float32), "returns": torch.zeros(len(m))}
-                 for m in self._masks(batch.partition_id, failed_keys)]
-        tq.kv_batch_put(keys=failed_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(zeros))
+        if zero_keys:  # failed rows and lone survivors: advantage 0
+            zeros = [{"advantages": torch.zeros(len(m), dtype=torch.float32), "returns": torch.zeros(len(m))}
+                     for m in self._masks(batch.partition_id, zero_keys)]
+            tq.kv_batch_put(keys=zero_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(zeros))
         return batch
 
     @staticmethod
