@@ -231,7 +231,12 @@ class SpaTrainer(PPOTrainerSync):
         steprm = getattr(self, "_steprm", None)
         if steprm is not None:  # before verl writes latest_checkpointed_iteration.txt
             steprm.save(os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"))
-        return super()._save_checkpoint()
+        out = super()._save_checkpoint()
+        if steprm is not None and steprm.trains:  # verl's rotation removed old actor/ folders: their steprm/ too
+            from spa_reward.steprm.trainer_hooks import prune_rotated_states
+
+            prune_rotated_states(self.config.trainer.default_local_dir, self.global_steps)
+        return out
     # ---- end step-reward service ----
 
     # ---------------------------------------------------------------------------------- advantage
