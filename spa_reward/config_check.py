@@ -228,6 +228,10 @@ def value_problems(cfg: Any) -> list[str]:
     value = _number(lam)
     if value is None or not 0 <= value <= 1:
         out.append(f"algorithm.lam={lam!r} must be in [0, 1]")
+    val_tasks = select_key(cfg, "data.val_tasks")
+    if val_tasks is not None and (isinstance(val_tasks, bool) or not isinstance(val_tasks, int) or val_tasks < 1):
+        out.append(f"data.val_tasks={val_tasks!r} must be an integer >= 1 (tasks one validation plays, a fixed "
+                   "subset of data.val_files) or null (every task of the file)")
     return out
 
 

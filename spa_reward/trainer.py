@@ -38,6 +38,11 @@ every group-relative estimator (everything but ``gae``, ``reinforce_plus_plus``,
 critic, whose baseline is not the group); it keeps its loss mask. Counted as ``episode/lone_survivors``. A group of
 one by design (``rollout.n=1``) is not a lone survivor and keeps the estimator's convention.
 
+Validation size. ``data.val_tasks`` = N: each validation plays a fixed subset of N tasks of ``data.val_files``
+(:func:`validation_subset`: seed :data:`VAL_SUBSET_SEED`, independent of ``data.seed``, so every run validates on
+the same tasks); the whole file when it holds N or fewer, or when ``data.val_tasks`` is null. verl's own
+``_validate`` plays the whole validation dataloader (``data.val_batch_size`` only sets its chunk size).
+
 Start-up. :meth:`SpaTrainer.init` runs the registered start-up checks (the recipe registers one that builds one env
 with the run's env settings, so a bad data dir or a missing engine fails before any worker or GPU exists) and then
 :meth:`SpaTrainer._start_services` (the hook where long-lived services such as the progress scorer are created)
@@ -74,6 +79,7 @@ GROUP_FREE_ESTIMATORS = ("gae", "reinforce_plus_plus", "remax")
 MAX_FAILURE_SHARE_KEY = "algorithm.max_env_failure_share"
 DEFAULT_MAX_FAILURE_SHARE = 0.5
 MAX_LISTED_ERRORS = 10
+VAL_SUBSET_SEED = 0  # the validation subset is the same for every run (not data.seed)
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -126,6 +132,14 @@ def lone_survivors(uids: list, sessions: list[str], padding: np.ndarray, failed:
     if len(lone_uids):
         out = pd.Series(uids, dtype=object).isin(set(lone_uids)).to_numpy() & ~padding & ~failed
     return out
+
+
+def validation_subset(total: int, n: int | None, seed: int = VAL_SUBSET_SEED) -> list[int] | None:
+    """Row indices (ascending) of the fixed validation subset: ``n`` of ``total`` drawn without replacement by
+    numpy's generator seeded with ``seed``; None (every row) when ``n`` is None or ``n >= total``."""
+    if n is None or n >= total:
+        return None
+    return sorted(np.random.default_rng(seed).choice(total, size=int(n), replace=False).tolist())
 
 
 class EnvFailureShareExceeded(RuntimeError):
@@ -201,6 +215,18 @@ class SpaTrainer(PPOTrainerSync):
         run_startup_checks(self.config)  # spa_reward.startup (the recipe's env check is registered there)
         self._start_services()
         super().init()
+
+    def _init_dataloader(self):
+        """verl's dataloaders, then the validation dataset cut to its fixed subset (``data.val_tasks``); the
+        validation dataloader reads the dataset's rows when it iterates, so it plays the subset."""
+        super()._init_dataloader()
+        n = select_key(self.config, "data.val_tasks")
+        total = len(self.val_dataset)
+        keep = validation_subset(total, n)
+        if keep is not None:
+            self.val_dataset.dataframe = self.val_dataset.dataframe.select(keep)
+        logger.info("validation plays %d of the %d tasks of %s (data.val_tasks=%s) x val_kwargs.n episodes",
+                    len(self.val_dataset), total, self.config.data.val_files, n)
 
     # ---- step-reward service (spa_reward.steprm.trainer_hooks) ----
     def _start_services(self):
