@@ -1218,7 +1218,8 @@ def start_service(
     """Create (or return the existing) named service actor and wait until it has loaded its model.
 
     Called once by the trainer process at start-up. ``state_dir`` / ``run_token``: where an online service
-    publishes its state after every update and which run it belongs to (see :class:`StepRewardServiceActor`;
+    publishes what a restart needs after every update (a base state and a journal of update batches) and which run
+    it belongs to (see :class:`StepRewardServiceActor`;
     without them a restarted online actor refuses to serve). Raises ``TimeoutError`` naming the GPUs/CPUs asked
     for and what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits
     forever otherwise)."""

@@ -52,7 +52,7 @@ from spa_reward.steprm.service import CHECKPOINT_DIR, DEFAULT_PUBLISH_EVERY, SER
 logger = logging.getLogger(__name__)
 
 STATE_DIR = CHECKPOINT_DIR  # <global_step_N>/steprm
-ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: the state published after every update
+ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: what a restart needs, published after every update
 ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
               "micro_batch_size", "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing",
               "lora_r", "lora_alpha", "seed")
