@@ -11,6 +11,13 @@ check_env "${1:-}"; ENV=$1; shift
 SCORER_GPUS=${SCORER_GPUS:-1}
 split_side_gpus SCORER_GPUS "a whole number of GPUs (0 = CPU)"
 ESTIMATOR=${ESTIMATOR:-$ESTIMATOR_DIR/$ENV}
+if [[ "$PLATFORM" == cpu && "$DRY_RUN" != 1 && ! -e "$ESTIMATOR" ]]; then
+  # a CPU run on a fresh machine makes its own estimator (minutes with the tiny model; on GPUs these are stages of
+  # their own that you run on purpose: collect.sh, train_estimator.sh)
+  echo "[spa-rl] PLATFORM=cpu: no estimator at $ESTIMATOR yet: collect.sh, then train_estimator.sh" >&2
+  bash "$(dirname "$0")/collect.sh" "$ENV"
+  bash "$(dirname "$0")/train_estimator.sh" "$ENV" --output "$ESTIMATOR"
+fi
 SPA_INVALID_PENALTY=${SPA_INVALID_PENALTY:-0.0}  # SPA's grounding term beta * g_t already rewards valid actions
 SPA_CRITIC=${SPA_CRITIC:-0}
 SPA_ONLINE=${SPA_ONLINE:-0}  # 1: the estimator keeps training on every RL batch (algorithm.spa.online.*)

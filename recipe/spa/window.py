@@ -194,7 +194,11 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
 async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWindowOutput]:
     s = loop.settings
     T = len(steps)
-    R, raw, summary, info = episode_summary(ep, s, T)
+    timing: dict[str, float] = {}
+    for step in steps:  # the episode's seconds over its rows (step 0's include the reset and any expert prefix)
+        for key, value in step.metrics.items():
+            timing[key] = timing.get(key, 0.0) + float(value)
+    R, raw, summary, info = episode_summary(ep, s, T, timing)
     common = {**summary, "layout": LAYOUT, "episode_turns": T, "history_length": int(s.history_length)}
     if not steps:  # nothing was generated: one placeholder row so the session still reaches the trainer
         prompt_ids = ep.prompt_ids or list(await loop.ct_build_initial_tokens(

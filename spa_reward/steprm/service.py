@@ -83,6 +83,7 @@ from typing import Any, Optional
 
 import torch
 
+from spa_reward import gpu_actor_device
 from spa_reward.steprm import objectives as obj
 
 logger = logging.getLogger(__name__)
@@ -621,6 +622,7 @@ class StepRewardModel:
                         it.episode = f"{self.version}/{it.episode}"
             self.window.append([it for it in items if it.spans])
             data = [it for b in self.window for it in b]
+            weights_norm = self.weights_norm()
             torch.manual_seed(s.seed * 1_000_003 + self.version)
             losses, pairs = [], 0
             for _ in range(int(s.steps_per_batch)):
@@ -637,7 +639,14 @@ class StepRewardModel:
             "steprm/episodes": float(len(episode_index(data)[1])),  # pair losses: one-turn items, two per pair
             "steprm/rows": float(len(data)),
             "steprm/version": float(self.version),
+            "steprm/weights_norm": weights_norm,  # before this update: a resumed run must start where it stopped
         }
+
+    @torch.no_grad()
+    def weights_norm(self) -> float:
+        """L2 norm over the trainable weights (a fingerprint of the training state, logged with every update)."""
+        total = sum(float(p.detach().float().pow(2).sum()) for p in self.model.parameters() if p.requires_grad)
+        return total ** 0.5
 
     def _train_step(self, data: list[_Item]) -> tuple[float, int]:
         s = self.settings
@@ -1227,7 +1236,7 @@ def start_service(
 
     s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
     if num_gpus and s.device is None:
-        s.device = "cuda"
+        s.device = gpu_actor_device()
     options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus,
                                "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries),
                                "max_concurrency": 8}

@@ -40,6 +40,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -459,7 +460,9 @@ class StepRewardHooks:
             columns.get("episode"))
         new_scores = None
         if self.scores_turns:
+            start = time.perf_counter()
             rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
+            metrics["timing_s/spa/steprm_score"] = time.perf_counter() - start
             if self.stepagent and self.stepagent_turns == "compared":
                 keep = compared_turns(items, columns["stepagent"], columns.get("step_index"))
                 rewards = [[x if k else 0.0 for x, k in zip(r, ks)] for r, ks in zip(rewards, keep)]
@@ -478,7 +481,9 @@ class StepRewardHooks:
             train = [it for it, ok in zip(items, trainable) if ok]
         metrics["steprm/skipped_episodes"] = float(skipped_episodes(items, trainable))
         if train:
+            start = time.perf_counter()
             metrics.update(_run(self._call("update", train)))
+            metrics["timing_s/spa/steprm_update"] = time.perf_counter() - start
         return new_scores
 
     @property

@@ -60,9 +60,11 @@ def test_expert_replay_wins(tokenizer, toy_env):
     assert ep["won"] and ep["num_turns"] == 3 and ep["executable"] == [True, True, True]
     assert out.turn_anchors == ["pos0", "pos1", "pos2"]
     assert out.episode_reward == 10.0 and ep["env_reward_raw"] == 1.0
+    timing = {k: out.episode_info.pop(k) for k in ("env_seconds", "llm_seconds")}
     assert out.episode_info == {"won": True, "score": 1.0, "num_turns": 3, "executable_rate": 1.0,
                                 "truncated": False, "env_error": "", "task_type": "even", "env_reward": 10.0,
                                 "parse_errors": 0, "env_failed": 0.0, "env_error_text": ""}
+    assert timing["env_seconds"] > 0 and timing["llm_seconds"] > 0  # reset + 3 steps; 3 generations
     assert out.num_turns == 1 + 3 + 2  # first user message, 3 assistant turns, 2 observations
     assert len({c["request_id"] for c in server.calls}) == 1  # one sticky request id per episode
     assert out.response_ids[-1] == tokenizer.eos_token_id
