@@ -278,6 +278,11 @@ class EnvAgentLoop(AgentLoopBase):
         # StepAgent inspection (algorithm.reward=stepagent): expert-prefix episodes + the comparison; None otherwise
         self.expert_prefix = ExpertPrefix.from_config(self.config, self.settings.name)
 
+    @property
+    def wants_logprobs(self) -> bool:
+        """verl keeps the rollout's log-probs (``rollout.calculate_log_probs``): every row must then carry them."""
+        return bool(getattr(self.rollout_config, "calculate_log_probs", False))
+
     def _pool(self):
         s = self.settings
         return get_env_pool(s.pool_num_workers or default_pool_size(self.config), s.pool_backend, s.step_timeout,
@@ -423,6 +428,8 @@ class EnvAgentLoop(AgentLoopBase):
             response_ids, ep.mask = [int(pad)], [0]
             if ep.logprobs is not None:
                 ep.logprobs = [0.0]
+        if ep.logprobs is None and self.wants_logprobs:  # nothing generated (the env failed first): verl reads
+            ep.logprobs = [0.0] * len(ep.mask)           # rollout_log_probs of every row of the batch or none
         n = ep.num_turns
         R, raw, summary, info = episode_summary(ep, s, n, metrics)
         episode = {

@@ -209,9 +209,11 @@ async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWind
         extra_fields = weight_version_fields(ep, kwargs)
         extra_fields[EPISODE_KEY] = episode
         return [EnvWindowOutput(prompt_ids=prompt_ids, response_ids=[int(pad)], response_mask=[0],
+                                response_logprobs=[0.0] if loop.wants_logprobs else None,
                                 num_turns=1, metrics={}, extra_fields=extra_fields, turn_anchors=[],
                                 episode_reward=R, episode_info={**info, "session_row": 0, "session_rows": 1})]
-    with_logprobs = any(st.logprobs is not None for st in steps)  # every row of a session has the same fields
+    # every row of a batch has the same fields
+    with_logprobs = loop.wants_logprobs or any(st.logprobs is not None for st in steps)
     outputs = []
     for t, st in enumerate(steps):
         episode = {

@@ -122,6 +122,16 @@ def test_reset_failure_gives_minimal_output(tokenizer, toy_env):
     # never generated, yet verl's _compute_metrics needs the weight versions: the global step the loop was given
     assert out.extra_fields["min_global_steps"] == 3 and out.extra_fields["max_global_steps"] == 3
     assert out.episode_info["env_failed"] == 1.0 and "error during open" in out.episode_info["env_error_text"]
+    assert out.response_logprobs is None  # verl keeps no rollout log-probs here, so no row has them
+
+
+def test_reset_failure_carries_rollout_logprobs_when_verl_keeps_them(tokenizer, toy_env):
+    # verl reads rollout_log_probs of the whole batch when rollout.calculate_log_probs is on (KeyError seen in a
+    # real run when one row, whose env failed at reset, had none)
+    config = agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1}),
+                          actor_rollout_ref={"rollout": {"calculate_log_probs": True}})
+    out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t0"))
+    assert out.response_mask == [0] and out.response_logprobs == [0.0]
 
 
 def test_env_failure_is_collected_and_marked(tokenizer, toy_env, tmp_path):

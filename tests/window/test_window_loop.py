@@ -168,6 +168,22 @@ def test_reset_failure_gives_one_placeholder_row(tokenizer, toy_env):
     assert outs[0].response_mask == [0] and outs[0].turn_anchors == [] and len(outs[0].prompt_ids) > 0
 
 
+def test_reset_failure_placeholder_carries_rollout_logprobs_when_verl_keeps_them(tokenizer, toy_env):
+    import asyncio
+
+    from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop
+
+    config = agent_config(window_cfg(env_kwargs={"no_such_kwarg": 1}),
+                          actor_rollout_ref={"rollout": {"calculate_log_probs": True}})
+
+    async def go():
+        loop = make_agent_loop(config, FakeServer(tokenizer, expert()), tokenizer)
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **row("t0"))
+
+    (out,) = asyncio.run(go())
+    assert out.response_mask == [0] and out.response_logprobs == [0.0]
+
+
 def test_config_checks(tokenizer, toy_env):
     from recipe.spa.settings import EnvRolloutSettings, env_settings_problems
 
