@@ -510,19 +510,24 @@ class StepRewardModel:
         with torch.set_grad_enabled(grad), self._autocast():
             if self._head_model:  # c_t (progress) or the discriminator's logit l_t (raw: the reward clips it)
                 return model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"]).float()
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            logp = obj.token_logprobs(logits, batch["input_ids"])
+            ids = batch["input_ids"]
+            turn_idx = obj.span_turn_index([p[1] for p in prepared], ids.shape[1]).to(self.device)
+            logp = self._turn_token_logprobs(model, ids, batch["attention_mask"], turn_idx)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logits = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                use_cache=False).logits
-                    ref = obj.token_logprobs(ref_logits, batch["input_ids"])
+                    ref = self._turn_token_logprobs(self.reference, ids, batch["attention_mask"], turn_idx)
             else:
                 ref = torch.zeros_like(logp)
                 for row, p in enumerate(prepared):
                     ref[row, : len(p[3])] = torch.tensor(p[3], dtype=ref.dtype)
-            turn_idx = obj.span_turn_index([p[1] for p in prepared], batch["input_ids"].shape[1]).to(self.device)
             return self.settings.beta * obj.turn_log_ratio(logp, ref, turn_idx, k)
+
+    def _turn_token_logprobs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             turn_idx: torch.Tensor) -> torch.Tensor:
+        """(bs, L) float32 ``log p(x_i | x_<i)`` of the causal LM ``model`` (the sharded model calls it through
+        its FSDP root)."""
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return obj.token_logprobs(logits, input_ids)
 
     def _values(self, model, prepared: list, grad: bool = False) -> list[torch.Tensor]:
         """Per-item (K_i,) turn values in micro-batches (:meth:`_micro_batches`), in input order."""
