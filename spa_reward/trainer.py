@@ -55,6 +55,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from spa_reward.advantage import estimator_inputs
 from spa_reward.config_check import ConfigError, select_key, validate_config
+from spa_reward.layout import session_key
 from spa_reward.metrics import episode_metrics, is_env_failure
 from spa_reward.startup import run_startup_checks
 
@@ -86,15 +87,8 @@ def session_layout(keys: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
 
     Returns sessions (bs,) ``{uid}_{session_id}``, step_index (bs,) int and final (bs,) bool (the session's last
     row). A key of another shape is a session of its own."""
-    sessions, steps = [], []
-    for key in keys:
-        parts = str(key).rsplit("_", 2)
-        if len(parts) == 3 and parts[2].isdigit():
-            sessions.append(f"{parts[0]}_{parts[1]}")
-            steps.append(int(parts[2]))
-        else:
-            sessions.append(str(key))
-            steps.append(0)
+    parsed = [session_key(key) for key in keys]
+    sessions, steps = [s for s, _ in parsed], [i for _, i in parsed]
     step_index = np.asarray(steps, dtype=np.int64)
     last = pd.Series(step_index).groupby(pd.Series(sessions, dtype=object)).transform("max").to_numpy()
     return sessions, step_index, step_index == last

@@ -53,7 +53,11 @@ Precision (:func:`precision`): a model that trains keeps fp32 master weights and
 bf16 under autocast on CUDA (verl's actor does the same: ``model_dtype: fp32``, bf16 compute); a frozen scorer
 holds bf16 weights on CUDA. Plain AdamW on bf16 weights loses every step smaller than the weight's bf16 spacing
 (at lr 1e-6 about 2% of the weights ever move), so an online model whose trainable weights are not fp32 is refused.
-Scale: ``gradient_checkpointing`` and ``lora_r`` (peft) are implemented and tested on CPU; one actor uses the GPUs
+Memory at real lengths: forwards and backwards run on micro-batches of at most ``micro_batch_size`` sequences
+and ``max_token_len`` padded tokens (:func:`objectives.token_budget_batches`); the implicit objective takes the
+log-probs of the taken turn tokens from the last hidden states a chunk at a time
+(:func:`objectives.taken_token_logprobs`), never the full (bs, L, V) logits, and checks at build that this equals
+the model's own log-softmax. Scale: ``gradient_checkpointing`` and ``lora_r`` (peft) are implemented and tested on CPU; one actor uses the GPUs
 it is given (``num_gpus``). Multi-GPU training of a 7B PRM is left to a data-parallel group of these actors (see
 the README).
 """
@@ -111,7 +115,9 @@ class StepRMSettings:
         lr, grad_clip, weight_decay: AdamW and gradient-norm clip.
         steps_per_batch: optimiser steps per ``update``; each step sees every episode of the replay window.
         replay_batches: K, the window of the last K batches trained on (1 = the current batch only).
-        micro_batch_size: sequences per forward/backward (gradient accumulation over a step).
+        micro_batch_size: at most this many sequences per forward/backward (gradient accumulation over a step).
+        max_token_len: and at most this many padded tokens per forward/backward (rows x the longest; verl's
+            ``ppo_max_token_len_per_gpu``); a longer sequence is a micro-batch of its own.
         max_length: progress objective: truncation length (default: the estimator's); implicit: longer items raise.
         dtype: weight dtype; ``auto`` = fp32 master weights for an online model, bf16 on CUDA for a frozen scorer
             (:func:`precision`). An online model with bf16 / fp16 trainable weights is refused.
@@ -136,6 +142,7 @@ class StepRMSettings:
     steps_per_batch: int = 1
     replay_batches: int = 1
     micro_batch_size: int = 8
+    max_token_len: int = 16384
     max_length: Optional[int] = None
     dtype: str = "auto"
     autocast_bf16: bool | str = "auto"
@@ -173,7 +180,7 @@ class StepRMSettings:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 p.append(f"{name}={v} must be a finite number > 0")
-        for name in ("steps_per_batch", "replay_batches", "micro_batch_size"):
+        for name in ("steps_per_batch", "replay_batches", "micro_batch_size", "max_token_len"):
             if int(getattr(self, name)) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.lora_r < 0:
@@ -457,13 +464,17 @@ class StepRewardModel:
         self.keep_prompt = True
         self.vocab_rows = int(model.get_input_embeddings().weight.shape[0])
         self.pad_id = int(getattr(text, "pad_token_id", None) or 0)
+        self.softcap = getattr(text, "final_logit_softcapping", None)
         return model
 
     def _place(self) -> None:
-        """Put the built modules on the device (the sharded model shards them first: ``sharded.py``)."""
+        """Put the built modules on the device (the sharded model shards them first: ``sharded.py``) and check
+        the causal LM's log-prob path."""
         self.model.to(self.device)
         if self.reference is not None:
             self.reference.to(self.device)
+        if self.settings.objective == "implicit":
+            self._check_logprob_path()
 
     def _serving_copy(self):
         """The copy that scores while the model trains (swapped after each update, :meth:`_sync_serving`)."""
@@ -524,10 +535,40 @@ class StepRewardModel:
 
     def _turn_token_logprobs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              turn_idx: torch.Tensor) -> torch.Tensor:
-        """(bs, L) float32 ``log p(x_i | x_<i)`` of the causal LM ``model`` (the sharded model calls it through
-        its FSDP root)."""
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return obj.token_logprobs(logits, input_ids)
+        """(bs, L) float32 ``log p(x_i | x_<i)`` on the turn tokens (i >= 1), 0 elsewhere, from the causal LM's
+        last hidden states and its output layer, chunked (:func:`objectives.taken_token_logprobs`): the full
+        (bs, L, V) logits are never built, and prompt / observation positions never reach the output layer."""
+        from spa_reward.progress.model import last_hidden_state
+
+        base = self._base(model)
+        hidden = last_hidden_state(base, input_ids, attention_mask)  # (bs, L, H)
+        rows, pos = (turn_idx[:, 1:] >= 0).nonzero(as_tuple=True)
+        pos = pos + 1  # token i is predicted at position i - 1
+        lp = obj.taken_token_logprobs(hidden[rows, pos - 1], base.get_output_embeddings(), input_ids[rows, pos],
+                                      self.vocab_rows, softcap=self.softcap)
+        return torch.zeros(input_ids.shape, dtype=torch.float32, device=lp.device).index_put((rows, pos), lp)
+
+    def _check_logprob_path(self) -> None:
+        """The chunked log-probs must equal log-softmax of the model's own logits (a model whose forward scales
+        or caps its logits in a way :meth:`_turn_token_logprobs` does not reproduce is refused here)."""
+        base = self._base(self.model)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_rows, (1, 12), generator=g).to(self.device)
+        mask = torch.ones_like(ids)
+        turn_idx = torch.zeros_like(ids)
+        was = base.training
+        base.eval()
+        try:
+            with torch.no_grad():
+                full = obj.token_logprobs(base(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids)
+                chunked = self._turn_token_logprobs(self.model, ids, mask, turn_idx)
+        finally:
+            base.train(was)
+        err = float((full - chunked).abs().max())
+        if not err <= 1e-3 * max(1.0, float(full.abs().max())):
+            raise ValueError(f"the PRM {type(base).__name__} does not compute its logits as output_layer(last hidden "
+                             f"state) (max log-prob difference {err:.3g}): the memory-saving log-prob path cannot "
+                             "serve it")
 
     def _values(self, model, prepared: list, grad: bool = False) -> list[torch.Tensor]:
         """Per-item (K_i,) turn values in micro-batches (:meth:`_micro_batches`), in input order."""
@@ -544,10 +585,10 @@ class StepRewardModel:
         return out
 
     def _micro_batches(self, prepared: list) -> list[list[int]]:
-        """Indices of ``prepared`` in micro-batches of ``micro_batch_size`` sequences, longest first."""
-        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
-        mb = int(self.settings.micro_batch_size)
-        return [order[start : start + mb] for start in range(0, len(order), mb)]
+        """Indices of ``prepared`` in micro-batches, longest first: at most ``micro_batch_size`` sequences and
+        ``max_token_len`` padded tokens each (:func:`objectives.token_budget_batches`)."""
+        s = self.settings
+        return obj.token_budget_batches([len(p[0]) for p in prepared], int(s.max_token_len), int(s.micro_batch_size))
 
     # -------------------------------------------------------------------------------------------- public API
 
@@ -671,7 +712,6 @@ class StepRewardModel:
         forward per step for progress). Progress: MSE(sum of the episode's rows' c_t, R); implicit: iStar's DPO
         over (success, failure) episodes of one uid group with ``Q`` = the mean of ``beta * q_t`` over all the
         episode's turns. Rows of one episode need not share a micro-batch."""
-        n, mb = len(prepared), int(self.settings.micro_batch_size)
         with torch.no_grad():
             values = torch.nn.utils.rnn.pad_sequence(self._values(self.model, prepared), batch_first=True)
         lengths = torch.tensor([len(p[1]) for p in prepared])

@@ -144,8 +144,6 @@ class ShardedStepRewardModel(StepRewardModel):
             if r == self.rank:
                 super().__init__(s)
             dist.barrier()
-        if s.objective == "implicit" and hasattr(self, "_check_logprob_path"):
-            self._check_logprob_path()
 
     # -------------------------------------------------------------------------------------------- building
 
@@ -157,6 +155,12 @@ class ShardedStepRewardModel(StepRewardModel):
         return MixedPrecisionPolicy()
 
     def _place(self) -> None:
+        if self.settings.objective == "implicit":  # on the whole model in host memory, before sharding
+            device, self.device = self.device, torch.device("cpu")
+            try:
+                StepRewardModel._check_logprob_path(self)
+            finally:
+                self.device = device
         mp = self._mp_policy()
         if self._head_model:  # ProgressEstimator: its forward is the root; its head stays fp32
             shard_module(self.model, self.mesh, mp, fp32_modules=[self.model.head])

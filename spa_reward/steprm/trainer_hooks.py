@@ -51,10 +51,10 @@ logger = logging.getLogger(__name__)
 STATE_DIR = "steprm"
 ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: the state published after every update
 ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
-              "micro_batch_size", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r",
-              "lora_alpha", "seed")
+              "micro_batch_size", "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing",
+              "lora_r", "lora_alpha", "seed")
 STEPAGENT_KEYS = ("beta", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
-                  "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r", "lora_alpha", "head",
+                  "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r", "lora_alpha", "head",
                   "seed")
 # plan kinds whose service trains online / whose scores are added to rm_scores on every turn
 TRAINING_KINDS = ("progress_online", "implicit", "stepagent_implicit", "stepagent_irl")
@@ -62,7 +62,7 @@ SCORING_KINDS = ("implicit", "stepagent_implicit", "stepagent_irl")
 PLAN_BLOCKS = {"implicit": "algorithm.istar", "progress_online": "algorithm.spa.online",
                "stepagent_implicit": "algorithm.stepagent", "stepagent_irl": "algorithm.stepagent"}
 ONLINE_KEYS = ("lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
-               "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "seed")
+               "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "seed")
 
 
 def _get(cfg: Any, path: str, default: Any = None) -> Any:
