@@ -9,14 +9,16 @@ What each rank holds (bytes per parameter P of the trained model; :func:`plan` i
 ==================  ====================  =======================================================================
 part                N = 1 (one actor)     N >= 2 (FSDP2 group, ``spa_reward.steprm.sharded``)
 ==================  ====================  =======================================================================
-master weights      4 P (fp32)            4 P / N (fp32 shards)
+master weights      4 P (fp32)            4 P / N (fp32 shards; plus a frozen untied LM head of the estimator)
 gradients           4 P (fp32)            4 P / N (reduce-scattered in fp32)
 AdamW m and v       8 P (fp32)            8 P / N
-serving copy        4 P (fp32 copy)       2 P / N (bf16 shards: what MixedPrecisionPolicy all-gathers anyway)
-frozen reference    4 P (StepAgent only)  2 P / N (StepAgent only; iStar uses the rollout's log-probs)
-bf16 weight casts   2 P (autocast cache)  2 bytes x (largest FSDP unit x 2 + the root unit): the all-gathered
-                                          unit being computed and the one prefetched; 4 bytes x the largest
-                                          unit for its unsharded fp32 gradient before the reduce-scatter
+serving copy        4 P (fp32 copy)       none (one call at a time: the group scores with the trained weights)
+frozen reference    4 P (StepAgent only)  2 P / N (bf16 shards; StepAgent only: iStar uses the rollout's log-probs)
+bf16 weights        2 P (autocast's       gathered units (bf16): the root unit (output layer, final norm, a tied
+                    cached casts)         embedding) from the forward to the end of the backward, the largest
+                                          other unit (a decoder layer, an untied embedding) while it runs and one
+                                          prefetched layer; the trained ones also hold a bf16 gradient and its
+                                          fp32 copy for the reduce-scatter (6 more bytes per parameter)
 activations         the same for both: see below, at ``max_token_len`` tokens per micro-batch
 ==================  ====================  =======================================================================
 
@@ -36,10 +38,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from spa_reward.steprm.objectives import LOGIT_CHUNK_ELEMENTS
+from spa_reward.steprm.service import StepRMSettings
+
 GIB = 1024**3
 OVERHEAD_GB = 2.0  # CUDA context + NCCL buffers + allocator slack per GPU (not computed)
-DEFAULT_TOKENS = 16384  # max_token_len per micro-batch (verl's ppo_max_token_len_per_gpu scale)
-LOGIT_CHUNK_ELEMENTS = 1 << 26  # as objectives.LOGIT_CHUNK_ELEMENTS (fp32 logits per chunk)
+DEFAULT_TOKENS = StepRMSettings.max_token_len  # max_token_len per micro-batch (the recipe's default)
+GPU_GIB = 78.0  # what an 80 GB H100 gives a process
 
 # Qwen2.5 decoder configs, as published with the models (the fields this plan reads)
 QWEN25 = {
@@ -60,34 +65,45 @@ class Params:
     layer: int  # one decoder layer
     layers: int  # all decoder layers
     embed: int
-    lm_head: int  # 0 when tied to the embedding
+    lm_head: int  # the untied output layer; 0 when tied to the embedding
     norm: int
     head: int  # progress head (MLP H -> H -> 1); 0 for the implicit PRM
+    lm_head_trained: bool  # False: the progress estimator's untied LM head, frozen and never run
 
     @property
     def total(self) -> int:
-        return self.layers + self.embed + self.lm_head + self.norm + self.head
+        """Trained parameters (P)."""
+        return self.layers + self.embed + (self.lm_head if self.lm_head_trained else 0) + self.norm + self.head
 
     @property
-    def largest_unit(self) -> int:
-        """The largest unit FSDP all-gathers at once: a decoder layer, the embedding or the output layer (each
-        wrapped on its own, :func:`spa_reward.steprm.sharded.shard_module`)."""
-        return max(self.layer, self.embed, self.lm_head, self.head)
+    def frozen(self) -> int:
+        return 0 if self.lm_head_trained else self.lm_head
+
+    @property
+    def root_unit(self) -> int:
+        """The FSDP root of :func:`spa_reward.steprm.sharded.shard_module`: output layer, final norm and a tied
+        embedding."""
+        return self.norm + (self.lm_head if self.lm_head else self.embed)
+
+    @property
+    def largest_other_unit(self) -> int:
+        """A decoder layer or an untied embedding (the head is its own, small, unit)."""
+        return max(self.layer, self.embed if self.lm_head else 0, self.head)
 
 
 def count_params(cfg: dict[str, Any], model: str) -> Params:
-    """``model``: ``implicit`` (the causal LM, trained whole) or ``progress`` (backbone + MLP head; the untied LM
-    head is frozen and never run, so it is not counted)."""
+    """``model``: ``implicit`` (the causal LM, trained whole) or ``progress`` (backbone + MLP head; an untied LM
+    head is frozen and never run)."""
     h, inter, n = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_hidden_layers"])
     heads, kv_heads = int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
     kv = kv_heads * (h // heads)
     v = int(cfg["vocab_size"])
     layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h
-    tied = bool(cfg.get("tie_word_embeddings", False))
+    lm_head = 0 if cfg.get("tie_word_embeddings", False) else v * h
     if model == "implicit":
-        return Params(layer, n * layer, v * h, 0 if tied else v * h, h, 0)
+        return Params(layer, n * layer, v * h, lm_head, h, 0, True)
     if model == "progress":
-        return Params(layer, n * layer, v * h, 0, h, h * h + h + h + 1)
+        return Params(layer, n * layer, v * h, lm_head, h, h * h + h + h + 1, False)
     raise ValueError(f"model={model!r} is not one of {MODELS}")
 
 
@@ -111,12 +127,13 @@ def plan(cfg: dict[str, Any], model: str, ranks: int, tokens: int = DEFAULT_TOKE
     p = count_params(cfg, model)
     P = p.total
     if ranks == 1:
-        parts = {"weights": 4 * P, "grads": 4 * P, "adam": 8 * P, "serving": 4 * P,
+        parts = {"weights": 4 * (P + p.frozen), "grads": 4 * P, "adam": 8 * P, "serving": 4 * (P + p.frozen),
                  "reference": 4 * P if reference else 0, "gathered": 2 * P}
     else:
-        parts = {"weights": 4 * P / ranks, "grads": 4 * P / ranks, "adam": 8 * P / ranks, "serving": 2 * P / ranks,
+        root_trained = p.root_unit - p.frozen
+        parts = {"weights": 4 * (P + p.frozen) / ranks, "grads": 4 * P / ranks, "adam": 8 * P / ranks, "serving": 0,
                  "reference": 2 * P / ranks if reference else 0,
-                 "gathered": 2 * (2 * p.largest_unit + p.norm) + 4 * p.largest_unit}
+                 "gathered": 2 * (p.root_unit + p.largest_other_unit + p.layer) + 6 * (root_trained + p.largest_other_unit)}
     parts["activations"] = activation_bytes(cfg, model, tokens)
     out = {k: v / GIB for k, v in parts.items()}
     out["params_b"] = P / 1e9
@@ -125,15 +142,15 @@ def plan(cfg: dict[str, Any], model: str, ranks: int, tokens: int = DEFAULT_TOKE
 
 
 def table(sizes=("0.5B", "1.5B", "7B"), ranks=(1, 2, 4, 8), tokens: int = DEFAULT_TOKENS,
-          gpu_gb: float = 80.0) -> str:
+          gpu_gb: float = GPU_GIB) -> str:
     """The README table (markdown): GiB per GPU, ``*`` where the total exceeds ``gpu_gb``."""
-    rows = ["| model | size | params | N | weights + grads + AdamW | serving | bf16 gathered | activations "
+    rows = ["| model | size | params | N | weights + grads + AdamW | serving copy | bf16 weights | activations "
             f"({tokens} tokens) | total per GPU |", "|---|---|---|---|---|---|---|---|---|"]
     for model in MODELS:
         for size in sizes:
             for n in ranks:
                 r = plan(QWEN25[size], model, n, tokens)
-                over = " (over)" if r["total"] > gpu_gb else ""
+                over = f" (> {gpu_gb:g})" if r["total"] > gpu_gb else ""
                 rows.append(f"| {model} | {size} | {r['params_b']:.2f}B | {n} | {r['weights'] + r['grads'] + r['adam']:.1f} "
                             f"| {r['serving']:.1f} | {r['gathered']:.1f} | {r['activations']:.1f} "
                             f"| **{r['total']:.1f}**{over} |")
@@ -152,7 +169,7 @@ def smallest_fit(cfg: dict[str, Any], model: str, gpu_gb: float, tokens: int = D
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="max_token_len per micro-batch")
-    ap.add_argument("--gpu-gb", type=float, default=80.0, help="GPU memory (GiB) a plan must fit")
+    ap.add_argument("--gpu-gb", type=float, default=GPU_GIB, help="GPU memory (GiB) a plan must fit")
     ap.add_argument("--config", help="a Hugging Face config.json to plan instead of the Qwen2.5 table")
     ap.add_argument("--model", choices=MODELS, default="implicit")
     args = ap.parse_args(argv)

@@ -88,15 +88,25 @@ def _unit_classes(module: nn.Module) -> set[str]:
 
 
 def shard_module(root: nn.Module, mesh, mp_policy, fp32_modules: Sequence[nn.Module] = ()) -> nn.Module:
-    """FSDP2 over ``mesh``: every decoder block (``_no_split_modules``) an FSDP unit, each of ``fp32_modules`` a
-    unit that computes in fp32 whatever ``mp_policy`` says (the progress head), then ``root``, which keeps the
-    rest (embeddings, final norm, output layer). Returns ``root``."""
+    """FSDP2 over ``mesh``: every decoder block (``_no_split_modules``) an FSDP unit, the input embedding a unit
+    when it is not tied to the output layer, each of ``fp32_modules`` a unit that computes in fp32 whatever
+    ``mp_policy`` says (the progress head), then ``root``, which keeps the rest (output layer, final norm, a tied
+    embedding): the output layer is called in chunks outside the LM's forward, so it must stay gathered from the
+    root's forward to the end of its backward. Returns ``root``."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     classes = _unit_classes(root)
     for m in root.modules():
         if type(m).__name__ in classes:
             fully_shard(m, mesh=mesh, mp_policy=mp_policy)
+    for m in root.modules():
+        inp = getattr(m, "get_input_embeddings", None)
+        if inp is None or not callable(getattr(m, "get_output_embeddings", None)):
+            continue
+        emb, out = m.get_input_embeddings(), m.get_output_embeddings()
+        if emb is not None and (out is None or out.weight is not emb.weight):
+            fully_shard(emb, mesh=mesh, mp_policy=mp_policy)
+        break  # the outermost model that has both
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for m in fp32_modules:
         fully_shard(m, mesh=mesh, mp_policy=fp32)

@@ -21,6 +21,7 @@ dist = pytest.importorskip("torch.distributed")
 
 IMPLICIT = dict(objective="implicit", online=True, backbone_config=tiny_backbone(), lr=1e-2, beta=0.5,
                 reference="frozen", device="cpu", micro_batch_size=3)
+TIED = dict(IMPLICIT, backbone_config=dict(tiny_backbone(), tie_word_embeddings=True))  # Qwen2.5 0.5B / 1.5B tie
 PROGRESS = dict(objective="progress", online=True, backbone_config=tiny_backbone(), lr=1e-2, device="cpu",
                 micro_batch_size=3)
 
@@ -45,7 +46,7 @@ def close(a, b, tol=1e-6) -> bool:
     return len(a) == len(b) and all(x == pytest.approx(y, abs=tol) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("settings", [IMPLICIT, PROGRESS], ids=["implicit", "progress"])
+@pytest.mark.parametrize("settings", [IMPLICIT, TIED, PROGRESS], ids=["implicit", "tied", "progress"])
 def test_sharded_model_scores_and_trains_like_the_one_actor_model(one_rank, settings, tmp_path):
     from torch.distributed.tensor import DTensor
 
