@@ -45,6 +45,7 @@ GIB = 1024**3
 OVERHEAD_GB = 2.0  # CUDA context + NCCL buffers + allocator slack per GPU (not computed)
 DEFAULT_TOKENS = StepRMSettings.max_token_len  # max_token_len per micro-batch (the recipe's default)
 GPU_GIB = 78.0  # what an 80 GB H100 gives a process
+HEADROOM = 0.9  # a plan "fits" when its estimate is within 90% of the GPU
 
 # Qwen2.5 decoder configs, as published with the models (the fields this plan reads)
 QWEN25 = {
@@ -158,12 +159,31 @@ def table(sizes=("0.5B", "1.5B", "7B"), ranks=(1, 2, 4, 8), tokens: int = DEFAUL
 
 
 def smallest_fit(cfg: dict[str, Any], model: str, gpu_gb: float, tokens: int = DEFAULT_TOKENS,
-                 reference: bool = False, ranks=(1, 2, 4, 8, 16)) -> Optional[int]:
-    """The fewest ranks whose plan fits ``gpu_gb`` per GPU, None if none of ``ranks`` does."""
+                 reference: bool = False, ranks=(1, 2, 4, 8, 16), headroom: float = HEADROOM) -> Optional[int]:
+    """The fewest ranks whose plan fits ``headroom x gpu_gb`` per GPU (the plan is an estimate), None if none of
+    ``ranks`` does."""
     for n in ranks:
-        if plan(cfg, model, n, tokens, reference)["total"] <= gpu_gb:
+        if plan(cfg, model, n, tokens, reference)["total"] <= headroom * gpu_gb:
             return n
     return None
+
+
+def held_bytes(model) -> dict[str, int]:
+    """Bytes a built :class:`~spa_reward.steprm.service.StepRewardModel` (or one rank of the sharded model: its
+    shards) holds between calls: ``weights``, ``adam`` (AdamW's m and v), ``serving`` (a separate serving copy),
+    ``reference`` (a frozen reference copy). Gradients exist only inside an update (peak memory shows them)."""
+    import torch
+
+    def size(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    params = list(model.model.parameters())
+    states = model.optimizer.state.values() if model.optimizer is not None else []
+    return {"weights": sum(size(p) for p in params),
+            "adam": sum(size(v) for st in states for v in st.values() if torch.is_tensor(v) and v.dim()),
+            "serving": 0 if model.serving is model.model else sum(size(p) for p in model.serving.parameters()),
+            "reference": 0 if model.reference is None else sum(size(p) for p in model.reference.parameters())}
 
 
 def main(argv=None) -> None:
@@ -186,8 +206,8 @@ def main(argv=None) -> None:
     for size in QWEN25:
         for model in MODELS:
             n = smallest_fit(QWEN25[size], model, args.gpu_gb, args.tokens)
-            print(f"{model} {size}: fits {args.gpu_gb:.0f} GiB from N={n}" if n else
-                  f"{model} {size}: does not fit {args.gpu_gb:.0f} GiB at N <= 16")
+            print(f"{model} {size}: fits {HEADROOM:.0%} of {args.gpu_gb:g} GiB from N={n}" if n else
+                  f"{model} {size}: does not fit {HEADROOM:.0%} of {args.gpu_gb:g} GiB at N <= 16")
 
 
 if __name__ == "__main__":

@@ -463,6 +463,14 @@ class RankActor:
     def version(self) -> int:
         return self.model.version
 
+    def memory(self) -> dict[str, int]:
+        """This rank's tensors (:func:`spa_reward.steprm.memory_plan.held_bytes`) and its peak RSS (bytes)."""
+        import resource
+
+        from spa_reward.steprm.memory_plan import held_bytes
+
+        return {**held_bytes(self.model), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
 
 # ------------------------------------------------------------------------------------------------ Ray: the group
 

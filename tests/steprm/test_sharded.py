@@ -144,3 +144,20 @@ def test_ranks_come_from_the_gpus_and_bad_splits_are_refused():
                plan_problems(trainer_config(*spa, "algorithm.spa.scorer_ranks=-1")))
     assert not plan_problems(trainer_config("algorithm.reward=istar", "actor_rollout_ref.model.path=/m",
                                             "algorithm.istar.num_gpus=4"))
+
+
+def test_a_frozen_scorer_on_ranks_scores_like_the_one_actor_progress_scorer(one_rank, tmp_path):
+    """SCORER_GPUS >= 2 serves the frozen SPA estimator from the sharded model (objective progress, online false)
+    instead of ``ProgressScorer``: the same c_t for the reward manager's items, truncation included."""
+    from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig
+    from spa_reward.progress.serve import ProgressScorer
+
+    torch.manual_seed(0)
+    ProgressEstimator(ProgressEstimatorConfig(backbone_config=tiny_backbone(), max_length=24)).save_pretrained(tmp_path)
+    batch, _ = synthetic_items(6, seed=2)
+    items = [{"input_ids": it["input_ids"], "prompt_length": it["prompt_length"],
+              "turn_ends": [b - 1 for _, b in it["turn_spans"]]} for it in batch]
+    assert max(len(it["input_ids"]) for it in items) > 24  # some are truncated
+    want = ProgressScorer(tmp_path, device="cpu").score(items)
+    got = sharded(dict(objective="progress", online=False, model_path=str(tmp_path), device="cpu")).score(items)
+    assert all(close(g, w) for g, w in zip(got, want)) and len(got) == len(want)
