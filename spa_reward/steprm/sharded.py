@@ -285,7 +285,7 @@ class ShardedStepRewardModel(StepRewardModel):
             optim_meta = None
             if self.optimizer is not None and self.optimizer.state:
                 state["optim"] = {k: self.optimizer.state[p] for k, p in params.items() if p in self.optimizer.state}
-                optim_meta = _param_groups(self.optimizer, list(params))
+                optim_meta = _param_groups(self.optimizer, list(params), list(state["optim"]))
             dcp.save(state, checkpoint_id=str(out / DCP_DIR))
             if self.rank == 0:
                 with open(out / "replay.json", "w", encoding="utf-8") as f:
@@ -309,7 +309,7 @@ class ShardedStepRewardModel(StepRewardModel):
                 template: dict[str, Any] = {"model": params}
                 meta = state.get("optimizer")
                 if self.optimizer is not None and meta:
-                    template["optim"] = {k: _adam_template(p) for k, p in params.items() if k in meta["params"]}
+                    template["optim"] = {k: _adam_template(p) for k, p in params.items() if k in meta["state"]}
                 dcp.load(template, checkpoint_id=str(src / DCP_DIR))
                 optim = template.get("optim")
             else:  # the one-actor format: full tensors on every rank, each keeps its shard
@@ -347,12 +347,13 @@ def _adam_template(p: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p), "step": torch.zeros((), dtype=torch.float32)}
 
 
-def _param_groups(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, Any]:
-    """AdamW's hyperparameters (JSON) and the parameter names in its order."""
+def _param_groups(optimizer: torch.optim.Optimizer, names: list[str], with_state: list[str]) -> dict[str, Any]:
+    """AdamW's hyperparameters (JSON), the parameter names in its order and those that have a state (a parameter
+    that never had a gradient has none)."""
     groups = []
     for g in optimizer.param_groups:
         groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"})
-    return {"param_groups": groups, "params": names}
+    return {"param_groups": groups, "params": names, "state": with_state}
 
 
 def _set_optimizer_state(optimizer, params: dict[str, torch.Tensor], state: Optional[dict], meta: Optional[dict]) -> None:
@@ -376,7 +377,8 @@ def _read_state_json(src: Path, settings: StepRMSettings) -> dict:
 
 
 def _read_full_files(src: Path, names: list[str], with_optimizer: bool):
-    """The one-actor format: ``(weights, optimizer state by name or None, hyperparameters or None)``."""
+    """The one-actor format: ``(weights, AdamW state by name or None, hyperparameters or None)``; ``names``: the
+    trainable parameters in the optimiser's order."""
     from safetensors.torch import load_file
 
     weights = load_file(str(src / "weights.safetensors"))
@@ -386,38 +388,38 @@ def _read_full_files(src: Path, names: list[str], with_optimizer: bool):
     if not opt.is_file():
         raise FileNotFoundError(f"step-reward model state {str(opt)!r} is missing")
     sd = torch.load(opt, map_location="cpu", weights_only=True)
-    order = [n for n in names if n in weights] if len(sd["param_groups"][0]["params"]) != len(names) else names
-    ids = [i for g in sd["param_groups"] for i in g["params"]]
-    by_name = {order[j]: sd["state"][i] for j, i in enumerate(ids) if i in sd["state"]}
-    meta = {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]],
-            "params": [order[j] for j in range(len(ids))]}
+    groups = sd["param_groups"]
+    if len(groups) != 1 or len(groups[0]["params"]) != len(names):
+        raise ValueError(f"{opt} holds an optimiser of {[len(g['params']) for g in groups]} parameters; this model "
+                         f"trains {len(names)} in one group")
+    by_name = {names[j]: sd["state"][i] for j, i in enumerate(groups[0]["params"]) if i in sd["state"]}
+    meta = {"param_groups": [{k: v for k, v in groups[0].items() if k != "params"}], "params": names,
+            "state": list(by_name)}
     return weights, (by_name or None), meta
 
 
 def read_full_dcp(src: str | os.PathLike, params: Mapping[str, torch.Tensor], with_optimizer: bool
                   ) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
     """A sharded checkpoint as full tensors, without a process group (the one-actor model's load): ``(weights by
-    name, optimizer state_dict in ``torch.optim`` form for the trainable ``params`` in their order, or None)``."""
+    name, optimizer state_dict in ``torch.optim`` form for the trainable ``params`` in their order, or None when
+    it was saved before any update)``."""
     import torch.distributed.checkpoint as dcp
 
     src = Path(src)
     with open(src / "state.json", encoding="utf-8") as f:
-        state = json.load(f)
-    meta = state.get("optimizer") if with_optimizer else None
-    saved = set(meta["params"]) if meta else set()
+        meta = json.load(f).get("optimizer") if with_optimizer else None
     template: dict[str, Any] = {"model": {k: torch.empty_like(p, device="cpu") for k, p in params.items()}}
     if meta:
+        saved = set(meta["state"])
         template["optim"] = {k: _adam_template(torch.empty_like(p, device="cpu")) for k, p in params.items() if k in saved}
     dcp.load(template, checkpoint_id=str(src / DCP_DIR), no_dist=True)
-    optim = None
-    if with_optimizer:
-        names = list(params)
-        groups = [dict(g, params=list(range(len(names)))) for g in (meta["param_groups"] if meta else [])]
-        optim = {"state": {i: template["optim"][k] for i, k in enumerate(names) if meta and k in template["optim"]},
-                 "param_groups": [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]}
-        if not meta:
-            optim = None
-    return template["model"], optim
+    if not meta:
+        return template["model"], None
+    names = list(params)
+    groups = [{**{k: (tuple(v) if k == "betas" else v) for k, v in g.items()}, "params": list(range(len(names)))}
+              for g in meta["param_groups"]]
+    state = {i: template["optim"][k] for i, k in enumerate(names) if k in template["optim"]}
+    return template["model"], {"state": state, "param_groups": groups}
 
 
 # ------------------------------------------------------------------------------------------------ Ray: a rank
@@ -456,9 +458,10 @@ class RankActor:
         return self.model.info()
 
     def call(self, method: str, *args):
-        """``model.<method>(*args)``; only rank 0's answer is sent back (every rank computes the same)."""
+        """``model.<method>(*args)``; rank 0 sends back ``(answer, model.info())`` (every rank computes the same),
+        the others None."""
         result = getattr(self.model, method)(*args)
-        return result if self.model.rank == 0 else None
+        return (result, self.model.info()) if self.model.rank == 0 else None
 
     def version(self) -> int:
         return self.model.version
@@ -543,7 +546,7 @@ class ShardedGroup:
         except BaseException:
             self.shutdown(keep_placement=True)
             raise
-        self.rank_info = infos[0]
+        self._info = infos[0]
         self.version = int(infos[0]["version"])
 
     # ------------------------------------------------------------------------------------------- calls
@@ -601,27 +604,25 @@ class ShardedGroup:
             if self.broken:
                 raise GroupFailure(f"the sharded step-reward service {self.name!r} lost its group: {self.broken}")
             args = tuple(ray.put(a) if isinstance(a, list) else a for a in args)  # one copy for every rank
-            results = self._run([a.call.remote(method, *args) for a in self.actors])
-            return results[0]
+            result, self._info = self._run([a.call.remote(method, *args) for a in self.actors])[0]
+            self.version = int(self._info["version"])
+            return result
 
     def score(self, batch: Sequence[Mapping[str, Any]]) -> list[list[float]]:
         return self._all("score", list(batch))
 
     def update(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        metrics = self._all("update", list(batch))
-        self.version = int(metrics["steprm/version"])
-        return metrics
+        return self._all("update", list(batch))
 
     def save(self, directory: str | os.PathLike) -> None:
         self._all("save", str(directory))
 
     def load(self, directory: str | os.PathLike) -> None:
         self._all("load", str(directory))
-        self.version = int(self._all("info")["version"])
 
     def info(self) -> dict[str, Any]:
-        return {**self._all("info"), "ranks": self.ranks, "generation": self.generation,
-                "rank_actors": list(self.actor_names)}
+        """Rank 0's model info as of the last call (no call to the ranks: an update may be running), and the group."""
+        return {**self._info, "ranks": self.ranks, "generation": self.generation, "rank_actors": list(self.actor_names)}
 
     def shutdown(self, keep_placement: bool = False) -> None:
         import ray
