@@ -46,7 +46,8 @@ def close(a, b, tol=1e-6) -> bool:
     return len(a) == len(b) and all(x == pytest.approx(y, abs=tol) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("settings", [IMPLICIT, TIED, PROGRESS], ids=["implicit", "tied", "progress"])
+@pytest.mark.parametrize("settings", [IMPLICIT, pytest.param(TIED, marks=pytest.mark.slow), PROGRESS],
+                         ids=["implicit", "tied", "progress"])
 def test_sharded_model_scores_and_trains_like_the_one_actor_model(one_rank, settings, tmp_path):
     from torch.distributed.tensor import DTensor
 
@@ -123,27 +124,36 @@ def test_micro_batches_are_split_round_robin_with_idle_passes():
 
 
 def test_ranks_come_from_the_gpus_and_bad_splits_are_refused():
+    import re
+
+    from omegaconf import OmegaConf
+
     from spa_reward.steprm.trainer_hooks import plan_problems, service_plan
 
-    assert service_plan(trainer_config("algorithm.reward=istar"))["ranks"] == 1  # one GPU: the one-actor service
-    assert service_plan(trainer_config("algorithm.reward=istar", "algorithm.istar.num_gpus=4"))["ranks"] == 4
-    assert service_plan(trainer_config("algorithm.reward=istar", "algorithm.istar.num_gpus=0",
-                                       "algorithm.istar.ranks=2"))["ranks"] == 2
-    spa = ("algorithm.reward=spa", "algorithm.spa.estimator_path=/x", "algorithm.spa.scorer_num_gpus=2")
-    assert service_plan(trainer_config(*spa))["ranks"] == 2  # the frozen scorer, data-parallel
-    assert service_plan(trainer_config(*spa, "algorithm.spa.online.enable=true"))["ranks"] == 2
-    for overrides, match in (
-        (("algorithm.istar.num_gpus=4", "algorithm.istar.ranks=2"), r"num_gpus=4 with algorithm.istar.ranks=2"),
-        (("algorithm.istar.num_gpus=1.5",), r"num_gpus=1.5: one actor uses one GPU"),
-        (("algorithm.istar.ranks=0",), r"algorithm.istar.ranks=0 must be an integer >= 1"),
-        (("algorithm.istar.num_gpus=2", "algorithm.istar.lora_r=8"), r"lora_r=8 with 2 ranks"),
+    istar = trainer_config("algorithm.reward=istar", "actor_rollout_ref.model.path=/m")
+    spa = trainer_config("algorithm.reward=spa", "algorithm.spa.estimator_path=/x")
+
+    def with_(cfg, **keys):
+        out = OmegaConf.create(OmegaConf.to_container(cfg))
+        for k, v in keys.items():
+            OmegaConf.update(out, k.replace("__", "."), v)
+        return out
+
+    assert service_plan(istar)["ranks"] == 1  # one GPU: the one-actor service
+    assert service_plan(with_(istar, algorithm__istar__num_gpus=4))["ranks"] == 4
+    assert service_plan(with_(istar, algorithm__istar__num_gpus=0, algorithm__istar__ranks=2))["ranks"] == 2
+    assert service_plan(with_(spa, algorithm__spa__scorer_num_gpus=2))["ranks"] == 2  # the frozen scorer
+    assert service_plan(with_(spa, algorithm__spa__scorer_num_gpus=2, algorithm__spa__online__enable=True))["ranks"] == 2
+    for keys, match in (
+        (dict(algorithm__istar__num_gpus=4, algorithm__istar__ranks=2), r"num_gpus=4 with algorithm.istar.ranks=2"),
+        (dict(algorithm__istar__num_gpus=1.5), r"num_gpus=1.5: one actor uses one GPU"),
+        (dict(algorithm__istar__ranks=0), r"algorithm.istar.ranks=0 must be an integer >= 1"),
+        (dict(algorithm__istar__num_gpus=2, algorithm__istar__lora_r=8), r"lora_r=8 with 2 ranks"),
     ):
-        cfg = trainer_config("algorithm.reward=istar", "actor_rollout_ref.model.path=/m", *overrides)
-        assert any(pytest.importorskip("re").search(match, p) for p in plan_problems(cfg)), plan_problems(cfg)
-    assert any("algorithm.spa.scorer_ranks=-1" in p for p in
-               plan_problems(trainer_config(*spa, "algorithm.spa.scorer_ranks=-1")))
-    assert not plan_problems(trainer_config("algorithm.reward=istar", "actor_rollout_ref.model.path=/m",
-                                            "algorithm.istar.num_gpus=4"))
+        problems = plan_problems(with_(istar, **keys))
+        assert any(re.search(match, p) for p in problems), problems
+    assert any("algorithm.spa.scorer_ranks=-1" in p for p in plan_problems(with_(spa, algorithm__spa__scorer_ranks=-1)))
+    assert not plan_problems(with_(istar, algorithm__istar__num_gpus=4))
 
 
 def test_a_frozen_scorer_on_ranks_scores_like_the_one_actor_progress_scorer(one_rank, tmp_path):
