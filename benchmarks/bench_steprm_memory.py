@@ -1,9 +1,9 @@
 """Benchmark: peak memory and time of the implicit PRM (iStar / StepAgent) on one long episode at Qwen's vocabulary.
 
 A 2-layer Llama with hidden size 64 and vocabulary 151,936 (randomly initialised from a config, no download):
-the output layer dominates, as in a real PRM at long lengths. An episode of ``--length`` tokens has a prompt of
-``length // 20`` tokens and ``--turns`` steps, each an observation and an assistant reply of equal length (the
-replies are ~half the tokens). Each case runs in its own process (peak RSS = ``ru_maxrss``):
+the output layer dominates, as in a real PRM at long lengths. An episode of about ``--length`` tokens is
+``bench_steprm.make_items``'s: a prompt of ``length // 8`` tokens and ``--turns`` steps, each an observation and an
+assistant reply of equal length. Each case runs in its own process (peak RSS = ``ru_maxrss``):
 
 * ``score``: the rewards of one episode (``StepRewardModel.score``, frozen scorer);
 * ``update``: one online update on a won and a lost episode of one uid group (trajectory DPO needs the pair;
@@ -22,11 +22,11 @@ import sys
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
 from _report import report  # noqa: E402  (benchmarks/_report.py)
+from bench_steprm import make_items  # noqa: E402  (the same synthetic episodes)
 
 import argparse
 import json
 import os
-import random
 import resource
 import subprocess
 import time
@@ -38,22 +38,6 @@ VOCAB = 151_936
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def make_episode(length: int, turns: int, vocab: int, won: bool, seed: int) -> dict:
-    rng = random.Random(seed)
-    prompt = max(1, length // 20)
-    half = max(1, (length - prompt) // (2 * turns))
-    ids = [rng.randrange(vocab) for _ in range(prompt)]
-    spans = []
-    for _ in range(turns):
-        ids += [rng.randrange(vocab) for _ in range(half)]  # observation
-        start = len(ids)
-        ids += [rng.randrange(vocab) for _ in range(half)]  # assistant reply
-        spans.append([start, len(ids)])
-    ids += [rng.randrange(vocab) for _ in range(length - len(ids))]
-    return {"input_ids": ids, "prompt_length": prompt, "turn_spans": spans, "uid": "g0", "success": won,
-            "reward": float(won), "ref_logprobs": [-rng.random() * 12 for _ in ids]}
 
 
 def child(args) -> dict:
@@ -70,7 +54,7 @@ def child(args) -> dict:
     torch.manual_seed(0)
     svc = StepRewardModel(dict(objective="implicit", online=args.phase == "update", backbone_config=cfg, lr=1e-6,
                                micro_batch_size=4, gradient_checkpointing=True, device="cpu"))
-    eps = [make_episode(args.length, args.turns, args.vocab, won, seed=i) for i, won in enumerate((True, False))]
+    eps = make_items(2, args.length, args.turns, args.vocab)  # one uid group: a won and a lost episode
     base = rss_mib()
     t0 = time.perf_counter()
     if args.phase == "score":
@@ -80,7 +64,8 @@ def child(args) -> dict:
         assert m["steprm/pairs"] == 1, m
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_MiB": round(peak), "work_MiB": round(peak - base), "time_s": round(dt, 2)}
+    return {"episode_tokens": len(eps[0]["input_ids"]), "peak_MiB": round(peak), "work_MiB": round(peak - base),
+            "time_s": round(dt, 2)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -119,7 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row["load"] = round(os.getloadavg()[0], 2)
             rows.append(row)
             print(row, flush=True)
-    report(rows, ["code", "tokens", "phase", "peak_MiB", "work_MiB", "time_s", "load", "error"], args.out)
+    report(rows, ["code", "tokens", "episode_tokens", "phase", "peak_MiB", "work_MiB", "time_s", "load", "error"],
+           args.out)
     return rows
 
 

@@ -46,7 +46,7 @@ ESTIMATOR_DIR=${ESTIMATOR_DIR:-$OUT_DIR/estimator}     # progress estimators: $E
 # ---- RL schedule shared by every algorithm so runs compare (GiGPO's scripts)
 TRAIN_TASKS=${TRAIN_TASKS:-16}          # tasks per iteration (data.train_batch_size)
 GROUP_N=${GROUP_N:-8}                   # episodes per task (rollout.n)
-VAL_TASKS=${VAL_TASKS:-128}             # tasks per validation (data.val_batch_size)
+VAL_TASKS=${VAL_TASKS:-128}             # tasks per validation: a fixed subset of the val file (data.val_tasks)
 TOTAL_STEPS=${TOTAL_STEPS:-150}         # PPO iterations
 LR=${LR:-1e-6}
 KL_COEF=${KL_COEF:-0.01}
@@ -186,6 +186,7 @@ run_verl() {
     "algorithm.use_kl_in_reward=false"
     "data.train_batch_size=$TRAIN_TASKS"
     "data.val_batch_size=$VAL_TASKS"
+    "data.val_tasks=$VAL_TASKS"
     "data.seed=$SEED"
     "trainer.n_gpus_per_node=$N_GPUS"
     "trainer.nnodes=$NNODES"

@@ -23,7 +23,7 @@ else
                  *) split="val ($split_file; no ${ENV}_test.parquet in DATA_DIR)" ;; esac
 fi
 RL_INIT=$MODEL RUN_DIR=$RUN_DIR run_verl "$ENV" \
-  "data.val_files=$DATA_DIR/$split_file" "data.val_batch_size=$EVAL_BATCH" \
+  "data.val_files=$DATA_DIR/$split_file" "data.val_batch_size=$EVAL_BATCH" data.val_tasks=null \
   "actor_rollout_ref.rollout.val_kwargs.n=$EVAL_REPEATS" \
   trainer.val_only=true trainer.resume_mode=disable "trainer.validation_data_dir=$EVAL_DIR" \
   "trainer.default_local_dir=$RUN_DIR/checkpoints" "trainer.experiment_name=${ENV}_eval_$(slug "$RUN_NAME")" "$@"

@@ -70,6 +70,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -903,6 +904,7 @@ def check_saved_state(src: Path, settings: StepRMSettings) -> dict:
 
 
 ROLLING_POINTER = "LATEST.json"
+DEFAULT_PUBLISH_EVERY = 50  # updates between two full published states when no checkpoint comes in between
 
 
 class ServiceNotRestoredError(RuntimeError):
@@ -945,69 +947,156 @@ def _write_pointer(root: Path, pointer: dict) -> None:
     os.replace(tmp, root / ROLLING_POINTER)
 
 
-def publish_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str],
-                  metrics: Optional[Mapping[str, float]] = None, with_state: bool = True) -> dict:
-    """Publish ``model``'s current state as the rolling state a restarted actor restores.
-
-    ``with_state``: the state goes to a fresh child ``v<version>-<random>/`` (:meth:`StepRewardModel.save`), then
-    ``LATEST.json`` (token, version, child name, the last update's metrics) is replaced atomically, then the older
-    children are removed: a kill at any point leaves the previous or the new state published, never a torn one.
-    ``with_state=False`` publishes version 0 without files: the initial model, which a restarted actor rebuilds
-    from its settings (same checkpoint, same seed). Returns the pointer."""
-    out = Path(root)
-    out.mkdir(parents=True, exist_ok=True)
-    name = None
-    if with_state:
-        name = f"v{model.version:08d}-{uuid.uuid4().hex[:8]}"
-        model.save(out / name)
-    elif model.version != 0:
-        raise ValueError(f"only version 0 is published without a state (this model is at version {model.version})")
-    pointer = {"format": STATE_FORMAT, "token": token, "version": int(model.version), "state": name,
-               "metrics": dict(metrics or {})}
-    _write_pointer(out, pointer)
-    for child in out.iterdir():  # older states, and pointer files of a writer that was killed
-        if child.is_symlink():
-            continue
-        if child.is_dir() and child.name.startswith("v") and child.name != name:
-            shutil.rmtree(child, ignore_errors=True)
-        elif child.is_file() and child.name.startswith(f".{ROLLING_POINTER}.") and child.name.endswith(".tmp"):
-            child.unlink(missing_ok=True)
-    return pointer
+POINTER_FORMAT = 2
+CHECKPOINT_DIR = "steprm"  # the state in a verl checkpoint: <default_local_dir>/global_step_N/steprm
+_CHECKPOINT_REF = re.compile(r"\.\./global_step_\d+/" + CHECKPOINT_DIR)
+_JOURNAL_ENTRY = re.compile(r"u\d{8}-[0-9a-f]{8}\.json")
 
 
-def restore_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str]) -> dict:
-    """Load the state :func:`publish_state` last published under ``root`` into ``model`` (which must be as
-    built); returns the pointer. ``ServiceNotRestoredError`` says why not: no pointer, unreadable, written by
-    another run (token), a child name that is not a plain folder name, or a state that does not load."""
-    src = Path(root)
-    path = src / ROLLING_POINTER
+def _jsonable(x: Any) -> Any:
+    """Plain JSON data from an update batch (tensors and numpy arrays become lists)."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def checkpoint_ref(root: str | os.PathLike, directory: str | os.PathLike) -> Optional[str]:
+    """``../global_step_N/steprm`` when ``directory`` is the step-reward state of a verl checkpoint beside the
+    rolling folder ``root`` (both under ``trainer.default_local_dir``), else None."""
+    d, r = Path(directory).resolve(), Path(root).resolve()
+    ref = f"../{d.parent.name}/{d.name}"
+    return ref if d.parent.parent == r.parent and _CHECKPOINT_REF.fullmatch(ref) else None
+
+
+def _read_pointer(root: Path) -> dict:
+    path = root / ROLLING_POINTER
     if not path.is_file():
         raise ServiceNotRestoredError(f"no published state {str(path)!r}")
     try:
         with open(path, encoding="utf-8") as f:
             pointer = json.load(f)
-        version = int(pointer["version"])
+        int(pointer["version"])
+        int(pointer.get("state_version", pointer["version"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ServiceNotRestoredError(f"the published state {str(path)!r} is unreadable ({e})") from e
-    if pointer.get("format") != STATE_FORMAT:
-        raise ServiceNotRestoredError(f"{str(path)!r} has format {pointer.get('format')!r}, expected {STATE_FORMAT}")
+    return pointer
+
+
+def _clean(root: Path, keep: set[str]) -> None:
+    """Remove the children of ``root`` a pointer no longer names: older states (``v*``), journal entries (``u*``)
+    and pointer files of a writer that was killed."""
+    for child in root.iterdir():
+        if child.is_symlink() or child.name in keep:
+            continue
+        if child.is_dir() and child.name.startswith("v"):
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and (_JOURNAL_ENTRY.fullmatch(child.name) or (
+                child.name.startswith(f".{ROLLING_POINTER}.") and child.name.endswith(".tmp"))):
+            child.unlink(missing_ok=True)
+
+
+def publish_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str],
+                  metrics: Optional[Mapping[str, float]] = None, with_state: bool = True,
+                  checkpoint: str | os.PathLike | None = None) -> dict:
+    """Publish ``model``'s current state as the base a restarted actor restores (the journal starts empty).
+
+    The base is, in this order: ``checkpoint`` (a checkpoint's ``steprm/`` that :meth:`StepRewardModel.save` has
+    just written beside ``root``, :func:`checkpoint_ref`: referenced, not copied); else ``with_state``: a fresh
+    child ``v<version>-<random>/`` (:meth:`StepRewardModel.save`); else version 0 without files (the initial
+    model, which a restarted actor rebuilds from its settings: same checkpoint, same seed). Then ``LATEST.json``
+    (token, version, base, the last update's metrics) is replaced atomically and what it no longer names is
+    removed: a kill at any point leaves the previous or the new state published, never a torn one. Returns the
+    pointer."""
+    out = Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    name = None if checkpoint is None else checkpoint_ref(out, checkpoint)
+    if checkpoint is not None and name is None:
+        raise ValueError(f"{str(checkpoint)!r} is not a global_step_N/{CHECKPOINT_DIR} folder beside {str(out)!r}")
+    if name is None and with_state:
+        name = f"v{model.version:08d}-{uuid.uuid4().hex[:8]}"
+        model.save(out / name)
+    elif name is None and model.version != 0:
+        raise ValueError(f"only version 0 is published without a state (this model is at version {model.version})")
+    pointer = {"format": POINTER_FORMAT, "token": token, "version": int(model.version), "state": name,
+               "state_version": int(model.version), "journal": [], "metrics": dict(metrics or {})}
+    _write_pointer(out, pointer)
+    _clean(out, {name} if name else set())
+    return pointer
+
+
+def publish_update(model: StepRewardModel, root: str | os.PathLike, token: Optional[str], batch: Any,
+                   metrics: Optional[Mapping[str, float]] = None) -> dict:
+    """Publish the update that just took ``model`` from version v - 1 to v by journaling its input batch
+    (``u<v - 1>-<random>.json``, fsynced, then the pointer): a restart loads the base and replays the journal
+    (:func:`restore_state`; updates are seeded by version, so the replay repeats them). The cost is the batch's
+    size, not the model's. Falls back to :func:`publish_state` when the published pointer is not this model's
+    version v - 1 of this run."""
+    out = Path(root)
+    try:
+        pointer = _read_pointer(out)
+    except ServiceNotRestoredError:
+        pointer = None
+    if (pointer is None or pointer.get("format") != POINTER_FORMAT or pointer.get("token") != token
+            or int(pointer["version"]) != model.version - 1):
+        return publish_state(model, out, token, metrics)
+    name = f"u{model.version - 1:08d}-{uuid.uuid4().hex[:8]}.json"
+    with open(out / name, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(list(batch)), f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    pointer = {**pointer, "version": int(model.version), "journal": [*pointer["journal"], name],
+               "metrics": dict(metrics or {})}
+    _write_pointer(out, pointer)
+    return pointer
+
+
+def restore_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str]) -> dict:
+    """Load the state published under ``root`` into ``model`` (which must be as built): the base
+    (:func:`publish_state`), then each journaled update replayed in order (:func:`publish_update`); returns the
+    pointer. ``ServiceNotRestoredError`` says why not: no pointer, unreadable, written by another run (token), a
+    base or journal name that is not a plain child (or a checkpoint beside ``root``), a state that does not load,
+    or versions that do not add up."""
+    src = Path(root)
+    path = src / ROLLING_POINTER
+    pointer = _read_pointer(src)
+    version, base_version = int(pointer["version"]), int(pointer.get("state_version", pointer["version"]))
+    if pointer.get("format") != POINTER_FORMAT:
+        raise ServiceNotRestoredError(f"{str(path)!r} has format {pointer.get('format')!r}, expected {POINTER_FORMAT}")
     if pointer.get("token") != token:
         raise ServiceNotRestoredError(f"{str(path)!r} was published by another run (token {pointer.get('token')!r}, "
                                       f"this service's run is {token!r})")
-    name = pointer.get("state")
+    name, journal = pointer.get("state"), pointer.get("journal") or []
     if name is None:
-        if version != 0:
-            raise ServiceNotRestoredError(f"{str(path)!r} names no state for version {version}")
-        return pointer  # the initial model, rebuilt from the settings
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
-        raise ServiceNotRestoredError(f"{str(path)!r} names state {name!r}, which is not a plain child folder name")
-    try:
-        model.load(src / name)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ServiceNotRestoredError(f"the published state {str(src / name)!r} does not load ({e})") from e
+        if base_version != 0:
+            raise ServiceNotRestoredError(f"{str(path)!r} names no state for version {base_version}")
+    else:
+        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+        if not (plain or (isinstance(name, str) and _CHECKPOINT_REF.fullmatch(name))):
+            raise ServiceNotRestoredError(f"{str(path)!r} names state {name!r}, which is not a plain child folder "
+                                          f"name nor a global_step_N/{CHECKPOINT_DIR} beside it")
+        try:
+            model.load(src / name)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ServiceNotRestoredError(f"the published state {str(src / name)!r} does not load ({e})") from e
+        if model.version != base_version:
+            raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says "
+                                          f"{base_version}")
+    for entry in journal:
+        if not (isinstance(entry, str) and _JOURNAL_ENTRY.fullmatch(entry)) or int(entry[1:9]) != model.version:
+            raise ServiceNotRestoredError(f"{str(path)!r}: journal entry {entry!r} is not the update from version "
+                                          f"{model.version}")
+        try:
+            with open(src / entry, encoding="utf-8") as f:
+                model.update(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ServiceNotRestoredError(f"the journaled update {str(src / entry)!r} does not replay ({e})") from e
     if model.version != version:
-        raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says "
-                                      f"{version}")
+        raise ServiceNotRestoredError(f"{str(path)!r} says version {version}, its base and journal give "
+                                      f"{model.version}")
     return pointer
 
 
@@ -1018,10 +1107,11 @@ class StepRewardServiceActor:
     then coalesced into shared forward passes of up to ``coalesce_items`` items.
 
     Restarts. Each incarnation has a random ``incarnation`` id (in :meth:`info`). An *online* service given
-    ``state_dir`` publishes its state there after every ``publish_every``-th update (default every one) and every
-    load (:func:`publish_state`; version 0 at first start, without files). A restart between two publications
-    restores an older version, which the trainer hooks refuse (the run stops and resumes from its checkpoint):
-    ``publish_every > 1`` trades that for less writing with a large PRM. When Ray restarts the actor, ``__init__`` runs again with the same arguments,
+    ``state_dir`` publishes there what a restart needs, at a cost proportional to it: a base state (version 0 at
+    first start, without files; the checkpoint's ``steprm/`` at every :meth:`save` into a verl checkpoint beside
+    ``state_dir``, referenced, not copied; the loaded one at every :meth:`load`; a full copy after
+    ``publish_every`` updates without a checkpoint), and after every other update only that update's input batch
+    (:func:`publish_update`), which a restart replays. When Ray restarts the actor, ``__init__`` runs again with the same arguments,
     sees ``ray_restart_info()`` and restores the published state (:func:`restore_state`) before it serves
     anything. When that is impossible (no ``state_dir``, nothing published, another run's state, a state that
     does not load), the actor stays up but refuses ``score``, ``update`` and ``save`` with
@@ -1031,11 +1121,11 @@ class StepRewardServiceActor:
     twice. A frozen scorer (``online`` false) comes back whole and publishes nothing."""
 
     def __init__(self, settings: dict, coalesce_items: int = 256, state_dir: Optional[str] = None,
-                 run_token: Optional[str] = None, publish_every: int = 1):
+                 run_token: Optional[str] = None, publish_every: int = DEFAULT_PUBLISH_EVERY):
         from spa_reward.progress.serve import Coalescer
 
         if int(publish_every) < 1:
-            raise ValueError(f"publish_every={publish_every} must be >= 1 (updates between two published states)")
+            raise ValueError(f"publish_every={publish_every} must be >= 1 (updates between two full published states)")
         self.publish_every = int(publish_every)
 
         self._settings_dict = dict(settings)
@@ -1050,6 +1140,7 @@ class StepRewardServiceActor:
         self.restored_from: Optional[str] = None
         self.not_restored: Optional[str] = None  # why this incarnation refuses to serve
         self._last_metrics: dict[str, float] = {}
+        self._base_version = 0  # version of the published base state (the journal holds the updates since)
         if not self.model.settings.online:
             return
         if self.restarted:
@@ -1072,8 +1163,11 @@ class StepRewardServiceActor:
             except ServiceNotRestoredError as e:
                 self.not_restored = f"this online step-reward service {why} and was not restored: {e}"
             else:
-                self.restored_from = os.path.join(self.state_dir, pointer["state"] or "(initial model)")
+                base = os.path.normpath(os.path.join(self.state_dir, pointer["state"] or "(initial model)"))
+                journal = len(pointer.get("journal") or [])
+                self.restored_from = base + (f" + {journal} journaled updates" if journal else "")
                 self._last_metrics = dict(pointer.get("metrics") or {})
+                self._base_version = int(pointer["state_version"])
                 logger.warning("step-reward service %s (Ray restarts: %s); restored version %d from %s", why,
                                self.ray_restarts, self.model.version, self.restored_from)
                 return
@@ -1111,10 +1205,23 @@ class StepRewardServiceActor:
                 raise RuntimeError(f"the trainer updates the step-reward service from version {base}, but it is at "
                                    f"version {v} (incarnation {self.incarnation}): refusing to train a different model")
         metrics = self.model.update(batch)
-        if self.state_dir is not None and self.model.version % self.publish_every == 0:
-            publish_state(self.model, self.state_dir, self.run_token, metrics)
+        if self.state_dir is not None:
+            metrics = {**metrics, "steprm/published_mb": self._publish_update(batch, metrics)}
         self._last_metrics = dict(metrics)
         return metrics
+
+    def _publish_update(self, batch: list[dict], metrics: Mapping[str, float]) -> float:
+        """Publish the update just applied: its batch in the journal, or a full state once ``publish_every``
+        updates have passed since the base. Returns the MB written."""
+        root = Path(self.state_dir)
+        if self.model.version - self._base_version >= self.publish_every:
+            pointer = publish_state(self.model, root, self.run_token, metrics)
+            written = sum(f.stat().st_size for f in (root / pointer["state"]).rglob("*") if f.is_file())
+        else:
+            pointer = publish_update(self.model, root, self.run_token, batch, metrics)
+            written = (root / pointer["journal"][-1]).stat().st_size if pointer["journal"] else 0
+        self._base_version = int(pointer["state_version"])
+        return written / 2**20
 
     async def save(self, directory: str) -> dict[str, Any]:
         self._refuse_if_not_restored()
@@ -1122,7 +1229,12 @@ class StepRewardServiceActor:
         return self.identity()
 
     def _save(self, directory: str) -> None:
+        """Save; a save into a verl checkpoint beside ``state_dir`` also becomes the published base (the journal
+        restarts there), so a checkpoint costs no second copy."""
         self.model.save(directory)
+        if self.model.settings.online and self.state_dir is not None and checkpoint_ref(self.state_dir, directory):
+            publish_state(self.model, self.state_dir, self.run_token, self._last_metrics, checkpoint=directory)
+            self._base_version = self.model.version
 
     async def load(self, directory: str) -> dict[str, Any]:
         """Restore a saved state (a checkpoint's ``steprm/``); this also makes a not-restored actor serve again."""
@@ -1135,7 +1247,9 @@ class StepRewardServiceActor:
         self.restored_from = str(directory)
         self._last_metrics = {}
         if self.model.settings.online and self.state_dir is not None:
-            publish_state(self.model, self.state_dir, self.run_token)
+            ref = checkpoint_ref(self.state_dir, directory)
+            publish_state(self.model, self.state_dir, self.run_token, checkpoint=directory if ref else None)
+            self._base_version = self.model.version
 
     def identity(self) -> dict[str, Any]:
         """Who answers: ``incarnation`` (new at every start and restart), ``version`` (completed updates),
@@ -1162,13 +1276,14 @@ def start_service(
     namespace: Optional[str] = None,
     state_dir: Optional[str] = None,
     run_token: Optional[str] = None,
-    publish_every: int = 1,
+    publish_every: int = DEFAULT_PUBLISH_EVERY,
     ranks: int = 1,
 ):
     """Create (or return the existing) named service actor and wait until it has loaded its model.
 
     Called once by the trainer process at start-up. ``state_dir`` / ``run_token``: where an online service
-    publishes its state after every update and which run it belongs to (see :class:`StepRewardServiceActor`;
+    publishes what a restart needs after every update (a base state and a journal of update batches) and which run
+    it belongs to (see :class:`StepRewardServiceActor`;
     without them a restarted online actor refuses to serve). Raises ``TimeoutError`` naming the GPUs/CPUs asked
     for and what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits
     forever otherwise).
@@ -1263,5 +1378,5 @@ async def call_service(handle, name: str, method: str, *args, retry_wait_s: floa
 
 
 __all__ = ["LOSSES", "OBJECTIVES", "precision", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
-           "StepRewardServiceActor", "call_service", "episode_index", "lookup_service", "parse_items",
-           "parse_pair_items", "publish_state", "restore_state", "start_service"]
+           "StepRewardServiceActor", "call_service", "checkpoint_ref", "episode_index", "lookup_service",
+           "parse_items", "parse_pair_items", "publish_state", "publish_update", "restore_state", "start_service"]

@@ -19,9 +19,12 @@
   its rows' c_t regressed onto R); scoring stays per row (each row's reply, its own old log-probs). A row failed
   by the env drops its whole episode from training. StepAgent pairs come from the step-0 row.
 * ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
-  ``<global_step_N>/steprm`` beside verl's actor checkpoint.
-* Restarts: an online service publishes its state to ``<trainer.default_local_dir>/steprm_latest`` after every
-  update (every ``publish_every``-th) and load and restores it itself when Ray restarts it (``service.StepRewardServiceActor``). Before each
+  ``<global_step_N>/steprm`` beside verl's actor checkpoint; :func:`prune_rotated_states` removes it with the
+  checkpoint when verl's rotation (``trainer.max_actor_ckpt_to_keep``) has removed ``global_step_N/actor``.
+* Restarts: an online service publishes to ``<trainer.default_local_dir>/steprm_latest`` what a restart needs (a
+  base state: the last checkpoint's ``steprm/``, referenced, or a full copy every ``publish_every`` updates without
+  one; then each update's input batch, which a restart replays) and restores it itself when Ray restarts it
+  (``service.StepRewardServiceActor``). Before each
   call the hooks compare the service's ``incarnation`` and ``version`` with what they expect (the version after
   their last update): a new incarnation is a restart (counted, ``steprm/restarts``); a version other than the
   expected one, or an actor that could not restore itself (and no checkpoint of this run at the expected version
@@ -44,12 +47,12 @@ from typing import Any, Optional
 import torch
 
 from spa_reward import turns
-from spa_reward.steprm.service import SERVICE_NAME, StepRMSettings
+from spa_reward.steprm.service import CHECKPOINT_DIR, DEFAULT_PUBLISH_EVERY, SERVICE_NAME, StepRMSettings
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = "steprm"
-ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: the state published after every update
+STATE_DIR = CHECKPOINT_DIR  # <global_step_N>/steprm
+ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: what a restart needs, published after every update
 ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
               "micro_batch_size", "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing",
               "lora_r", "lora_alpha", "seed")
@@ -106,7 +109,7 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": f"stepagent_{mode}", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", 1),
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY),
                 **_ranks(block.get("num_gpus", 1), block.get("ranks"))}
     if reward == "istar":
         block = _to_plain(_get(cfg, "algorithm.istar", {})) or {}
@@ -116,7 +119,7 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": "implicit", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", 1),
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY),
                 **_ranks(block.get("num_gpus", 1), block.get("ranks"))}
     if reward == "spa":
         online = _to_plain(_get(cfg, "algorithm.spa.online", {})) or {}
@@ -131,7 +134,7 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
         settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
         settings.update(objective="progress", online=True, model_path=path and os.path.expanduser(str(path)))
         return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout,
-                "publish_every": online.get("publish_every", 1), **ranks}
+                "publish_every": online.get("publish_every", DEFAULT_PUBLISH_EVERY), **ranks}
     return None
 
 
@@ -372,7 +375,7 @@ class StepRewardHooks:
         # implicit / stepagent: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer
         self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
                                     timeout_s=plan["timeout_s"], state_dir=self.rolling_dir(),
-                                    run_token=self.run_token, publish_every=plan.get("publish_every", 1),
+                                    run_token=self.run_token, publish_every=plan.get("publish_every", DEFAULT_PUBLISH_EVERY),
                                     ranks=plan["ranks"])
 
     def rolling_dir(self) -> Optional[str]:
@@ -564,8 +567,30 @@ class StepRewardHooks:
         self.last_saved = (path, self.expected["version"])
 
 
+def prune_rotated_states(root: str | os.PathLike, current_step: int) -> list[str]:
+    """Remove ``<root>/global_step_M/steprm`` for every M < ``current_step`` whose ``actor/`` verl's checkpoint
+    rotation has removed (``trainer.max_actor_ckpt_to_keep``: verl deletes only the ``actor`` folders it saved),
+    so the step-reward state lives exactly as long as the actor checkpoint it belongs to. Returns what it
+    removed."""
+    import re
+    import shutil
+
+    removed = []
+    if not os.path.isdir(str(root)):
+        return removed
+    for name in os.listdir(str(root)):
+        m = re.fullmatch(r"global_step_(\d+)", name)
+        step_dir = os.path.join(str(root), name)
+        state = os.path.join(step_dir, STATE_DIR)
+        if m and int(m.group(1)) < current_step and os.path.isdir(state) and not os.path.isdir(
+                os.path.join(step_dir, "actor")):
+            shutil.rmtree(state, ignore_errors=True)
+            removed.append(state)
+    return sorted(removed)
+
+
 __all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan",
-           "compared_turns", "skipped_episodes", "stepagent_pairs"]
+           "compared_turns", "prune_rotated_states", "skipped_episodes", "stepagent_pairs"]
 
 
 def plan_problems(cfg: Any) -> list[str]:
@@ -594,10 +619,10 @@ def plan_problems(cfg: Any) -> list[str]:
         problems.append(f"{block}.num_gpus={plan['num_gpus']} must be >= 0")
     if not plan["timeout_s"] > 0:
         problems.append(f"{block}.start_timeout_s={plan['timeout_s']} must be > 0")
-    every = plan.get("publish_every", 1)
+    every = plan.get("publish_every", DEFAULT_PUBLISH_EVERY)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        problems.append(f"{block}.publish_every={every!r} must be an integer >= 1 (updates between two states the "
-                        "online service publishes for a restart; 1 = after every update)")
+        problems.append(f"{block}.publish_every={every!r} must be an integer >= 1 (updates between two full states "
+                        "the online service publishes for a restart when no checkpoint comes in between)")
     return problems
 
 
