@@ -58,8 +58,9 @@ and ``max_token_len`` padded tokens (:func:`objectives.token_budget_batches`); t
 log-probs of the taken turn tokens from the last hidden states a chunk at a time
 (:func:`objectives.taken_token_logprobs`), never the full (bs, L, V) logits, and checks at build that this equals
 the model's own log-softmax. Scale: ``gradient_checkpointing`` and ``lora_r`` (peft) are implemented and tested on CPU; one actor uses the GPUs
-it is given (``num_gpus``). Multi-GPU training of a 7B PRM is left to a data-parallel group of these actors (see
-the README).
+it is given (``num_gpus``). Several GPUs: :mod:`spa_reward.steprm.sharded` (``start_service(..., ranks=N)``)
+shards this model with FSDP2 over N rank actors behind the same actor interface; :meth:`StepRewardModel._place`,
+``_serving_copy``, ``_values``, ``_accumulate``, ``save`` and ``load`` are where it differs.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ LOSSES = {"progress": ("mse",), "implicit": ("trajectory_dpo", "step_dpo"), "dis
 PAIR_LOSSES = ("step_dpo", "bce")  # trained on (expert, agent) pair items
 REFERENCES = ("rollout", "frozen")
 STATE_FORMAT = 1
+DCP_LAYOUT = "dcp"  # state.json "layout" of a state saved by a sharded group (spa_reward.steprm.sharded)
 SERVICE_NAME = "spa_step_reward_service"
 
 
@@ -841,7 +843,7 @@ class StepRewardModel:
         state = check_saved_state(src, self.settings)
         with self._train_lock:
             params = dict(self.model.named_parameters())
-            if state.get("layout") == "dcp":
+            if state.get("layout") == DCP_LAYOUT:
                 from spa_reward.steprm.sharded import read_full_dcp
 
                 trainable = {k: p for k, p in params.items() if p.requires_grad} or params
@@ -879,7 +881,7 @@ class StepRewardModel:
 def check_saved_state(src: Path, settings: StepRMSettings) -> dict:
     """``state.json`` of a saved step-reward state, checked: its files are there (``FileNotFoundError`` naming
     the missing one), its format is this code's, and it holds a model of ``settings``' objective and loss."""
-    layout_files = {"dcp": ("dcp/.metadata",), None: ("weights.safetensors",)}
+    layout_files = {DCP_LAYOUT: ("dcp/.metadata",), None: ("weights.safetensors",)}
     if not (src / "state.json").is_file():
         raise FileNotFoundError(f"step-reward model state {str(src / 'state.json')!r} is missing")
     with open(src / "state.json", encoding="utf-8") as f:

@@ -5,15 +5,15 @@ service interface as the one-actor model (``score``, ``update``, ``save`` / ``lo
 Three layers:
 
 * :class:`ShardedStepRewardModel`: one rank's part, a :class:`~spa_reward.steprm.service.StepRewardModel` whose
-  modules are sharded (every decoder layer an FSDP unit; the progress / discriminator head a unit of its own that
-  stays fp32; the rest in the root unit) over the default process group (gloo on CPU, NCCL on GPU). Mixed precision
+  modules are sharded (every decoder layer an FSDP unit, so is an untied input embedding; the progress /
+  discriminator head a unit of its own that stays fp32; the rest in the root unit) over the default process group (gloo on CPU, NCCL on GPU). Mixed precision
   where the one-actor model would autocast to bf16 (``precision``: on CUDA): fp32 sharded master weights, gradients
   reduce-scattered in fp32, fp32 sharded AdamW state, bf16 compute (``MixedPrecisionPolicy(param_dtype=bf16,
   reduce_dtype=fp32)``). Everything above the forward pass is the one-actor code: every rank receives the whole
   batch, splits the same micro-batch plan (``_micro_batches``) round-robin, computes its share and all-gathers the
   values, so the losses and their gradients dL/dQ are computed identically on every rank; the backward passes sum
   the rank gradients (FSDP averages, so each rank's loss is multiplied by N). A rank with fewer micro-batches runs
-  idle passes (a one-token input, zero loss), because every forward and backward of an FSDP model is a collective.
+  idle passes (a two-token input, zero loss), because every forward and backward of an FSDP model is a collective.
   No serving copy: the group runs one call at a time (below), so the trained weights are the served weights.
 * :class:`ShardedGroup`: the coordinator's handle on the N rank actors (a placement group of N bundles on the PRM's
   own GPUs, beside verl's pool; ``PACK``, so several nodes when one has too few). It has the model interface the
@@ -21,8 +21,9 @@ Three layers:
   fails the call with :class:`GroupFailure` and kills every rank: one rank never continues alone.
 * :class:`ShardedStepRewardServiceActor`: the named Ray actor (``start_service(..., ranks=N)``), the one-actor
   :class:`~spa_reward.steprm.service.StepRewardServiceActor` with a :class:`ShardedGroup` as its model. On a
-  :class:`GroupFailure` it starts a fresh group in the same placement group, restores the state it last published
-  (``publish_state``: here a sharded checkpoint) and retries the call once; the new group is a new ``incarnation``,
+  :class:`GroupFailure` it starts a fresh group in the same placement group, restores what it last published (a
+  base state, sharded, and the journal of update batches since, replayed by the new group: ``restore_state``) and
+  retries the call once; the new group is a new ``incarnation``,
   which the trainer hooks count as a restart and check against the version they expect. A group that cannot come
   back (``max_group_restarts`` used up, no published state, a second failure) refuses to serve with one error.
 
@@ -58,17 +59,17 @@ import torch
 from torch import nn
 
 from spa_reward.steprm.service import (
+    DCP_LAYOUT,
     STATE_FORMAT,
-    ServiceNotRestoredError,
     StepRewardModel,
     StepRewardServiceActor,
     StepRMSettings,
+    check_saved_state,
 )
 
 logger = logging.getLogger(__name__)
 
 DCP_DIR = "dcp"
-LAYOUT = "dcp"
 DEFAULT_GROUP_RESTARTS = 3
 
 
@@ -205,7 +206,7 @@ class ShardedStepRewardModel(StepRewardModel):
             root.reshard()
 
     def _idle_item(self) -> tuple:
-        """A one-token-turn input for the idle passes of a rank with fewer micro-batches than another."""
+        """The input of an idle pass (two padding tokens, the second a one-token turn; the rollout reference 0)."""
         return ([self.pad_id, self.pad_id], [[1, 2]], [0], [0.0, 0.0])
 
     def _share(self, batches: list[list[int]]) -> tuple[list[list[int]], int]:
@@ -257,6 +258,7 @@ class ShardedStepRewardModel(StepRewardModel):
         for _ in range(idle):
             out = self._forward(self.model, [self._idle_item()], grad=True)
             (out.float().sum() * 0.0).backward()
+        self._reshard()  # a frozen reference's root stays gathered after its no-grad forwards
         t = torch.tensor([total], dtype=torch.float64)
         dist.all_reduce(t)
         return float(t.item())
@@ -290,7 +292,7 @@ class ShardedStepRewardModel(StepRewardModel):
             if self.rank == 0:
                 with open(out / "replay.json", "w", encoding="utf-8") as f:
                     json.dump([[it.to_json() for it in b] for b in self.window], f)
-                meta = {"format": STATE_FORMAT, "layout": LAYOUT, "ranks": self.world, "version": self.version,
+                meta = {"format": STATE_FORMAT, "layout": DCP_LAYOUT, "ranks": self.world, "version": self.version,
                         "stats": self.stats, "settings": self.settings.to_dict(), "optimizer": optim_meta}
                 with open(out / "state.json", "w", encoding="utf-8") as f:
                     json.dump(meta, f, indent=1, sort_keys=True)
@@ -301,11 +303,11 @@ class ShardedStepRewardModel(StepRewardModel):
         import torch.distributed.checkpoint as dcp
 
         src = Path(directory)
-        state = _read_state_json(src, self.settings)
+        state = check_saved_state(src, self.settings)
         with self._train_lock:
             self._reshard()
             params = self._trainable()
-            if state.get("layout") == LAYOUT:
+            if state.get("layout") == DCP_LAYOUT:
                 template: dict[str, Any] = {"model": params}
                 meta = state.get("optimizer")
                 if self.optimizer is not None and meta:
@@ -368,12 +370,6 @@ def _set_optimizer_state(optimizer, params: dict[str, torch.Tensor], state: Opti
             for k, v in saved.items():
                 if k in g:
                     g[k] = tuple(v) if isinstance(g[k], tuple) else v
-
-
-def _read_state_json(src: Path, settings: StepRMSettings) -> dict:
-    from spa_reward.steprm.service import check_saved_state
-
-    return check_saved_state(src, settings)
 
 
 def _read_full_files(src: Path, names: list[str], with_optimizer: bool):
