@@ -82,12 +82,19 @@ def test_save_on_two_ranks_restore_on_one_and_the_reverse(service, tmp_path):
     assert one.version == hooks_version(hooks)
     batch = items(8)
     assert close(ray.get(hooks.handle.score.remote(batch)), one.score(batch))
-    # a resumed run: the next update from the restored state equals the group's next update
-    want = one.update(items(9))
-    one.save(tmp_path / "one")  # ... and the reverse: the group restores the one-actor format
-    got = ray.get(hooks.handle.update.remote(items(9)))
-    assert got["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=ATOL)
-    ray.get(hooks.handle.load.remote(str(state)))  # back to the checkpoint (sharded, any world size)
+    want = one.update(items(9))  # the next update from the restored state equals the group's own next update
+    assert ray.get(hooks.handle.update.remote(items(9)))["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=ATOL)
+    one.save(tmp_path / "one")
+
+    # a resumed group (its own sharded checkpoint) gives the rewards and the next update of the uninterrupted one
+    ray.get(hooks.handle.load.remote(str(state)))
+    assert ray.get(hooks.handle.info.remote())["version"] == one.version - 1
+    resumed = StepRewardModel(SETTINGS)
+    resumed.load(state)
+    assert close(ray.get(hooks.handle.score.remote(batch)), resumed.score(batch))
+    assert ray.get(hooks.handle.update.remote(items(9)))["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=ATOL)
+
+    # ... and the reverse: the group restores the one-actor format
     ray.get(hooks.handle.load.remote(str(tmp_path / "one")))
     assert ray.get(hooks.handle.info.remote())["version"] == one.version
     assert close(ray.get(hooks.handle.score.remote(batch)), one.score(batch))
