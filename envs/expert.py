@@ -62,7 +62,7 @@ from typing import Any, Iterator, Optional
 
 from envs import check_env_name, env_names, make_env
 from envs.actions import STYLES, format_action, parse_action
-from envs.cli import non_negative_int, positive_float, positive_int
+from envs.cli import error_exit, non_negative_int, positive_float, positive_int
 from envs.prepare import data_source, env_kwargs, list_split, subsample_tasks, write_parquet
 from envs.prompts import SPA_PROMPT_VERSION, build_messages, build_window_messages, format_observation
 
@@ -625,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                                     history_length=None if args.history == "full" else int(args.history))
     except ValueError as exc:
         parser.error(str(exc))
+    except (FileNotFoundError, ImportError) as exc:  # no data folder / no engine: say so, no traceback
+        return error_exit(parser.prog, exc)
     summary["output"] = str(output)
     summary["parts_dir"] = str(parts)
     if rows:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from envs import check_env_name, env_names, make_env
-from envs.cli import non_negative_int, positive_int
+from envs.cli import error_exit, non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         check_env_name(args.env)
     except ValueError as exc:
         parser.error(str(exc))
-    written = prepare(args.env, args.output_dir, args.splits, args.data_dir, args.max_train, args.seed, args.agent_name,
-                      max_tasks=args.max_tasks)
+    try:
+        written = prepare(args.env, args.output_dir, args.splits, args.data_dir, args.max_train, args.seed,
+                          args.agent_name, max_tasks=args.max_tasks)
+    except (FileNotFoundError, ImportError) as exc:  # no data folder / no engine: say so, no traceback
+        return error_exit(parser.prog, exc)
     return 0 if written else 1
 
 

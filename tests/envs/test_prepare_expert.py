@@ -196,6 +196,18 @@ def test_unknown_env_and_split_errors(toy_env, capsys):
         list_split(ToyEnv(), "dev")
 
 
+@pytest.mark.parametrize("env_name", ["webshop", "virtualhome"])
+def test_cli_missing_data_folder_is_one_line(env_name, tmp_path, capsys):
+    """A data folder that is not there: one line naming it and what to do, exit status 2, no traceback."""
+    missing = str(tmp_path / "nonexistent")
+    for main, args in ((prepare_main, ["--output-dir", str(tmp_path / "out")]),
+                       (expert_main, ["--output", str(tmp_path / "out" / "sft.parquet")])):
+        assert main([env_name, *args, "--data-dir", missing]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and missing in err, err
+        assert err.startswith(f"python -m envs.{'prepare' if main is prepare_main else 'expert'}: error: ")
+
+
 def test_cli_prepare(toy_env, tmp_path):
     assert prepare_main(["toy", "--output-dir", str(tmp_path), "--splits", "val", "--agent-name", "a"]) == 0
     frame = pd.read_parquet(tmp_path / "toy_val.parquet")
