@@ -7,7 +7,8 @@
 #
 # A verl launch (run_rl / run_verl below) always runs `python -m recipe.spa.check <the same overrides>` first: it
 # composes the config, lists every problem (unknown names, out-of-range values, GPU splits verl cannot run, missing
-# data; in DRY_RUN missing files are not a problem) and stops before anything starts. Ctrl-C / SIGTERM stop a
+# data; in DRY_RUN missing files are listed as "not yet there", with the command that makes each, and are not a
+# problem) and stops before anything starts. Ctrl-C / SIGTERM stop a
 # launch cleanly: the trainer's process group is stopped, and `ray stop --force` runs only when this launch started
 # Ray (no Ray of this user was running before and RAY_ADDRESS is unset).
 set -euo pipefail

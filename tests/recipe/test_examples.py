@@ -381,6 +381,33 @@ def test_validate_config_lists_every_problem(tmp_path):
     validate_config(trainer_config(f"env.dataset_dir={tmp_path}"))  # the default config is fine
 
 
+def test_dry_run_lists_what_is_not_there_yet(tmp_path, capsys):
+    """--no-files (DRY_RUN): a missing estimator, expert file or parquet is not a problem (exit 0) but is listed as
+    not yet there, each with the command that makes it; a real check stops on the same list; what exists is left
+    out."""
+    (tmp_path / "webshop_test.parquet").touch()
+    spa = ["env=webshop", f"env.dataset_dir={tmp_path}", "algorithm.reward=spa", "algorithm.adv_estimator=spa",
+           f"algorithm.spa.estimator_path={tmp_path}/est"]
+    stepagent = ["env=webshop", f"env.dataset_dir={tmp_path}", "algorithm.reward=stepagent",
+                 f"algorithm.stepagent.expert_path={tmp_path}/webshop_sft.parquet"]
+    wanted = {"spa": ("algorithm.spa.estimator_path=", "examples/collect.sh webshop",
+                      "examples/train_estimator.sh webshop"),
+              "stepagent": ("algorithm.stepagent.expert_path=", "examples/prepare_data.sh webshop")}
+    for name, args in (("spa", spa), ("stepagent", stepagent)):
+        assert check.main(["--no-files", *args]) == 0
+        err = capsys.readouterr().err
+        assert "[spa-rl] not yet there (2;" in err and "settings that must be equal" in err
+        listed = err.split("not yet there")[1].split("[spa-rl] settings")[0]
+        assert all(needle in listed for needle in wanted[name]), listed
+        assert f"data.train_files: '{tmp_path}/webshop_train.parquet' does not exist" in listed
+        assert "envs.prepare webshop" in listed and "webshop_test.parquet" not in listed  # it exists
+        assert check.main(args) == 1
+        assert "2 problems, nothing started" in capsys.readouterr().err
+    (tmp_path / "est").mkdir()
+    (tmp_path / "webshop_train.parquet").touch()
+    assert check.main(["--no-files", *spa]) == 0 and "not yet there" not in capsys.readouterr().err
+
+
 def test_value_problems_name_key_and_value():
     cfg = trainer_config("algorithm.spa.alpha=nan", "algorithm.spa.beta=-1", "algorithm.invalid_penalty=inf",
                          "algorithm.spa.clip=0", "algorithm.spa.mode=mean", "algorithm.gigpo.mode=std",
