@@ -184,9 +184,10 @@ def missing_files(cfg: Any) -> list[str]:
 
         path = RewardSettings.from_config(cfg).estimator_path
         if path and not os.path.isdir(path):
-            out.append(f"algorithm.spa.estimator_path={path!r} does not exist (the progress estimator): make it with "
-                       f"`bash examples/collect.sh {env}` (exploration records) then `bash examples/train_estimator.sh "
-                       f"{env}` (writes $ESTIMATOR_DIR/{env}), or point ESTIMATOR / algorithm.spa.estimator_path at one")
+            out.append(f"algorithm.spa.estimator_path={path!r} does not exist (the progress estimator): make it "
+                       f"with `bash examples/collect.sh {env}` (exploration records) then `bash "
+                       f"examples/train_estimator.sh {env}` (writes $ESTIMATOR_DIR/{env}), or point ESTIMATOR / "
+                       "algorithm.spa.estimator_path at one")
     if reward == "stepagent":
         from spa_reward.stepagent.settings import StepAgentSettings
 

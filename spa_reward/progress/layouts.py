@@ -35,8 +35,8 @@ from envs.prompts import build_messages, build_window_messages, format_observati
 
 from ..records import LAYOUTS, TrajectoryRecord, prompt_pieces, record_layout
 
-__all__ = ["LAYOUTS", "PackedView", "WindowRow", "builder_name", "check_token_ids", "make_token_builder", "packed_view",
-           "window_sequences"]
+__all__ = ["LAYOUTS", "PackedView", "WindowRow", "builder_name", "check_token_ids", "make_token_builder",
+           "packed_view", "window_sequences"]
 
 
 @dataclass
@@ -151,7 +151,8 @@ def check_token_ids(replies: Sequence[Sequence[int]], tokenizer: Any) -> None:
             i = int(bad[0])
             raise ValueError(f"reply {t} has token id {int(ids[i])} at position {i}, outside the tokenizer's "
                              f"vocabulary of {size} ids ({bad.size} such ids in this reply): the replies are not "
-                             "this tokenizer's (or hold padding, e.g. -1); pass the policy's tokenizer and unpadded ids")
+                             "this tokenizer's (or hold padding, e.g. -1); pass the policy's tokenizer and unpadded "
+                             "ids")
 
 
 def packed_view(env_name: str, pieces: Mapping, replies: Sequence[Sequence[int]], builder: Any) -> PackedView:

@@ -167,6 +167,16 @@ def test_prepare_writes_files_and_skips_empty_split(toy_env, tmp_path, capsys):
     assert len(frame) == 10 and set(frame.columns) == ROW_KEYS
 
 
+def test_prepare_warns_with_the_count_of_unknown_task_types(toy_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ToyEnv, "task_type", lambda self, t: "unknown" if int(t[1:]) % 3 == 0 else "known")
+    prepare(toy_env, tmp_path, splits=["train"])
+    err = capsys.readouterr().err
+    assert "[toy] warning: train: 4 of 10 tasks have task_type 'unknown' (first: t0)" in err
+    monkeypatch.setattr(ToyEnv, "task_type", lambda self, t: "known")
+    prepare(toy_env, tmp_path, splits=["train"])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_prepare_is_deterministic(toy_env, tmp_path):
     a = prepare(toy_env, tmp_path / "a", max_train=4, seed=3)
     b = prepare(toy_env, tmp_path / "b", max_train=4, seed=3)
