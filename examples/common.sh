@@ -291,3 +291,11 @@ run_rl() {
     "trainer.experiment_name=$name" "trainer.default_local_dir=$run_dir/checkpoints" \
     "trainer.validation_data_dir=$run_dir/validation" "trainer.resume_mode=$RESUME"
 }
+
+# not_yet_there <path> <what it is> <command that makes it>: in DRY_RUN, say that a file a real run reads is not there
+#   yet and how to make it; never fails (the verl launches get the same list from recipe.spa.check)
+not_yet_there() {
+  if [[ "$DRY_RUN" == 1 && ! -e "$1" ]]; then
+    echo "[spa-rl] not yet there (DRY_RUN does not need it, a real launch does): $1 ($2): make it with \`$3\`" >&2
+  fi
+}

@@ -325,6 +325,8 @@ def test_collect_eval_sft_compose():
     assert "-m recipe.spa.eval_table /out/eval/webshop/ckpt-rl/validation --split" in proc.stdout
     proc = dry_run("sft.sh", "alfworld")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("not yet there (DRY_RUN does not need it, a real launch does): /data/spa/alfworld_sft.parquet (the expert "
+            "demonstrations): make it with `bash examples/prepare_data.sh alfworld`") in proc.stderr
     sft = yaml.safe_load(proc.stdout)
     assert sft["data"]["train_files"] == "/data/spa/alfworld_sft.parquet" and sft["optim"]["lr"] == 2e-5
     assert sft["trainer"]["total_epochs"] == 3 and "hf_model" in sft["checkpoint"]["save_contents"]
@@ -334,6 +336,8 @@ def test_non_hydra_steps_print_commands():
     proc = dry_run("train_estimator.sh", "webshop", N_GPUS="1", SFT_MODEL="/ckpt/sft")
     assert proc.returncode == 0 and "-m spa_reward.progress.train --records /out/collect/webshop --model /ckpt/sft" \
         in proc.stdout
+    assert "/out/collect/webshop (the exploration records): make it with `bash examples/collect.sh webshop`" \
+        in proc.stderr
     proc = dry_run("prepare_data.sh", "webshop")
     assert proc.returncode == 0 and "-m envs.prepare webshop --output-dir /data/spa" in proc.stdout
     assert "-m envs.expert webshop --output /data/spa/webshop_sft.parquet" in proc.stdout
