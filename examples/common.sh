@@ -348,11 +348,16 @@ override_value() {
 # split_side_gpus <VAR> [what a valid value is]: a scorer / PRM Ray actor runs outside verl's resource pool (which
 #   claims every GPU it is given), so the trainer gets N_GPUS - $VAR GPUs and the actor the rest. Checks $VAR, sets
 #   TRAIN_GPUS, caps TP, REQUIRE_GPUS (the machine needs them all) and N_GPUS (what run_rl gives the trainer;
-#   recipe.spa.check refuses splits verl cannot run).
+#   recipe.spa.check refuses splits verl cannot run). $VAR counts per node: SIDE_GPUS = $VAR x NNODES GPUs go to
+#   the scorer / PRM, which shards its model over one rank per GPU when that is 2 or more (spa_reward.steprm.sharded).
 split_side_gpus() {
   local name=$1 what=${2:-a whole number of GPUs}; local value=${!name}
   if ! [[ "$value" =~ ^[0-9]+$ ]]; then echo "$name=$value: $what" >&2; exit 2; fi
+<<<<<<< HEAD
   if [[ "$PLATFORM" == cpu && -z "$_USER_N_GPUS" ]]; then N_GPUS=$((1 + value)); fi  # 1 logical trainer GPU
+=======
+  SIDE_GPUS=$((value * NNODES))
+>>>>>>> i22
   TRAIN_GPUS=$((N_GPUS - value))
   if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with $name=$value" >&2; exit 2; fi
   if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi

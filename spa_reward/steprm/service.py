@@ -58,8 +58,9 @@ and ``max_token_len`` padded tokens (:func:`objectives.token_budget_batches`); t
 log-probs of the taken turn tokens from the last hidden states a chunk at a time
 (:func:`objectives.taken_token_logprobs`), never the full (bs, L, V) logits, and checks at build that this equals
 the model's own log-softmax. Scale: ``gradient_checkpointing`` and ``lora_r`` (peft) are implemented and tested on CPU; one actor uses the GPUs
-it is given (``num_gpus``). Multi-GPU training of a 7B PRM is left to a data-parallel group of these actors (see
-the README).
+it is given (``num_gpus``). Several GPUs: :mod:`spa_reward.steprm.sharded` (``start_service(..., ranks=N)``)
+shards this model with FSDP2 over N rank actors behind the same actor interface; :meth:`StepRewardModel._place`,
+``_serving_copy``, ``_values``, ``_accumulate``, ``save`` and ``load`` are where it differs.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ LOSSES = {"progress": ("mse",), "implicit": ("trajectory_dpo", "step_dpo"), "dis
 PAIR_LOSSES = ("step_dpo", "bce")  # trained on (expert, agent) pair items
 REFERENCES = ("rollout", "frozen")
 STATE_FORMAT = 1
+DCP_LAYOUT = "dcp"  # state.json "layout" of a state saved by a sharded group (spa_reward.steprm.sharded)
 SERVICE_NAME = "spa_step_reward_service"
 
 
@@ -357,6 +359,12 @@ def parse_pair_items(batch: Sequence[Mapping[str, Any]], tag: str = "") -> tuple
 # ------------------------------------------------------------------------------------------------ model
 
 
+def _valid_turns(prepared: list, chunk: list[int], values: torch.Tensor) -> torch.Tensor:
+    """(mb, K) bool: turn k of the chunk's row is one of its item's turns (``values`` (mb, K) gives K and device)."""
+    counts = torch.tensor([len(prepared[i][1]) for i in chunk])
+    return (torch.arange(values.shape[1]).unsqueeze(0) < counts.unsqueeze(1)).to(values.device)
+
+
 def _device(name: Optional[str]) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -385,9 +393,7 @@ class StepRewardModel:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 if hasattr(self.model, "enable_input_require_grads"):
                     self.model.enable_input_require_grads()
-        self.model.to(self.device)
-        if s.objective == "implicit":
-            self._check_logprob_path()
+        self._place()
         self.serving = self.model
         self.optimizer = None
         if s.online:
@@ -397,7 +403,7 @@ class StepRewardModel:
                 raise ValueError(f"this online step-reward model has trainable weights in {half}: AdamW cannot "
                                  "update them at small learning rates. Use dtype=auto or float32 (fp32 master "
                                  "weights, bf16 compute with autocast_bf16)")
-            self.serving = copy.deepcopy(self.model).requires_grad_(False).eval()
+            self.serving = self._serving_copy()
             self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         else:
             self.model.requires_grad_(False)
@@ -464,6 +470,19 @@ class StepRewardModel:
         self.pad_id = int(getattr(text, "pad_token_id", None) or 0)
         self.softcap = getattr(text, "final_logit_softcapping", None)
         return model
+
+    def _place(self) -> None:
+        """Put the built modules on the device (the sharded model shards them first: ``sharded.py``) and check
+        the causal LM's log-prob path."""
+        self.model.to(self.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
+        if self.settings.objective == "implicit":
+            self._check_logprob_path()
+
+    def _serving_copy(self):
+        """The copy that scores while the model trains (swapped after each update, :meth:`_sync_serving`)."""
+        return copy.deepcopy(self.model).requires_grad_(False).eval()
 
     @staticmethod
     def _base(model):
@@ -668,13 +687,12 @@ class StepRewardModel:
             return self._episode_step(prepared, data, episode, first)
         if s.objective == "progress":
             rewards = torch.tensor([it.reward for it in data], dtype=torch.float32)
-            total = 0.0
-            for chunk in self._micro_batches(prepared):
-                c = self._forward(self.model, [prepared[i] for i in chunk], grad=True)
-                valid = (torch.arange(c.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(c.device)
-                loss = obj.progress_loss(c, valid, rewards[chunk].to(c.device))
-                (loss * len(chunk) / n).backward()
-                total += float(loss.detach()) * len(chunk) / n
+
+            def progress(chunk, c):
+                loss = obj.progress_loss(c, _valid_turns(prepared, chunk, c), rewards[chunk].to(c.device))
+                return loss * len(chunk) / n
+
+            total = self._accumulate(prepared, progress)
             self._clip_and_step()
             return total, 0
         # implicit: the DPO loss couples rows of a group, so take dL/dQ from a no-grad pass over every row and
@@ -689,13 +707,12 @@ class StepRewardModel:
         if pairs == 0:
             return 0.0, 0
         (grad_q,) = torch.autograd.grad(loss, q_leaf)
-        for chunk in self._micro_batches(prepared):
-            if not bool((grad_q[chunk] != 0).any()):
-                continue
-            values = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # (mb, K) beta * q_t
-            valid = (torch.arange(values.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(values.device)
-            scores = obj.trajectory_scores(values, valid)
-            (scores * grad_q[chunk].to(scores.device)).sum().backward()
+
+        def dpo(chunk, values):  # values (mb, K) beta * q_t
+            scores = obj.trajectory_scores(values, _valid_turns(prepared, chunk, values))
+            return (scores * grad_q[chunk].to(scores.device)).sum()
+
+        self._accumulate(prepared, dpo, skip=lambda chunk: not bool((grad_q[chunk] != 0).any()))
         self._clip_and_step()
         return float(loss.detach()), pairs
 
@@ -725,12 +742,12 @@ class StepRewardModel:
             if pairs == 0:
                 return 0.0, 0
         (grad_v,) = torch.autograd.grad(loss, v_leaf)
-        for chunk in self._micro_batches(prepared):
-            if not bool((grad_v[chunk] != 0).any()):
-                continue
-            out = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # (mb, K') c_t or beta * q_t
+
+        def pulled(chunk, out):  # out (mb, K') c_t or beta * q_t
             g = grad_v[chunk, : out.shape[1]].to(out.device)
-            (out[:, : g.shape[1]].float() * g).sum().backward()
+            return (out[:, : g.shape[1]].float() * g).sum()
+
+        self._accumulate(prepared, pulled, skip=lambda chunk: not bool((grad_v[chunk] != 0).any()))
         self._clip_and_step()
         return float(loss.detach()), pairs
 
@@ -738,12 +755,11 @@ class StepRewardModel:
         """Discriminator: binary cross-entropy, expert steps (success) 1, agent steps 0, micro-batch by micro-batch."""
         n = len(prepared)
         labels = torch.tensor([float(it.success) for it in data])
-        total = 0.0
-        for chunk in self._micro_batches(prepared):
-            logits = self._forward(self.model, [prepared[i] for i in chunk], grad=True)[:, 0]  # one turn per item
-            loss = obj.discriminator_loss(logits, labels[chunk])
-            (loss * len(chunk) / n).backward()
-            total += float(loss.detach()) * len(chunk) / n
+
+        def bce(chunk, out):  # one turn per item: out[:, 0] is the logit
+            return obj.discriminator_loss(out[:, 0], labels[chunk].to(out.device)) * len(chunk) / n
+
+        total = self._accumulate(prepared, bce)
         self._clip_and_step()
         return total, len({it.uid for it in data})
 
@@ -762,13 +778,27 @@ class StepRewardModel:
         v_leaf = v.clone().requires_grad_(True)
         loss = obj.step_dpo_loss(v_leaf[ci], v_leaf[ri])
         (grad_v,) = torch.autograd.grad(loss, v_leaf)
-        for chunk in self._micro_batches(prepared):
-            if not bool((grad_v[chunk] != 0).any()):
-                continue
-            values = self._forward(self.model, [prepared[i] for i in chunk], grad=True)[:, 0]  # beta * q(s, a)
-            (values * grad_v[chunk].to(values.device)).sum().backward()
+
+        def pulled(chunk, out):  # out[:, 0] = beta * q(s, a)
+            return (out[:, 0] * grad_v[chunk].to(out.device)).sum()
+
+        self._accumulate(prepared, pulled, skip=lambda chunk: not bool((grad_v[chunk] != 0).any()))
         self._clip_and_step()
         return float(loss.detach()), len(uids)
+
+    def _accumulate(self, prepared: list, loss_of, skip=None) -> float:
+        """Gradient accumulation: for each micro-batch ``chunk`` (:meth:`_micro_batches`; ``skip(chunk)`` true:
+        left out), ``loss_of(chunk, values)`` with ``values`` = :meth:`_forward` of its items with gradients, back-
+        propagated at once (the memory of one micro-batch). Returns the sum of the losses. The sharded model
+        splits the micro-batches over its ranks here."""
+        total = 0.0
+        for chunk in self._micro_batches(prepared):
+            if skip is not None and skip(chunk):
+                continue
+            loss = loss_of(chunk, self._forward(self.model, [prepared[i] for i in chunk], grad=True))
+            loss.backward()
+            total += float(loss.detach())
+        return total
 
     def _clip_and_step(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -813,26 +843,27 @@ class StepRewardModel:
                 json.dump(state, f, indent=1, sort_keys=True)
 
     def load(self, directory: str | os.PathLike) -> None:
-        """Restore what :meth:`save` wrote (``FileNotFoundError`` naming the missing file). Loads tensors only
-        (``weights_only=True``), never pickled code."""
+        """Restore what :meth:`save` wrote, or what a sharded group saved (``layout: dcp``,
+        :mod:`spa_reward.steprm.sharded`; read whole). ``FileNotFoundError`` names a missing file. Loads tensors
+        only (``weights_only=True``, safetensors, DCP), never pickled code."""
         from safetensors.torch import load_file
 
         src = Path(directory)
-        for name in ("state.json", "weights.safetensors", "replay.json"):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"step-reward model state {str(src / name)!r} is missing")
-        with open(src / "state.json", encoding="utf-8") as f:
-            state = json.load(f)
-        if int(state.get("format", -1)) != STATE_FORMAT:
-            raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
-        saved = state["settings"]
-        saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
-        if (saved["objective"], saved_loss) != (self.settings.objective, self.settings.loss):
-            raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
-                             f"is {self.settings.objective!r} with {self.settings.loss!r}")
-        weights = load_file(str(src / "weights.safetensors"))
+        state = check_saved_state(src, self.settings)
         with self._train_lock:
             params = dict(self.model.named_parameters())
+            if state.get("layout") == DCP_LAYOUT:
+                from spa_reward.steprm.sharded import read_full_dcp
+
+                trainable = {k: p for k, p in params.items() if p.requires_grad} or params
+                weights, optim = read_full_dcp(src, trainable, self.optimizer is not None)
+            else:
+                weights, optim = load_file(str(src / "weights.safetensors")), None
+                if self.optimizer is not None:
+                    opt = src / "optimizer.pt"
+                    if not opt.is_file():
+                        raise FileNotFoundError(f"step-reward model state {str(opt)!r} is missing")
+                    optim = torch.load(opt, map_location=self.device, weights_only=True)
             unknown = sorted(set(weights) - set(params))
             if unknown:
                 raise ValueError(f"{src}: weights {unknown[:3]}... do not belong to this model")
@@ -840,16 +871,44 @@ class StepRewardModel:
                 for k, v in weights.items():
                     params[k].copy_(v.to(params[k].device, params[k].dtype))
             if self.optimizer is not None:
-                opt = src / "optimizer.pt"
-                if not opt.is_file():
-                    raise FileNotFoundError(f"step-reward model state {str(opt)!r} is missing")
-                self.optimizer.load_state_dict(torch.load(opt, map_location=self.device, weights_only=True))
-            with open(src / "replay.json", encoding="utf-8") as f:
-                self.window = deque(([_Item(**d) for d in b] for b in json.load(f)), maxlen=int(self.settings.replay_batches))
-            self.version = int(state["version"])
-            self.stats.update(state.get("stats", {}))
-            if self.serving is not self.model:
-                self._sync_serving()
+                if optim is None:  # saved before its first update: a fresh optimiser
+                    self.optimizer.state.clear()
+                else:
+                    self.optimizer.load_state_dict(optim)
+            self._set_counters(src, state)
+
+    def _set_counters(self, src: Path, state: Mapping[str, Any]) -> None:
+        """The replicated part of a saved state: replay window, version, counters (then the serving copy)."""
+        with open(src / "replay.json", encoding="utf-8") as f:
+            self.window = deque(([_Item(**d) for d in b] for b in json.load(f)), maxlen=int(self.settings.replay_batches))
+        self.version = int(state["version"])
+        self.stats.update(state.get("stats", {}))
+        if self.serving is not self.model:
+            self._sync_serving()
+
+
+def check_saved_state(src: Path, settings: StepRMSettings) -> dict:
+    """``state.json`` of a saved step-reward state, checked: its files are there (``FileNotFoundError`` naming
+    the missing one), its format is this code's, and it holds a model of ``settings``' objective and loss."""
+    layout_files = {DCP_LAYOUT: ("dcp/.metadata",), None: ("weights.safetensors",)}
+    if not (src / "state.json").is_file():
+        raise FileNotFoundError(f"step-reward model state {str(src / 'state.json')!r} is missing")
+    with open(src / "state.json", encoding="utf-8") as f:
+        state = json.load(f)
+    if int(state.get("format", -1)) != STATE_FORMAT:
+        raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
+    layout = state.get("layout")
+    if layout not in layout_files:
+        raise ValueError(f"{src}: step-reward state layout {layout!r} is not one of {sorted(map(str, layout_files))}")
+    for name in ("replay.json", *layout_files[layout]):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"step-reward model state {str(src / name)!r} is missing")
+    saved = state["settings"]
+    saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
+    if (saved["objective"], saved_loss) != (settings.objective, settings.loss):
+        raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
+                         f"is {settings.objective!r} with {settings.loss!r}")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------- Ray
@@ -1080,7 +1139,8 @@ class StepRewardServiceActor:
             raise ValueError(f"publish_every={publish_every} must be >= 1 (updates between two full published states)")
         self.publish_every = int(publish_every)
 
-        self.model = StepRewardModel(settings)
+        self._settings_dict = dict(settings)
+        self.model = self._make_model(self._settings_dict)
         self.coalesce_items = max(1, int(coalesce_items))
         self._coalescer = Coalescer(self._score, self.coalesce_items, "steprm-score")
         self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-train")
@@ -1095,26 +1155,31 @@ class StepRewardServiceActor:
         if not self.model.settings.online:
             return
         if self.restarted:
-            self._restore()
+            self._restore("was restarted by Ray")
         elif self.state_dir is not None:
             publish_state(self.model, self.state_dir, self.run_token, with_state=False)
 
-    def _restore(self) -> None:
+    def _make_model(self, settings: dict):
+        """The model this actor serves (the sharded service builds a group of rank actors instead)."""
+        return StepRewardModel(settings)
+
+    def _restore(self, why: str) -> None:
+        """Load the published state after a restart (``why``: what restarted it), or record why not."""
         if self.state_dir is None:
-            self.not_restored = ("this online step-reward service was restarted by Ray and was started without "
-                                 "state_dir, so there is no published state to restore")
+            self.not_restored = (f"this online step-reward service {why} and was started without state_dir, so "
+                                 "there is no published state to restore")
         else:
             try:
                 pointer = restore_state(self.model, self.state_dir, self.run_token)
             except ServiceNotRestoredError as e:
-                self.not_restored = f"this online step-reward service was restarted by Ray and was not restored: {e}"
+                self.not_restored = f"this online step-reward service {why} and was not restored: {e}"
             else:
                 base = os.path.normpath(os.path.join(self.state_dir, pointer["state"] or "(initial model)"))
                 journal = len(pointer.get("journal") or [])
                 self.restored_from = base + (f" + {journal} journaled updates" if journal else "")
                 self._last_metrics = dict(pointer.get("metrics") or {})
                 self._base_version = int(pointer["state_version"])
-                logger.warning("step-reward service restarted by Ray (restarts: %s); restored version %d from %s",
+                logger.warning("step-reward service %s (Ray restarts: %s); restored version %d from %s", why,
                                self.ray_restarts, self.model.version, self.restored_from)
                 return
         logger.error("%s; it refuses to score, train and save until load() restores it", self.not_restored)
@@ -1223,6 +1288,7 @@ def start_service(
     state_dir: Optional[str] = None,
     run_token: Optional[str] = None,
     publish_every: int = DEFAULT_PUBLISH_EVERY,
+    ranks: int = 1,
 ):
     """Create (or return the existing) named service actor and wait until it has loaded its model.
 
@@ -1231,28 +1297,48 @@ def start_service(
     it belongs to (see :class:`StepRewardServiceActor`;
     without them a restarted online actor refuses to serve). Raises ``TimeoutError`` naming the GPUs/CPUs asked
     for and what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits
-    forever otherwise)."""
+    forever otherwise).
+
+    ``ranks`` >= 2: the model is sharded over that many rank actors (:mod:`spa_reward.steprm.sharded`), each with
+    ``num_gpus / ranks`` GPUs (0: CPU ranks on gloo) and ``num_cpus`` CPUs, behind a coordinator actor of the same
+    name and interface that holds no GPU. ``ranks`` = 1 is the one-actor service."""
     import ray
 
     s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
     if num_gpus and s.device is None:
         s.device = gpu_actor_device()
+    ranks = int(ranks)
+    if ranks < 1:
+        raise ValueError(f"ranks={ranks} must be >= 1")
     options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus,
                                "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries),
                                "max_concurrency": 8}
     if namespace is not None:
         options["namespace"] = namespace
-    actor = ray.remote(StepRewardServiceActor).options(**options).remote(
-        s.to_dict(), state_dir=None if state_dir is None else str(state_dir), run_token=run_token,
-        publish_every=int(publish_every))
+    kwargs: dict[str, Any] = {"state_dir": None if state_dir is None else str(state_dir), "run_token": run_token,
+                              "publish_every": int(publish_every)}
+    cls: Any = StepRewardServiceActor
+    wait_s = timeout_s
+    if ranks > 1:
+        from spa_reward.steprm.sharded import ShardedStepRewardServiceActor
+
+        cls = ShardedStepRewardServiceActor
+        options.update(num_gpus=0, num_cpus=0)  # the coordinator only fans calls out to the ranks
+        kwargs.update(ranks=ranks, gpus_per_rank=float(num_gpus) / ranks, cpus_per_rank=float(num_cpus), name=name,
+                      start_timeout_s=float(timeout_s), namespace=namespace)
+        wait_s = 2 * timeout_s  # the coordinator waits timeout_s for the GPUs, then for the ranks
+    actor = ray.remote(cls).options(**options).remote(s.to_dict(), **kwargs)
     try:
-        ray.get(actor.info.remote(), timeout=timeout_s)
+        ray.get(actor.info.remote(), timeout=wait_s)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(
-            f"the step-reward service {name!r} (num_gpus={num_gpus}, num_cpus={num_cpus}) did not start within "
-            f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()} with {ray.available_resources()} free. "
-            "Give it GPUs outside the trainer's pool (the scorer GPU setting of the launch script) or lower its num_gpus"
-        ) from None
+            f"the step-reward service {name!r} (num_gpus={num_gpus}, num_cpus={num_cpus}, ranks={ranks}) did not "
+            f"start within {wait_s:.0f} s; the cluster has {ray.cluster_resources()} with {ray.available_resources()} "
+            "free. Give it GPUs outside the trainer's pool (the scorer GPU setting of the launch script) or lower its "
+            "num_gpus") from None
+    except ray.exceptions.RayActorError as e:
+        raise RuntimeError(f"the step-reward service {name!r} (num_gpus={num_gpus}, ranks={ranks}) failed to start: "
+                           f"{e}") from None
     return actor
 
 

@@ -110,7 +110,8 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": f"stepagent_{mode}", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY)}
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY),
+                **_ranks(block.get("num_gpus", 1), block.get("ranks"))}
     if reward == "istar":
         block = _to_plain(_get(cfg, "algorithm.istar", {})) or {}
         settings = {k: block[k] for k in ISTAR_KEYS if block.get(k) is not None}
@@ -119,21 +120,35 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": "implicit", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY)}
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY),
+                **_ranks(block.get("num_gpus", 1), block.get("ranks"))}
     if reward == "spa":
         online = _to_plain(_get(cfg, "algorithm.spa.online", {})) or {}
         path = _get(cfg, "reward.reward_kwargs.estimator_path") or _get(cfg, "algorithm.spa.estimator_path")
         name = str(_get(cfg, "reward.reward_kwargs.scorer_name") or "spa_progress_scorer")
         gpus = float(_get(cfg, "algorithm.spa.scorer_num_gpus", 1))
         timeout = float(online.get("start_timeout_s", 600))
+        ranks = _ranks(_get(cfg, "algorithm.spa.scorer_num_gpus", 1), _get(cfg, "algorithm.spa.scorer_ranks"))
         if not online.get("enable", False):
             return {"kind": "progress_frozen", "name": name, "num_gpus": gpus, "settings": {"model_path": path},
-                    "timeout_s": timeout}
+                    "timeout_s": timeout, **ranks}
         settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
         settings.update(objective="progress", online=True, model_path=path and os.path.expanduser(str(path)))
         return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout,
-                "publish_every": online.get("publish_every", DEFAULT_PUBLISH_EVERY)}
+                "publish_every": online.get("publish_every", DEFAULT_PUBLISH_EVERY), **ranks}
     return None
+
+
+def _ranks(num_gpus: Any, ranks: Any) -> dict[str, Any]:
+    """``{"ranks": N}``: the service's ranks (``ranks`` when set; else ``num_gpus`` when it is 2 or more, one rank
+    per GPU; else 1, the one-actor service). Bad values are left for :func:`plan_problems` to name."""
+    if ranks is not None:
+        return {"ranks": ranks}
+    try:
+        gpus = float(num_gpus)
+    except (TypeError, ValueError):
+        return {"ranks": 1}
+    return {"ranks": int(gpus) if gpus >= 2 and gpus == int(gpus) else 1}
 
 
 # ------------------------------------------------------------------------------------------- pure helpers
@@ -341,6 +356,14 @@ class StepRewardHooks:
 
             if self.tokenizer is not None:
                 check_tokenizer_compatible(plan["settings"]["model_path"], self.tokenizer)
+            if plan["ranks"] > 1:  # data-parallel scoring on a sharded group (spa_reward.steprm.sharded)
+                from spa_reward.steprm.service import start_service
+
+                self.handle = start_service({"objective": "progress", "online": False,
+                                             "model_path": os.path.expanduser(str(plan["settings"]["model_path"]))},
+                                            name=plan["name"], num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"],
+                                            ranks=plan["ranks"])
+                return
             self.handle = get_progress_scorer(plan["settings"]["model_path"], name=plan["name"],
                                               num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"])
             return
@@ -353,7 +376,8 @@ class StepRewardHooks:
         # implicit / stepagent: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer
         self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
                                     timeout_s=plan["timeout_s"], state_dir=self.rolling_dir(),
-                                    run_token=self.run_token, publish_every=plan.get("publish_every", DEFAULT_PUBLISH_EVERY))
+                                    run_token=self.run_token, publish_every=plan.get("publish_every", DEFAULT_PUBLISH_EVERY),
+                                    ranks=plan["ranks"])
 
     def rolling_dir(self) -> Optional[str]:
         """``<trainer.default_local_dir>/steprm_latest`` (absolute), where the online service publishes its state
@@ -577,8 +601,11 @@ __all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "e
 def plan_problems(cfg: Any) -> list[str]:
     """Config problems of the step-reward service (for ``spa_reward.config_check``), naming the key to set."""
     plan = service_plan(cfg)
-    if plan is None or plan["kind"] == "progress_frozen":
+    if plan is None:
         return []
+    ranks = _rank_problems(plan)
+    if plan["kind"] == "progress_frozen":
+        return ranks
     block = PLAN_BLOCKS[plan["kind"]]
     settings = dict(plan["settings"])
     if settings.get("model_path") is None and settings.get("backbone_config") is None:
@@ -589,7 +616,10 @@ def plan_problems(cfg: Any) -> list[str]:
         StepRMSettings.from_dict(settings)
     except (ValueError, TypeError) as e:
         return [f"{block}: {e}"]
-    problems = []
+    problems = ranks
+    if not ranks and settings.get("lora_r") and plan["ranks"] > 1:
+        problems.append(f"{block}.lora_r={settings['lora_r']} with {plan['ranks']} ranks: a sharded service trains "
+                        "the whole model; LoRA already fits one GPU (set the ranks to 1)")
     if plan["num_gpus"] < 0:
         problems.append(f"{block}.num_gpus={plan['num_gpus']} must be >= 0")
     if not plan["timeout_s"] > 0:
@@ -599,3 +629,20 @@ def plan_problems(cfg: Any) -> list[str]:
         problems.append(f"{block}.publish_every={every!r} must be an integer >= 1 (updates between two full states "
                         "the online service publishes for a restart when no checkpoint comes in between)")
     return problems
+
+
+def _rank_problems(plan: dict) -> list[str]:
+    """The service's ranks against its GPUs: a whole number >= 1, one GPU per rank when it has GPUs."""
+    spa = plan["kind"].startswith("progress")
+    block = "algorithm.spa" if spa else PLAN_BLOCKS[plan["kind"]]
+    rk, gk = (f"{block}.scorer_ranks", f"{block}.scorer_num_gpus") if spa else (f"{block}.ranks", f"{block}.num_gpus")
+    ranks, gpus = plan["ranks"], plan["num_gpus"]
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        return [f"{rk}={ranks!r} must be an integer >= 1 (the step-reward model's ranks; null = one per GPU of {gk})"]
+    if ranks > 1 and gpus > 0 and gpus != ranks:
+        return [f"{gk}={gpus:g} with {rk}={ranks}: a sharded service has one GPU per rank (set {gk}={ranks}, or "
+                f"{gk}=0 for CPU ranks)"]
+    if ranks == 1 and gpus > 1:
+        return [f"{gk}={gpus:g}: one actor uses one GPU; a whole number of GPUs >= 2 shards the model over that many "
+                f"ranks ({rk}=null)"]
+    return []

@@ -40,8 +40,8 @@ def items(step: int) -> list[dict]:
                          c["episode_reward"], OLD_LP)[0]
 
 
-def hooks_for(service, tmp_path) -> StepRewardHooks:
-    cfg = trainer_config("algorithm.reward=istar", f"trainer.default_local_dir={tmp_path}")
+def hooks_for(service, tmp_path, *overrides: str) -> StepRewardHooks:
+    cfg = trainer_config("algorithm.reward=istar", f"trainer.default_local_dir={tmp_path}", *overrides)
     return StepRewardHooks(cfg, service=service)
 
 
