@@ -353,11 +353,8 @@ override_value() {
 split_side_gpus() {
   local name=$1 what=${2:-a whole number of GPUs}; local value=${!name}
   if ! [[ "$value" =~ ^[0-9]+$ ]]; then echo "$name=$value: $what" >&2; exit 2; fi
-<<<<<<< HEAD
   if [[ "$PLATFORM" == cpu && -z "$_USER_N_GPUS" ]]; then N_GPUS=$((1 + value)); fi  # 1 logical trainer GPU
-=======
   SIDE_GPUS=$((value * NNODES))
->>>>>>> i22
   TRAIN_GPUS=$((N_GPUS - value))
   if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with $name=$value" >&2; exit 2; fi
   if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi
