@@ -27,7 +27,7 @@ from tests.recipe.helpers import REPO, trainer_config
 
 def dry_run(script: str, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "DATA_DIR": "/data/spa", "OUT_DIR": "/out",
-           **env_vars}
+           "PLATFORM": "gpu", **env_vars}
     return subprocess.run(["bash", str(REPO / "examples" / script), *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
