@@ -286,7 +286,7 @@ class EnvAgentLoop(AgentLoopBase):
     def _pool(self):
         s = self.settings
         return get_env_pool(s.pool_num_workers or default_pool_size(self.config), s.pool_backend, s.step_timeout,
-                            s.reset_timeout, s.allow_custom_env_classes)
+                            s.reset_timeout, s.allow_custom_env_classes, s.prepare_timeout)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> EnvAgentLoopOutput | list[EnvAgentLoopOutput]:
         extra_info = dict(kwargs.get("extra_info") or {})
