@@ -322,6 +322,7 @@ class EnvAgentLoop(AgentLoopBase):
 
     async def _play(self, env, ep: _Episode, sampling_params: dict, extra_info: dict, metrics: dict) -> None:
         s = self.settings
+        ep.env_name = env.name  # prompts, splits and records follow the env's own name (custom module:Class envs)
         env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)  # our split name -> the adapter's
         with simple_timer("tool_calls", metrics):
             obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)

@@ -101,7 +101,7 @@ class _EnvHost:
             if key not in self._cache:
                 self._cache[key] = _make(name, kwargs, allow_custom)
             self.env = self._cache[key]
-            return {"max_steps": int(self.env.max_steps)}
+            return {"max_steps": int(self.env.max_steps), "name": str(self.env.name)}
         if cmd == "ping":
             return "pong"
         if self.env is None:
@@ -299,8 +299,9 @@ class _ThreadWorker:
 class EnvSession:
     """One leased worker with one open env; the API mirrors :class:`envs.base.TextEnv` but every call is async."""
 
-    def __init__(self, pool: EnvPool, worker: Any, max_steps: int):
+    def __init__(self, pool: EnvPool, worker: Any, max_steps: int, name: str):
         self._pool, self._worker, self.max_steps = pool, worker, max_steps
+        self.name = name  # the env's own name (a custom module:Class env reports the env it builds on)
 
     async def _call(self, cmd: str, *args: Any, timeout: float | None = None) -> Any:
         return await self._pool._run(self._worker, cmd, args, timeout or self._pool.step_timeout)
@@ -436,7 +437,7 @@ class EnvPool:
                         logger.warning("reused env worker crashed on open (%s); retrying on a fresh one", exc)
                         stale, worker = worker, None
                         await self._discard(stale)
-            yield EnvSession(self, worker, int(info["max_steps"]))
+            yield EnvSession(self, worker, int(info["max_steps"]), str(info["name"]))
         finally:
             try:
                 with self._lock:
