@@ -33,6 +33,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 NOTHING_HAPPENS = "Nothing happens."
+UNKNOWN_TASK_TYPE = "unknown"  # what task_type() says when the env cannot tell (ALFWorld: a game it cannot read)
 MAX_ACTION_CHARS = 512  # longer actions are cut before they reach an engine (no engine needs more)
 
 # Keys every step info dict has (the agent loop and the estimators read them).

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 
 __all__ = [
+    "error_exit",
     "finite_float",
     "non_negative_float",
     "non_negative_int",
@@ -86,3 +88,11 @@ def unit_interval(closed_right: bool = True) -> Callable[[str], float]:
 
     parse.__name__ = f"number in [0, 1{bracket}"  # argparse names the type in "invalid <name> value" messages
     return parse
+
+
+def error_exit(prog: str, exc: BaseException) -> int:
+    """Report a user-facing failure (a data folder that is not there, an engine that is not installed) as one line
+    on stderr, ``<prog>: error: <message>``, without a traceback; return 2, argparse's status for bad input."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2

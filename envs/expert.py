@@ -62,7 +62,8 @@ from typing import Any, Iterator, Optional
 
 from envs import check_env_name, env_names, make_env
 from envs.actions import STYLES, format_action, parse_action
-from envs.cli import non_negative_int, positive_float, positive_int
+from envs.base import UNKNOWN_TASK_TYPE
+from envs.cli import error_exit, non_negative_int, positive_float, positive_int
 from envs.prepare import data_source, env_kwargs, list_split, subsample_tasks, write_parquet
 from envs.prompts import SPA_PROMPT_VERSION, build_messages, build_window_messages, format_observation
 
@@ -206,7 +207,7 @@ def _replay(env, env_name: str, task_id: str, options: dict) -> tuple[str, dict]
         try:
             task_type = str(env.task_type(task_id))
         except Exception:
-            task_type = "unknown"
+            task_type = UNKNOWN_TASK_TYPE
         return task_type, _failed(f"error: {exc!r}")
 
 
@@ -294,7 +295,7 @@ def _run_in_workers(env_name: str, kwargs: dict, task_ids: list[str], options: d
                     task_id = w.task
                     w.kill()
                     pool[i] = _Worker(ctx, env_name, kwargs, options)
-                    yield task_id, "unknown", _failed(failure)
+                    yield task_id, UNKNOWN_TASK_TYPE, _failed(failure)
         for w in pool:
             try:
                 w.conn.send(None)
@@ -411,7 +412,7 @@ def expert_rows(env_name: str, split: str = "train", *, env=None, data_dir: str 
                            mininterval=0.1 if sys.stderr.isatty() else 10.0)
         new: dict[str, tuple[str, dict]] = {}
         for task_id, task_type, episode in results:
-            if task_type == "unknown":  # a killed task: ask the parent's env for its type
+            if task_type == UNKNOWN_TASK_TYPE:  # a killed task: ask the parent's env for its type
                 try:
                     task_type = str(env.task_type(task_id))
                 except Exception:
@@ -625,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                                     history_length=None if args.history == "full" else int(args.history))
     except ValueError as exc:
         parser.error(str(exc))
+    except (FileNotFoundError, ImportError) as exc:  # no data folder / no engine: say so, no traceback
+        return error_exit(parser.prog, exc)
     summary["output"] = str(output)
     summary["parts_dir"] = str(parts)
     if rows:

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from envs import check_env_name, env_names, make_env
-from envs.cli import non_negative_int, positive_int
+from envs.base import UNKNOWN_TASK_TYPE
+from envs.cli import error_exit, non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,13 @@ def prepare(env_name: str, output_dir: str | Path, splits: list[str] | tuple[str
                 continue
             written[split] = write_parquet(rows, Path(output_dir) / f"{env_name}_{split}.parquet")
             print(f"[{env_name}] {split}: {len(rows)} tasks -> {written[split]}")
+            unknown = [r["extra_info"]["task_id"] for r in rows
+                       if r["extra_info"]["task_type"] == UNKNOWN_TASK_TYPE]
+            if unknown:
+                print(f"[{env_name}] warning: {split}: {len(unknown)} of {len(rows)} tasks have task_type "
+                      f"{UNKNOWN_TASK_TYPE!r} (first: {unknown[0]}): the env could not read their type, so "
+                      "per-type metrics lump them together; check that these tasks load (e.g. `python -c \"from "
+                      f"envs import make_env; make_env('{env_name}').reset('{unknown[0]}')\"`)", file=sys.stderr)
     finally:
         env.close()
     return written
@@ -189,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         check_env_name(args.env)
     except ValueError as exc:
         parser.error(str(exc))
-    written = prepare(args.env, args.output_dir, args.splits, args.data_dir, args.max_train, args.seed, args.agent_name,
-                      max_tasks=args.max_tasks)
+    try:
+        written = prepare(args.env, args.output_dir, args.splits, args.data_dir, args.max_train, args.seed,
+                          args.agent_name, max_tasks=args.max_tasks)
+    except (FileNotFoundError, ImportError) as exc:  # no data folder / no engine: say so, no traceback
+        return error_exit(parser.prog, exc)
     return 0 if written else 1
 
 

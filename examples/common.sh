@@ -7,7 +7,8 @@
 #
 # A verl launch (run_rl / run_verl below) always runs `python -m recipe.spa.check <the same overrides>` first: it
 # composes the config, lists every problem (unknown names, out-of-range values, GPU splits verl cannot run, missing
-# data; in DRY_RUN missing files are not a problem) and stops before anything starts. Ctrl-C / SIGTERM stop a
+# data; in DRY_RUN missing files are listed as "not yet there", with the command that makes each, and are not a
+# problem) and stops before anything starts. Ctrl-C / SIGTERM stop a
 # launch cleanly: the trainer's process group is stopped, and `ray stop --force` runs only when this launch started
 # Ray (no Ray of this user was running before and RAY_ADDRESS is unset).
 set -euo pipefail
@@ -413,4 +414,12 @@ run_rl() {
   RUN_DIR=$run_dir run_verl "$env" "$@" \
     "trainer.experiment_name=$name" "trainer.default_local_dir=$run_dir/checkpoints" \
     "trainer.validation_data_dir=$run_dir/validation" "trainer.resume_mode=$RESUME"
+}
+
+# not_yet_there <path> <what it is> <command that makes it>: in DRY_RUN, say that a file a real run reads is not there
+#   yet and how to make it; never fails (the verl launches get the same list from recipe.spa.check)
+not_yet_there() {
+  if [[ "$DRY_RUN" == 1 && ! -e "$1" ]]; then
+    echo "[spa-rl] not yet there (DRY_RUN does not need it, a real launch does): $1 ($2): make it with \`$3\`" >&2
+  fi
 }

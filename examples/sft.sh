@@ -21,6 +21,8 @@ args=(
   "$@"
 )
 if [[ "$DRY_RUN" == 1 ]]; then
+  not_yet_there "$(override_value data.train_files "${args[@]}")" "the expert demonstrations" \
+    "bash examples/prepare_data.sh $ENV"
   run_cmd_dry=("$PYTHON" -m verl.trainer.sft_trainer "${args[@]}" --cfg job)
   "${run_cmd_dry[@]}"
 else

@@ -10,6 +10,7 @@ SFT_MODEL=${SFT_MODEL:-$RL_INIT}
 EST_MAX_LENGTH=${EST_MAX_LENGTH:-16384}
 launcher=("$PYTHON")
 if [[ "$N_GPUS" -gt 1 ]]; then launcher=(torchrun --standalone "--nproc_per_node=$N_GPUS"); fi
+not_yet_there "$COLLECT_DIR/$ENV" "the exploration records" "bash examples/collect.sh $ENV"
 run_cmd "${launcher[@]}" -m spa_reward.progress.train \
   --records "$COLLECT_DIR/$ENV" --model "$SFT_MODEL" --output "$ESTIMATOR_DIR/$ENV" \
   --lr 3e-6 --epochs 1 --batch-size 2 --max-length "$EST_MAX_LENGTH" --gradient-checkpointing "$@"

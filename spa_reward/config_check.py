@@ -10,10 +10,11 @@ It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each pr
   an advantage estimator verl does not know (``algorithm.adv_estimator``);
 * step-reward service settings that cannot build (``algorithm.istar.*``, ``algorithm.spa.online.*``,
   ``algorithm.stepagent.*`` of modes implicit / irl);
-* ``algorithm.reward=stepagent``: the ``algorithm.stepagent`` block (``StepAgentSettings.problems``) and, when files
-  are checked, an ``algorithm.stepagent.expert_path`` that does not exist (written by ``examples/prepare_data.sh``);
-* ``algorithm.reward=spa`` without a progress-estimator checkpoint (``algorithm.spa.estimator_path``);
-* missing dataset parquet files (``data.train_files`` / ``data.val_files``);
+* ``algorithm.reward=stepagent``: the ``algorithm.stepagent`` block (``StepAgentSettings.problems``);
+* ``algorithm.reward=spa`` without a progress-estimator path (``algorithm.spa.estimator_path``);
+* when files are checked, the files the run reads that are not there yet (:func:`missing_files`, each with the
+  command that makes it): the estimator checkpoint, the expert demonstrations, the dataset parquets
+  (``data.train_files`` / ``data.val_files``); ``recipe.spa.check --no-files`` (``DRY_RUN``) lists them instead;
 * settings the dense per-turn rewards cannot work with: the legacy trainer (``trainer.use_v1=false``) or a
   colocated reward model (``reward.reward_model.enable=true``), which both rebuild ``rm_scores`` from one scalar;
 * reward and advantage values out of range (:func:`value_problems`): NaN/inf or negative ``algorithm.spa.alpha`` /
@@ -124,14 +125,11 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     if reward == "spa":
         from spa_reward.reward_manager import ESTIMATOR_HELP, RewardSettings
 
-        path = RewardSettings.from_config(cfg).estimator_path
-        if not path:
+        if not RewardSettings.from_config(cfg).estimator_path:
             problems.append(f"algorithm.reward=spa needs a progress estimator checkpoint: {ESTIMATOR_HELP}")
-        elif check_files and not os.path.isdir(path):
-            problems.append(f"algorithm.spa.estimator_path={path!r} does not exist: {ESTIMATOR_HELP}")
 
     if reward == "stepagent":
-        problems += stepagent_problems(cfg, check_files)
+        problems += stepagent_problems(cfg)
 
     # step-reward service (istar / online spa / stepagent implicit, irl): its settings must build
     if reward in ("istar", "spa", "stepagent"):
@@ -151,16 +149,9 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
         problems.append(f"algorithm.adv_estimator={estimator!r} is not a registered advantage estimator "
                         f"(known: {', '.join(sorted(map(str, ADV_ESTIMATOR_REGISTRY)))})")
 
-    # data
+    # files the run reads: estimator checkpoint, expert demonstrations, dataset parquets
     if check_files:
-        for key in ("data.train_files", "data.val_files"):
-            for path in _files(select_key(cfg, key)):
-                if path.startswith(REMOTE_PREFIXES):
-                    continue
-                if not os.path.exists(os.path.expanduser(path)):
-                    env = select_key(cfg, "env.name", "<env>")
-                    problems.append(f"{key}: {path!r} does not exist; write it with "
-                                    f"`python -m envs.prepare {env} --output-dir <dir>` and set DATA_DIR")
+        problems += missing_files(cfg)
 
     problems += value_problems(cfg)
     problems += gpu_split_problems(cfg)
@@ -175,18 +166,51 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     return problems
 
 
-def stepagent_problems(cfg: Any, check_files: bool = True) -> list[str]:
-    """The ``algorithm.stepagent`` block's problems, and (``check_files``) a missing expert-demonstration file."""
+def stepagent_problems(cfg: Any) -> list[str]:
+    """The ``algorithm.stepagent`` block's problems (its expert file: :func:`missing_files`)."""
     from spa_reward.stepagent.settings import StepAgentSettings
 
-    s = StepAgentSettings.from_config(cfg)
-    out = s.problems()
-    if check_files and s.expert_path and not str(s.expert_path).startswith(REMOTE_PREFIXES) \
-            and not os.path.exists(s.expert_path):
-        env = select_key(cfg, "env.name", "<env>")
-        out.append(f"algorithm.stepagent.expert_path={s.expert_path!r} does not exist: write the expert "
-                   f"demonstrations with `bash examples/prepare_data.sh {env}` (python -m envs.expert {env} "
-                   f"--output $DATA_DIR/{env}_sft.parquet) or point EXPERT / algorithm.stepagent.expert_path at them")
+    return StepAgentSettings.from_config(cfg).problems()
+
+
+def _local_missing(path: Any, expand_user: bool = False) -> bool:
+    """A local path (not hdfs:// etc.) that is not there (``~`` expanded only where the reader expands it)."""
+    if not path or str(path).startswith(REMOTE_PREFIXES):
+        return False
+    return not os.path.exists(os.path.expanduser(str(path)) if expand_user else str(path))
+
+
+def missing_files(cfg: Any) -> list[str]:
+    """The local files the run reads that are not there yet, each with the command that makes it (one line each):
+    the progress-estimator checkpoint (``algorithm.reward=spa``), the expert demonstrations
+    (``algorithm.reward=stepagent``) and the dataset parquets (``data.train_files`` / ``data.val_files``).
+    A real launch stops on them (:func:`config_problems`); ``DRY_RUN`` lists them as not there yet."""
+    env = select_key(cfg, "env.name", "<env>")
+    out = []
+    reward = select_key(cfg, "algorithm.reward")
+    if reward == "spa":
+        from spa_reward.reward_manager import RewardSettings
+
+        path = RewardSettings.from_config(cfg).estimator_path
+        if path and not os.path.isdir(path):
+            out.append(f"algorithm.spa.estimator_path={path!r} does not exist (the progress estimator): make it "
+                       f"with `bash examples/collect.sh {env}` (exploration records) then `bash "
+                       f"examples/train_estimator.sh {env}` (writes $ESTIMATOR_DIR/{env}), or point ESTIMATOR / "
+                       "algorithm.spa.estimator_path at one")
+    if reward == "stepagent":
+        from spa_reward.stepagent.settings import StepAgentSettings
+
+        path = StepAgentSettings.from_config(cfg).expert_path
+        if _local_missing(path):
+            out.append(f"algorithm.stepagent.expert_path={path!r} does not exist (the expert demonstrations): write "
+                       f"them with `bash examples/prepare_data.sh {env}` (python -m envs.expert {env} --output "
+                       f"$DATA_DIR/{env}_sft.parquet) or point EXPERT / algorithm.stepagent.expert_path at them")
+    for key in ("data.train_files", "data.val_files"):
+        for path in _files(select_key(cfg, key)):
+            if _local_missing(path, expand_user=True):
+                out.append(f"{key}: {path!r} does not exist (the task dataset): write it with "
+                           f"`bash examples/prepare_data.sh {env}` (python -m envs.prepare {env} --output-dir "
+                           "$DATA_DIR) and set DATA_DIR to that folder")
     return out
 
 
@@ -324,4 +348,4 @@ def validate_config(cfg: Any, check_files: bool = True) -> None:
 
 
 __all__ = ["ConfigError", "block_values", "config_problems", "gpu_split_problems", "register_config_check", "select_key",
-           "stepagent_problems", "validate_config", "value_problems"]
+           "missing_files", "stepagent_problems", "validate_config", "value_problems"]

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--alpha", type=float, default=1.0, help="weight of c_t (released code: 1)")
     p.add_argument("--beta", type=float, default=0.5, help="weight of g_t (released code: 0.5)")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default="trajectory.png")
+    p.add_argument("--out", default="trajectory.png", help="PNG to write (default: %(default)s)")
     args = p.parse_args(argv)
 
     from .records import CONTRIBUTIONS_KEY, iter_records

@@ -1,14 +1,75 @@
-"""Shared test fixtures: where the real data lives, and skips with a reason when it does not."""
+"""Shared test fixtures: where the real data lives, and skips with a reason when it does not (counted once more at
+the end of the run, naming $SPA_DATA). A test that runs longer than ``$SPA_TEST_NOTICE_S`` seconds (default 60;
+0 = off) is named on the terminal while it runs, so a long silent stretch says which test it is; pytest.ini's
+``--durations`` lists the slowest ones at the end."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+NO_DATA = "real data not found at"
+
+
+# ------------------------------------------------------------------------------------- which long test is running
+class _RunningNotice:
+    """A daemon thread that names the running test once it has run ``after`` seconds, then every ``after`` seconds
+    more. It writes to a copy of the terminal's fd taken at configure time, so pytest's output capture does not
+    swallow it."""
+
+    def __init__(self, after: float):
+        self.after, self.test, self.fd = after, None, os.dup(1)
+        threading.Thread(target=self._watch, name="test-running-notice", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            test = self.test
+            if test is None:
+                continue
+            nodeid, start, told = test
+            elapsed = time.monotonic() - start
+            if elapsed >= (told + 1) * self.after and self.test is test:
+                self.test = (nodeid, start, told + 1)
+                try:
+                    os.write(self.fd, f"\n[running {elapsed:.0f} s] {nodeid}\n".encode())
+                except OSError:
+                    return
+
+
+_NOTICE: dict = {}
+
+
+def pytest_configure(config):
+    after = float(os.environ.get("SPA_TEST_NOTICE_S", "60") or 0)
+    if after > 0 and "notice" not in _NOTICE:
+        _NOTICE["notice"] = _RunningNotice(after)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if "notice" in _NOTICE:
+        _NOTICE["notice"].test = (nodeid, time.monotonic(), 0)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if "notice" in _NOTICE:
+        _NOTICE["notice"].test = None
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say once, at the end, how many tests were skipped for want of the real data, and where it was looked for."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and NO_DATA in str(r.longrepr[2])]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} tests skipped: no real data at {shared_data_root()} (set SPA_DATA to the folder "
+            "holding alfworld/ and webshop/, see the README's Install and test)", yellow=True)
 
 
 def shared_data_root() -> Path:
@@ -23,7 +84,7 @@ def shared_data_root() -> Path:
 def _require(sub: str) -> Path:
     path = shared_data_root() / sub
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (set SPA_DATA to the folder holding {sub}/)")
+        pytest.skip(f"{NO_DATA} {path} (set SPA_DATA to the folder holding {sub}/)")
     return path
 
 

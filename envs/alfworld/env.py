@@ -27,8 +27,10 @@ Episode contract (what ``reset``/``step`` return beyond the base class):
 
 Game files are code. TextWorld evaluates the ``{...}`` expressions in a game's grammar and fast-downward runs its
 PDDL, so a game file can do what a Python file can. Load only games you trust. A task id is resolved (``..`` and
-symlinks included) and must lie under the data root, so a dataset row cannot point the env at a game elsewhere;
-``allow_outside_root=True`` (used by tests for synthetic games in temporary folders) lifts that for trusted callers.
+symlinks included) and must lie under the data root, or under the target of a split folder that is a symlink
+(``json_2.1.1/train -> /scratch/...``: the root's own layout), so a dataset row cannot point the env at a game
+elsewhere; a symlink further down that leaves is neither listed nor loaded. ``allow_outside_root=True`` (used by tests
+for synthetic games in temporary folders) lifts that for trusted callers.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from envs.alfworld.engine import BANNER, Engine
 from envs.alfworld.games import GAME_FILE, GameIndex, resolve_data_dir, task_type_of
-from envs.base import NOTHING_HAPPENS, TextEnv
+from envs.base import NOTHING_HAPPENS, UNKNOWN_TASK_TYPE, TextEnv
 
 _GOAL = re.compile(r"Your task is to:\s*(.*)", re.S)
 _PLACE_VERBS = {"put", "move", "place"}
@@ -127,13 +129,13 @@ class AlfWorldEnv(TextEnv):
 
     # ----------------------------------------------------------------- TextEnv
     def list_tasks(self, split: str) -> list[str]:
-        return self.games.list_tasks(split)
+        return self.games.list_tasks(split, self.allow_outside_root)
 
     def task_type(self, task_id: str) -> str:
         try:
             return task_type_of(self.games.game_dir(task_id, self.allow_outside_root))
         except ValueError:
-            return "unknown"
+            return UNKNOWN_TASK_TYPE
 
     def _reset(self, task_id: str, seed: int | None) -> tuple[str, dict]:
         game_dir = self.games.game_dir(task_id, self.allow_outside_root)

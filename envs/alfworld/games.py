@@ -13,10 +13,13 @@ A task id is the trial folder relative to ``<data_dir>/json_2.1.1``, with ``/`` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
 from pathlib import Path
+
+from envs.base import UNKNOWN_TASK_TYPE
 
 JSON_DIR = "json_2.1.1"
 GAME_FILE = "game.tw-pddl"
@@ -41,6 +44,8 @@ NO_DATA_HELP = (
     "data_dir= (that folder, or the json_2.1.1 folder itself). With internet: `pip install alfworld && "
     "alfworld-download` writes 2.1.2 games to ~/.cache/alfworld; pass data_dir=~/.cache/alfworld."
 )
+
+logger = logging.getLogger(__name__)
 
 _SOLVABLE = re.compile(rb'"solvable"\s*:\s*(true|false)')
 
@@ -86,9 +91,9 @@ def task_type_of(game_dir: Path) -> str:
             return prefix
     try:
         with open(game_dir / TRAJ_FILE, encoding="utf-8") as f:
-            return str(json.load(f).get("task_type", "unknown"))
+            return str(json.load(f).get("task_type", UNKNOWN_TASK_TYPE))
     except (OSError, ValueError):
-        return "unknown"
+        return UNKNOWN_TASK_TYPE
 
 
 def _keep(rel_dir: str, game_dir: Path) -> bool:
@@ -102,44 +107,91 @@ def _keep(rel_dir: str, game_dir: Path) -> bool:
 
 
 class GameIndex:
-    """The games of each split under one ``json_2.1.1`` folder (scanned once per split, shared per process)."""
+    """The games of each split under one ``json_2.1.1`` folder (scanned once per split, shared per process).
 
-    _cache: dict[tuple[str, str], list[str]] = {}
+    Where games may lie (:meth:`areas`): under the data root, resolved, and under the resolved target of each split
+    folder (a direct child of the root, e.g. ``train -> /scratch/alfworld/train``) that is a symlink: the split
+    folders are the root's own layout, placed by whoever assembled it (as the root itself may be a symlink). A
+    symlink below a split folder (a task or trial folder) that points anywhere else is refused: it is not listed
+    (the count is logged) and a task id through it does not load, unless ``allow_outside_root`` is passed.
+    """
+
+    _cache: dict[tuple[str, str, bool], list[str]] = {}
     _lock = threading.Lock()
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._areas: dict[str, Path] | None = None
 
     def splits(self) -> list[str]:
         """Split folders present, plus the aliases whose target is present."""
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
         return found + sorted(alias for alias, target in SPLIT_ALIASES.items() if target in found)
 
-    def list_tasks(self, split: str) -> list[str]:
+    def areas(self) -> dict[str, Path]:
+        """``{"": resolved root, split: resolved target of each symlinked split folder}``: where games may lie."""
+        if self._areas is None:
+            areas = {"": self.root.resolve()}
+            if self.root.is_dir():
+                for child in self.root.iterdir():
+                    if child.is_symlink() and child.is_dir():
+                        areas[child.name] = child.resolve()
+            self._areas = areas
+        return self._areas
+
+    def _area_of(self, path: Path) -> tuple[str, Path] | None:
+        """(split name or "", area) of a resolved path inside one of :meth:`areas`, else None."""
+        for name, area in self.areas().items():
+            if path == area or area in path.parents:
+                return name, area
+        return None
+
+    def list_tasks(self, split: str, allow_outside_root: bool = False) -> list[str]:
         name = canonical_split(split)
         split_dir = self.root / name
         if not name or "/" in name or name.startswith(".") or not split_dir.is_dir():
             raise ValueError(f"alfworld: unknown split {split!r} under {self.root}. Available: {self.splits()}")
-        key = (str(self.root), name)
+        key = (str(self.root), name, bool(allow_outside_root))
         with self._lock:
             if key not in self._cache:
-                tasks = []
-                for dirpath, _dirnames, filenames in os.walk(split_dir):
-                    if TRAJ_FILE in filenames:
-                        rel = Path(dirpath).relative_to(self.root).as_posix()
-                        if _keep(rel, Path(dirpath)):
-                            tasks.append(rel)
-                self._cache[key] = sorted(tasks)
+                self._cache[key] = sorted(self._scan(split_dir, allow_outside_root))
             return list(self._cache[key])
+
+    def _scan(self, split_dir: Path, allow_outside_root: bool) -> list[str]:
+        """The kept games under ``split_dir``, following symlinked folders that stay inside :meth:`areas` (each
+        folder once); the ones that leave are skipped and counted in one warning."""
+        tasks, seen, refused = [], set(), []
+        for dirpath, dirnames, filenames in os.walk(split_dir, followlinks=True):
+            real = Path(dirpath).resolve()
+            if real in seen:  # a symlink loop, or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            if not allow_outside_root and self._area_of(real) is None:
+                refused.append((dirpath, real))
+                dirnames[:] = []
+                continue
+            if TRAJ_FILE in filenames:
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                if _keep(rel, Path(dirpath)):
+                    tasks.append(rel)
+        if refused:
+            logger.warning(
+                "alfworld: %d folder(s) under %s are symlinks to places outside the data root %s and its split "
+                "folders (first: %s -> %s); their games are not listed, since game files are code. Put the data under "
+                "the root (a split folder itself may be a symlink), or pass AlfWorldEnv(allow_outside_root=True) "
+                "(env.env_kwargs.allow_outside_root=true) to trust them", len(refused), split_dir,
+                self.areas()[""], refused[0][0], refused[0][1])
+        return tasks
 
     def game_dir(self, task_id: str, allow_outside_root: bool = False) -> Path:
         """The folder of a task id (``<split>/<task>/<trial>``, optionally ending in ``/game.tw-pddl``).
 
-        The path is resolved (``..`` and symlinks included) and must lie under the data root: a game file is
-        code (TextWorld evaluates the ``{...}`` expressions of its grammar, and its PDDL drives the planner), so a
-        task id from a dataset row must not load one from elsewhere. ``allow_outside_root=True`` also accepts
-        paths outside the root (e.g. an absolute path to a synthetic game built for a test); only trusted code
-        should set it.
+        The path is resolved (``..`` and symlinks included) and must lie in one of :meth:`areas` (the data root,
+        or a symlinked split folder's target): a game file is code (TextWorld evaluates the ``{...}`` expressions
+        of its grammar, and its PDDL drives the planner), so a task id from a dataset row must not load one from
+        elsewhere. ``allow_outside_root=True`` also accepts paths outside (e.g. an absolute path to a synthetic game
+        built for a test); only trusted code should set it.
         """
         text = str(task_id).strip()
         if text.endswith(GAME_FILE):
@@ -148,19 +200,24 @@ class GameIndex:
             raise ValueError(f"alfworld: invalid task id {task_id!r}")
         path = Path(text)
         candidate = (path if path.is_absolute() else self.root / path).resolve()
-        root = self.root.resolve()
-        if not allow_outside_root and candidate != root and root not in candidate.parents:
+        if not allow_outside_root and self._area_of(candidate) is None:
+            linked = [f"{n} -> {a}" for n, a in self.areas().items() if n]
             raise ValueError(
-                f"alfworld: task id {task_id!r} resolves to {candidate}, outside the data root {root}; game files "
-                "are code and are only loaded from the data root (AlfWorldEnv(allow_outside_root=True) lifts this "
-                "for trusted paths)")
+                f"alfworld: task id {task_id!r} resolves to {candidate}, outside the data root {self.areas()['']}"
+                + (f" and its symlinked split folders ({', '.join(linked)})" if linked else "")
+                + "; game files are code and are only loaded from there (AlfWorldEnv(allow_outside_root=True) "
+                "lifts this for trusted paths)")
         if (candidate / GAME_FILE).is_file():
             return candidate
         raise ValueError(f"alfworld: no game for task id {task_id!r} (looked for {candidate / GAME_FILE})")
 
     def relative_id(self, game_dir: Path) -> str:
-        """A task id for a game folder: relative to the root when inside it, else the absolute path."""
-        try:
-            return game_dir.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return game_dir.resolve().as_posix()
+        """A task id for a game folder: relative to the root (through its split folder when that is a symlink)
+        when inside :meth:`areas`, else the absolute path."""
+        real = game_dir.resolve()
+        found = self._area_of(real)
+        if found is None:
+            return real.as_posix()
+        name, area = found
+        rel = real.relative_to(area)
+        return (Path(name) / rel).as_posix() if name else rel.as_posix()

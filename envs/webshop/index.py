@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         out = prepare(args.data_dir, args.product_set, args.num_products, args.cache_dir, goals,
                       progress=not args.no_progress, disk_store=True if args.disk_store else None)
     except WebShopDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from envs.cli import error_exit
+
+        return error_exit(parser.prog, exc)
     print(json.dumps(out, indent=2))
     return 0
 

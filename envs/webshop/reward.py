@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 logger = logging.getLogger(__name__)
@@ -119,9 +120,26 @@ class NounExtractor:
         return out
 
 
+def model_available(model: str) -> bool:
+    """``model`` is a spaCy model spaCy could load: an installed package of that name, or a folder."""
+    import importlib.util
+
+    if Path(model).expanduser().is_dir():
+        return True
+    try:
+        return importlib.util.find_spec(model) is not None
+    except (ImportError, ValueError):  # e.g. a dotted name whose parent is not a package
+        return False
+
+
 @lru_cache(maxsize=None)
 def default_noun_extractor(model: str = "en_core_web_sm") -> NounExtractor:
-    """spaCy with ``model`` when both are installed, else the heuristic (logged once)."""
+    """spaCy with ``model`` when both are installed, else the heuristic (logged once). spaCy is imported only
+    when the model is there (an installed package or a folder): importing spaCy costs seconds (it imports torch),
+    paid by every env worker for nothing when the model is missing."""
+    if not model_available(model):
+        logger.info("WebShop type reward: spaCy model %r is not installed; using the noun heuristic", model)
+        return NounExtractor(None, approx=True)
     try:
         import spacy
 

@@ -286,7 +286,7 @@ class EnvAgentLoop(AgentLoopBase):
     def _pool(self):
         s = self.settings
         return get_env_pool(s.pool_num_workers or default_pool_size(self.config), s.pool_backend, s.step_timeout,
-                            s.reset_timeout, s.allow_custom_env_classes)
+                            s.reset_timeout, s.allow_custom_env_classes, s.prepare_timeout)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> EnvAgentLoopOutput | list[EnvAgentLoopOutput]:
         extra_info = dict(kwargs.get("extra_info") or {})
@@ -322,6 +322,7 @@ class EnvAgentLoop(AgentLoopBase):
 
     async def _play(self, env, ep: _Episode, sampling_params: dict, extra_info: dict, metrics: dict) -> None:
         s = self.settings
+        ep.env_name = env.name  # prompts, splits and records follow the env's own name (custom module:Class envs)
         env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)  # our split name -> the adapter's
         with simple_timer("tool_calls", metrics):
             obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)

@@ -8,7 +8,9 @@ Every launch script in ``examples/`` calls this first (``run_verl`` in ``example
 1. compose ``recipe/spa/config/spa_trainer.yaml`` with hydra's compose API and the given overrides (an unknown
    group option such as ``env=mars`` or a mistyped key fails here, with hydra's message);
 2. run :func:`spa_reward.config_check.config_problems` (names, estimator checkpoint, data files unless
-   ``--no-files``, value ranges, GPU splits; the ``env`` block check registered by ``recipe.spa.settings``);
+   ``--no-files``, value ranges, GPU splits; the ``env`` block check registered by ``recipe.spa.settings``); with
+   ``--no-files`` the files that are not there yet (estimator, expert demonstrations, parquets) are listed on
+   stderr with the command that makes each, and are not problems;
 3. with ``--require-gpus N``: torch must see at least N GPUs on this machine;
 4. print the settings that must be equal across compared runs (stderr) and, with ``--settings-out``, write them
    with the rest of :func:`run_settings` as JSON (``run_settings.json`` of the run folder; ``recipe.spa.compare``
@@ -177,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[spa-rl] the config does not compose: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
-    from spa_reward.config_check import config_problems
+    from spa_reward.config_check import config_problems, missing_files
 
     problems = config_problems(cfg, check_files=not args.no_files)
+    if args.no_files:  # DRY_RUN: not a problem, but say what a real launch still needs
+        todo = missing_files(cfg)
+        if todo:
+            print(f"[spa-rl] not yet there ({len(todo)}; DRY_RUN does not need them, a real launch stops on each):\n"
+                  "  - " + "\n  - ".join(todo), file=sys.stderr)
     if args.require_gpus > 0:
         seen = visible_gpus()
         if seen < args.require_gpus:

@@ -284,7 +284,8 @@ def compare(paths: list[Path], out: Path, allow_mixed: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipe.spa.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders (outputs/rl/<env>/<experiment>)")
-    parser.add_argument("--out", default="outputs/compare", help="folder for comparison.md/.csv and the PNGs")
+    parser.add_argument("--out", default="outputs/compare",
+                        help="folder for comparison.md/.csv and the PNGs (default: %(default)s)")
     parser.add_argument("--allow-mixed", action="store_true", help="tabulate runs whose settings differ")
     args = parser.parse_args(argv)
     try:

@@ -23,6 +23,13 @@ killed and the lease released in nested ``finally`` blocks, so a cancel during t
 idle worker that died meanwhile (OOM killer, SIGKILL) is found on the next lease and replaced, and an ``open`` on a
 reused worker that crashes is retried once on a fresh worker, so the next, unrelated episode does not pay for it.
 
+First open: an env's constructor may build what it caches on disk (WebShop's search index and product store), which
+can take longer than ``reset_timeout`` allows. So the first open of each env settings (name and kwargs) in a pool runs
+alone, with ``prepare_timeout``; sessions that want the same settings meanwhile wait for it (no worker builds the same
+cache at the same time) and, once it has succeeded, open with ``reset_timeout``: the build completes whatever the
+open timeout. A worker that is killed (timeout, cancel, close) first gets SIGTERM and a moment to run its ``finally``
+blocks, so a build it was in removes its temp files; SIGKILL follows only if it does not exit.
+
 Env names: a session opens a registered env name (``envs.ENV_REGISTRY``). A ``package.module:Class`` name, which
 imports that module and builds that class, is refused unless the pool was made with
 ``allow_custom_env_classes=True`` (config ``env.allow_custom_env_classes``; the dataset rows' ``extra_info.env_name``
@@ -94,7 +101,7 @@ class _EnvHost:
             if key not in self._cache:
                 self._cache[key] = _make(name, kwargs, allow_custom)
             self.env = self._cache[key]
-            return {"max_steps": int(self.env.max_steps)}
+            return {"max_steps": int(self.env.max_steps), "name": str(self.env.name)}
         if cmd == "ping":
             return "pong"
         if self.env is None:
@@ -154,6 +161,9 @@ def _make(name: str, kwargs: dict, allow_custom: bool = False) -> Any:
 
 def _child_main(fd: int) -> None:
     """Child process loop: receive ``(cmd, args)``, reply ``("ok", result)`` or ``("error", text)``."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     conn = Connection(fd)
     host = _EnvHost()
     try:
@@ -177,6 +187,13 @@ def _child_main(fd: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- workers
+
+
+TERM_GRACE_S = 2.0  # seconds a killed worker gets after SIGTERM to run its finally blocks (temp files) before SIGKILL
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds the current call: its finally blocks remove what it was writing
 
 
 class _ProcessWorker:
@@ -231,11 +248,14 @@ class _ProcessWorker:
             self.conn.send((0, "close", ()))
         except Exception:
             pass
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout=0.5 if not self.broken else 0.0)
-            except subprocess.TimeoutExpired:
-                pass
+        for stop, wait in ((None, 0.5 if not self.broken else 0.0), (self.proc.terminate, TERM_GRACE_S)):
+            if self.proc.poll() is None:
+                if stop is not None:  # SIGTERM: the child unwinds (finally blocks delete its temp files)
+                    stop()
+                try:
+                    self.proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    pass
         if self.proc.poll() is None:
             self.proc.kill()
             try:
@@ -279,8 +299,9 @@ class _ThreadWorker:
 class EnvSession:
     """One leased worker with one open env; the API mirrors :class:`envs.base.TextEnv` but every call is async."""
 
-    def __init__(self, pool: EnvPool, worker: Any, max_steps: int):
+    def __init__(self, pool: EnvPool, worker: Any, max_steps: int, name: str):
         self._pool, self._worker, self.max_steps = pool, worker, max_steps
+        self.name = name  # the env's own name (a custom module:Class env reports the env it builds on)
 
     async def _call(self, cmd: str, *args: Any, timeout: float | None = None) -> Any:
         return await self._pool._run(self._worker, cmd, args, timeout or self._pool.step_timeout)
@@ -308,6 +329,7 @@ class EnvPool:
         step_timeout: float = 60.0,
         reset_timeout: float = 300.0,
         allow_custom_env_classes: bool = False,
+        prepare_timeout: float = 3600.0,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"env pool backend must be one of {BACKENDS}, got {backend!r}")
@@ -315,7 +337,10 @@ class EnvPool:
             raise ValueError(f"env pool num_workers must be >= 1, got {num_workers}")
         self.num_workers, self.backend = int(num_workers), backend
         self.step_timeout, self.reset_timeout = float(step_timeout), float(reset_timeout)
+        self.prepare_timeout = float(prepare_timeout)
         self.allow_custom_env_classes = bool(allow_custom_env_classes)
+        self._prepared: set[str] = set()  # env settings whose first open succeeded in this pool
+        self._first_open_locks: dict[str, asyncio.Lock] = {}
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._leased = 0
@@ -330,7 +355,21 @@ class EnvPool:
         if self._sem is None or self._sem_loop is not loop:  # a new event loop (e.g. one asyncio.run per test)
             self._sem = asyncio.Semaphore(self.num_workers)
             self._sem_loop = loop
+            self._first_open_locks = {}
         return self._sem
+
+    @asynccontextmanager
+    async def _open_timeout(self, key: str) -> AsyncIterator[float]:
+        """The timeout of an open of env settings ``key``: the first one in this pool runs alone with
+        ``prepare_timeout`` (it may build the env's disk caches) and marks ``key`` done when its body succeeds;
+        the others wait for it, then get ``reset_timeout`` (see the module docstring)."""
+        if key not in self._prepared:
+            async with self._first_open_locks.setdefault(key, asyncio.Lock()):
+                if key not in self._prepared:
+                    yield self.prepare_timeout
+                    self._prepared.add(key)
+                    return
+        yield self.reset_timeout
 
     def _new_worker(self):
         return _ProcessWorker() if self.backend == "process" else _ThreadWorker()
@@ -380,24 +419,25 @@ class EnvPool:
             with self._lock:
                 self._leased += 1
             open_args = (env_name, dict(env_kwargs or {}), self.allow_custom_env_classes)
-            for attempt in (0, 1):
-                worker, dead = self._take_idle()
-                for gone in dead:  # died while idle (e.g. OOM-killed): replace it, not the episode
-                    logger.warning("env worker found dead while idle; replacing it")
-                    await self._discard(gone)
-                reused = worker is not None
-                if worker is None:
-                    worker = await loop.run_in_executor(self._executor, self._new_worker)
-                try:
-                    info = await self._run(worker, "open", open_args, self.reset_timeout)
-                    break
-                except EnvFailure as exc:
-                    if not (reused and attempt == 0 and exc.kind == "crash"):
-                        raise
-                    logger.warning("reused env worker crashed on open (%s); retrying on a fresh one", exc)
-                    stale, worker = worker, None
-                    await self._discard(stale)
-            yield EnvSession(self, worker, int(info["max_steps"]))
+            async with self._open_timeout(_EnvHost._key(env_name, open_args[1])) as timeout:
+                for attempt in (0, 1):
+                    worker, dead = self._take_idle()
+                    for gone in dead:  # died while idle (e.g. OOM-killed): replace it, not the episode
+                        logger.warning("env worker found dead while idle; replacing it")
+                        await self._discard(gone)
+                    reused = worker is not None
+                    if worker is None:
+                        worker = await loop.run_in_executor(self._executor, self._new_worker)
+                    try:
+                        info = await self._run(worker, "open", open_args, timeout)
+                        break
+                    except EnvFailure as exc:
+                        if not (reused and attempt == 0 and exc.kind == "crash"):
+                            raise
+                        logger.warning("reused env worker crashed on open (%s); retrying on a fresh one", exc)
+                        stale, worker = worker, None
+                        await self._discard(stale)
+            yield EnvSession(self, worker, int(info["max_steps"]), str(info["name"]))
         finally:
             try:
                 with self._lock:
@@ -423,9 +463,11 @@ _POOLS_LOCK = threading.Lock()
 
 
 def get_env_pool(num_workers: int = 8, backend: str = "process", step_timeout: float = 60.0,
-                 reset_timeout: float = 300.0, allow_custom_env_classes: bool = False) -> EnvPool:
+                 reset_timeout: float = 300.0, allow_custom_env_classes: bool = False,
+                 prepare_timeout: float = 3600.0) -> EnvPool:
     """The process-wide pool for these settings (created on first use, closed at exit)."""
-    key = (int(num_workers), backend, float(step_timeout), float(reset_timeout), bool(allow_custom_env_classes))
+    key = (int(num_workers), backend, float(step_timeout), float(reset_timeout), bool(allow_custom_env_classes),
+           float(prepare_timeout))
     with _POOLS_LOCK:
         if key not in _POOLS:
             _POOLS[key] = EnvPool(*key)

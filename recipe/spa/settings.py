@@ -42,6 +42,7 @@ class EnvRolloutSettings:
     pool_num_workers: Optional[int] = None
     step_timeout: float = 60.0
     reset_timeout: float = 300.0
+    prepare_timeout: float = 3600.0  # the first open of the env in a pool (builds its disk caches), see env_pool
     collect_dir: Optional[str] = None
     collect_messages: bool = True
     allow_custom_env_classes: bool = False  # accept "module:Class" env names (imports and runs that code)
@@ -76,6 +77,7 @@ class EnvRolloutSettings:
             pool_num_workers=select_key(pool, "num_workers"),
             step_timeout=float(select_key(pool, "step_timeout", 60.0)),
             reset_timeout=float(select_key(pool, "reset_timeout", 300.0)),
+            prepare_timeout=float(select_key(pool, "prepare_timeout", 3600.0)),
             collect_dir=select_key(env, "collect_dir"),
             collect_messages=bool(select_key(env, "collect_messages", True)),
             allow_custom_env_classes=select_key(env, "allow_custom_env_classes", False),
@@ -131,7 +133,8 @@ def env_settings_problems(settings: Any) -> list[str]:
             or settings.history_length < 0:
         out.append(f"env.history_length must be an integer >= 0, got {settings.history_length!r}")
     for key, value in (("env.pool.step_timeout", settings.step_timeout),
-                       ("env.pool.reset_timeout", settings.reset_timeout)):
+                       ("env.pool.reset_timeout", settings.reset_timeout),
+                       ("env.pool.prepare_timeout", settings.prepare_timeout)):
         if not (value > 0 and math.isfinite(value)):
             out.append(f"{key}={value!r} must be a finite number of seconds > 0")
     return out

@@ -126,6 +126,7 @@ async def _window_prompt(loop, ep: _Episode, obs: str, info: dict, history: list
 async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, extra_info: dict) -> None:
     s = loop.settings
     metrics: dict = {}
+    ep.env_name = env.name  # prompts, splits and records follow the env's own name (custom module:Class envs)
     env_split = SPLITS.get(ep.env_name, {}).get(ep.split, ep.split)
     with simple_timer("tool_calls", metrics):
         obs, info = await env.reset(ep.task_id, extra_info.get("seed"), env_split)

@@ -35,8 +35,8 @@ from envs.prompts import build_messages, build_window_messages, format_observati
 
 from ..records import LAYOUTS, TrajectoryRecord, prompt_pieces, record_layout
 
-__all__ = ["LAYOUTS", "PackedView", "WindowRow", "builder_name", "make_token_builder", "packed_view",
-           "window_sequences"]
+__all__ = ["LAYOUTS", "PackedView", "WindowRow", "builder_name", "check_token_ids", "make_token_builder",
+           "packed_view", "window_sequences"]
 
 
 @dataclass
@@ -137,10 +137,29 @@ def window_sequences(rec: TrajectoryRecord, builder: Any, history_length: int | 
     return rows
 
 
+def check_token_ids(replies: Sequence[Sequence[int]], tokenizer: Any) -> None:
+    """Every id of every reply is a token of ``tokenizer`` (0 <= id < len(tokenizer)); else a ValueError naming the
+    reply, the position and the id (a tokenizer's decode raises ``OverflowError`` for -1, e.g. from a padded
+    array, and may return garbage for ids past its vocabulary)."""
+    import numpy as np
+
+    size = len(tokenizer)
+    for t, reply in enumerate(replies):
+        ids = np.asarray(reply, dtype=np.int64).reshape(-1)
+        bad = np.flatnonzero((ids < 0) | (ids >= size))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"reply {t} has token id {int(ids[i])} at position {i}, outside the tokenizer's "
+                             f"vocabulary of {size} ids ({bad.size} such ids in this reply): the replies are not "
+                             "this tokenizer's (or hold padding, e.g. -1); pass the policy's tokenizer and unpadded "
+                             "ids")
+
+
 def packed_view(env_name: str, pieces: Mapping, replies: Sequence[Sequence[int]], builder: Any) -> PackedView:
     """The full-history sequence of an episode from its pieces (``extra["prompt_pieces"]`` layout) and its reply
     tokens, built with ``builder`` exactly as the packed loop merges them (``EnvAgentLoop._play``), without the
     response-length budget."""
+    check_token_ids(replies, builder.tokenizer)
     observations, infos = pieces["observations"], pieces["infos"]
     style, one_shot = pieces.get("style", "react"), bool(pieces.get("one_shot", False))
     include = pieces.get("include_admissible")

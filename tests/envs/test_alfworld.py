@@ -272,6 +272,48 @@ def test_task_ids_cannot_leave_the_data_root(synth_dir, tmp_path):
         env.close()
 
 
+def test_symlinked_split_folders_work_and_links_below_them_stay_refused(tmp_path, caplog):
+    """A data root whose split folders are symlinks (common on clusters) lists, types and plays its games, with the
+    same task ids as a plain root; envs.prepare writes real task types. A symlink below a split folder that points
+    elsewhere is still refused: not listed (one warning with the count), not loaded, unless allow_outside_root."""
+    from envs.prepare import build_rows
+
+    real = build_synthetic_game(tmp_path / "store", grammar="move").parents[1]   # store/json_2.1.1/valid_seen
+    build_synthetic_game(tmp_path / "store", grammar="put")
+    root = tmp_path / "root" / "json_2.1.1"
+    root.mkdir(parents=True)
+    (root / "valid_seen").symlink_to(real, target_is_directory=True)
+    env = AlfWorldEnv(data_dir=tmp_path / "root", plan_cache_dir=False)
+    try:
+        assert env.list_tasks("valid_seen") == [MOVE_TASK, PUT_TASK]
+        assert env.task_type(MOVE_TASK) == "pick_and_place_simple"
+        obs, info = env.reset(MOVE_TASK)
+        assert info["goal"] == GOAL and info["task_id"] == MOVE_TASK
+        rows = build_rows("alfworld", "val", env=env)
+        assert [r["extra_info"]["task_type"] for r in rows] == ["pick_and_place_simple"] * 2
+    finally:
+        env.close()
+
+    # below a split folder: a task folder linked to a game elsewhere
+    outside = build_synthetic_game(tmp_path / "elsewhere", split="train").parent      # .../train/<task>
+    (root / "train").mkdir()
+    (root / "train" / "linked-task").symlink_to(outside, target_is_directory=True)
+    linked = "train/linked-task/" + MOVE_TASK.rsplit("/", 1)[1]
+    env = AlfWorldEnv(data_dir=tmp_path / "root", plan_cache_dir=False)
+    trusted = AlfWorldEnv(data_dir=tmp_path / "root", plan_cache_dir=False, allow_outside_root=True)
+    try:
+        with caplog.at_level("WARNING", logger="envs.alfworld.games"):
+            assert env.list_tasks("train") == []
+        assert "1 folder(s) under" in caplog.text and "linked-task" in caplog.text
+        with pytest.raises(ValueError, match="outside the data root .* and its symlinked split folders"):
+            env.reset(linked)
+        assert trusted.list_tasks("train") == [linked]
+        assert trusted.reset(linked)[1]["goal"] == GOAL
+    finally:
+        env.close()
+        trusted.close()
+
+
 # ----------------------------------------------------------------------------------------------- anchors
 def anchors_after(env, actions, task=MOVE_TASK):
     _, info = env.reset(task)

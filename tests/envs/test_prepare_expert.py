@@ -167,6 +167,16 @@ def test_prepare_writes_files_and_skips_empty_split(toy_env, tmp_path, capsys):
     assert len(frame) == 10 and set(frame.columns) == ROW_KEYS
 
 
+def test_prepare_warns_with_the_count_of_unknown_task_types(toy_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ToyEnv, "task_type", lambda self, t: "unknown" if int(t[1:]) % 3 == 0 else "known")
+    prepare(toy_env, tmp_path, splits=["train"])
+    err = capsys.readouterr().err
+    assert "[toy] warning: train: 4 of 10 tasks have task_type 'unknown' (first: t0)" in err
+    monkeypatch.setattr(ToyEnv, "task_type", lambda self, t: "known")
+    prepare(toy_env, tmp_path, splits=["train"])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_prepare_is_deterministic(toy_env, tmp_path):
     a = prepare(toy_env, tmp_path / "a", max_train=4, seed=3)
     b = prepare(toy_env, tmp_path / "b", max_train=4, seed=3)
@@ -194,6 +204,18 @@ def test_unknown_env_and_split_errors(toy_env, capsys):
         prepare_main(["toy", "--output-dir", "x", "--splits", "train,dev"])
     with pytest.raises(ValueError, match="Unknown split"):
         list_split(ToyEnv(), "dev")
+
+
+@pytest.mark.parametrize("env_name", ["webshop", "virtualhome"])
+def test_cli_missing_data_folder_is_one_line(env_name, tmp_path, capsys):
+    """A data folder that is not there: one line naming it and what to do, exit status 2, no traceback."""
+    missing = str(tmp_path / "nonexistent")
+    for main, args in ((prepare_main, ["--output-dir", str(tmp_path / "out")]),
+                       (expert_main, ["--output", str(tmp_path / "out" / "sft.parquet")])):
+        assert main([env_name, *args, "--data-dir", missing]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and missing in err, err
+        assert err.startswith(f"python -m envs.{'prepare' if main is prepare_main else 'expert'}: error: ")
 
 
 def test_cli_prepare(toy_env, tmp_path):

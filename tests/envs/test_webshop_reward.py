@@ -165,3 +165,16 @@ def test_parse_pricing():
     assert parse_pricing("$1,299.00") == ([1299.0], "$1299.0")
     assert parse_pricing("") == ([100.0], "$100.0")
     assert parse_pricing(None) == ([100.0], "$100.0")
+
+
+def test_missing_spacy_model_gives_the_heuristic_without_importing_spacy(tmp_path):
+    """Without the model, spaCy (which imports torch: seconds per env worker) is never imported; a model that is a
+    folder counts as there."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from envs.webshop.reward import default_noun_extractor as d, model_available as m; "
+            "x = d('no_such_spacy_model_xyz'); "
+            "print(x.approx, 'spacy' in sys.modules, m('no_such_spacy_model_xyz'), m(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False", "True"]

@@ -87,11 +87,32 @@ class ToyEnv(TextEnv):
     name = "toy"
 
     def __init__(self, max_steps: int = 10, obs_pad: int = 0, hang_on: str | None = None, hang_seconds: float = 5.0,
-                 crash_on: str | None = None, wait_for_file: str | None = None):
+                 crash_on: str | None = None, wait_for_file: str | None = None, cache_file: str | None = None,
+                 build_seconds: float = 0.0):
         super().__init__(max_steps)
         self.position, self.need, self.obs_pad = 0, 1, obs_pad
         self.hang_on, self.hang_seconds, self.crash_on = hang_on, hang_seconds, crash_on
         self.wait_for_file = wait_for_file  # "wait" blocks until this file exists (written by the test)
+        if cache_file and not os.path.exists(cache_file):  # a disk cache built once, as WebShop builds its index
+            self.build_cache(cache_file, build_seconds)
+
+    @staticmethod
+    def build_cache(path: str, seconds: float) -> None:
+        """Write ``path`` through ``<path>.tmp<pid>`` in ``seconds``, counting builds in ``<path>.builds``; a build
+        that fails (or is stopped) deletes its temp file, as WebShop's builds do."""
+        import time
+
+        with open(f"{path}.builds", "a") as f:
+            f.write("x")
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write("partial")
+            time.sleep(seconds)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def list_tasks(self, split: str) -> list[str]:
         return [f"t{i}" for i in range(5)]

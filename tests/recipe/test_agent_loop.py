@@ -113,6 +113,16 @@ def test_env_hang_ends_only_that_episode(tokenizer, toy_env):
     assert out.extra_fields[EPISODE_KEY]["won"]
 
 
+def test_custom_env_class_plays_with_the_prompts_of_its_own_name(tokenizer, toy_env):
+    # a dataset row may name a module:Class (behind env.allow_custom_env_classes); its prompts, splits and records
+    # are those of the env it reports as its name (a NameError-like crash inside the loop in a real run before)
+    config = agent_config(toy_env_cfg(allow_custom_env_classes=True))
+    out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer,
+                      row("t1", env_name="tests.recipe.helpers:ToyEnv"))
+    ep = check_bookkeeping(out, 4096)
+    assert ep["won"] and ep["env_name"] == "toy" and not ep["env_error"]
+
+
 def test_reset_failure_gives_minimal_output(tokenizer, toy_env):
     config = agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1}))
     out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t0"))

@@ -109,3 +109,9 @@ def test_compare_refuses_mixed_settings(tmp_path, settings, monkeypatch, capsys)
     md = (out / "comparison.md").read_text()
     assert "Mixed settings" in md and "lr: a=1e-06, b=2e-06" in md and "| c | " in md
     assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+
+
+def test_compare_help_shows_the_output_folder(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "(default: outputs/compare)" in " ".join(capsys.readouterr().out.split())

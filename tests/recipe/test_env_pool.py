@@ -219,6 +219,78 @@ def test_idle_worker_killed_is_replaced_on_open():
         pool.close()
 
 
+def _cache_sessions(pool, kwargs, n, concurrent=False):
+    """Open ``n`` sessions of the toy env with ``kwargs`` (one reset each); each result is "ok" or the failure."""
+    async def one():
+        try:
+            async with pool.session(TOY, kwargs) as env:
+                await env.reset("t0")
+                return "ok"
+        except EnvFailure as exc:
+            return exc.reason
+
+    async def main():
+        if concurrent:
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+        return [await one() for _ in range(n)]
+
+    return run(main())
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_a_cache_build_longer_than_the_open_timeout_completes_once(backend, tmp_path):
+    """An env whose constructor builds a disk cache for longer than reset_timeout (as WebShop's index): the first
+    open runs alone with prepare_timeout and builds it once, the concurrent ones wait for it; no temp file is left.
+    (Before, every open timed out, each killed build started again and the cache never completed.)"""
+    cache = tmp_path / "index.bin"
+    pool = EnvPool(num_workers=3, backend=backend, step_timeout=5, reset_timeout=1.0, prepare_timeout=120,
+                   allow_custom_env_classes=True)
+    kwargs = {"cache_file": str(cache), "build_seconds": 3.0}
+    try:
+        results = _cache_sessions(pool, kwargs, 3, concurrent=True)  # the others may time out starting a worker
+        assert results[0] == "ok" and cache.is_file() and (tmp_path / "index.bin.builds").read_text() == "x"
+        assert _cache_sessions(pool, kwargs, 2) == ["ok", "ok"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["index.bin", "index.bin.builds"]
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_webshop_index_builds_under_a_short_open_timeout(webshop_data, tmp_path):
+    """The real 1000-product set with a fresh cache and a 1 s open timeout (building its index takes seconds): the
+    first open builds the index once, later episodes reuse the worker, and the cache holds no temp file."""
+    pool = EnvPool(num_workers=1, backend="process", step_timeout=30, reset_timeout=1.0, prepare_timeout=600)
+    kwargs = {"data_dir": str(webshop_data), "cache_dir": str(tmp_path), "spacy_model": None}
+
+    async def episode():
+        async with pool.session("webshop", kwargs) as env:
+            obs, info = await env.reset("0", split="test")
+            return (await env.step("search[shoes]"))[3]["executable"]
+
+    try:
+        assert run(episode()) and run(episode())
+        assert [p.suffix for p in tmp_path.iterdir()] == [".npz"] and pool.replaced == 0
+    finally:
+        pool.close()
+    assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]
+
+
+def test_a_killed_build_leaves_no_temp_file(tmp_path):
+    """A worker killed mid-build (its first open ran past prepare_timeout) gets SIGTERM first: the build's finally
+    removes its temp file; after close nothing is left but what was finished. A later first open builds again."""
+    cache = tmp_path / "index.bin"
+    pool = EnvPool(num_workers=1, backend="process", step_timeout=5, reset_timeout=1.0, prepare_timeout=8.0,
+                   allow_custom_env_classes=True)  # 8 s: time for a worker to start on a loaded machine
+    try:
+        assert _cache_sessions(pool, {"cache_file": str(cache), "build_seconds": 600}, 1) == ["timeout:open"]
+        assert pool.replaced == 1 and not pool._idle
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["index.bin.builds"]  # the temp file went with it
+        assert _cache_sessions(pool, {"cache_file": str(cache), "build_seconds": 0.1}, 1) == ["ok"]
+    finally:
+        pool.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.bin", "index.bin.builds"]
+
+
 def test_env_settings_check_the_custom_class_flag():
     from recipe.spa.settings import EnvRolloutSettings, env_settings_problems
 
@@ -229,3 +301,5 @@ def test_env_settings_check_the_custom_class_flag():
                                                     allow_custom_env_classes=True)) == []
     assert any("must be true or false" in p for p in
                env_settings_problems(EnvRolloutSettings(allow_custom_env_classes="yes")))
+    (problem,) = env_settings_problems(EnvRolloutSettings(prepare_timeout=float("nan")))
+    assert problem.startswith("env.pool.prepare_timeout=nan must be")

@@ -325,6 +325,8 @@ def test_collect_eval_sft_compose():
     assert "-m recipe.spa.eval_table /out/eval/webshop/ckpt-rl/validation --split" in proc.stdout
     proc = dry_run("sft.sh", "alfworld")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("not yet there (DRY_RUN does not need it, a real launch does): /data/spa/alfworld_sft.parquet (the expert "
+            "demonstrations): make it with `bash examples/prepare_data.sh alfworld`") in proc.stderr
     sft = yaml.safe_load(proc.stdout)
     assert sft["data"]["train_files"] == "/data/spa/alfworld_sft.parquet" and sft["optim"]["lr"] == 2e-5
     assert sft["trainer"]["total_epochs"] == 3 and "hf_model" in sft["checkpoint"]["save_contents"]
@@ -334,6 +336,8 @@ def test_non_hydra_steps_print_commands():
     proc = dry_run("train_estimator.sh", "webshop", N_GPUS="1", SFT_MODEL="/ckpt/sft")
     assert proc.returncode == 0 and "-m spa_reward.progress.train --records /out/collect/webshop --model /ckpt/sft" \
         in proc.stdout
+    assert "/out/collect/webshop (the exploration records): make it with `bash examples/collect.sh webshop`" \
+        in proc.stderr
     proc = dry_run("prepare_data.sh", "webshop")
     assert proc.returncode == 0 and "-m envs.prepare webshop --output-dir /data/spa" in proc.stdout
     assert "-m envs.expert webshop --output /data/spa/webshop_sft.parquet" in proc.stdout
@@ -379,6 +383,33 @@ def test_validate_config_lists_every_problem(tmp_path):
     (tmp_path / "alfworld_train.parquet").touch()
     (tmp_path / "alfworld_val.parquet").touch()
     validate_config(trainer_config(f"env.dataset_dir={tmp_path}"))  # the default config is fine
+
+
+def test_dry_run_lists_what_is_not_there_yet(tmp_path, capsys):
+    """--no-files (DRY_RUN): a missing estimator, expert file or parquet is not a problem (exit 0) but is listed as
+    not yet there, each with the command that makes it; a real check stops on the same list; what exists is left
+    out."""
+    (tmp_path / "webshop_test.parquet").touch()
+    spa = ["env=webshop", f"env.dataset_dir={tmp_path}", "algorithm.reward=spa", "algorithm.adv_estimator=spa",
+           f"algorithm.spa.estimator_path={tmp_path}/est"]
+    stepagent = ["env=webshop", f"env.dataset_dir={tmp_path}", "algorithm.reward=stepagent",
+                 f"algorithm.stepagent.expert_path={tmp_path}/webshop_sft.parquet"]
+    wanted = {"spa": ("algorithm.spa.estimator_path=", "examples/collect.sh webshop",
+                      "examples/train_estimator.sh webshop"),
+              "stepagent": ("algorithm.stepagent.expert_path=", "examples/prepare_data.sh webshop")}
+    for name, args in (("spa", spa), ("stepagent", stepagent)):
+        assert check.main(["--no-files", *args]) == 0
+        err = capsys.readouterr().err
+        assert "[spa-rl] not yet there (2;" in err and "settings that must be equal" in err
+        listed = err.split("not yet there")[1].split("[spa-rl] settings")[0]
+        assert all(needle in listed for needle in wanted[name]), listed
+        assert f"data.train_files: '{tmp_path}/webshop_train.parquet' does not exist" in listed
+        assert "envs.prepare webshop" in listed and "webshop_test.parquet" not in listed  # it exists
+        assert check.main(args) == 1
+        assert "2 problems, nothing started" in capsys.readouterr().err
+    (tmp_path / "est").mkdir()
+    (tmp_path / "webshop_train.parquet").touch()
+    assert check.main(["--no-files", *spa]) == 0 and "not yet there" not in capsys.readouterr().err
 
 
 def test_value_problems_name_key_and_value():

@@ -127,3 +127,15 @@ def test_any_window_episode_rebuilds_from_its_record(tokenizer, toy_env, builder
         assert [(r.input_ids, r.prompt_length) for r in window_sequences(rec, builder)] == rows_of(outs)
         assert rec.prompt_length == len(outs[0].prompt_ids) and rec.actions == [o.extra_fields["env_episode"][
             "actions"][0] for o in outs]
+
+
+@pytest.mark.parametrize("bad", [-1, 10**9])
+def test_packed_view_names_a_token_id_the_tokenizer_does_not_have(tokenizer, toy_env, tmp_path, builder, bad):
+    """A reply token id outside the tokenizer (-1 from a padded array, or past its vocabulary) is a ValueError naming
+    the turn, the position and the id, not an OverflowError from deep inside the tokenizer's decode."""
+    _, (rec,) = collected(tokenizer, tmp_path, "full")
+    replies = [list(rec.input_ids[a:b]) for a, b in rec.turn_spans]
+    replies[0][1] = bad
+    expected = rf"reply 0 has token id {bad} at position 1, outside the tokenizer's vocabulary of {len(tokenizer)} ids"
+    with pytest.raises(ValueError, match=expected):
+        packed_view("toy", prompt_pieces(rec), replies, builder)
