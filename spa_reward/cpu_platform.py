@@ -10,8 +10,9 @@ imports nothing from here. What each piece is for (facts from runs of verl's rea
    `torch.cuda` calls verl makes (`empty_cache`, `mem_get_info`, memory counters, RNG state, ...).
 2. The device id is `DEVICE_ID`: the string `"cpu"` for `.to(get_device_id())` (an int 0 means "accelerator 0" to
    torch) that formats as `0`, so verl's `f"{device}:{id}"` strings read `cpu:0`.
-3. `initialize_global_process_group_ray` builds the backend `"cpu:gloo,<device>:<backend>"`, i.e.
-   `"cpu:gloo,cpu:gloo"` here, which torch rejects ("Duplicate device type cpu"): plain `gloo` instead.
+3. `initialize_global_process_group_ray` (Ray workers) and `initialize_global_process_group` (torchrun: the SFT
+   trainer) build the backend `"cpu:gloo,<device>:<backend>"`, i.e. `"cpu:gloo,cpu:gloo"` here, which torch rejects
+   ("Duplicate device type cpu"): plain `gloo` instead.
 4. verl's FSDP2 engine gives the forward-only (ref) model `CPUOffloadPolicy(pin_memory=True)`; pinning needs an
    accelerator ("Cannot access accelerator device when none is available"): unpinned instead.
 5. vLLM's CPU build prepacks each linear layer's weight for oneDNN after loading and drops the weight tensor (on
@@ -250,6 +251,23 @@ def patch_distributed(module) -> None:
 
     initialize_global_process_group_ray._spa_cpu = True  # type: ignore[attr-defined]
     module.initialize_global_process_group_ray = initialize_global_process_group_ray
+
+    # the torchrun form (verl's SFT trainer) builds the same string and takes no backend: its steps on gloo
+    # (set_device is left out: the device module's is a no-op on this platform)
+    torchrun_original = module.initialize_global_process_group
+
+    @functools.wraps(torchrun_original)
+    def initialize_global_process_group(timeout_second=36000):
+        from datetime import timedelta
+
+        import torch.distributed
+
+        torch.distributed.init_process_group(backend="gloo", timeout=timedelta(seconds=timeout_second),
+                                             init_method=os.environ.get("DIST_INIT_METHOD", None))
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+    initialize_global_process_group._spa_cpu = True  # type: ignore[attr-defined]
+    module.initialize_global_process_group = initialize_global_process_group
 
 
 def patch_fsdp_engine(module) -> None:

@@ -1,8 +1,8 @@
 """Every launch script through verl's real `main_ppo` on the CPU platform, asserting on what each run wrote.
 
 Runs (session fixtures, each one launch of a script with PLATFORM=cpu: 2 tasks x 2 episodes, 2 steps, 3 env steps):
-- `pipeline`: examples/cpu_pipeline.sh webshop = collect.sh -> train_estimator.sh -> rl_spa.sh -> rl_grpo.sh
-  (SAVE_FREQ=1) -> recipe.spa.compare (the README's one-command CPU job);
+- `pipeline`: examples/cpu_pipeline.sh webshop = sft.sh -> collect.sh -> train_estimator.sh -> rl_spa.sh ->
+  rl_grpo.sh (SAVE_FREQ=1) -> recipe.spa.compare (the README's one-command CPU job);
 - `gigpo_alfworld_window`: rl_gigpo.sh alfworld HISTORY=2;
 - `ppo_faulty`: rl_ppo.sh webshop (turn GAE, critic) on a task set where one task's env fails at reset once and in
   the middle of its episode once;
@@ -177,7 +177,16 @@ def test_grpo_two_steps_write_metrics_checkpoints_and_dumps(pipeline):
         rows = [json.loads(r) for r in (run.run_dir / "validation" / f"{step}.jsonl").read_text().splitlines()]
         assert rows and all("spa/won" in r for r in rows)
     settings = json.loads((run.run_dir / "run_settings.json").read_text())
-    assert settings["model"].endswith("tiny_model/webshop") and settings["total_steps"] == 2
+    assert "/sft/webshop/global_step_" in settings["model"] and settings["total_steps"] == 2  # from the SFT policy
+
+
+def test_sft_trains_the_policy_the_runs_start_from(pipeline, workspace):
+    logs = list((workspace.out / "sft" / "webshop" / "logs").glob("metrics_*.jsonl"))
+    rows = [json.loads(x) for p in logs for x in p.read_text().splitlines() if x.strip()]
+    losses = [r["data"]["train/loss"] for r in rows if "train/loss" in r["data"]]
+    assert losses and all(loss == loss and loss > 0 for loss in losses)
+    exports = sorted((workspace.out / "sft" / "webshop").glob("global_step_*/huggingface/model.safetensors"))
+    assert exports, "no HF export of the SFT policy"
 
 
 def test_collect_writes_records_the_estimator_trains_on(pipeline, workspace):

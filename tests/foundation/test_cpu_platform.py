@@ -115,6 +115,29 @@ def test_default_process_group_is_plain_gloo_where_verls_default_string_is_refus
     assert run_python(PROCESS_GROUP, "cpu") == {"backend": "gloo"}
 
 
+TORCHRUN_GROUP = r"""
+import json, os, torch.distributed as td
+import verl.utils.distributed as dist
+os.environ["LOCAL_RANK"] = "0"
+fn = dist.initialize_global_process_group
+if not os.environ.get("PATCHED"):
+    fn = getattr(fn, "__wrapped__", fn)
+try:
+    ranks = fn(timeout_second=60)
+    print(json.dumps({"backend": td.get_backend(), "ranks": list(ranks)}))
+except Exception as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def test_torchrun_process_group_of_the_sft_trainer_is_plain_gloo():
+    # verl's SFT trainer (torchrun) calls initialize_global_process_group, which builds the same refused string
+    unpatched = run_python(TORCHRUN_GROUP.replace('os.environ.get("PATCHED")', "False"), "cpu")
+    assert "Duplicate device type" in (unpatched.get("error") or "")
+    assert run_python(TORCHRUN_GROUP.replace('os.environ.get("PATCHED")', "True"), "cpu") == {
+        "backend": "gloo", "ranks": [0, 0, 1]}
+
+
 OFFLOAD = r"""
 import json
 import verl.workers.engine.fsdp.transformer_impl as impl
