@@ -98,6 +98,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -130,6 +131,10 @@ class LockTask:
     n_invalid: int = 2
     max_steps: int = 16
     layout_seed: int = 0
+    # False: opening the lock ends the episode (R = 1), so a short episode means a win. True (the "fixed" variant):
+    # every episode runs max_steps steps, an open lock stays open, and R = final stage / n_stages (partial credit,
+    # the sum of the steps' true worth), so the length of an episode says nothing about R
+    fixed_length: bool = False
 
     def __post_init__(self):
         if self.n_tasks < 1 or self.n_stages < 1 or self.max_steps < self.n_stages:
@@ -220,19 +225,23 @@ class LockEnv(TextEnv):
     def _step(self, action: str) -> tuple[str, float, bool, dict]:
         if action not in self.actions:
             return self._obs("stuck"), 0.0, False, {**self._carry_info(), "executable": False}
-        role = int(self.roles[self._lock, self._stage, self.actions.index(action)])
         before = self._stage
-        event = {0: "moved", 1: "advance", 2: "reset", 3: "stuck"}[role]
+        role = 0 if before == self.task.n_stages else int(self.roles[self._lock, before, self.actions.index(action)])
+        event = {0: "moved", 1: "advance", 2: "reset", 3: "stuck"}[role]  # an open lock (fixed variant) stays open
         if role == 1:
             self._stage += 1
         elif role == 2:
             self._stage = 0
         won = self._stage == self.task.n_stages
+        reward, done = float(won), won
+        if self.task.fixed_length:  # R = the progress kept at the end, given on the last step; no early end
+            done = False
+            reward = self._stage / self.task.n_stages if self._steps + 1 >= self.max_steps else 0.0
         info = {
             "admissible_actions": list(self.actions), "executable": role != 3, "won": won, "score": float(won),
             "anchor": self._anchor_key(), "worth": (self._stage - before) / self.task.n_stages, "event": event,
         }
-        return self._obs(event), float(won), won, info
+        return self._obs(event), reward, done, info
 
 
 # ---------------------------------------------------------------------------------------------------- policy
@@ -251,6 +260,98 @@ class Policy(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (N, 4) token ids -> logits (N, n_actions)."""
         return self.mlp(self.embed(feats).flatten(1))
+
+
+class NoisyExpert(nn.Module):
+    """The demonstrator of the imitation (SFT) stage, as logits over the levers: the advancing lever of the
+    current (task, stage) with probability ``1 - noise`` plus ``noise / n_actions``, every other lever with
+    ``noise / n_actions``; an open lock (fixed variant): uniform."""
+
+    def __init__(self, task: LockTask, vocab: Vocab, noise: float):
+        super().__init__()
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"the expert's noise must be in [0, 1], got {noise}")
+        roles = lock_layout(task)
+        advance = torch.full((vocab.size, vocab.size), -1, dtype=torch.long)  # (task word, stage word) -> lever
+        for t in range(task.n_tasks):
+            for st in range(task.n_stages):
+                advance[vocab.ids[f"task{t}"], vocab.ids[f"stage{st}"]] = int(np.nonzero(roles[t, st] == 1)[0][0])
+        self.register_buffer("advance", advance)
+        self.noise, self.n_actions = float(noise), task.n_actions
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        lever = self.advance[feats[:, 0], feats[:, 1]]
+        probs = torch.full((len(feats), self.n_actions), self.noise / self.n_actions)
+        known = lever >= 0
+        probs[known, lever[known]] += 1.0 - self.noise
+        probs[~known] = 1.0 / self.n_actions
+        return probs.log()
+
+
+def pretrain_policy(seed: int, task: LockTask, vocab: Vocab, args) -> dict:
+    """The imitation (SFT) stage of the paper's pipeline: behaviour cloning of :class:`NoisyExpert` episodes
+    (``--sft-episodes`` of them, noise ``--sft-noise``), cross-entropy on every step, ``--sft-steps`` Adam steps
+    of 256 steps each; then the cloned policy's success rate on a fresh batch (temperature 1). Cached per seed and
+    task: every method of a seed starts from this policy, and spa explores with it. Returns ``{"state", "info"}``."""
+    key = (seed, task, args.sft_episodes, args.sft_noise, args.sft_steps, args.hidden)
+    if key in _SFT_CACHE:
+        return _SFT_CACHE[key]
+    gen = torch.Generator().manual_seed(30_000 + seed)
+    expert = NoisyExpert(task, vocab, args.sft_noise)
+    tasks = [f"lock-{i % task.n_tasks}" for i in range(args.sft_episodes)]
+    demos = rollout(expert, task, vocab, tasks, [f"demo-{i}" for i in range(len(tasks))], gen)
+    feats = torch.tensor([f for ep in demos for f in ep.feats])
+    acts = torch.tensor([a for ep in demos for a in ep.actions])
+    torch.manual_seed(seed)
+    policy = Policy(vocab.size, task.n_actions, hidden=args.hidden)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(40_000 + seed)
+    for _ in range(args.sft_steps):
+        idx = torch.randint(len(acts), (256,), generator=order)
+        loss = nn.functional.cross_entropy(policy(feats[idx]), acts[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    check = rollout(policy, task, vocab, [f"lock-{i % task.n_tasks}" for i in range(512)],
+                    [f"sft-{i}" for i in range(512)], torch.Generator().manual_seed(50_000 + seed))
+    info = {"sft_success": float(np.mean([ep.won for ep in check])),
+            "demo_success": float(np.mean([ep.won for ep in demos])), "sft_loss": float(loss.detach())}
+    _SFT_CACHE[key] = {"state": {k: v.clone() for k, v in policy.state_dict().items()}, "info": info}
+    return _SFT_CACHE[key]
+
+
+_SFT_CACHE: dict = {}
+
+
+def episode_features(eps: list) -> torch.Tensor:
+    """(steps, 4) the policy's input of every step of ``eps``, episode after episode."""
+    return torch.tensor([f for ep in eps for f in ep.feats])
+
+
+def critic_values(critic: nn.Module, eps: list) -> list[list[float]]:
+    """V(s_t) of every step (the critic reads what the policy reads), per episode."""
+    with torch.no_grad():
+        v = critic(episode_features(eps)).squeeze(-1).tolist()
+    out, start = [], 0
+    for ep in eps:
+        out.append(v[start : start + len(ep.actions)])
+        start += len(ep.actions)
+    return out
+
+
+def critic_update(critic: nn.Module, opt: torch.optim.Optimizer, eps: list, returns: torch.Tensor, args) -> float:
+    """MSE of V(s_t) on the estimator's per-turn returns (turn GAE: A_t + V_t), ``args.ppo_epochs`` passes."""
+    feats = episode_features(eps)
+    target = torch.cat([returns[i, : len(ep.actions)] for i, ep in enumerate(eps)]).float()
+    loss_v = 0.0
+    for _ in range(args.ppo_epochs):
+        loss = ((critic(feats).squeeze(-1) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+        opt.step()
+        loss_v = float(loss.detach())
+    return loss_v
 
 
 @dataclass
@@ -414,8 +515,11 @@ def to_record(ep: Episode, vocab: Vocab, index: int) -> dict:
     }
 
 
-def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], estimator: str, algo) -> torch.Tensor:
-    """Per-turn advantages (bs, max_turns) through verl's advantage step on verl-shaped tensors."""
+def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], estimator: str, algo,
+                       values: list[list[float]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-turn advantages and returns (bs, max_turns) through verl's advantage step on verl-shaped tensors.
+    ``values`` (the critic's V(s_t) per turn; estimator ``spa``): placed on each turn's first token, as the trainer
+    passes the critic's values, so ``spa`` runs GAE over turns."""
     from spa_reward.advantage import estimator_inputs
     from spa_reward.trainer import TURN_ESTIMATORS
     from verl.protocol import DataProto
@@ -428,11 +532,14 @@ def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], esti
     rewards = torch.zeros(bs, length)
     pos = torch.zeros(bs, max_t, dtype=torch.long)
     valid = torch.zeros(bs, max_t, dtype=torch.bool)
+    token_values = torch.zeros(bs, length)
     for i, ((m, p), r) in enumerate(zip(layouts, turn_rewards)):
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
         rewards[i] = torch.tensor(place_turn_rewards(r, p, length))  # one token per turn: it is its last token
         pos[i, : len(p)] = torch.tensor(p)
         valid[i, : len(p)] = True
+        if values is not None:  # one token per turn: it is also its first
+            token_values[i, torch.tensor(p)] = torch.tensor(values[i], dtype=torch.float32)
     uids = np.array([ep.uid for ep in eps], dtype=object)
     data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
                                non_tensors={"uid": uids})
@@ -441,13 +548,18 @@ def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], esti
     if estimator in TURN_ESTIMATORS:  # what spa_reward.trainer.SpaTrainer._compute_advantage supplies
         inputs["turn_anchors"] = np.array([ep.anchors for ep in eps] + [None], dtype=object)[:-1]
         inputs["episode_rewards"] = np.array([ep.reward for ep in eps], dtype=np.float64)
+    if values is not None:
+        if estimator != "spa":
+            raise ValueError(f"critic values reach only the spa estimator (turn GAE), not {estimator!r}")
+        inputs["values"] = token_values
     with estimator_inputs(**inputs):
         out = compute_advantage_for_multi_trajectories(
             data, batch_keys=keys, adv_estimator=estimator, gamma=algo.gamma, lam=algo.get("lam", 1.0), num_repeat=1,
             norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True), config=algo,
         )
     adv = out.batch["advantages"].gather(1, pos)
-    return torch.where(valid, adv, torch.zeros_like(adv))
+    ret = out.batch["returns"].gather(1, pos)
+    return torch.where(valid, adv, torch.zeros_like(adv)), torch.where(valid, ret, torch.zeros_like(ret))
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -459,12 +571,9 @@ def outcome_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[floa
 
 
 def spa_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
-    """SPA's reward (reward manager ``spa``): r_t = alpha c_t + beta g_t with c_t from the progress scorer."""
-    items = []
-    for ep in eps:
-        ids, ends = estimator_sequence(ep, ctx["vocab"])
-        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
-    return _fused(eps, ctx["scorer"].score(items), algo)
+    """SPA's reward (reward manager ``spa``): r_t = alpha c_t + G_t (``algorithm.spa.grounding``) with c_t from the
+    progress scorer."""
+    return _fused(eps, ctx["scorer"].score(scorer_items(eps, ctx["vocab"])), algo)
 
 
 def oracle_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
@@ -476,7 +585,7 @@ def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[
     s = algo.spa
     rewards = [
         fuse_turn_rewards(c, ep.executable, alpha=s.alpha, beta=s.beta, outcome=ep.reward, outcome_coef=s.outcome_coef,
-                          clip=s.clip, invalid_penalty=algo.invalid_penalty)[0]
+                          clip=s.clip, invalid_penalty=algo.invalid_penalty, grounding=s.grounding)[0]
         for c, ep in zip(contribs, eps)
     ]
     flat_c = [x for c in contribs for x in c]
@@ -484,29 +593,49 @@ def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[
     return rewards, {"c_worth_pearson": _pearson(flat_c, flat_w), "c_lag1_pearson": _lag1_pearson(contribs, eps)}
 
 
+def task_tag(task: LockTask) -> str:
+    """The task variant's name: ``lock`` (opening the lock ends the episode) or ``fixed`` (fixed length, partial
+    credit)."""
+    return "fixed" if task.fixed_length else "lock"
+
+
+def scorer_items(eps: list[Episode], vocab: Vocab) -> list[dict]:
+    """What the ``spa`` reward manager sends the scorer per episode: prompt + response ids, turn ends, prompt length."""
+    items = []
+    for ep in eps:
+        ids, ends = estimator_sequence(ep, vocab)
+        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
+    return items
+
+
 def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
-    """The paper's pipeline in miniature: the initial policy explores, the estimator is trained on its records."""
+    """The paper's pipeline in miniature: the initial policy (the SFT policy, or the untrained one with
+    ``--init scratch``) explores, the estimator is trained on its records with the method's
+    ``algorithm.spa.objective`` (``spa_reward.progress.train --objective``), and ``ProgressScorer`` serves it.
+    Attribution is measured on 256 held-out episodes of the same policy."""
     from spa_reward.progress import train as train_mod
     from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig, build_tiny_backbone_config
     from spa_reward.progress.serve import ProgressScorer
     from spa_reward.progress.synthetic import attribution_metrics
     from spa_reward.records import validate_record, write_records
 
-    key = (seed, task, args.explore_episodes, args.est_epochs, args.est_lr, args.est_batch, args.est_hidden)
+    objective = str(algo.spa.objective) if algo is not None else "sum"
+    key = (seed, task, objective, args.init, args.explore_episodes, args.est_epochs, args.est_lr, args.est_batch,
+           args.est_hidden)
     if key in _ESTIMATOR_CACHE:  # spa variants of one seed share the exploration and the estimator
         return dict(_ESTIMATOR_CACHE[key])
     gen = torch.Generator().manual_seed(10_000 + seed)
     tasks = [f"lock-{i % task.n_tasks}" for i in range(args.explore_episodes)]
     eps = rollout(policy, task, vocab, tasks, [f"explore-{i // args.group_size}" for i in range(len(tasks))], gen)
     records = [validate_record(to_record(ep, vocab, i)) for i, ep in enumerate(eps)]
-    work = workdir / f"spa-seed{seed}"
+    work = workdir / f"spa-{task_tag(task)}-{args.init}-seed{seed}-{objective}"
     (work / "records.jsonl").unlink(missing_ok=True)
     write_records(work / "records.jsonl", records)
     torch.manual_seed(seed)
     config = ProgressEstimatorConfig(
         backbone_config=build_tiny_backbone_config(vocab_size=vocab.size, hidden_size=args.est_hidden, num_layers=2,
                                                    num_heads=4, max_position_embeddings=256),
-        head="mlp", tokenizer="lock-words", max_length=256, pad_token_id=vocab.ids["<pad>"],
+        head="mlp", tokenizer="lock-words", max_length=256, pad_token_id=vocab.ids["<pad>"], objective=objective,
     )
     ProgressEstimator(config).save_pretrained(work / "init")
     t0 = time.time()
@@ -515,20 +644,31 @@ def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, w
         "--lr", str(args.est_lr), "--weight-decay", "0.0", "--warmup-steps", "10", "--warmup-type", "linear",
         "--epochs", str(args.est_epochs), "--batch-size", str(args.est_batch), "--grad-accum", "1", "--seed", str(seed),
         "--logger", "none", "--no-progress-bar", "--no-plot", "--device", "cpu", "--log-every", "50",
-        "--num-threads", str(args.threads), "--save-total-limit", "1",
+        "--num-threads", str(args.threads), "--save-total-limit", "1", "--overwrite",
     ])
     scorer = ProgressScorer(work / "estimator", device="cpu", max_batch_size=64)
-    explore_pred = scorer.score([{"input_ids": r.input_ids, "turn_ends": r.turn_ends} for r in records])
-    m = attribution_metrics(explore_pred, records)
+    held = rollout(policy, task, vocab, [f"lock-{i % task.n_tasks}" for i in range(256)],
+                   [f"held-{i // args.group_size}" for i in range(256)], torch.Generator().manual_seed(60_000 + seed))
+    pred = scorer.score(scorer_items(held, vocab))
+    m = attribution_metrics(pred, [validate_record(to_record(ep, vocab, i)) for i, ep in enumerate(held)])
     info = {
-        "explore_episodes": len(eps), "explore_success": float(np.mean([ep.won for ep in eps])),
+        "objective": objective, "explore_episodes": len(eps), "explore_success": float(np.mean([ep.won for ep in eps])),
         "estimator_train_s": round(time.time() - t0, 1),
         "explore_step_pearson": m["step_pearson"], "explore_sum_mse": m["sum_mse"],
-        "explore_lag1_pearson": _lag1_pearson(explore_pred, eps),
-        "mean_c_by_event": _mean_by_event(explore_pred, eps),
+        "explore_lag1_pearson": _lag1_pearson(pred, held),
+        "mean_c_by_event": _mean_by_event(pred, held),
+        "mean_c_early_late": _mean_early_late(pred),
     }
     _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info, "estimator_dir": str(work / "estimator")}
     return dict(_ESTIMATOR_CACHE[key])
+
+
+def _mean_early_late(values: list[list[float]], split: int = 5) -> dict[str, float]:
+    """Mean c_t over steps 0..split-1 and over the later steps (the length shortcut shows as early >> late)."""
+    early = [x for v in values for x in v[:split]]
+    late = [x for v in values for x in v[split:]]
+    return {"early": round(float(np.mean(early)), 4) if early else float("nan"),
+            "late": round(float(np.mean(late)), 4) if late else float("nan")}
 
 
 _ESTIMATOR_CACHE: dict = {}
@@ -584,7 +724,7 @@ def _step_reward_hooks(algo, settings: dict):
 def prepare_spa_online(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
     """spa's offline estimator (shared, cached per seed) as the start of an online progress service
     (``algorithm.spa.online``: replay window, steps per batch) that trains on every RL batch."""
-    base = prepare_spa(seed, policy, task, vocab, args, workdir)
+    base = prepare_spa(seed, policy, task, vocab, args, workdir, algo=algo)
     algo = algo.copy()
     algo.spa.estimator_path = base["estimator_dir"]
     hooks = _step_reward_hooks(algo, {"device": "cpu", "dtype": "float32", "gradient_checkpointing": False,
@@ -596,11 +736,7 @@ def spa_online_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[f
     """Online SPA: the reward manager ``spa`` scores c_t with the service's current (pre-update) weights, then the
     trainer hook trains the service on the batch (R per episode, replay window)."""
     hooks = ctx["hooks"]
-    items = []
-    for ep in eps:
-        ids, ends = estimator_sequence(ep, ctx["vocab"])
-        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
-    rewards, diag = _fused(eps, hooks.handle.score(items), algo)
+    rewards, diag = _fused(eps, hooks.handle.score(scorer_items(eps, ctx["vocab"])), algo)
     metrics: dict = {}
     hooks.process(trainer_columns(eps, ctx["vocab"], rewards), metrics)
     return rewards, {**diag, "steprm_loss": metrics.get("steprm/loss", float("nan"))}
@@ -751,11 +887,14 @@ class Method:
     prepare: Callable[..., dict] | None = None
     doc: str = ""
     expert_prefix: bool = False
+    critic: bool = False  # a value MLP V(s_t) whose values reach the spa estimator: turn GAE (rl_ppo.sh, SPA_CRITIC=1)
 
 
 METHODS: dict[str, Method] = {
     "grpo": Method(outcome_rewards, "grpo", doc="outcome R, verl's GRPO"),
     "gigpo": Method(outcome_rewards, "gigpo", doc="outcome R, GiGPO anchor-state step groups"),
+    "ppo": Method(outcome_rewards, "spa", critic=True,
+                  doc="outcome R, turn GAE with a critic through the spa estimator (examples/rl_ppo.sh)"),
     "spa": Method(spa_rewards, "spa", prepare=prepare_spa,
                   doc="r_t = c_t + 0.5 g_t (released defaults), critic-free spa estimator; estimator from exploration"),
     "spa_nog": Method(spa_rewards, "spa", {"spa": {"beta": 0.0}}, prepare=prepare_spa,
@@ -856,17 +995,27 @@ def ppo_update(policy: Policy, opt: torch.optim.Optimizer, eps: list[Episode], a
 
 
 def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) -> dict:
-    """Train one policy with one method and seed; returns its curves."""
+    """Train one policy with one method and seed; returns its curves. With ``--init sft`` (default) the policy
+    starts from the seed's imitation-trained policy (:func:`pretrain_policy`), the same for every method."""
     method = METHODS[method_name]
     algo = algorithm_config({"adv_estimator": method.adv_estimator, **method.algorithm})
     vocab = Vocab(task)
     torch.manual_seed(seed)
     policy = Policy(vocab.size, task.n_actions, hidden=args.hidden)
+    prep: dict = {}
+    if args.init == "sft":
+        sft = pretrain_policy(seed, task, vocab, args)
+        policy.load_state_dict(sft["state"])
+        prep.update(sft["info"])
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
-    ctx, prep = {}, {}
+    critic = critic_opt = None
+    if method.critic:
+        critic = Policy(vocab.size, 1, hidden=args.hidden)  # V starts at 0 (zero output layer)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    ctx = {}
     if method.prepare is not None:
         ctx = method.prepare(seed, policy, task, vocab, args, workdir, algo=algo)
-        prep = dict(ctx.get("info", {}))
+        prep.update(ctx.get("info", {}))
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     eval_gen = torch.Generator().manual_seed(20_000 + seed)  # StepAgent's evaluation batches: their own stream
@@ -888,10 +1037,13 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
             eps = rollout(policy, task, vocab, tids, uids, gen)
             won = [ep.won for ep in eps]
         turn_rewards, diag = method.reward(eps, ctx, algo)
-        adv = compute_advantages(eps, turn_rewards, method.adv_estimator, algo)
+        values = critic_values(critic, eps) if critic is not None else None
+        adv, returns = compute_advantages(eps, turn_rewards, method.adv_estimator, algo, values)
         if not torch.isfinite(adv).all():
             raise FloatingPointError(f"{method_name} seed {seed}: non-finite advantages at iteration {it}")
         loss = ppo_update(policy, opt, eps, adv, args)
+        if critic is not None:
+            critic_update(critic, critic_opt, eps, returns, args)
         flat_adv = [float(x) for i, ep in enumerate(eps) for x in adv[i, : len(ep.actions)]]
         curve["episodes"].append((it + 1) * per_iter)
         curve["success"].append(float(np.mean(won)))
@@ -902,7 +1054,8 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
         curve["c_worth_pearson"].append(diag.get("c_worth_pearson", float("nan")))
         curve["c_lag1_pearson"].append(diag.get("c_lag1_pearson", float("nan")))
         curve["loss"].append(loss)
-    return {"method": method_name, "seed": seed, "rl_time_s": round(time.time() - t0, 1), "prepare": prep, **curve}
+    return {"method": method_name, "seed": seed, "variant": task_tag(task), "rl_time_s": round(time.time() - t0, 1),
+            "prepare": prep, **curve}
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -922,68 +1075,160 @@ def episodes_to(episodes: list[int], success: np.ndarray, level: float) -> int |
     return int(episodes[hit[0]]) if len(hit) else None
 
 
+FAMILIES = (  # the panels of the figures: (title, method name prefixes), first match wins
+    ("outcome reward (references)", ("grpo", "gigpo", "ppo")),
+    ("perfect c_t (diagnostics)", ("spa_oracle",)),
+    ("online step-reward models", ("spa_online", "istar")),
+    ("SPA, offline estimator", ("spa",)),
+    ("StepAgent", ("stepagent",)),
+)
+REFERENCES = ("grpo", "gigpo")  # drawn thin in every panel, to compare against
+
+
+def family(name: str) -> str:
+    for title, prefixes in FAMILIES:
+        if any(name == p or name.startswith(p + "_") for p in prefixes):
+            return title
+    return "other"
+
+
+def _variants(runs: list[dict]) -> list[str]:
+    seen = []
+    for r in runs:
+        v = r.get("variant", "lock")
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
 def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
+    """One row per (task variant, method) that ran: episodes to 50% / 80% success (mean curve over seeds, and how
+    many seeds got there), final success, extra episodes, and the per-step Pearson of A_t and c_t with the worth."""
     rows = []
-    for name in methods:
-        mine = [r for r in runs if r["method"] == name]
-        sm = np.array([smooth(r["success"], window) for r in mine])
-        ep = mine[0]["episodes"]
-        mean = sm.mean(0)
-        reach = {}
-        for level in (0.5, 0.8):
-            seeds_hit = sum(episodes_to(ep, s, level) is not None for s in sm)
-            at = episodes_to(ep, mean, level)
-            reach[level] = f"{'never' if at is None else at} ({seeds_hit}/{len(sm)} seeds)"
-        extra = int(np.mean([r["prepare"].get("explore_episodes", 0) for r in mine]))
-        evals = int(np.mean([r["prepare"].get("eval_episodes", 0) for r in mine]))
-        if evals:  # StepAgent: success is measured on these, played from the start state and never trained on
-            extra = f"{extra + evals} (evaluation)" if not extra else f"{extra} + {evals} (evaluation)"
-        final = [float(np.mean(r["success"][-window:])) for r in mine]
-        adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
-        c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
-        rows.append({
-            "method": name,
-            "episodes to 50% (mean curve; seeds reaching)": reach[0.5],
-            "episodes to 80%": reach[0.8],
-            "final success (last %d iters)" % window: f"{np.mean(final):.2f} ± {np.std(final):.2f}",
-            "extra episodes": extra,
-            "corr(A, worth)": f"{np.nanmean(adv_corr):.2f}",
-            "corr(c, worth)": f"{np.mean(c_corr):.2f}" if c_corr else "-",
-        })
+    for variant in _variants(runs):
+        for name in methods:
+            mine = [r for r in runs if r["method"] == name and r.get("variant", "lock") == variant]
+            if not mine:
+                continue
+            sm = np.array([smooth(r["success"], window) for r in mine])
+            ep = mine[0]["episodes"]
+            mean = sm.mean(0)
+            reach = {}
+            for level in (0.5, 0.8):
+                seeds_hit = sum(episodes_to(ep, x, level) is not None for x in sm)
+                at = episodes_to(ep, mean, level)
+                reach[level] = f"{'never' if at is None else at} ({seeds_hit}/{len(sm)} seeds)"
+            extra = int(np.mean([r["prepare"].get("explore_episodes", 0) for r in mine]))
+            evals = int(np.mean([r["prepare"].get("eval_episodes", 0) for r in mine]))
+            if evals:  # StepAgent: success is measured on these, played from the start state and never trained on
+                extra = f"{extra + evals} (evaluation)" if not extra else f"{extra} + {evals} (evaluation)"
+            final = [float(np.mean(r["success"][-window:])) for r in mine]
+            adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
+            c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine
+                      if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+            rows.append({
+                "task": variant,
+                "method": name,
+                "episodes to 50% (mean curve; seeds reaching)": reach[0.5],
+                "episodes to 80%": reach[0.8],
+                "final success (last %d iters)" % window: f"{np.mean(final):.2f} ± {np.std(final):.2f}",
+                "extra episodes": extra,
+                "corr(A, worth)": f"{np.nanmean(adv_corr):.2f}",
+                "corr(c, worth)": f"{np.mean(c_corr):.2f}" if c_corr else "-",
+            })
     return rows
 
 
-def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+def _grid(runs: list[dict], methods: list[str]):
+    """(variants, families) that hold runs: the rows and columns of the small multiples."""
+    variants = _variants(runs)
+    ran = {r["method"] for r in runs}
+    fams = [t for t, _ in FAMILIES if any(family(m) == t for m in methods if m in ran)]
+    if any(family(m) == "other" for m in methods if m in ran):
+        fams.append("other")
+    return variants, fams
+
+
+def _panels(variants, fams, title: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.6), gridspec_kw={"width_ratios": [1, 1]})
-    extra_colors = ["black", "darkgoldenrod", "darkblue", "deeppink", "darkgreen", "slategray"]
-    for i, name in enumerate(methods):
-        mine = [r for r in runs if r["method"] == name]
-        ep = np.array(mine[0]["episodes"])
-        sm = np.array([smooth(r["success"], window) for r in mine])
-        color = f"C{i}" if i < 10 else extra_colors[(i - 10) % len(extra_colors)]  # the default cycle has 10
-        line, = ax1.plot(ep, sm.mean(0), color=color, label=f"{name} ({len(mine)} seeds)")
-        ax1.fill_between(ep, sm.min(0), sm.max(0), color=line.get_color(), alpha=0.18)
-        corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
-        ax2.plot(ep, corr.mean(0), color=line.get_color(), label=f"{name}: corr(A_t, worth)")
-        cs = [r["c_worth_pearson"] for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
-        if cs and np.nanmean(cs) < 0.999:  # an oracle's c_t is the worth itself: nothing to show
-            c = np.array([smooth(np.nan_to_num(x), window) for x in cs])
-            ax2.plot(ep, c.mean(0), color=line.get_color(), ls="--", label=f"{name}: corr(c_t, worth)")
-    ax1.set(xlabel="RL episodes", ylabel=f"success rate (moving avg, {window} batches)", ylim=(-0.02, 1.02), title=title)
-    ax1.axhline(0.5, color="grey", lw=0.5, ls=":")
-    ax1.axhline(0.8, color="grey", lw=0.5, ls=":")
-    ax1.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.5)
-    ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.05),
-            title="credit assignment: advantage / contribution vs true worth")
-    ax2.axhline(0, color="grey", lw=0.5)
-    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig, axes = plt.subplots(len(variants), len(fams), figsize=(4.3 * len(fams), 3.7 * len(variants)),
+                             squeeze=False, sharex=True, sharey=True)
+    fig.suptitle(title, fontsize=10)
+    return plt, fig, axes
+
+
+def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+    """Success rate vs RL episodes as small multiples: one row per task variant, one panel per method family
+    (mean over seeds, band = min-max over seeds); grpo and gigpo are drawn thin in every panel as references."""
+    variants, fams = _grid(runs, methods)
+    plt, fig, axes = _panels(variants, fams, title + " - success rate (mean over seeds, band: min-max)")
+    colors = {}
+    for name in methods:  # a colour per method within its family: never reused inside a panel
+        fam_members = [m for m in methods if family(m) == family(name)]
+        colors[name] = f"C{fam_members.index(name) % 10}"
+    for i, variant in enumerate(variants):
+        for j, fam in enumerate(fams):
+            ax = axes[i][j]
+            for name in methods:
+                mine = [r for r in runs if r["method"] == name and r.get("variant", "lock") == variant]
+                if not mine:
+                    continue
+                ep = np.array(mine[0]["episodes"])
+                sm = np.array([smooth(r["success"], window) for r in mine])
+                if family(name) == fam:
+                    ax.plot(ep, sm.mean(0), color=colors[name], lw=1.6, label=f"{name} ({len(mine)})")
+                    ax.fill_between(ep, sm.min(0), sm.max(0), color=colors[name], alpha=0.15, lw=0)
+                elif name in REFERENCES:
+                    ax.plot(ep, sm.mean(0), color="0.45", lw=0.8, ls="--" if name == "grpo" else ":",
+                            label=f"{name} (reference)")
+            ax.axhline(0.5, color="grey", lw=0.4, ls=":")
+            ax.axhline(0.8, color="grey", lw=0.4, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{variant}: {fam}", fontsize=9)
+            if i == len(variants) - 1:
+                ax.set_xlabel("RL episodes")
+            if j == 0:
+                ax.set_ylabel(f"success (moving avg {window})")
+            ax.legend(loc="upper left", fontsize=6.5, framealpha=0.85)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_credit(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+    """Per-step Pearson with the true worth over training, same grid as :func:`plot`: each method's advantage
+    A_t (solid) and its step reward c_t (dashed; istar: beta q_t, StepAgent: the comparison's reward)."""
+    variants, fams = _grid(runs, methods)
+    plt, fig, axes = _panels(variants, fams, title + " - per-step Pearson with the true worth (solid: A_t, dashed: c_t)")
+    for i, variant in enumerate(variants):
+        for j, fam in enumerate(fams):
+            ax = axes[i][j]
+            members = [m for m in methods if family(m) == fam]
+            for k, name in enumerate(members):
+                mine = [r for r in runs if r["method"] == name and r.get("variant", "lock") == variant]
+                if not mine:
+                    continue
+                ep = np.array(mine[0]["episodes"])
+                corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
+                ax.plot(ep, corr.mean(0), color=f"C{k % 10}", lw=1.4, label=name)
+                cs = [r["c_worth_pearson"] for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+                if cs and np.nanmean(cs) < 0.999:  # an oracle's c_t is the worth itself: nothing to show
+                    c = np.array([smooth(np.nan_to_num(x), window) for x in cs])
+                    ax.plot(ep, c.mean(0), color=f"C{k % 10}", lw=1.0, ls="--")
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_ylim(-0.3, 1.05)
+            ax.set_title(f"{variant}: {fam}", fontsize=9)
+            if i == len(variants) - 1:
+                ax.set_xlabel("RL episodes")
+            if j == 0:
+                ax.set_ylabel("Pearson with the true worth")
+            ax.legend(loc="upper left", fontsize=6.5, framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -1009,6 +1254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--ppo-epochs", type=int, default=2)
     p.add_argument("--clip", type=float, default=0.2)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="task variants: lock (opening ends the episode, R = 1) and fixed (fixed length, partial credit)")
+    p.add_argument("--init", choices=["sft", "scratch"], default="sft",
+                   help="sft: every method starts from the seed's imitation-trained policy (the paper's pipeline); "
+                   "scratch: from the untrained, uniform policy")
+    p.add_argument("--sft-episodes", type=int, default=1024, help="imitation stage: demonstrations of the noisy expert")
+    p.add_argument("--sft-noise", type=float, default=0.9,
+                   help="imitation stage: share of the expert's pulls that are uniformly random (0.9: ~23%% wins)")
+    p.add_argument("--sft-steps", type=int, default=300, help="imitation stage: Adam steps of behaviour cloning")
+    p.add_argument("--critic-lr", type=float, default=3e-3, help="critic methods: the value MLP's learning rate")
     p.add_argument("--explore-episodes", type=int, default=1536, help="spa: episodes of the initial policy")
     p.add_argument("--est-epochs", type=int, default=12)
     p.add_argument("--est-lr", type=float, default=3e-3)
@@ -1033,7 +1288,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-QUICK = {"seeds": 2, "episodes": 768, "n_tasks": 4, "n_stages": 3, "explore_episodes": 384, "est_epochs": 3}
+QUICK = {"seeds": 2, "episodes": 768, "n_tasks": 4, "n_stages": 3, "explore_episodes": 384, "est_epochs": 3,
+         "sft_episodes": 256, "sft_steps": 100}
+VARIANTS = ("lock", "fixed")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1054,8 +1311,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("spa_reward").setLevel(logging.WARNING)
     import spa_reward.register  # noqa: F401  (registers gigpo / spa in verl's estimator registry)
 
-    task = LockTask(n_tasks=args.n_tasks, n_stages=args.n_stages, n_actions=args.n_actions, n_traps=args.n_traps,
-                    n_invalid=args.n_invalid, max_steps=args.max_steps)
+    tasks = {v: LockTask(n_tasks=args.n_tasks, n_stages=args.n_stages, n_actions=args.n_actions,
+                         n_traps=args.n_traps, n_invalid=args.n_invalid, max_steps=args.max_steps,
+                         fixed_length=v == "fixed") for v in args.variants}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spa_bench_learning_"))
@@ -1063,36 +1321,56 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.time()
     runs = []
-    jobs = [(m, s) for s in range(args.seeds) for m in args.methods]
-    for m, s in tqdm(jobs, desc="bench_learning"):
-        runs.append(run_one(m, s, task, args, work))
+    jobs = [(v, m, s) for v in args.variants for s in range(args.seeds) for m in args.methods]
+    for v, m, s in tqdm(jobs, desc="bench_learning"):
+        runs.append(run_one(m, s, tasks[v], args, work))
         r = runs[-1]
-        tqdm.write(f"{m} seed {s}: final success {np.mean(r['success'][-args.smooth:]):.2f}, "
+        tqdm.write(f"{v} {m} seed {s}: final success {np.mean(r['success'][-args.smooth:]):.2f}, "
                    f"RL {r['rl_time_s']} s {json.dumps(r['prepare']) if r['prepare'] else ''}")
-    result = {"args": vars(args), "task": asdict(task), "wall_s": round(time.time() - t0, 1), "runs": runs}
+    result = {"args": vars(args), "task": asdict(tasks[args.variants[0]]), "wall_s": round(time.time() - t0, 1),
+              "load": _load(), "runs": runs}
     return _write(result, out)
 
 
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def _write(result: dict, out: Path) -> dict:
-    """Table, picture and JSON of a finished benchmark (``result`` holds args, task, wall_s and runs)."""
+    """Tables, pictures and JSON of a finished benchmark (``result`` holds args, task, wall_s and runs)."""
     args, task, runs = result["args"], result["task"], result["runs"]
     rows = summarize(runs, args["smooth"], args["methods"])
     title = (f"lock: {task['n_tasks']} tasks, {task['n_stages']} stages, {task['n_actions']} levers, "
-             f"{task['max_steps']} steps, group {args['group_size']}")
+             f"{task['max_steps']} steps, group {args['group_size']}, start: {args.get('init', 'scratch')}")
     plot(runs, args["methods"], args["smooth"], out / "learning.png", title)
+    plot_credit(runs, args["methods"], args["smooth"], out / "learning_credit.png", title)
     table = markdown(rows)
-    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {result['wall_s']:.0f} s\n\n" + table)
+    sft = sorted({(r.get("variant", "lock"), r["seed"], r["prepare"].get("sft_success")) for r in runs
+                  if r["prepare"].get("sft_success") is not None})
+    sft_line = ""
+    if sft:
+        by_variant = {}
+        for v, _, x in sft:
+            by_variant.setdefault(v, []).append(x)
+        sft_line = "imitation-trained start, success: " + ", ".join(
+            f"{v} {np.mean(x):.2f} (seeds {min(x):.2f}-{max(x):.2f})" for v, x in by_variant.items()) + "\n\n"
+    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {result['wall_s']:.0f} s at load "
+                                     f"{result.get('load', '?')}\n\n{sft_line}" + table)
     result = {**result, "rows": rows}
     (out / "learning.json").write_text(json.dumps(result, indent=1, default=float))
-    print("\n" + table)
-    print(f"wall {result['wall_s']:.0f} s; wrote {out / 'learning.png'}, {out / 'learning.md'}, {out / 'learning.json'}")
+    print("\n" + sft_line + table)
+    print(f"wall {result['wall_s']:.0f} s; wrote {out / 'learning.png'}, {out / 'learning_credit.png'}, "
+          f"{out / 'learning.md'}, {out / 'learning.json'}")
     return result
 
 
 def _redraw(path: Path, out: Path) -> dict:
     result = json.loads(path.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    return _write({k: result[k] for k in ("args", "task", "wall_s", "runs")}, out)
+    return _write({k: result[k] for k in ("args", "task", "wall_s", "load", "runs") if k in result}, out)
 
 
 if __name__ == "__main__":

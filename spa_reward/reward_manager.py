@@ -28,8 +28,9 @@ computes the correlation on the batch.
 Per-turn rewards:
 
 * ``outcome``: R on the last turn, minus ``invalid_penalty`` on every turn whose action was not executed.
-* ``spa``: r_t = alpha*c_t + beta*g_t - invalid_penalty*(1-g_t), + outcome_coef*R on the last turn, optionally
-  clipped (``spa_reward.fusion.fuse_turn_rewards``). c_t comes from the progress-estimator Ray actor
+* ``spa``: r_t = alpha*c_t + G_t - invalid_penalty*(1-g_t), + outcome_coef*R on the last turn, optionally
+  clipped (``spa_reward.fusion.fuse_turn_rewards``); G_t = beta*g_t (``grounding=bonus``, the paper's) or
+  -beta*(1-g_t) (``grounding=penalty``). c_t comes from the progress-estimator Ray actor
   (``spa_reward.progress.serve.get_progress_scorer``, one named actor shared by every reward worker), scored on
   input_ids = prompt + response with turn ends converted to input_ids coordinates.
 * ``istar``: r_t = grounding_beta*g_t - invalid_penalty*(1-g_t) here; the implicit step reward beta*q_t is added at
@@ -42,7 +43,7 @@ Per-turn rewards:
   from the trainer hooks, like ``istar``. Extra scalars ``stepagent/{compared,match,prefix_turns}``.
 
 Settings: ``reward.reward_kwargs`` (the recipe yaml fills it from ``algorithm.spa`` and ``algorithm.invalid_penalty``
-by interpolation, so set those): alpha, beta, outcome_coef, clip, invalid_penalty, estimator_path,
+by interpolation, so set those): alpha, beta, grounding, outcome_coef, clip, invalid_penalty, estimator_path,
 scorer_name, scorer_num_gpus.
 """
 
@@ -87,6 +88,7 @@ class RewardSettings:
     scorer_name: str = "spa_progress_scorer"
     scorer_num_gpus: float = 1.0
     grounding_beta: float = 0.0  # istar: beta_g * g_t beside the implicit step reward
+    grounding: str = "bonus"  # spa: how beta and g_t enter (spa_reward.fusion.GROUNDING_FORMS)
 
     @classmethod
     def from_config(cls, config: Any) -> RewardSettings:
@@ -248,7 +250,7 @@ class SpaRewardManager(_EnvRewardManager):
         s = self.settings
         rewards, stats = fuse_turn_rewards(
             c, episode["executable"], alpha=s.alpha, beta=s.beta, outcome=float(episode.get("episode_reward", 0.0)),
-            outcome_coef=s.outcome_coef, clip=s.clip, invalid_penalty=s.invalid_penalty,
+            outcome_coef=s.outcome_coef, clip=s.clip, invalid_penalty=s.invalid_penalty, grounding=s.grounding,
         )
         if stats.nonfinite:
             logger.warning("progress estimator gave %d non-finite contributions of %d (replaced by 0)",

@@ -67,6 +67,10 @@ class ProgressEstimatorConfig:
         lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA through peft when ``lora_r > 0``
             (``lora_target_modules=None`` = ``"all-linear"``).
         pad_token_id: id used to pad batches (any id works: padded positions are masked out).
+        objective: what the head's readouts mean and how they were trained (``spa_reward.steprm.objectives``):
+            ``sum`` (the paper: one c_t per turn, MSE(sum_t c_t, R)), ``prefix`` or ``prefix_sum`` (values of
+            prefixes regressed on R, c_t = the change in value across step t). Serving turns the readouts into
+            c_t the same way.
     """
 
     backbone: str | None = None
@@ -82,6 +86,7 @@ class ProgressEstimatorConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str | None = None
     pad_token_id: int = 0
+    objective: str = "sum"
     model_type: str = MODEL_TYPE
     format_version: int = ESTIMATOR_FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -95,6 +100,9 @@ class ProgressEstimatorConfig:
             raise ValueError(f"max_length must be >= 2, not {self.max_length}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0, not {self.lora_r}")
+        from spa_reward.steprm.objectives import check_progress_objective
+
+        check_progress_objective(self.objective)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -323,14 +331,25 @@ class ProgressEstimator(nn.Module):
         input_ids: list[list[int]] | list[int],
         turn_ends: list[list[int]] | list[int],
         max_batch_size: int = 16,
+        prompt_lengths: list[int] | int | None = None,
     ) -> list[list[float]] | list[float]:
-        """Convenience inference on Python lists, without truncation. A single sequence (``list[int]``,
-        ``list[int]``) gives ``list[float]``; a batch gives ``list[list[float]]``. For serving (truncation,
+        """Convenience inference on Python lists, without truncation: c_t under the estimator's objective. A single
+        sequence (``list[int]``, ``list[int]``) gives ``list[float]``; a batch gives ``list[list[float]]``.
+        ``prompt_lengths`` (one per sequence): needed by the ``prefix`` objective. For serving (truncation,
         validation, Ray) use :class:`spa_reward.progress.serve.ProgressScorer`."""
+        from spa_reward.steprm.objectives import reads_start
+
         single = bool(input_ids) and isinstance(input_ids[0], int)
         seqs = [input_ids] if single else input_ids
         ends = [turn_ends] if single else turn_ends
-        result = predict_batched(self, seqs, ends, max_batch_size=max_batch_size)
+        prompts = [prompt_lengths] if single and prompt_lengths is not None else prompt_lengths
+        if prompts is None:
+            if reads_start(self.config.objective):
+                raise ValueError(f"the {self.config.objective!r} objective reads the prompt's last token: pass "
+                                 "prompt_lengths")
+            prompts = [1] * len(seqs)
+        result, _ = predict_contributions(self, seqs, ends, [max(int(p) - 1, 0) for p in prompts],
+                                          batch_size=max_batch_size)
         return result[0] if single else result
 
     # --------------------------------------------------------------------------------------------------- save/load
@@ -478,6 +497,34 @@ def predict_batched(
     return results
 
 
+def predict_contributions(model: ProgressEstimator, seqs, ends, prompt_ends, batch_size: int = 16,
+                          autocast_dtype=None, max_batch_tokens: int | None = None) -> tuple[list[list[float]], list[list[float]]]:
+    """(c_t per sequence, the head's readouts per sequence) for already truncated sequences, under the estimator's
+    objective (``model.config.objective``): the readouts are taken at
+    :func:`~spa_reward.steprm.objectives.readout_positions` and turned into c_t by
+    :func:`~spa_reward.steprm.objectives.contributions_from_readouts`. ``prompt_ends``: each sequence's prompt end
+    (:func:`~spa_reward.progress.data.readout_start`; read by ``prefix`` only)."""
+    from spa_reward.steprm.objectives import contributions_from_readouts, readout_positions
+
+    objective = model.config.objective
+    n = len(seqs)
+    lengths = torch.tensor([len(e) for e in ends], dtype=torch.long)
+    k = max(1, int(lengths.max())) if n else 1
+    valid = torch.arange(k).unsqueeze(0) < lengths.unsqueeze(1)  # (n, K)
+    end_pos = torch.full((n, k), -1, dtype=torch.long)
+    end_pos[valid] = torch.tensor([int(x) for e in ends for x in e], dtype=torch.long)
+    pos = readout_positions(end_pos, torch.tensor([int(p) for p in prompt_ends], dtype=torch.long), objective)
+    width = torch.where(lengths > 0, lengths + (pos.shape[1] - k), 0)  # readouts per row: its turns (+ the start)
+    positions = [pos[i, : int(width[i])].tolist() if lengths[i] else [] for i in range(n)]
+    readouts = predict_batched(model, seqs, positions, max_batch_size=batch_size, autocast_dtype=autocast_dtype,
+                               max_batch_tokens=max_batch_tokens)
+    padded = torch.zeros(n, pos.shape[1])
+    padded[torch.arange(pos.shape[1]).unsqueeze(0) < width.unsqueeze(1)] = torch.tensor(
+        [x for r in readouts for x in r], dtype=torch.float32)
+    c = contributions_from_readouts(padded, valid, objective)
+    return [c[i, : int(lengths[i])].tolist() for i in range(n)], readouts
+
+
 def build_tiny_backbone_config(
     vocab_size: int = 256,
     hidden_size: int = 64,
@@ -515,5 +562,6 @@ __all__ = [
     "default_dtype",
     "is_estimator_dir",
     "predict_batched",
+    "predict_contributions",
     "resolve_dtype",
 ]

@@ -5,11 +5,16 @@
   number of prompt tokens): pass it to truncate over-long sequences exactly as in training (the prompt is kept,
   whole leading turns are dropped; see :mod:`spa_reward.progress.data`). Turns dropped by truncation get 0.0.
   Sequences are sorted by length and run in batches of ``max_batch_size`` (and ``max_batch_tokens``).
+  The head's readouts become c_t under the objective the estimator was trained with (``config.objective``,
+  ``spa_reward.steprm.objectives``): ``sum`` reads c_t at each turn end; ``prefix`` also reads the value of the
+  prompt-only prefix, so its items must carry ``prompt_length``, and c_t = V(after step t) - V(before step t).
 * :func:`get_progress_scorer`: a named Ray actor wrapping the scorer, shared by every process of the Ray job
   (agent-loop workers, reward workers). ``await actor.score.remote(batch)`` from async code, or
   ``ray.get(actor.score.remote(batch))``. Concurrent calls are coalesced into shared forward passes.
 * :func:`check_tokenizer_compatible`: the reward feeds the *policy's* token ids to the estimator, so both must
   share one vocabulary; this raises when they do not.
+* :func:`check_estimator_objective`: a run whose ``algorithm.spa.objective`` is not the one the estimator was
+  trained with is refused at start-up.
 * :func:`check_estimator_layout`: an estimator trained in one context layout (``--layout full|window``, stored as
   ``config.extra["layout"]`` / ``["history_length"]``; estimators without it were trained on packed rows) is
   refused for a run in the other layout (or with another window length), at start-up.
@@ -66,6 +71,7 @@ class _Prepared:
     kept: list[int]
     num_turns: int
     truncated: bool
+    prompt_end: int = 0  # where V(before step 0) is read (prefix objective), spa_reward.progress.data.readout_start
 
 
 class ProgressScorer:
@@ -124,6 +130,7 @@ class ProgressScorer:
             "device": str(self.device),
             "dtype": str(self.model.backbone_dtype),
             "head": cfg.head,
+            "objective": cfg.objective,
             "tokenizer": cfg.tokenizer,
             "max_length": self.max_length,
             "keep_prompt_on_truncation": self.keep_prompt,
@@ -137,7 +144,11 @@ class ProgressScorer:
 
     def prepare(self, batch: Sequence[Mapping[str, Any]]) -> list[_Prepared]:
         """Validate and truncate (cheap, no model call). Raises ``ValueError`` naming the bad item."""
-        from .data import check_turn_ends, truncate_for_estimator
+        from spa_reward.steprm.objectives import reads_start
+
+        from .data import check_turn_ends, readout_start, truncate_for_estimator
+
+        objective = self.model.config.objective
 
         if isinstance(batch, Mapping):
             raise TypeError("score() takes a list of items, not a single dict")
@@ -159,24 +170,30 @@ class ProgressScorer:
                     f"item {i} holds token id {bad}, outside the estimator vocabulary [0, {self.vocab_rows}): "
                     "the policy and the estimator tokenizers differ (see check_tokenizer_compatible)"
                 )
-            head = int(item.get("prompt_length") or 0) if self.keep_prompt else 0
+            prompt_length = int(item.get("prompt_length") or 0)
+            if ends and reads_start(objective) and prompt_length <= 0:
+                raise ValueError(f"item {i} has no prompt_length: the estimator's {objective!r} objective reads the "
+                                 "value before step 0 at the prompt's last token")
+            head = prompt_length if self.keep_prompt else 0
             if ends and head > ends[0]:
                 raise ValueError(f"item {i}: prompt_length {head} lies after the first turn end {ends[0]}")
             t = truncate_for_estimator(ids, ends, self.max_length, head)
-            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated))
+            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated,
+                                      readout_start(t, prompt_length)))
         return prepared
 
     def score_prepared(self, prepared: Sequence[_Prepared]) -> list[list[float]]:
-        from .model import predict_batched
+        from .model import predict_contributions
 
         if not prepared:
             return []
         with self._lock:  # one forward at a time: torch modules are not re-entrant across threads
-            preds = predict_batched(
+            preds, _ = predict_contributions(
                 self.model,
                 [p.input_ids for p in prepared],
                 [p.turn_ends for p in prepared],
-                max_batch_size=self.max_batch_size,
+                [p.prompt_end for p in prepared],
+                batch_size=self.max_batch_size,
                 max_batch_tokens=self.max_batch_tokens,
             )
             self.stats["calls"] += 1
@@ -328,6 +345,20 @@ def estimator_layout(estimator_dir: str | os.PathLike) -> tuple[str, int | None]
     return layout, (int(k) if layout == "window" and k is not None else None)
 
 
+def check_estimator_objective(estimator_dir: str | os.PathLike, objective: str) -> None:
+    """Raise ``ValueError`` when the estimator was trained with another objective than the run's
+    (``algorithm.spa.objective``): its readouts would be turned into c_t the wrong way, or trained on with another
+    loss (online)."""
+    from .model import ProgressEstimatorConfig
+
+    trained = ProgressEstimatorConfig.load(resolve_estimator_dir(estimator_dir)).objective
+    if trained != str(objective):
+        raise ValueError(
+            f"the progress estimator {str(estimator_dir)!r} was trained with --objective {trained} but this run sets "
+            f"algorithm.spa.objective={objective}: set algorithm.spa.objective={trained} (SPA_OBJECTIVE={trained} "
+            f"for examples/rl_spa.sh) or train an estimator with --objective {objective}")
+
+
 def check_estimator_layout(estimator_dir: str | os.PathLike, history: str, history_length: int | None = None) -> None:
     """Raise ``ValueError`` when the estimator was trained in another context layout than the run's
     (``env.history`` / ``env.history_length``): its c_t would be read off sequences it never saw."""
@@ -409,6 +440,7 @@ def check_tokenizer_compatible(estimator_dir: str | os.PathLike, policy_tokenize
 __all__ = [
     "ProgressScorer",
     "check_estimator_layout",
+    "check_estimator_objective",
     "estimator_layout",
     "ProgressScorerActor",
     "check_tokenizer_compatible",

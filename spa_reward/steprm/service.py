@@ -3,7 +3,9 @@ online, learns from every RL batch.
 
 * :class:`StepRMSettings`: what to build (objective, loss, model, optimiser, schedule); the trainer hooks' service
   plan fills it from ``algorithm.istar`` (objective ``implicit``, loss ``trajectory_dpo``), ``algorithm.spa.online``
-  (``progress``, ``mse``) or ``algorithm.stepagent`` (``implicit`` + ``step_dpo``, or ``discriminator`` + ``bce``).
+  (``progress``, loss = ``algorithm.spa.objective``: ``sum``, ``prefix`` or ``prefix_sum``, see
+  ``objectives.PROGRESS_OBJECTIVES``; ``mse`` is the old name of ``sum``) or ``algorithm.stepagent`` (``implicit`` +
+  ``step_dpo``, or ``discriminator`` + ``bce``).
 * :class:`StepRewardModel`: the in-process service. ``score(items)`` -> one reward per turn per item;
   ``update(items)`` -> a few optimiser steps on the batch's finished episodes plus a replay window of the last K
   batches; ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
@@ -80,7 +82,8 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("progress", "implicit", "discriminator")
 # the losses each objective trains with; the first is its default
-LOSSES = {"progress": ("mse",), "implicit": ("trajectory_dpo", "step_dpo"), "discriminator": ("bce",)}
+LOSSES = {"progress": obj.PROGRESS_OBJECTIVES, "implicit": ("trajectory_dpo", "step_dpo"), "discriminator": ("bce",)}
+LOSS_ALIASES = {("progress", "mse"): "sum"}  # the progress loss's name before the objectives had names
 PAIR_LOSSES = ("step_dpo", "bce")  # trained on (expert, agent) pair items
 REFERENCES = ("rollout", "frozen")
 STATE_FORMAT = 1
@@ -94,8 +97,10 @@ class StepRMSettings:
     Args:
         objective: ``progress`` (SPA: c_t with sum_t c_t ~ R), ``implicit`` (iStar / StepAgent: r_t = beta * q_t)
             or ``discriminator`` (StepAgent irl: r_t = clip(logit of D(s, a)), a causal-LM backbone + scalar head).
-        loss: ``mse`` (progress), ``trajectory_dpo`` (implicit, iStar) or ``step_dpo`` (implicit, StepAgent: pairs
-            of expert/agent actions at one state), ``bce`` (discriminator); None = the objective's default.
+        loss: ``sum`` | ``prefix`` | ``prefix_sum`` (progress: the estimator's objective, which a trained
+            ``model_path`` must have been trained with; ``mse`` = ``sum``), ``trajectory_dpo`` (implicit, iStar) or
+            ``step_dpo`` (implicit, StepAgent: pairs of expert/agent actions at one state), ``bce``
+            (discriminator); None = the objective's default.
         reward_clip: discriminator: |r_t| bound of the scored reward (``objectives.irl_reward``).
         online: train on every RL batch (``update``); ``False`` = a frozen scorer (``update`` refuses).
         model_path: ``implicit``: the causal LM to start from (the policy checkpoint); ``progress``: a trained
@@ -143,6 +148,7 @@ class StepRMSettings:
     def __post_init__(self):
         if self.loss is None and self.objective in LOSSES:
             self.loss = LOSSES[self.objective][0]
+        self.loss = LOSS_ALIASES.get((self.objective, self.loss), self.loss)
         problems = self.problems()
         if problems:
             raise ValueError("step-reward model settings: " + "; ".join(problems))
@@ -355,6 +361,16 @@ class StepRewardModel:
     # -------------------------------------------------------------------------------------------- building
 
     @property
+    def _reads_start(self) -> bool:
+        """Progress objective ``prefix``: each item's first readout is the prompt's last token (V before step 0)."""
+        return self.settings.objective == "progress" and obj.reads_start(self.settings.loss)
+
+    def _turn_valid(self, prepared: list, width: int) -> torch.Tensor:
+        """(n, width - start slot) bool: the kept turns of each prepared progress item."""
+        k = width - int(self._reads_start)
+        return torch.arange(k).unsqueeze(0) < torch.tensor([len(p[2]) for p in prepared]).unsqueeze(1)
+
+    @property
     def _head_model(self) -> bool:
         """A backbone + scalar head read at each turn's last token (progress, discriminator), not a causal LM."""
         return self.settings.objective in ("progress", "discriminator")
@@ -384,9 +400,14 @@ class StepRewardModel:
                 from spa_reward.progress.serve import resolve_estimator_dir
 
                 model = ProgressEstimator.from_pretrained(resolve_estimator_dir(s.model_path), dtype=self.dtype)
+                if model.config.objective != s.loss:
+                    raise ValueError(f"the progress estimator {s.model_path!r} was trained with the "
+                                     f"{model.config.objective!r} objective, this service trains {s.loss!r} "
+                                     "(algorithm.spa.objective): set the estimator's objective or retrain it with "
+                                     f"--objective {s.loss}")
             else:
                 cfg = ProgressEstimatorConfig(backbone_config=dict(s.backbone_config), head=s.head,
-                                              lora_r=s.lora_r, max_length=s.max_length or 4096)
+                                              lora_r=s.lora_r, max_length=s.max_length or 4096, objective=s.loss)
                 model = ProgressEstimator(cfg, dtype=self.dtype)
             self.max_length = int(s.max_length or model.config.max_length)
             self.keep_prompt = bool(model.config.keep_prompt_on_truncation)
@@ -418,7 +439,8 @@ class StepRewardModel:
     # -------------------------------------------------------------------------------------------- forward
 
     def _prepare(self, items: list[_Item]) -> list[tuple[list[int], list[list[int]], list[int], Optional[list[float]]]]:
-        """(ids, spans, kept turn indices, ref) per item, truncated for the progress objective."""
+        """(ids, spans, kept turn indices, ref) per item, truncated for the head models. Progress: the spans are the
+        head's readouts (``objectives.readout_positions``: the prompt's last token first for ``prefix``)."""
         out = []
         for i, it in enumerate(items):
             if it.input_ids and (min(it.input_ids) < 0 or max(it.input_ids) >= self.vocab_rows):
@@ -430,7 +452,15 @@ class StepRewardModel:
                 ends = [b - 1 for _, b in it.spans]
                 head = it.prompt_length if self.keep_prompt else 0
                 t = truncate_for_estimator(it.input_ids, ends, self.max_length, min(head, ends[0]) if ends else 0)
-                out.append((t.input_ids, [[e, e + 1] for e in t.turn_ends], t.kept, None))
+                reads = list(t.turn_ends)
+                if self._reads_start and reads:
+                    from spa_reward.progress.data import readout_start
+
+                    if it.prompt_length <= 0:
+                        raise ValueError(f"item {i} has no prompt_length: the {self.settings.loss!r} objective reads "
+                                         "the value before step 0 at the prompt's last token")
+                    reads = [readout_start(t, it.prompt_length)] + reads
+                out.append((t.input_ids, [[e, e + 1] for e in reads], t.kept, None))
             else:
                 if len(it.input_ids) > self.max_length:
                     raise ValueError(f"item {i} has {len(it.input_ids)} tokens, more than max_length={self.max_length}")
@@ -501,6 +531,10 @@ class StepRewardModel:
             self.stats["scored_items"] += len(items)
         if s.objective == "discriminator":
             values = [obj.irl_reward(v, s.reward_clip) for v in values]
+        if s.objective == "progress" and any(p[1] for p in prepared):  # the head's readouts -> c_t (one per kept turn)
+            padded = torch.nn.utils.rnn.pad_sequence(values, batch_first=True)
+            c = obj.contributions_from_readouts(padded, self._turn_valid(prepared, padded.shape[1]), s.loss)
+            values = [c[i, : len(p[2])] for i, p in enumerate(prepared)]
         out = []
         for it, p, v in zip(items, prepared, values):
             full = [0.0] * len(it.spans)
@@ -569,9 +603,9 @@ class StepRewardModel:
             total = 0.0
             for start in range(0, n, mb):
                 chunk = list(range(start, min(n, start + mb)))
-                c = self._forward(self.model, [prepared[i] for i in chunk], grad=True)
-                valid = (torch.arange(c.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(c.device)
-                loss = obj.progress_loss(c, valid, rewards[chunk].to(c.device))
+                c = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # readouts
+                valid = self._turn_valid([prepared[i] for i in chunk], c.shape[1]).to(c.device)
+                loss = obj.progress_episode_losses(c, valid, rewards[chunk].to(c.device), s.loss).mean()
                 (loss * len(chunk) / n).backward()
                 total += float(loss.detach()) * len(chunk) / n
             self._clip_and_step()
@@ -615,8 +649,13 @@ class StepRewardModel:
         v_leaf = values.float().clone().requires_grad_(True)
         heads = [data[i] for i in first]  # an episode's uid / success / reward (its rows agree: parse_items)
         if self.settings.objective == "progress":
+            if self.settings.loss == "prefix_sum":
+                raise ValueError("the prefix_sum objective needs the full layout (one row per episode); these items "
+                                 "spread episodes over several rows: use prefix or sum")
             rewards = torch.tensor([it.reward for it in heads], dtype=torch.float32)
-            loss, pairs = obj.progress_loss(v_leaf, valid, rewards, episode_index=episode), 0
+            turn_valid = self._turn_valid(prepared, v_leaf.shape[1])
+            loss = obj.progress_episode_losses(v_leaf, turn_valid, rewards, self.settings.loss, episode).mean()
+            pairs = 0
         else:
             groups: dict[str, int] = {}
             group = torch.tensor([groups.setdefault(it.uid, len(groups)) for it in heads])
@@ -732,6 +771,7 @@ class StepRewardModel:
             raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
         saved = state["settings"]
         saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
+        saved_loss = LOSS_ALIASES.get((saved["objective"], saved_loss), saved_loss)
         if (saved["objective"], saved_loss) != (self.settings.objective, self.settings.loss):
             raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
                              f"is {self.settings.objective!r} with {self.settings.loss!r}")
