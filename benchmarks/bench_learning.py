@@ -600,11 +600,13 @@ def task_tag(task: LockTask) -> str:
 
 
 def scorer_items(eps: list[Episode], vocab: Vocab) -> list[dict]:
-    """What the ``spa`` reward manager sends the scorer per episode: prompt + response ids, turn ends, prompt length."""
+    """What the ``spa`` reward manager sends the scorer per episode: prompt + response ids, turn ends and starts
+    (a turn is its lever token), prompt length and R."""
     items = []
     for ep in eps:
         ids, ends = estimator_sequence(ep, vocab)
-        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
+        items.append({"input_ids": ids, "turn_ends": ends, "turn_starts": ends, "prompt_length": len(ep.prompt_ids),
+                      "reward": ep.reward})
     return items
 
 
@@ -659,7 +661,8 @@ def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, w
         "mean_c_by_event": _mean_by_event(pred, held),
         "mean_c_early_late": _mean_early_late(pred),
     }
-    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info, "estimator_dir": str(work / "estimator")}
+    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info, "estimator_dir": str(work / "estimator"),
+                             "explore_eps": eps, "held_eps": held, "held_pred": pred}
     return dict(_ESTIMATOR_CACHE[key])
 
 
@@ -1262,7 +1265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sft-episodes", type=int, default=1024, help="imitation stage: demonstrations of the noisy expert")
     p.add_argument("--sft-noise", type=float, default=0.9,
                    help="imitation stage: share of the expert's pulls that are uniformly random (0.9: ~23%% wins)")
-    p.add_argument("--sft-steps", type=int, default=300, help="imitation stage: Adam steps of behaviour cloning")
+    p.add_argument("--sft-steps", type=int, default=1000, help="imitation stage: Adam steps of behaviour cloning")
     p.add_argument("--critic-lr", type=float, default=3e-3, help="critic methods: the value MLP's learning rate")
     p.add_argument("--explore-episodes", type=int, default=1536, help="spa: episodes of the initial policy")
     p.add_argument("--est-epochs", type=int, default=12)

@@ -229,10 +229,6 @@ def value_problems(cfg: Any) -> list[str]:
     objective = select_key(cfg, "algorithm.spa.objective", "sum")
     if objective not in PROGRESS_OBJECTIVES:
         out.append(f"algorithm.spa.objective={objective!r} is not one of {PROGRESS_OBJECTIVES}")
-    elif objective == "prefix_sum" and select_key(cfg, "env.history", "full") == "window":
-        out.append("algorithm.spa.objective=prefix_sum with env.history=window: prefix_sum sets the value before "
-                   "step 0 to 0, which only the full layout has a place for; use prefix (each window row's prompt "
-                   "is its value before the step) or sum, or env.history=full")
     from spa_reward.advantage import NORM_MODES  # what the estimators accept
 
     for section in ("spa", "gigpo"):

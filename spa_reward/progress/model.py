@@ -68,8 +68,8 @@ class ProgressEstimatorConfig:
             (``lora_target_modules=None`` = ``"all-linear"``).
         pad_token_id: id used to pad batches (any id works: padded positions are masked out).
         objective: what the head's readouts mean and how they were trained (``spa_reward.steprm.objectives``):
-            ``sum`` (the paper: one c_t per turn, MSE(sum_t c_t, R)), ``prefix`` or ``prefix_sum`` (values of
-            prefixes regressed on R, c_t = the change in value across step t). Serving turns the readouts into
+            ``sum`` (the paper: one c_t per turn end, MSE(sum_t c_t, R)) or ``prefix`` (the value of the prefix
+            before every turn regressed on R, c_t = V_{t+1} - V_t with V_T = R). Serving turns the readouts into
             c_t the same way.
     """
 
@@ -331,25 +331,18 @@ class ProgressEstimator(nn.Module):
         input_ids: list[list[int]] | list[int],
         turn_ends: list[list[int]] | list[int],
         max_batch_size: int = 16,
-        prompt_lengths: list[int] | int | None = None,
     ) -> list[list[float]] | list[float]:
-        """Convenience inference on Python lists, without truncation: c_t under the estimator's objective. A single
-        sequence (``list[int]``, ``list[int]``) gives ``list[float]``; a batch gives ``list[list[float]]``.
-        ``prompt_lengths`` (one per sequence): needed by the ``prefix`` objective. For serving (truncation,
-        validation, Ray) use :class:`spa_reward.progress.serve.ProgressScorer`."""
-        from spa_reward.steprm.objectives import reads_start
-
+        """Convenience inference on Python lists, without truncation, for the ``sum`` objective (one c_t per turn
+        end). A single sequence (``list[int]``, ``list[int]``) gives ``list[float]``; a batch gives
+        ``list[list[float]]``. For serving (truncation, validation, the ``prefix`` objective, Ray) use
+        :class:`spa_reward.progress.serve.ProgressScorer`."""
+        if self.config.objective != "sum":
+            raise ValueError(f"predict_turns reads c_t at turn ends (the sum objective); this estimator's objective "
+                             f"is {self.config.objective!r}: score it with spa_reward.progress.serve.ProgressScorer")
         single = bool(input_ids) and isinstance(input_ids[0], int)
         seqs = [input_ids] if single else input_ids
         ends = [turn_ends] if single else turn_ends
-        prompts = [prompt_lengths] if single and prompt_lengths is not None else prompt_lengths
-        if prompts is None:
-            if reads_start(self.config.objective):
-                raise ValueError(f"the {self.config.objective!r} objective reads the prompt's last token: pass "
-                                 "prompt_lengths")
-            prompts = [1] * len(seqs)
-        result, _ = predict_contributions(self, seqs, ends, [max(int(p) - 1, 0) for p in prompts],
-                                          batch_size=max_batch_size)
+        result = predict_batched(self, seqs, ends, max_batch_size=max_batch_size)
         return result[0] if single else result
 
     # --------------------------------------------------------------------------------------------------- save/load
@@ -497,31 +490,44 @@ def predict_batched(
     return results
 
 
-def predict_contributions(model: ProgressEstimator, seqs, ends, prompt_ends, batch_size: int = 16,
-                          autocast_dtype=None, max_batch_tokens: int | None = None) -> tuple[list[list[float]], list[list[float]]]:
+def predict_contributions(model: ProgressEstimator, seqs, ends, befores, rewards=None, episodes=None,
+                          batch_size: int = 16, autocast_dtype=None, max_batch_tokens: int | None = None
+                          ) -> tuple[list[list[float]], list[list[float]]]:
     """(c_t per sequence, the head's readouts per sequence) for already truncated sequences, under the estimator's
-    objective (``model.config.objective``): the readouts are taken at
-    :func:`~spa_reward.steprm.objectives.readout_positions` and turned into c_t by
-    :func:`~spa_reward.steprm.objectives.contributions_from_readouts`. ``prompt_ends``: each sequence's prompt end
-    (:func:`~spa_reward.progress.data.readout_start`; read by ``prefix`` only)."""
-    from spa_reward.steprm.objectives import contributions_from_readouts, readout_positions
+    objective (``model.config.objective``): the head is read at
+    :func:`~spa_reward.steprm.objectives.readout_positions` (``sum``: the turn ends; ``prefix``: ``befores``, the
+    last token before each turn) and the readouts become c_t by
+    :func:`~spa_reward.steprm.objectives.contributions_from_readouts`.
+
+    Args:
+        seqs, ends, befores: per sequence its token ids, turn ends and before-positions (same length as its ends).
+        rewards: ``prefix``: each episode's R (the value after its last step).
+        episodes: ``prefix``: per sequence the index of its episode in ``rewards``, when an episode is several
+            consecutive sequences in step order (window rows); None = one episode per sequence.
+    """
+    from spa_reward.steprm.objectives import contributions_from_readouts, readout_positions, reads_before
 
     objective = model.config.objective
     n = len(seqs)
     lengths = torch.tensor([len(e) for e in ends], dtype=torch.long)
     k = max(1, int(lengths.max())) if n else 1
     valid = torch.arange(k).unsqueeze(0) < lengths.unsqueeze(1)  # (n, K)
-    end_pos = torch.full((n, k), -1, dtype=torch.long)
-    end_pos[valid] = torch.tensor([int(x) for e in ends for x in e], dtype=torch.long)
-    pos = readout_positions(end_pos, torch.tensor([int(p) for p in prompt_ends], dtype=torch.long), objective)
-    width = torch.where(lengths > 0, lengths + (pos.shape[1] - k), 0)  # readouts per row: its turns (+ the start)
-    positions = [pos[i, : int(width[i])].tolist() if lengths[i] else [] for i in range(n)]
+
+    def padded(lists) -> torch.Tensor:
+        out = torch.full((n, k), -1, dtype=torch.long)
+        out[valid] = torch.tensor([int(x) for e in lists for x in e], dtype=torch.long)
+        return out
+
+    end_pos = padded(ends)
+    pos = readout_positions(end_pos, padded(befores) if reads_before(objective) else end_pos, objective)
+    positions = [pos[i, : int(lengths[i])].tolist() for i in range(n)]
     readouts = predict_batched(model, seqs, positions, max_batch_size=batch_size, autocast_dtype=autocast_dtype,
                                max_batch_tokens=max_batch_tokens)
-    padded = torch.zeros(n, pos.shape[1])
-    padded[torch.arange(pos.shape[1]).unsqueeze(0) < width.unsqueeze(1)] = torch.tensor(
-        [x for r in readouts for x in r], dtype=torch.float32)
-    c = contributions_from_readouts(padded, valid, objective)
+    values = torch.zeros(n, k)
+    values[valid] = torch.tensor([x for r in readouts for x in r], dtype=torch.float32)
+    c = contributions_from_readouts(values, valid, objective,
+                                    None if rewards is None else torch.as_tensor(rewards, dtype=torch.float32),
+                                    None if episodes is None else torch.as_tensor(episodes, dtype=torch.long))
     return [c[i, : int(lengths[i])].tolist() for i in range(n)], readouts
 
 

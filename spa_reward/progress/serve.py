@@ -6,8 +6,10 @@
   whole leading turns are dropped; see :mod:`spa_reward.progress.data`). Turns dropped by truncation get 0.0.
   Sequences are sorted by length and run in batches of ``max_batch_size`` (and ``max_batch_tokens``).
   The head's readouts become c_t under the objective the estimator was trained with (``config.objective``,
-  ``spa_reward.steprm.objectives``): ``sum`` reads c_t at each turn end; ``prefix`` also reads the value of the
-  prompt-only prefix, so its items must carry ``prompt_length``, and c_t = V(after step t) - V(before step t).
+  ``spa_reward.steprm.objectives``): ``sum`` reads c_t at each turn end; ``prefix`` reads the value V_t before
+  every turn, at the token before the turn's first one, and c_t = V_{t+1} - V_t with V_T = R: its items must carry
+  ``turn_starts`` (first token of each turn) and ``reward`` (R), and the rows of one window-layout episode share an
+  ``episode`` key and come in step order (their values chain across the rows).
 * :func:`get_progress_scorer`: a named Ray actor wrapping the scorer, shared by every process of the Ray job
   (agent-loop workers, reward workers). ``await actor.score.remote(batch)`` from async code, or
   ``ray.get(actor.score.remote(batch))``. Concurrent calls are coalesced into shared forward passes.
@@ -71,7 +73,9 @@ class _Prepared:
     kept: list[int]
     num_turns: int
     truncated: bool
-    prompt_end: int = 0  # where V(before step 0) is read (prefix objective), spa_reward.progress.data.readout_start
+    befores: list[int] | None = None  # prefix: the last token before each kept turn (data.before_positions)
+    reward: float = 0.0  # prefix: R, the value after the episode's last step
+    episode: str = ""  # prefix: rows with the same non-empty key are one episode (window layout)
 
 
 class ProgressScorer:
@@ -144,11 +148,11 @@ class ProgressScorer:
 
     def prepare(self, batch: Sequence[Mapping[str, Any]]) -> list[_Prepared]:
         """Validate and truncate (cheap, no model call). Raises ``ValueError`` naming the bad item."""
-        from spa_reward.steprm.objectives import reads_start
+        from spa_reward.steprm.objectives import reads_before
 
-        from .data import check_turn_ends, readout_start, truncate_for_estimator
+        from .data import before_positions, check_turn_ends, truncate_for_estimator
 
-        objective = self.model.config.objective
+        prefix = reads_before(self.model.config.objective)
 
         if isinstance(batch, Mapping):
             raise TypeError("score() takes a list of items, not a single dict")
@@ -170,16 +174,23 @@ class ProgressScorer:
                     f"item {i} holds token id {bad}, outside the estimator vocabulary [0, {self.vocab_rows}): "
                     "the policy and the estimator tokenizers differ (see check_tokenizer_compatible)"
                 )
-            prompt_length = int(item.get("prompt_length") or 0)
-            if ends and reads_start(objective) and prompt_length <= 0:
-                raise ValueError(f"item {i} has no prompt_length: the estimator's {objective!r} objective reads the "
-                                 "value before step 0 at the prompt's last token")
-            head = prompt_length if self.keep_prompt else 0
+            head = int(item.get("prompt_length") or 0) if self.keep_prompt else 0
             if ends and head > ends[0]:
                 raise ValueError(f"item {i}: prompt_length {head} lies after the first turn end {ends[0]}")
             t = truncate_for_estimator(ids, ends, self.max_length, head)
-            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated,
-                                      readout_start(t, prompt_length)))
+            extra = {}
+            if prefix and ends:
+                missing = [k for k in ("turn_starts", "reward") if item.get(k) is None]
+                if missing:
+                    raise ValueError(f"item {i} has no {' / '.join(missing)}: the estimator's 'prefix' objective reads "
+                                     "the value before each turn (turn_starts: first token of each turn) and ends at R")
+                starts = item["turn_starts"]
+                starts = starts.tolist() if hasattr(starts, "tolist") else list(starts)
+                if len(starts) != len(ends) or any(not 0 <= int(a) <= int(e) for a, e in zip(starts, ends)):
+                    raise ValueError(f"item {i}: turn_starts {starts} do not fit turn_ends {ends}")
+                extra = {"befores": before_positions(t, starts), "reward": float(item["reward"]),
+                         "episode": str(item.get("episode") or "")}
+            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated, **extra))
         return prepared
 
     def score_prepared(self, prepared: Sequence[_Prepared]) -> list[list[float]]:
@@ -187,15 +198,18 @@ class ProgressScorer:
 
         if not prepared:
             return []
+        order, rewards, episodes = episode_order(prepared)
         with self._lock:  # one forward at a time: torch modules are not re-entrant across threads
             preds, _ = predict_contributions(
                 self.model,
-                [p.input_ids for p in prepared],
-                [p.turn_ends for p in prepared],
-                [p.prompt_end for p in prepared],
+                [prepared[i].input_ids for i in order],
+                [prepared[i].turn_ends for i in order],
+                [prepared[i].befores or [] for i in order],
+                rewards, episodes,
                 batch_size=self.max_batch_size,
                 max_batch_tokens=self.max_batch_tokens,
             )
+            preds = [preds[j] for j in sorted(range(len(order)), key=order.__getitem__)]  # back to input order
             self.stats["calls"] += 1
             self.stats["items"] += len(prepared)
             for p in prepared:
@@ -209,6 +223,29 @@ class ProgressScorer:
                 full[k] = value
             out.append(full)
         return out
+
+
+def episode_order(prepared: Sequence[Any]) -> tuple[list[int], list[float], list[int]]:
+    """``(order, rewards, episodes)`` for :func:`~spa_reward.progress.model.predict_contributions`: the items
+    reordered so that the rows of one episode (same non-empty ``episode``) are consecutive in their input order,
+    each episode's R, and per reordered item the index of its episode. An item without ``episode`` is an episode of
+    its own."""
+    ids: dict[str, int] = {}
+    first: list[int] = []
+    owner = []
+    for i, p in enumerate(prepared):
+        key = getattr(p, "episode", "") or f"\0item{i}"
+        e = ids.setdefault(key, len(ids))
+        if e == len(first):
+            first.append(i)
+        owner.append(e)
+    rewards = [float(getattr(prepared[i], "reward", 0.0)) for i in first]
+    for i, p in enumerate(prepared):
+        if float(getattr(p, "reward", 0.0)) != rewards[owner[i]]:
+            raise ValueError(f"item {i}: episode {p.episode!r} has reward {p.reward} here and {rewards[owner[i]]} at "
+                             f"item {first[owner[i]]}; the rows of one episode share its R")
+    order = sorted(range(len(prepared)), key=lambda i: (owner[i], i))
+    return order, rewards, [owner[i] for i in order]
 
 
 # ---------------------------------------------------------------------------------------------------------- Ray

@@ -6,10 +6,9 @@
 Objective (``--objective``, recorded in the estimator's config so that serving reads it the same way; the loss
 functions are ``spa_reward.steprm.objectives``): ``sum`` (paper and released code): for every trajectory,
 ``loss = (sum_t c_t - R)^2``, averaged over the batch, with no per-step target. ``prefix`` (ours): the head is read
-at the prompt's last token and at every turn end, each readout is the value of that prefix regressed on R, and
-``c_t`` is the change in value across step t (``sum_t c_t = V(end) - V(prompt)``); ``prefix_sum`` (ours): the same
-without the prompt readout (``V_0 = 0``, so ``sum_t c_t = V(end)``) plus the paper's sum term. Full layout only for
-``prefix_sum``; in the window layout each row is its own prefix pair (its prompt, then prompt + reply). Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
+at the last token before every turn (the prompt's last token, then the end of each observation; in the window
+layout each row's prompt), each readout is the value V_t of the prefix before step t, regressed on R, and
+``c_t = V_{t+1} - V_t`` with ``V_T = R`` (so ``sum_t c_t = R - V_0``). Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
 1 epoch, effective batch 16 (2 per device x grad-accum), AdamW with weight decay 0.01, gradient clipping 1.0,
 DeepSpeed-style ``WarmupLR`` (log warm-up over 500 optimizer steps, then constant), max length 4096.
 
@@ -236,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--head", choices=HEADS, default=None, help="head type for a new estimator (default mlp = paper)")
     g.add_argument(
         "--objective", choices=PROGRESS_OBJECTIVES, default=None,
-        help="sum: the paper's MSE(sum_t c_t, R); prefix: every prefix's value (the prompt, each turn end) regressed "
-        "on R, c_t = V(after step t) - V(before step t); prefix_sum: prefix with V(prompt) = 0 plus the sum term "
+        help="sum: the paper's MSE(sum_t c_t, R); prefix: the value of the prefix before every turn regressed on R, "
+        "c_t = V(after step t) - V(before step t) with V(after the last step) = R "
         "(default: an estimator dir's own objective, else sum)",
     )
     g.add_argument("--head-hidden-size", type=positive_int, default=None, help="MLP head width (default: backbone hidden size)")
@@ -779,21 +778,20 @@ def episode_predictions(contrib: torch.Tensor, batch: dict[str, torch.Tensor]) -
 def evaluate(model: ProgressEstimator, examples: list[Example], batch_size: int, autocast_dtype) -> dict[str, float]:
     """Regression metrics of ``sum_t c_t`` against R and the objective's own loss (``eval/loss``); a window-layout
     example's c_t are its rows' (one each)."""
-    seqs, ends, owner, prompts = flatten_rows(examples)
-    preds, readouts = predict_contributions(model, seqs, ends, prompts, batch_size, autocast_dtype)
+    seqs, ends, owner, befores = flatten_rows(examples)
+    rewards = [e.reward for e in examples]
+    preds, readouts = predict_contributions(model, seqs, ends, befores, rewards, owner, batch_size, autocast_dtype)
     contributions: list[list[float]] = [[] for _ in examples]
     for i, p in zip(owner, preds):
         contributions[i].extend(p)
-    metrics = regression_metrics(contributions, [e.reward for e in examples])
-    rows = [i for i, e in enumerate(ends) if len(e)]
-    if rows:
-        width = max(len(readouts[i]) for i in rows)
-        k = max(len(ends[i]) for i in rows)
-        padded = torch.tensor([readouts[i] + [0.0] * (width - len(readouts[i])) for i in rows])
-        valid = torch.tensor([[t < len(ends[i]) for t in range(k)] for i in rows])
-        index = torch.tensor([owner[i] for i in rows])
-        rewards = torch.tensor([e.reward for e in examples], dtype=torch.float32)
-        losses = progress_episode_losses(padded, valid, rewards, model.config.objective, episode_index=index)
+    metrics = regression_metrics(contributions, rewards)
+    if seqs:
+        k = max(1, max(len(e) for e in ends))
+        valid = torch.arange(k).unsqueeze(0) < torch.tensor([len(e) for e in ends]).unsqueeze(1)
+        values = torch.zeros(len(seqs), k)
+        values[valid] = torch.tensor([x for r in readouts for x in r], dtype=torch.float32)
+        losses = progress_episode_losses(values, valid, torch.tensor(rewards, dtype=torch.float32),
+                                         model.config.objective, episode_index=torch.tensor(owner))
         metrics["eval/loss"] = float(losses.mean())
     return metrics
 
@@ -821,10 +819,6 @@ def _set_layout(cfg: ProgressEstimatorConfig, args, ckpt, history_lengths: list[
     if ckpt is not None and args.objective and args.objective != cfg.objective:
         raise SystemExit(f"--resume: the checkpoint {ckpt} was trained with --objective {cfg.objective}, this run asks "
                          f"for {args.objective}; resume with the checkpoint's objective or start a new --output")
-    if args.layout == "window" and cfg.objective == "prefix_sum":
-        raise SystemExit("--objective prefix_sum needs the full layout: in the window layout each row is scored on its "
-                         "own, so V(before step 0) = 0 has no row to live in; use --objective prefix (each row's "
-                         "prompt is its V(before step t)) or sum")
 
 
 def train(args: argparse.Namespace, rows_of=None) -> dict[str, Any]:
@@ -1012,7 +1006,7 @@ def train(args: argparse.Namespace, rows_of=None) -> dict[str, Any]:
                 sync = j == len(group) - 1
                 ctx = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
                 with ctx:
-                    positions = readout_positions(batch["turn_end_positions"], batch["start_positions"], cfg.objective)
+                    positions = readout_positions(batch["turn_end_positions"], batch["before_positions"], cfg.objective)
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
                                         enabled=autocast_dtype is not None):
                         readouts = train_model(batch["input_ids"], batch["attention_mask"], positions)
@@ -1021,7 +1015,8 @@ def train(args: argparse.Namespace, rows_of=None) -> dict[str, Any]:
                                                  episode_index=batch.get("episode_index"))
                     (sq.sum() / n_group).backward()
                 loss_sum += float(sq.detach().sum())
-                contrib = contributions_from_readouts(readouts.detach(), valid, cfg.objective)
+                contrib = contributions_from_readouts(readouts.detach(), valid, cfg.objective, batch["rewards"],
+                                                      batch.get("episode_index"))
                 abs_c += float(contrib.abs()[valid].sum())
                 n_c += int(valid.sum())
                 tokens += int(batch["attention_mask"].sum())

@@ -2,21 +2,21 @@
 
 Two objectives share one service (:mod:`spa_reward.steprm.service`):
 
-* ``progress`` (SPA-RL): per-turn contributions ``c_t`` from a scalar head read at chosen positions of the
-  sequence (its *readouts*), with one of :data:`PROGRESS_OBJECTIVES` (the offline trainer
-  ``spa_reward.progress.train`` uses the same functions):
+* ``progress`` (SPA-RL): per-turn contributions ``c_t`` from a scalar head read at chosen tokens of the sequence (its
+  *readouts*), with one of :data:`PROGRESS_OBJECTIVES` (the offline trainer ``spa_reward.progress.train`` and the
+  scorer ``spa_reward.progress.serve`` use the same functions):
 
   - ``sum`` (the paper): one readout per turn, at the turn's last token, ``c_t`` = that readout;
     :func:`progress_loss` = mean over episodes of ``(sum_t c_t - R)^2``.
-  - ``prefix`` (ours): the readouts are values ``V`` of prefixes: ``V_0`` at the prompt's last token (the prefix
-    before step 0) and ``V_{t+1}`` at the last token of turn t (the prefix after step t); every readout is
-    regressed on R (per episode the mean of ``(V_j - R)^2``, then the mean over episodes) and
-    ``c_t = V_{t+1} - V_t``, so ``sum_t c_t = V_T - V_0`` (telescoping).
-  - ``prefix_sum`` (ours): ``prefix`` with ``V_0 = 0`` (the prompt is not read), so ``sum_t c_t = V_T`` is the
-    paper's decomposition, and the paper's ``(sum_t c_t - R)^2`` is added to the prefix term.
+  - ``prefix`` (ours): one readout per turn at the last token *before* the turn (the prompt's last token for turn
+    0, else the end of the observation the turn answers): ``V_t``, the value of the prefix before step t. Every
+    ``V_t`` is regressed on R (per episode the mean of ``(V_t - R)^2``, then the mean over episodes); the prefix
+    after the last step is the whole episode, whose value is its outcome: ``V_T = R``. ``c_t = V_{t+1} - V_t``, so
+    ``sum_t c_t = R - V_0`` (telescoping) and c_t is the TD error of the estimator's value (potential-based
+    shaping of R).
 
-  :func:`readout_positions` places the readouts, :func:`contributions_from_readouts` turns them into ``c_t`` and
-  :func:`progress_episode_losses` gives each episode's loss.
+  :func:`readout_positions` places the readouts, :func:`contributions_from_readouts` turns them into ``c_t`` (across
+  the rows of a window-layout episode too) and :func:`progress_episode_losses` gives each episode's loss.
 * ``implicit`` (iStar, arXiv 2509.19199): a causal LM ``pi_phi``; per turn
   ``q_t = sum over the turn's tokens of (log pi_phi - log pi_ref)`` (:func:`turn_log_ratio`), step reward
   ``r_t = beta * q_t``; trained with the trajectory-level DPO loss (:func:`trajectory_dpo_loss`) over every
@@ -203,72 +203,89 @@ def irl_reward(logits: torch.Tensor, clip: float) -> torch.Tensor:
     return x.clamp(-clip, clip)
 
 
-PROGRESS_OBJECTIVES = ("sum", "prefix", "prefix_sum")
+PROGRESS_OBJECTIVES = ("sum", "prefix")
 
 
 def check_progress_objective(objective: str) -> str:
     """``objective`` if it is one of :data:`PROGRESS_OBJECTIVES`, else ``ValueError`` naming the valid ones."""
     if objective not in PROGRESS_OBJECTIVES:
         raise ValueError(f"progress objective {objective!r} is not one of {PROGRESS_OBJECTIVES} (sum: the paper's "
-                         "MSE(sum_t c_t, R); prefix / prefix_sum: every prefix's value regressed on R)")
+                         "MSE(sum_t c_t, R); prefix: the value of the prefix before every step regressed on R)")
     return objective
 
 
-def reads_start(objective: str) -> bool:
-    """Whether ``objective`` reads ``V_0`` (the value of the prefix before step 0) at the prompt's last token."""
+def reads_before(objective: str) -> bool:
+    """Whether ``objective`` reads the head before each turn (``prefix``) rather than at each turn's end (``sum``);
+    the prefix objective also needs each episode's R to score (``V_T = R``)."""
     return check_progress_objective(objective) == "prefix"
 
 
-def readout_positions(turn_end_positions: torch.Tensor, start_positions: torch.Tensor, objective: str
-                      ) -> torch.Tensor:
-    """(bs, P) long positions where the head is read: the turn ends (P = K; ``sum``, ``prefix_sum``) or the prompt's
-    last token followed by the turn ends (P = K + 1; ``prefix``). -1 marks a padded slot; a row without turns
-    reads nothing.
+def readout_positions(turn_end_positions: torch.Tensor, before_positions: torch.Tensor, objective: str) -> torch.Tensor:
+    """(bs, K) long positions where the head is read: each turn's last token (``sum``) or the last token before
+    each turn (``prefix``); -1 where padded.
 
     Args:
         turn_end_positions: (bs, K) long, the last token of each turn, -1 where padded.
-        start_positions: (bs,) long, the prompt's last token (the prefix before step 0) of each row.
+        before_positions: (bs, K) long, the last token before each turn's first token, -1 where padded.
         objective: one of :data:`PROGRESS_OBJECTIVES`.
     """
-    if not reads_start(objective):
-        return turn_end_positions
-    has_turn = (turn_end_positions >= 0).any(dim=1)
-    start = torch.where(has_turn, start_positions.to(turn_end_positions), torch.full_like(start_positions, -1)
-                        .to(turn_end_positions))
-    return torch.cat([start.unsqueeze(1), turn_end_positions], dim=1)
+    return before_positions if reads_before(objective) else turn_end_positions
 
 
-def contributions_from_readouts(readouts: torch.Tensor, turn_valid: torch.Tensor, objective: str) -> torch.Tensor:
-    """(bs, K) ``c_t`` from the head's readouts, 0 on padded turns.
+def _next_in_episode(values: torch.Tensor, valid: torch.Tensor, rewards: torch.Tensor,
+                     episode_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """(rows, K) the value after each readout's step: the next readout of the same episode (row-major: the next
+    turn of the row, else the first turn of the episode's next row), R for the episode's last one."""
+    rows, k = values.shape
+    index = torch.arange(rows, device=values.device) if episode_index is None else episode_index.to(values.device)
+    flat_v = values.reshape(-1)
+    flat_e = index.unsqueeze(1).expand(rows, k).reshape(-1)
+    order = valid.reshape(-1).nonzero(as_tuple=True)[0]  # the readouts, row-major (an episode's rows in step order)
+    v, e = flat_v[order], flat_e[order]
+    last = torch.ones_like(e, dtype=torch.bool)
+    last[:-1] = e[1:] != e[:-1]
+    nxt = torch.where(last, rewards.to(v)[e], torch.cat([v[1:], v[-1:]]) if v.numel() else v)
+    out = torch.zeros(rows * k, dtype=values.dtype, device=values.device)
+    out[order] = nxt
+    return out.reshape(rows, k)
 
-    ``sum``: ``c_t`` = readout t. ``prefix``: ``c_t = V_{t+1} - V_t`` with readouts ``V_0..V_K``. ``prefix_sum``:
-    ``c_t = V_{t+1} - V_t`` with readouts ``V_1..V_K`` and ``V_0 = 0``.
+
+def contributions_from_readouts(readouts: torch.Tensor, turn_valid: torch.Tensor, objective: str,
+                                rewards: Optional[torch.Tensor] = None,
+                                episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(rows, K) ``c_t`` from the head's readouts, 0 on padded turns.
+
+    ``sum``: ``c_t`` = readout t. ``prefix``: ``c_t = V_{t+1} - V_t`` along the episode's turns, with
+    ``V_T = R``.
 
     Args:
-        readouts: (bs, P) from the positions of :func:`readout_positions` (P = K, or K + 1 for ``prefix``).
-        turn_valid: (bs, K) bool, the row's real turns (a prefix of the slots).
+        readouts: (rows, K) from the positions of :func:`readout_positions`.
+        turn_valid: (rows, K) bool, each row's real turns (a prefix of its slots).
         objective: one of :data:`PROGRESS_OBJECTIVES`.
+        rewards: (E,) the episodes' R (``prefix`` only).
+        episode_index: (rows,) long, the episode of each row when an episode spans several consecutive rows in step
+            order (window layout); None = one row per episode.
     """
     check_progress_objective(objective)
     readouts = readouts.float()
+    valid = turn_valid.to(readouts.device)
     if objective == "sum":
         c = readouts
-    elif objective == "prefix":
-        c = readouts[:, 1:] - readouts[:, :-1]
     else:
-        c = readouts - F.pad(readouts[:, :-1], (1, 0))
-    return torch.where(turn_valid.to(c.device), c, torch.zeros_like(c))
+        if rewards is None:
+            raise ValueError("the prefix objective needs each episode's R to score its last step (V_T = R)")
+        c = _next_in_episode(readouts, valid, rewards.float(), episode_index) - readouts
+    return torch.where(valid, c, torch.zeros_like(c))
 
 
 def progress_episode_losses(readouts: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor, objective: str,
                             episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(E,) each episode's loss under ``objective`` (the batch loss is their mean).
 
-    ``sum``: ``(sum_t c_t - R)^2``. ``prefix``: the mean over the episode's readouts ``V_j`` of ``(V_j - R)^2``.
-    ``prefix_sum``: that mean plus ``(sum_t c_t - R)^2`` (= ``(V_T - R)^2``).
+    ``sum``: ``(sum_t c_t - R)^2``. ``prefix``: the mean over the episode's readouts ``V_t`` of ``(V_t - R)^2``.
 
     Args:
-        readouts: (rows, P) the head's readouts (:func:`readout_positions`).
+        readouts: (rows, K) the head's readouts (:func:`readout_positions`).
         turn_valid: (rows, K) bool, the rows' real turns.
         rewards: (E,) episode rewards R; E = rows without ``episode_index``.
         objective: one of :data:`PROGRESS_OBJECTIVES`.
@@ -277,42 +294,30 @@ def progress_episode_losses(readouts: torch.Tensor, turn_valid: torch.Tensor, re
     """
     check_progress_objective(objective)
     rewards = rewards.float().to(readouts.device)
-    turn_valid = turn_valid.to(readouts.device)
-    rows = readouts.shape[0]
-    index = torch.arange(rows, device=readouts.device) if episode_index is None else episode_index.to(readouts.device)
+    valid = turn_valid.to(readouts.device)
+    index = (torch.arange(readouts.shape[0], device=readouts.device) if episode_index is None
+             else episode_index.to(readouts.device))
     zeros = torch.zeros(rewards.shape[0], dtype=torch.float32, device=readouts.device)
-    c = contributions_from_readouts(readouts, turn_valid, objective)
-    total = zeros.index_add(0, index, c.sum(dim=1))
-    sum_term = (total - rewards) ** 2
+    v = torch.where(valid, readouts.float(), torch.zeros_like(readouts.float()))
     if objective == "sum":
-        return sum_term
-    # prefix readouts: the start slot counts when the row has a turn; the turn slots where the turns are
-    valid = turn_valid if objective == "prefix_sum" else torch.cat([turn_valid.any(dim=1, keepdim=True), turn_valid], 1)
-    sq = torch.where(valid, (readouts.float() - rewards[index].unsqueeze(1)) ** 2, torch.zeros_like(readouts.float()))
+        return (zeros.index_add(0, index, v.sum(dim=1)) - rewards) ** 2
+    sq = torch.where(valid, (readouts.float() - rewards[index].unsqueeze(1)) ** 2, torch.zeros_like(v))
     count = zeros.index_add(0, index, valid.float().sum(dim=1))
-    prefix_term = zeros.index_add(0, index, sq.sum(dim=1)) / count.clamp(min=1.0)
-    return prefix_term + sum_term if objective == "prefix_sum" else prefix_term
+    return zeros.index_add(0, index, sq.sum(dim=1)) / count.clamp(min=1.0)
 
 
 def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor,
                   episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SPA's MSE: mean over episodes of ``(sum_t c_t - R)^2``.
+    """SPA's MSE: mean over episodes of ``(sum_t c_t - R)^2`` (:func:`progress_episode_losses` with ``sum``).
 
     Args:
         contributions: (rows, K) c_t (padded turns are ignored through ``turn_valid``).
         turn_valid: (rows, K) bool.
         rewards: (E,) episode rewards R; E = rows without ``episode_index``.
         episode_index: (rows,) long, the episode of each row (window layout): an episode's ``sum_t c_t`` is the
-            sum over its rows, added up with the offline trainer's ``episode_predictions`` (index_add).
+            sum over its rows.
     """
-    if episode_index is None:
-        total = (contributions.float() * turn_valid.float()).sum(-1)
-    else:
-        from spa_reward.progress.train import episode_predictions
-
-        masked = contributions.float() * turn_valid.float()
-        total = episode_predictions(masked, {"episode_index": episode_index.to(masked.device), "rewards": rewards})
-    return ((total - rewards.float().to(total.device)) ** 2).mean()
+    return progress_episode_losses(contributions, turn_valid, rewards, "sum", episode_index).mean()
 
 
 __all__ = [
@@ -327,7 +332,7 @@ __all__ = [
     "progress_episode_losses",
     "progress_loss",
     "readout_positions",
-    "reads_start",
+    "reads_before",
     "span_turn_index",
     "token_logprobs",
     "trajectory_dpo_loss",

@@ -3,9 +3,9 @@ online, learns from every RL batch.
 
 * :class:`StepRMSettings`: what to build (objective, loss, model, optimiser, schedule); the trainer hooks' service
   plan fills it from ``algorithm.istar`` (objective ``implicit``, loss ``trajectory_dpo``), ``algorithm.spa.online``
-  (``progress``, loss = ``algorithm.spa.objective``: ``sum``, ``prefix`` or ``prefix_sum``, see
-  ``objectives.PROGRESS_OBJECTIVES``; ``mse`` is the old name of ``sum``) or ``algorithm.stepagent`` (``implicit`` +
-  ``step_dpo``, or ``discriminator`` + ``bce``).
+  (``progress``, loss = ``algorithm.spa.objective``: ``sum`` or ``prefix``, see ``objectives.PROGRESS_OBJECTIVES``;
+  ``mse`` is the old name of ``sum``) or ``algorithm.stepagent`` (``implicit`` + ``step_dpo``, or
+  ``discriminator`` + ``bce``).
 * :class:`StepRewardModel`: the in-process service. ``score(items)`` -> one reward per turn per item;
   ``update(items)`` -> a few optimiser steps on the batch's finished episodes plus a replay window of the last K
   batches; ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
@@ -97,7 +97,7 @@ class StepRMSettings:
     Args:
         objective: ``progress`` (SPA: c_t with sum_t c_t ~ R), ``implicit`` (iStar / StepAgent: r_t = beta * q_t)
             or ``discriminator`` (StepAgent irl: r_t = clip(logit of D(s, a)), a causal-LM backbone + scalar head).
-        loss: ``sum`` | ``prefix`` | ``prefix_sum`` (progress: the estimator's objective, which a trained
+        loss: ``sum`` | ``prefix`` (progress: the estimator's objective, which a trained
             ``model_path`` must have been trained with; ``mse`` = ``sum``), ``trajectory_dpo`` (implicit, iStar) or
             ``step_dpo`` (implicit, StepAgent: pairs of expert/agent actions at one state), ``bce``
             (discriminator); None = the objective's default.
@@ -361,14 +361,14 @@ class StepRewardModel:
     # -------------------------------------------------------------------------------------------- building
 
     @property
-    def _reads_start(self) -> bool:
-        """Progress objective ``prefix``: each item's first readout is the prompt's last token (V before step 0)."""
-        return self.settings.objective == "progress" and obj.reads_start(self.settings.loss)
+    def _reads_before(self) -> bool:
+        """Progress objective ``prefix``: the head is read at the token before each turn (V before the step)."""
+        return self.settings.objective == "progress" and obj.reads_before(self.settings.loss)
 
-    def _turn_valid(self, prepared: list, width: int) -> torch.Tensor:
-        """(n, width - start slot) bool: the kept turns of each prepared progress item."""
-        k = width - int(self._reads_start)
-        return torch.arange(k).unsqueeze(0) < torch.tensor([len(p[2]) for p in prepared]).unsqueeze(1)
+    @staticmethod
+    def _turn_valid(prepared: list, width: int) -> torch.Tensor:
+        """(n, width) bool: the kept turns of each prepared progress item."""
+        return torch.arange(width).unsqueeze(0) < torch.tensor([len(p[2]) for p in prepared]).unsqueeze(1)
 
     @property
     def _head_model(self) -> bool:
@@ -440,7 +440,8 @@ class StepRewardModel:
 
     def _prepare(self, items: list[_Item]) -> list[tuple[list[int], list[list[int]], list[int], Optional[list[float]]]]:
         """(ids, spans, kept turn indices, ref) per item, truncated for the head models. Progress: the spans are the
-        head's readouts (``objectives.readout_positions``: the prompt's last token first for ``prefix``)."""
+        head's readouts, one per kept turn (``objectives.readout_positions``: the token before the turn for
+        ``prefix``)."""
         out = []
         for i, it in enumerate(items):
             if it.input_ids and (min(it.input_ids) < 0 or max(it.input_ids) >= self.vocab_rows):
@@ -453,13 +454,10 @@ class StepRewardModel:
                 head = it.prompt_length if self.keep_prompt else 0
                 t = truncate_for_estimator(it.input_ids, ends, self.max_length, min(head, ends[0]) if ends else 0)
                 reads = list(t.turn_ends)
-                if self._reads_start and reads:
-                    from spa_reward.progress.data import readout_start
+                if self._reads_before:
+                    from spa_reward.progress.data import before_positions
 
-                    if it.prompt_length <= 0:
-                        raise ValueError(f"item {i} has no prompt_length: the {self.settings.loss!r} objective reads "
-                                         "the value before step 0 at the prompt's last token")
-                    reads = [readout_start(t, it.prompt_length)] + reads
+                    reads = before_positions(t, [a for a, _ in it.spans])
                 out.append((t.input_ids, [[e, e + 1] for e in reads], t.kept, None))
             else:
                 if len(it.input_ids) > self.max_length:
@@ -519,6 +517,11 @@ class StepRewardModel:
         items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
         if not items:
             return []
+        if self._reads_before:
+            missing = [i for i, it in enumerate(batch) if it.get("reward") is None]
+            if missing:
+                raise ValueError(f"item {missing[0]} has no 'reward': the prefix objective's value after an episode's "
+                                 "last step is its R")
         prepared = self._prepare(items)
         with self._serve_lock:
             was = self.serving.training
@@ -532,9 +535,14 @@ class StepRewardModel:
         if s.objective == "discriminator":
             values = [obj.irl_reward(v, s.reward_clip) for v in values]
         if s.objective == "progress" and any(p[1] for p in prepared):  # the head's readouts -> c_t (one per kept turn)
-            padded = torch.nn.utils.rnn.pad_sequence(values, batch_first=True)
-            c = obj.contributions_from_readouts(padded, self._turn_valid(prepared, padded.shape[1]), s.loss)
-            values = [c[i, : len(p[2])] for i, p in enumerate(prepared)]
+            index, first = episode_index(items)  # an episode's rows in step order (the input order within it)
+            order = sorted(range(len(items)), key=lambda i: (int(index[i]), i))
+            padded = torch.nn.utils.rnn.pad_sequence([values[i] for i in order], batch_first=True)
+            c = obj.contributions_from_readouts(padded, self._turn_valid([prepared[i] for i in order], padded.shape[1]),
+                                                s.loss, torch.tensor([items[i].reward for i in first]), index[order])
+            values = list(values)
+            for row, i in enumerate(order):
+                values[i] = c[row, : len(prepared[i][2])]
         out = []
         for it, p, v in zip(items, prepared, values):
             full = [0.0] * len(it.spans)
@@ -649,9 +657,6 @@ class StepRewardModel:
         v_leaf = values.float().clone().requires_grad_(True)
         heads = [data[i] for i in first]  # an episode's uid / success / reward (its rows agree: parse_items)
         if self.settings.objective == "progress":
-            if self.settings.loss == "prefix_sum":
-                raise ValueError("the prefix_sum objective needs the full layout (one row per episode); these items "
-                                 "spread episodes over several rows: use prefix or sum")
             rewards = torch.tensor([it.reward for it in heads], dtype=torch.float32)
             turn_valid = self._turn_valid(prepared, v_leaf.shape[1])
             loss = obj.progress_episode_losses(v_leaf, turn_valid, rewards, self.settings.loss, episode).mean()
