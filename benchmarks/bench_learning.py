@@ -8,22 +8,36 @@ does what depends on the task (``n_tasks`` locks) and the stage. The only reward
 within ``max_steps`` steps (0 otherwise), so the few decisive steps must be found among many that did nothing or
 undid the progress. Every state has an anchor (task and stage, what GiGPO matches on) and every step a known true
 worth: (stage after - stage before) / n_stages (1/K for an advance, minus the lost progress for a trap, 0 else).
+Two variants (``--variants``): ``lock`` (above: opening ends the episode, so a short episode means a win) and
+``fixed`` (every episode runs ``max_steps`` steps, an open lock stays open, R = final stage / n_stages on the last
+step: partial credit equal to the sum of the steps' worth, and the length of an episode says nothing about R).
+
+The paper's pipeline (``--init sft``, the default): an imitation (SFT) stage first clones a noisy expert
+(:class:`NoisyExpert`: the advancing lever with probability 1 - ``--sft-noise`` + noise/n, else uniform;
+``--sft-episodes`` demonstrations, ``--sft-steps`` Adam steps of cross-entropy; :func:`pretrain_policy`), and every
+method of a seed starts from that same policy; spa explores with it. Its success rate is printed and kept in the
+table's header (about 0.17 on both variants with the defaults). ``--init scratch`` starts from the uniform policy.
 
 The policy is a tiny MLP over the current observation and the previous action (CPU, torch), sampled at
 temperature 1; the update is PPO-clip on per-step log-probs. Everything between rollout and update is the project's
 own code on verl-shaped tensors, exactly as in a verl run:
 
 * rewards: ``spa_reward.fusion`` (``outcome_turn_rewards`` for the baselines, ``fuse_turn_rewards`` r_t =
-  alpha*c_t + beta*g_t for spa), placed on each turn's last token by ``place_turn_rewards`` (dense
+  alpha*c_t + G_t for spa, ``algorithm.spa.grounding``), placed on each turn's last token by ``place_turn_rewards`` (dense
   ``token_level_rewards``, ``response_mask`` = 1 on the action token of each turn, 0 on the observation tokens
   between turns, ``uid`` = one id per group of 8);
 * advantages: verl's own ``compute_advantage_for_multi_trajectories`` (what the v1 trainer's
   ``_compute_advantage`` calls) with ``config=algorithm``, which dispatches to verl's GRPO or to our registered
   ``gigpo``/``spa`` (``import spa_reward.register``); the per-turn anchors and the env's episode reward reach them
   through ``spa_reward.advantage.estimator_inputs``, the same context the ``spa`` trainer mode uses;
+* critic methods (``ppo``, ``spa_critic``, ``spa_paper``, ...): a value MLP V(s_t) over the policy's input whose
+  values reach the ``spa`` estimator as the trainer passes the critic's values (on each turn's first token), so it
+  runs GAE over turns (``examples/rl_ppo.sh``, ``SPA_CRITIC=1``); the critic regresses the returns it gives (MSE,
+  ``--critic-lr``);
 * the progress estimator (spa): exploration episodes of the initial policy -> ``TrajectoryRecord`` files ->
-  ``spa_reward.progress.train`` (tiny Llama from a config, MSE(sum c_t, R)) -> ``ProgressScorer`` (the serving
-  class the reward manager uses) scores every RL batch. The paper's pipeline in miniature.
+  ``spa_reward.progress.train --objective <algorithm.spa.objective>`` (tiny Llama from a config) ->
+  ``ProgressScorer`` (the serving class the reward manager uses) scores every RL batch. The paper's pipeline in
+  miniature; the estimator's attribution is measured on 256 held-out episodes of the same policy.
 * the step-reward service (``spa_online``, ``istar``): ``spa_reward.steprm.trainer_hooks.StepRewardHooks`` built
   from the method's ``algorithm`` block (the trainer's own plan: objective, online, beta, reference, replay
   window), serving from an in-process ``spa_reward.steprm.service.StepRewardModel`` (the Ray actor's body) on CPU.
@@ -68,22 +82,25 @@ own code on verl-shaped tensors, exactly as in a verl run:
   kept in the JSON.
 
 Methods are the entries of ``METHODS`` (name -> reward function, advantage estimator, algorithm overrides,
-optional preparation step, expert-prefix flag). Default: ``grpo``, ``gigpo``
-(outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0), two diagnostics
-with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``, and the step-reward
-service methods ``spa_online``, ``spa_online_nog``, ``istar``, ``istar_frozen``, the StepAgent methods
-``stepagent``, ``stepagent_reverse``, ``stepagent_irl``, ``stepagent_implicit`` and ``stepagent_irl_8steps``;
-``grpo_pen`` (GRPO with
-``examples/``' invalid-action penalty 0.1) is available by name. Every method gets the same policy, optimiser,
-seeds, tasks and RL episode budget and the recipe's ``algorithm`` block (``recipe/spa/config/spa_trainer.yaml``:
-gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ. spa's exploration episodes come
-on top of the RL budget and are reported in the table.
+optional preparation step, expert-prefix flag, critic flag). Default (``DEFAULT_METHODS``): ``grpo``, ``gigpo``,
+``ppo`` (outcome R; ppo with a critic), ``spa`` (``examples/rl_spa.sh``'s defaults = the recipe yaml's: prefix
+objective, grounding penalty 0.1, no critic), ``spa_sum`` (the paper's objective, the rest as spa), ``spa_critic``,
+``spa_paper`` (the paper's literal setting: sum objective, bonus 0.5, critic), ``spa_oracle`` (diagnostic: c_t = the
+true worth), ``spa_online`` (the estimator keeps training online), ``istar``, ``istar_frozen`` and the StepAgent
+methods ``stepagent``, ``stepagent_reverse``, ``stepagent_irl``, ``stepagent_implicit``. ``--methods grounding``
+runs ``GROUNDING_METHODS`` (the grounding trap: bonus vs penalty, learned vs perfect c_t, with and without a
+critic); ``grpo_pen``, ``spa_online_sum``, ``stepagent_irl_all``, ``stepagent_irl_8steps`` run by name. Every method
+gets the same starting policy, optimiser, seeds, tasks and RL episode budget and the recipe's ``algorithm`` block
+(``recipe/spa/config/spa_trainer.yaml``: gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs
+differ. spa's exploration episodes come on top of the RL budget and are reported in the table.
 
-Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes, mean and min-max band over seeds; second
-panel: per-step Pearson correlation of each method's per-turn advantage, and of c_t (istar: beta q_t), with the true
-step worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
+Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes as small multiples: one row per task variant,
+one panel per method family, mean over seeds with a min-max band; grpo and gigpo drawn thin in every panel),
+``learning_credit.png`` (the same grid: per-step Pearson of each method's advantage A_t and of its step reward c_t
+with the true worth over training), ``learning.md`` (the imitation stage's success, then one table row per task
+variant and method), ``learning.json`` (every curve).
 
-    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--methods grpo gigpo spa] [--out-dir DIR]
+    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--variants lock fixed] [--methods grpo gigpo spa]
     python benchmarks/bench_learning.py --from-json DIR/learning.json --out-dir DIR2   # redraw only
 """
 
@@ -893,25 +910,47 @@ class Method:
     critic: bool = False  # a value MLP V(s_t) whose values reach the spa estimator: turn GAE (rl_ppo.sh, SPA_CRITIC=1)
 
 
+# examples/rl_spa.sh's defaults, which are the recipe yaml's algorithm.spa block (the benchmark's ``spa`` runs them; a
+# test checks the script): the prefix objective, grounding as a penalty of 0.1 on non-executed actions, no critic
+SPA_CRITIC = False
+# the paper's literal setting: MSE(sum_t c_t, R), a bonus of 0.5 per executed action, PPO with a critic
+PAPER = {"objective": "sum", "alpha": 1.0, "beta": 0.5, "grounding": "bonus"}
+
+
+def _spa(algorithm: dict | None = None, critic: bool = SPA_CRITIC, doc: str = "") -> Method:
+    return Method(spa_rewards, "spa", {"spa": dict(algorithm or {})}, prepare=prepare_spa, critic=critic, doc=doc)
+
+
+def _oracle(algorithm: dict | None = None, critic: bool = SPA_CRITIC, doc: str = "") -> Method:
+    return Method(oracle_rewards, "spa", {"spa": dict(algorithm or {})}, critic=critic, doc=doc)
+
+
 METHODS: dict[str, Method] = {
     "grpo": Method(outcome_rewards, "grpo", doc="outcome R, verl's GRPO"),
     "gigpo": Method(outcome_rewards, "gigpo", doc="outcome R, GiGPO anchor-state step groups"),
     "ppo": Method(outcome_rewards, "spa", critic=True,
                   doc="outcome R, turn GAE with a critic through the spa estimator (examples/rl_ppo.sh)"),
-    "spa": Method(spa_rewards, "spa", prepare=prepare_spa,
-                  doc="r_t = c_t + 0.5 g_t (released defaults), critic-free spa estimator; estimator from exploration"),
-    "spa_nog": Method(spa_rewards, "spa", {"spa": {"beta": 0.0}}, prepare=prepare_spa,
-                      doc="spa without the grounding term (beta = 0): r_t = c_t only, same estimator"),
-    "spa_oracle": Method(oracle_rewards, "spa",
-                         doc="spa (released alpha, beta) with c_t = the true step worth: what a perfect estimator gives"),
-    "spa_oracle_nog": Method(oracle_rewards, "spa", {"spa": {"beta": 0.0}}, doc="perfect estimator, beta = 0"),
-    "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
+    "spa": _spa(doc="rl_spa.sh's defaults: prefix objective, r_t = c_t - 0.1 (1 - g_t), critic-free spa estimator"),
+    "spa_sum": _spa({"objective": "sum"}, doc="spa with the paper's objective MSE(sum_t c_t, R), the rest as spa"),
+    "spa_critic": _spa(critic=not SPA_CRITIC, doc="spa with a critic (turn GAE), as SPA_CRITIC=1"),
+    "spa_paper": _spa(PAPER, critic=True, doc="the paper's setting: sum objective, r_t = c_t + 0.5 g_t, critic"),
+    "spa_oracle": _oracle(doc="diagnostic: spa with c_t = the true worth of the step (a perfect estimator)"),
     "spa_online": Method(spa_online_rewards, "spa", {"reward": "spa", "spa": {"online": {"enable": True}}},
                          prepare=prepare_spa_online,
-                         doc="spa (alpha 1, beta 0.5) whose estimator keeps training on every RL batch (online)"),
-    "spa_online_nog": Method(spa_online_rewards, "spa",
-                             {"reward": "spa", "spa": {"beta": 0.0, "online": {"enable": True}}},
-                             prepare=prepare_spa_online, doc="online spa, beta = 0"),
+                         doc="spa whose estimator keeps training on every RL batch (online, same objective)"),
+    "spa_online_sum": Method(spa_online_rewards, "spa",
+                             {"reward": "spa", "spa": {"objective": "sum", "online": {"enable": True}}},
+                             prepare=prepare_spa_online, doc="online spa with the sum objective"),
+    # the grounding trap (README): the paper's per-step bonus against the penalty form, learned and perfect c_t
+    "spa_bonus": _spa({"beta": 0.5, "grounding": "bonus"}, doc="spa with the paper's bonus 0.5 per executed action"),
+    "spa_bonus_critic": _spa({"beta": 0.5, "grounding": "bonus"}, critic=True, doc="spa_bonus with a critic"),
+    "spa_penalty_critic": _spa({"beta": 0.5}, critic=True, doc="penalty 0.5 on non-executed actions, critic"),
+    "spa_nog": _spa({"beta": 0.0}, doc="spa without grounding (beta 0)"),
+    "spa_oracle_bonus": _oracle({"beta": 0.5, "grounding": "bonus"}, doc="perfect c_t, bonus 0.5"),
+    "spa_oracle_bonus_critic": _oracle({"beta": 0.5, "grounding": "bonus"}, critic=True,
+                                       doc="perfect c_t, bonus 0.5, critic"),
+    "spa_oracle_penalty_critic": _oracle({"beta": 0.5}, critic=True, doc="perfect c_t, penalty 0.5, critic"),
+    "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
     "istar": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"}}, prepare=prepare_istar,
                     doc="implicit PRM r_t = beta q_t (pi_ref = rollout policy), trajectory DPO, spa rloo advantage"),
     "istar_frozen": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"},
@@ -941,9 +980,11 @@ METHODS: dict[str, Method] = {
                                    prepare=prepare_stepagent, expert_prefix=True,
                                    doc="diagnostic: stepagent_irl_all with 8 discriminator steps per batch (recipe: 1)"),
 }
-DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog",
-                   "istar", "istar_frozen", "stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit",
-                   "stepagent_irl_all", "stepagent_irl_8steps"]
+DEFAULT_METHODS = ["grpo", "gigpo", "ppo", "spa", "spa_sum", "spa_critic", "spa_paper", "spa_oracle", "spa_online",
+                   "istar", "istar_frozen", "stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit"]
+# the grounding study of the README (python benchmarks/bench_learning.py --methods $GROUNDING_METHODS ...)
+GROUNDING_METHODS = ["spa", "spa_nog", "spa_bonus", "spa_critic", "spa_penalty_critic", "spa_bonus_critic", "spa_oracle",
+                     "spa_oracle_bonus", "spa_oracle_penalty_critic", "spa_oracle_bonus_critic"]
 
 
 def algorithm_config(overrides: dict):
@@ -1248,9 +1289,10 @@ def markdown(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="easy task, 2 seeds, small budget (under 2 minutes)")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help=f"any of {list(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                   help=f"any of {list(METHODS)}, or grounding (= {GROUNDING_METHODS})")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--episodes", type=int, default=4096, help="RL episodes per run (same for every method)")
+    p.add_argument("--episodes", type=int, default=2048, help="RL episodes per run (same for every method)")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--tasks-per-batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -1303,6 +1345,9 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in QUICK.items():
             if getattr(args, k) == parser.get_default(k):
                 setattr(args, k, v)
+    if "grounding" in args.methods:
+        args.methods = list(dict.fromkeys(sum(([m] if m != "grounding" else GROUNDING_METHODS
+                                                for m in args.methods), [])))
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
@@ -1328,7 +1373,9 @@ def main(argv: list[str] | None = None) -> dict:
     for v, m, s in tqdm(jobs, desc="bench_learning"):
         runs.append(run_one(m, s, tasks[v], args, work))
         r = runs[-1]
-        tqdm.write(f"{v} {m} seed {s}: final success {np.mean(r['success'][-args.smooth:]):.2f}, "
+        sm = smooth(r["success"], args.smooth)
+        tqdm.write(f"{v} {m} seed {s}: 50% at {episodes_to(r['episodes'], sm, 0.5)}, 80% at "
+                   f"{episodes_to(r['episodes'], sm, 0.8)}, final success {np.mean(r['success'][-args.smooth:]):.2f}, "
                    f"RL {r['rl_time_s']} s {json.dumps(r['prepare']) if r['prepare'] else ''}")
     result = {"args": vars(args), "task": asdict(tasks[args.variants[0]]), "wall_s": round(time.time() - t0, 1),
               "load": _load(), "runs": runs}
