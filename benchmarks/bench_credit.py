@@ -10,10 +10,10 @@ policy) and seed, on the exploration episodes the estimator is trained on (``--e
   Pearson with the worth, on the data and on 8x more; beside it the trivial "all credit on the first step"
   (``c_0 = R``), the tabular prefix values (``V(task, stage after t, t)`` = the mean R of those prefixes,
   ``c_t = V_{t+1} - V_t``) and ``MSE(sum_t worth_t, R)`` against ``Var R`` (progress lost at truncation);
-* **the trained estimators**: ``bench_learning.prepare_spa`` for each ``--objectives`` (the tiny Llama and
-  schedule of the learning benchmark, ``spa_reward.progress.train --objective``), scored by ``ProgressScorer`` on
-  256 held-out episodes of the same policy: per-step Pearson with the worth, mean c_t on steps 0-4 and 5+ (the
-  length shortcut) and by event.
+* **the trained estimators** (the first ``--estimator-seeds`` seeds): ``bench_learning.prepare_spa`` for each
+  ``--objectives`` (the tiny Llama and schedule of the learning benchmark, ``spa_reward.progress.train
+  --objective``), scored by ``ProgressScorer`` on 256 held-out episodes of the same policy: per-step Pearson with
+  the worth, mean c_t on steps 0-4 and 5+ (the length shortcut) and by event.
 
 Outputs in ``--out-dir``: ``credit.md`` (tables), ``credit.json``; ``--figure`` (default
 ``<out-dir>/credit_objectives.png``): c_t of each objective against the worth on one held-out trajectory of the
@@ -135,13 +135,14 @@ def run(args) -> dict:
                 if init == "sft":
                     policy.load_state_dict(bench.pretrain_policy(seed, task, vocab, bargs)["state"])
                 base = {"variant": variant, "init": init, "seed": seed}
-                for objective in args.objectives:
+                for objective in (args.objectives if seed < args.estimator_seeds else []):
                     t0 = time.time()
                     algo = OmegaConf.create({"spa": {"objective": objective}})
                     ctx = bench.prepare_spa(seed, policy, task, vocab, bargs, work, algo=algo)
                     info = ctx["info"]
                     rows.append({**base, "objective": objective, "step_pearson": info["explore_step_pearson"],
-                                 "lag1_pearson": info["explore_lag1_pearson"], "sum_mse": info["explore_sum_mse"],
+                                 "lag1_pearson": info["explore_lag1_pearson"],
+                                 "sum_mse": info["explore_sum_mse"] if objective == "sum" else None,
                                  "early": info["mean_c_early_late"]["early"],
                                  "late": info["mean_c_early_late"]["late"], "by_event": info["mean_c_by_event"],
                                  "train_s": round(time.time() - t0, 1)})
@@ -151,7 +152,9 @@ def run(args) -> dict:
                     examples[(variant, init, seed, objective)] = ctx
                     print(f"{variant} {init} seed {seed} {objective}: step Pearson {info['explore_step_pearson']:.2f}",
                           flush=True)
-                eps = ctx["explore_eps"]
+                gen = torch.Generator().manual_seed(10_000 + seed)  # prepare_spa's exploration, episode for episode
+                eps = bench.rollout(policy, task, vocab, [f"lock-{i % task.n_tasks}" for i in range(args.explore_episodes)],
+                                    [f"explore-{i}" for i in range(args.explore_episodes)], gen)
                 ident = identifiability(eps, task)
                 more = bench.rollout(policy, task, vocab, [f"lock-{i % task.n_tasks}" for i in range(8 * len(eps))],
                                      [f"more-{i}" for i in range(8 * len(eps))],
@@ -240,6 +243,10 @@ def figure(result: dict, path: Path, objectives: list[str]) -> None:
         ax.set(xlabel="step index", ylabel="mean c_t (held-out episodes)",
                title=f"{v}: mean c_t by step ({init} exploration, {len(seeds)} seeds)")
         ax.legend(fontsize=7)
+    lo = min(axes[0][j].get_ylim()[0] for j in range(len(objectives)))
+    hi = max(axes[0][j].get_ylim()[1] for j in range(len(objectives)))
+    for j in range(len(objectives)):  # one scale for every objective's episode panel
+        axes[0][j].set_ylim(lo, hi)
     for j in range(2, axes.shape[1]):
         axes[1][j].axis("off")
     fig.suptitle(f"progress estimator objectives on the lock task ({init} exploration, seed {seed}; "
@@ -256,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--variants", nargs="+", default=["lock", "fixed"], choices=["lock", "fixed"])
     p.add_argument("--inits", nargs="+", default=["sft", "scratch"], choices=["sft", "scratch"])
     p.add_argument("--objectives", nargs="+", default=["sum", "prefix"])
+    p.add_argument("--estimator-seeds", type=int, default=1,
+                   help="train the estimators for the first N seeds only (the tabular analysis runs for every seed; "
+                   "bench_learning.py's spa / spa_sum rows report the trained estimators over all its seeds)")
     p.add_argument("--explore-episodes", type=int, default=1536)
     p.add_argument("--est-epochs", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)

@@ -1329,12 +1329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="outputs/bench_learning")
     p.add_argument("--workdir", default=None, help="where exploration records and estimators go (default: temp)")
-    p.add_argument("--from-json", default=None, help="redraw the PNG and table from a learning.json, no training")
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="redraw the PNGs and table from one or more learning.json (merged), no training")
     return p
 
 
 QUICK = {"seeds": 2, "episodes": 768, "n_tasks": 4, "n_stages": 3, "explore_episodes": 384, "est_epochs": 3,
-         "sft_episodes": 256, "sft_steps": 100}
+         "sft_episodes": 256, "sft_steps": 300}
 VARIANTS = ("lock", "fixed")
 
 
@@ -1354,7 +1355,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tasks_per_batch > args.n_tasks:
         parser.error(f"--tasks-per-batch {args.tasks_per_batch} > --n-tasks {args.n_tasks}")
     if args.from_json:
-        return _redraw(Path(args.from_json), Path(args.out_dir))
+        only = None if args.methods == parser.get_default("methods") else args.methods
+        return _redraw([Path(x) for x in args.from_json], Path(args.out_dir), only)
     torch.set_num_threads(max(1, args.threads))
     logging.getLogger("spa_reward").setLevel(logging.WARNING)
     import spa_reward.register  # noqa: F401  (registers gigpo / spa in verl's estimator registry)
@@ -1402,7 +1404,7 @@ def _write(result: dict, out: Path) -> dict:
                   if r["prepare"].get("sft_success") is not None})
     sft_line = ""
     if sft:
-        by_variant = {}
+        by_variant = {v: [] for v in args.get("variants", []) if any(v == w for w, _, _ in sft)}
         for v, _, x in sft:
             by_variant.setdefault(v, []).append(x)
         sft_line = "imitation-trained start, success: " + ", ".join(
@@ -1417,10 +1419,23 @@ def _write(result: dict, out: Path) -> dict:
     return result
 
 
-def _redraw(path: Path, out: Path) -> dict:
-    result = json.loads(path.read_text())
+def _redraw(paths: list[Path], out: Path, methods: list[str] | None = None) -> dict:
+    """Tables and pictures again from one or more ``learning.json`` (runs of several invocations, e.g. one per task
+    variant run side by side, are merged: their methods and variants in first-seen order, wall times added);
+    ``methods`` (an explicit ``--methods``): only those, in that order."""
+    results = [json.loads(p.read_text()) for p in paths]
+    merged = {k: results[0][k] for k in ("args", "task", "wall_s", "load") if k in results[0]}
+    merged["args"] = dict(merged["args"])
+    merged["runs"] = [r for res in results for r in res["runs"] if methods is None or r["method"] in methods]
+    for key in ("methods", "variants"):
+        merged["args"][key] = list(dict.fromkeys(x for res in results for x in res["args"].get(key, [])))
+    if methods is not None:
+        merged["args"]["methods"] = [m for m in methods if any(r["method"] == m for r in merged["runs"])]
+    merged["wall_s"] = sum(res.get("wall_s", 0.0) for res in results)
+    if len(results) > 1:
+        merged["load"] = "; ".join(str(res.get("load", "?")) for res in results)
     out.mkdir(parents=True, exist_ok=True)
-    return _write({k: result[k] for k in ("args", "task", "wall_s", "load", "runs") if k in result}, out)
+    return _write(merged, out)
 
 
 if __name__ == "__main__":

@@ -100,21 +100,27 @@ def test_methods_table_names_a_registered_estimator(bench):
 @pytest.mark.slow
 def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     result = bench.main(["--quick", "--out-dir", str(tmp_path / "out"), "--workdir", str(tmp_path / "work")])
-    for name in ("learning.png", "learning.md", "learning.json"):
+    for name in ("learning.png", "learning_credit.png", "learning.md", "learning.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     runs = result["runs"]
     seeds = result["args"]["seeds"]
     assert sorted({r["method"] for r in runs}) == sorted(bench.DEFAULT_METHODS)
+    assert sorted({r["variant"] for r in runs}) == ["fixed", "lock"]
     for r in runs:
         assert len(r["success"]) == len(r["episodes"]) > 0
         assert all(math.isfinite(x) for x in r["success"] + r["loss"]), (r["method"], r["seed"])
-    for name in bench.DEFAULT_METHODS:
-        assert len([r for r in runs if r["method"] == name]) == seeds
-    grpo_final = [np.mean(r["success"][-5:]) for r in runs if r["method"] == "grpo"]
-    first = [np.mean(r["success"][:3]) for r in runs if r["method"] == "grpo"]
-    assert np.mean(grpo_final) >= 0.35 > np.mean(first), (first, grpo_final)  # random play wins ~18% here
+    for variant in ("lock", "fixed"):
+        for name in bench.DEFAULT_METHODS:
+            assert len([r for r in runs if r["method"] == name and r["variant"] == variant]) == seeds
+        for seed in range(seeds):  # every method of a seed starts from the same imitation-trained policy
+            mine = [r for r in runs if r["variant"] == variant and r["seed"] == seed]
+            assert len({r["prepare"]["sft_success"] for r in mine}) == 1
+        grpo = [r for r in runs if r["method"] == "grpo" and r["variant"] == variant]
+        first = np.mean([np.mean(r["success"][:3]) for r in grpo])
+        final = np.mean([np.mean(r["success"][-5:]) for r in grpo])
+        assert final > first + 0.1, (variant, first, final)
     spa = [r for r in runs if r["method"] == "spa"]
-    assert all(r["prepare"]["explore_episodes"] > 0 for r in spa)
+    assert all(r["prepare"]["explore_episodes"] > 0 and r["prepare"]["objective"] == "prefix" for r in spa)
     per_iter = result["args"]["tasks_per_batch"] * result["args"]["group_size"]
     stepagent = [r for r in runs if bench.METHODS[r["method"]].expert_prefix]
     assert {r["method"] for r in stepagent} >= {"stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit"}
@@ -122,9 +128,19 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
         assert r["prepare"]["eval_episodes"] == per_iter * len(r["episodes"]), r["method"]
         assert max(r["prefix_mean"]) > 0 and all(0 <= x <= 1 for x in r["match_rate"]), r["method"]
     saved = json.loads((tmp_path / "out" / "learning.json").read_text())
-    assert [row["method"] for row in saved["rows"]] == bench.DEFAULT_METHODS
+    assert [(row["task"], row["method"]) for row in saved["rows"]] == [
+        (v, m) for v in ("lock", "fixed") for m in bench.DEFAULT_METHODS]
+    assert "imitation-trained start, success: lock" in (tmp_path / "out" / "learning.md").read_text()
     redrawn = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), "--out-dir", str(tmp_path / "re")])
     assert redrawn["rows"] == saved["rows"] and (tmp_path / "re" / "learning.png").stat().st_size > 0
+    # two invocations (here: the variants split apart) redraw as one
+    for variant in ("lock", "fixed"):
+        part = {**saved, "args": {**saved["args"], "variants": [variant]},
+                "runs": [r for r in saved["runs"] if r["variant"] == variant]}
+        (tmp_path / f"{variant}.json").write_text(json.dumps(part))
+    merged = bench.main(["--from-json", str(tmp_path / "lock.json"), str(tmp_path / "fixed.json"),
+                         "--out-dir", str(tmp_path / "merged")])
+    assert merged["rows"] == saved["rows"]
 
 
 def _tiny_args(bench, tmp_path, **kw):
