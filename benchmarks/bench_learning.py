@@ -360,12 +360,17 @@ def critic_update(critic: nn.Module, opt: torch.optim.Optimizer, eps: list, retu
     """MSE of V(s_t) on the estimator's per-turn returns (turn GAE: A_t + V_t), ``args.ppo_epochs`` passes."""
     feats = episode_features(eps)
     target = torch.cat([returns[i, : len(ep.actions)] for i, ep in enumerate(eps)]).float()
+    return fit(critic, opt, lambda: ((critic(feats).squeeze(-1) - target) ** 2).mean(), args.ppo_epochs)
+
+
+def fit(module: nn.Module, opt: torch.optim.Optimizer, loss_of: Callable[[], torch.Tensor], passes: int) -> float:
+    """``passes`` optimiser steps on ``loss_of()`` (gradient norm clipped at 1.0); returns the last loss."""
     loss_v = 0.0
-    for _ in range(args.ppo_epochs):
-        loss = ((critic(feats).squeeze(-1) - target) ** 2).mean()
+    for _ in range(passes):
+        loss = loss_of()
         opt.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         opt.step()
         loss_v = float(loss.detach())
     return loss_v
@@ -1021,21 +1026,17 @@ def _mean_by_event(values: list[list[float]], eps: list[Episode]) -> dict[str, f
 
 def ppo_update(policy: Policy, opt: torch.optim.Optimizer, eps: list[Episode], adv: torch.Tensor, args) -> float:
     """PPO-clip over all steps of the batch (token-mean), ``args.ppo_epochs`` passes, one minibatch."""
-    feats = torch.tensor([f for ep in eps for f in ep.feats])
+    feats = episode_features(eps)
     acts = torch.tensor([a for ep in eps for a in ep.actions])
     old = torch.tensor([lp for ep in eps for lp in ep.logps])
     a = torch.cat([adv[i, : len(ep.actions)] for i, ep in enumerate(eps)]).float()
-    loss_v = 0.0
-    for _ in range(args.ppo_epochs):
+
+    def loss_of() -> torch.Tensor:
         logp = torch.log_softmax(policy(feats), dim=-1).gather(1, acts[:, None]).squeeze(1)
         ratio = torch.exp(logp - old)
-        loss = -torch.min(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a).mean()
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        loss_v = float(loss.detach())
-    return loss_v
+        return -torch.min(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a).mean()
+
+    return fit(policy, opt, loss_of, args.ppo_epochs)
 
 
 def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) -> dict:
