@@ -225,6 +225,14 @@ class ProgressScorer:
         return out
 
 
+def record_item(record: Any) -> dict[str, Any]:
+    """The scorer item of a trajectory record (``spa_reward.records.TrajectoryRecord``): its ids, turn ends and
+    starts, prompt length and R, everything either objective reads."""
+    return {"input_ids": record.input_ids, "turn_ends": record.turn_ends,
+            "turn_starts": [a for a, _ in record.turn_spans], "prompt_length": record.prompt_length,
+            "reward": float(record.reward)}
+
+
 def episode_order(prepared: Sequence[Any]) -> tuple[list[int], list[float], list[int]]:
     """``(order, rewards, episodes)`` for :func:`~spa_reward.progress.model.predict_contributions`: the items
     reordered so that the rows of one episode (same non-empty ``episode``) are consecutive in their input order,
@@ -481,6 +489,7 @@ __all__ = [
     "estimator_layout",
     "ProgressScorerActor",
     "check_tokenizer_compatible",
+    "record_item",
     "get_progress_scorer",
     "resolve_estimator_dir",
 ]
