@@ -1148,7 +1148,8 @@ def _variants(runs: list[dict]) -> list[str]:
 
 def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
     """One row per (task variant, method) that ran: episodes to 50% / 80% success (mean curve over seeds, and how
-    many seeds got there), final success, extra episodes, and the per-step Pearson of A_t and c_t with the worth."""
+    many seeds got there), final success, extra episodes, the per-step Pearson of A_t and c_t with the worth over
+    training, and (offline spa) the trained estimator's per-step Pearson on held-out episodes of its explorer."""
     rows = []
     for variant in _variants(runs):
         for name in methods:
@@ -1171,6 +1172,7 @@ def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
             adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
             c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine
                       if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+            held = [r["prepare"]["explore_step_pearson"] for r in mine if "explore_step_pearson" in r["prepare"]]
             rows.append({
                 "task": variant,
                 "method": name,
@@ -1180,6 +1182,7 @@ def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
                 "extra episodes": extra,
                 "corr(A, worth)": f"{np.nanmean(adv_corr):.2f}",
                 "corr(c, worth)": f"{np.mean(c_corr):.2f}" if c_corr else "-",
+                "estimator corr (held-out)": f"{np.mean(held):.2f} ± {np.std(held):.2f}" if held else "-",
             })
     return rows
 
