@@ -1293,8 +1293,9 @@ def markdown(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="easy task, 2 seeds, small budget (under 2 minutes)")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
-                   help=f"any of {list(METHODS)}, or grounding (= {GROUNDING_METHODS})")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"any of {list(METHODS)}, or grounding (= {GROUNDING_METHODS}); default {DEFAULT_METHODS} "
+                   "(--from-json: every method of the files)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--episodes", type=int, default=2048, help="RL episodes per run (same for every method)")
     p.add_argument("--group-size", type=int, default=8)
@@ -1350,17 +1351,15 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in QUICK.items():
             if getattr(args, k) == parser.get_default(k):
                 setattr(args, k, v)
-    if "grounding" in args.methods:
-        args.methods = list(dict.fromkeys(sum(([m] if m != "grounding" else GROUNDING_METHODS
-                                                for m in args.methods), [])))
+    if args.from_json:
+        only = None if args.methods is None else _expand(args.methods)
+        return _redraw([Path(x) for x in args.from_json], Path(args.out_dir), only)
+    args.methods = _expand(args.methods or DEFAULT_METHODS)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     if args.tasks_per_batch > args.n_tasks:
         parser.error(f"--tasks-per-batch {args.tasks_per_batch} > --n-tasks {args.n_tasks}")
-    if args.from_json:
-        only = None if args.methods == parser.get_default("methods") else args.methods
-        return _redraw([Path(x) for x in args.from_json], Path(args.out_dir), only)
     torch.set_num_threads(max(1, args.threads))
     logging.getLogger("spa_reward").setLevel(logging.WARNING)
     import spa_reward.register  # noqa: F401  (registers gigpo / spa in verl's estimator registry)
@@ -1386,6 +1385,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"args": vars(args), "task": asdict(tasks[args.variants[0]]), "wall_s": round(time.time() - t0, 1),
               "load": _load(), "runs": runs}
     return _write(result, out)
+
+
+def _expand(methods: list[str]) -> list[str]:
+    """``grounding`` -> :data:`GROUNDING_METHODS`, duplicates dropped, order kept."""
+    return list(dict.fromkeys(m for x in methods for m in (GROUNDING_METHODS if x == "grounding" else [x])))
 
 
 def _load() -> str:

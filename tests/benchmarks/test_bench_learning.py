@@ -141,6 +141,10 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     merged = bench.main(["--from-json", str(tmp_path / "lock.json"), str(tmp_path / "fixed.json"),
                          "--out-dir", str(tmp_path / "merged")])
     assert merged["rows"] == saved["rows"]
+    picked = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), "--methods", "spa", "grpo",
+                         "--out-dir", str(tmp_path / "picked")])  # a view of some methods, in the order asked
+    assert [(r["task"], r["method"]) for r in picked["rows"]] == [(v, m) for v in ("lock", "fixed")
+                                                                  for m in ("spa", "grpo")]
 
 
 def _tiny_args(bench, tmp_path, **kw):
