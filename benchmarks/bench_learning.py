@@ -1127,6 +1127,8 @@ FAMILIES = (  # the panels of the figures: (title, method name prefixes), first 
     ("SPA, offline estimator", ("spa",)),
     ("StepAgent", ("stepagent",)),
 )
+PANELS = ("outcome reward (references)", "SPA, offline estimator", "perfect c_t (diagnostics)",
+          "online step-reward models", "StepAgent")  # the order of the panels, left to right
 REFERENCES = ("grpo", "gigpo")  # drawn thin in every panel, to compare against
 
 
@@ -1191,7 +1193,7 @@ def _grid(runs: list[dict], methods: list[str]):
     """(variants, families) that hold runs: the rows and columns of the small multiples."""
     variants = _variants(runs)
     ran = {r["method"] for r in runs}
-    fams = [t for t, _ in FAMILIES if any(family(m) == t for m in methods if m in ran)]
+    fams = [t for t in PANELS if any(family(m) == t for m in methods if m in ran)]
     if any(family(m) == "other" for m in methods if m in ran):
         fams.append("other")
     return variants, fams
@@ -1372,7 +1374,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spa_bench_learning_"))
     from tqdm.auto import tqdm
 
-    t0 = time.time()
+    t0, load_start = time.time(), _load()
     runs = []
     jobs = [(v, m, s) for v in args.variants for s in range(args.seeds) for m in args.methods]
     for v, m, s in tqdm(jobs, desc="bench_learning"):
@@ -1383,7 +1385,7 @@ def main(argv: list[str] | None = None) -> dict:
                    f"{episodes_to(r['episodes'], sm, 0.8)}, final success {np.mean(r['success'][-args.smooth:]):.2f}, "
                    f"RL {r['rl_time_s']} s {json.dumps(r['prepare']) if r['prepare'] else ''}")
     result = {"args": vars(args), "task": asdict(tasks[args.variants[0]]), "wall_s": round(time.time() - t0, 1),
-              "load": _load(), "runs": runs}
+              "load": f"{load_start} at the start, {_load()} at the end", "runs": runs}
     return _write(result, out)
 
 
@@ -1417,12 +1419,13 @@ def _write(result: dict, out: Path) -> dict:
             by_variant.setdefault(v, []).append(x)
         sft_line = "imitation-trained start, success: " + ", ".join(
             f"{v} {np.mean(x):.2f} (seeds {min(x):.2f}-{max(x):.2f})" for v, x in by_variant.items()) + "\n\n"
-    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {result['wall_s']:.0f} s at load "
+    wall = result["wall_s"] if isinstance(result["wall_s"], str) else f"{result['wall_s']:.0f}"
+    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {wall} s at load (1/5/15 min) "
                                      f"{result.get('load', '?')}\n\n{sft_line}" + table)
     result = {**result, "rows": rows}
     (out / "learning.json").write_text(json.dumps(result, indent=1, default=float))
     print("\n" + sft_line + table)
-    print(f"wall {result['wall_s']:.0f} s; wrote {out / 'learning.png'}, {out / 'learning_credit.png'}, "
+    print(f"wall {wall} s; wrote {out / 'learning.png'}, {out / 'learning_credit.png'}, "
           f"{out / 'learning.md'}, {out / 'learning.json'}")
     return result
 
@@ -1440,7 +1443,8 @@ def _redraw(paths: list[Path], out: Path, methods: list[str] | None = None) -> d
     if methods is not None:
         merged["args"]["methods"] = [m for m in methods if any(r["method"] == m for r in merged["runs"])]
     merged["wall_s"] = sum(res.get("wall_s", 0.0) for res in results)
-    if len(results) > 1:
+    if len(results) > 1:  # the invocations may have run side by side: say each one's wall time and load
+        merged["wall_s"] = " + ".join(f"{res.get('wall_s', 0.0):.0f}" for res in results)
         merged["load"] = "; ".join(str(res.get("load", "?")) for res in results)
     out.mkdir(parents=True, exist_ok=True)
     return _write(merged, out)

@@ -110,7 +110,8 @@ def test_config_check_and_trainer_start_refuse_a_layout_mismatch(tiny_estimator_
     from spa_reward.steprm.trainer_hooks import StepRewardHooks
     from tests.recipe.helpers import trainer_config
 
-    args = ("algorithm.reward=spa", "algorithm.adv_estimator=gigpo", f"algorithm.spa.estimator_path={tiny_estimator_dir}")
+    args = ("algorithm.reward=spa", "algorithm.adv_estimator=gigpo", f"algorithm.spa.estimator_path={tiny_estimator_dir}",
+            "algorithm.spa.objective=sum")  # the fixture is a sum estimator; this test is about the layout
     assert estimator_layout_problems(trainer_config(*args)) == []
     cfg = trainer_config(*args, "env.history=window")
     (problem,) = estimator_layout_problems(cfg)
