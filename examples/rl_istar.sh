@@ -3,7 +3,8 @@
 # the policy, trained by trajectory DPO on each batch), RLOO baselines at episode and step level
 # (algorithm.reward=istar algorithm.adv_estimator=spa algorithm.spa.mode=rloo). No collection or estimator stage.
 #   bash examples/rl_istar.sh <alfworld|webshop|virtualhome> [hydra overrides...]
-# The PRM is a Ray actor outside verl's resource pool: the trainer gets N_GPUS - PRM_GPUS GPUs, the PRM the rest.
+# The PRM runs outside verl's resource pool: the trainer gets N_GPUS - PRM_GPUS GPUs per node, the PRM the rest
+# (PRM_GPUS x NNODES; 2 or more: the PRM is sharded with FSDP2 over one rank per GPU, spa_reward/steprm/sharded.py).
 # The authors' WebShop values: beta 0.05, PRM lr 1e-6, PRM grad clip 10, actor lr 5e-7 without KL loss; this script
 # keeps the shared schedule of the other RL scripts (LR, KL_COEF) so the runs compare.
 source "$(dirname "$0")/common.sh"
@@ -18,4 +19,4 @@ run_rl "$ENV" istar \
   algorithm.reward=istar algorithm.adv_estimator=spa algorithm.spa.mode=rloo \
   "algorithm.spa.step_advantage_w=$STEP_W" "algorithm.invalid_penalty=$INVALID_PENALTY" \
   "algorithm.istar.beta=$ISTAR_BETA" "algorithm.istar.lr=$PRM_LR" "algorithm.istar.lora_r=$PRM_LORA_R" \
-  "algorithm.istar.num_gpus=$PRM_GPUS" "$@"
+  "algorithm.istar.num_gpus=$SIDE_GPUS" "$@"

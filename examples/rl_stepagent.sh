@@ -35,7 +35,7 @@ STEP_W=${STEP_W:-1.0}
 prm=()
 if [[ "$STEPAGENT_MODE" != match ]]; then
   prm=("algorithm.stepagent.beta=$PRM_BETA" "algorithm.stepagent.lr=$PRM_LR" "algorithm.stepagent.lora_r=$PRM_LORA_R"
-       "algorithm.stepagent.num_gpus=$PRM_GPUS")
+       "algorithm.stepagent.num_gpus=$SIDE_GPUS")
 fi
 critic=()
 if [[ "$STEPAGENT_CRITIC" == 1 ]]; then critic_overrides; critic=("${CRITIC_ARGS[@]}"); fi

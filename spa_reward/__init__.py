@@ -5,3 +5,11 @@ Kept import-light on purpose: verl imports ``spa_reward.register`` in every proc
 """
 
 __version__ = "0.1.0"
+
+
+def gpu_actor_device() -> str:
+    """The torch device of a Ray actor that was given GPUs: ``cuda``, or ``cpu`` on verl's ``cpu`` platform
+    (``VERL_PLATFORM=cpu``, ``PLATFORM=cpu`` in the launch scripts), whose Ray GPUs are logical."""
+    import os
+
+    return "cpu" if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu" else "cuda"

@@ -23,6 +23,10 @@ Normalisation modes (``algorithm.<spa|gigpo>.mode``), per group of values x_1..x
 * ``rloo``:           x_i - mean_{j != i} x_j = n/(n-1) (x_i - mean(x))   (leave-one-out; a group of one: 0)
 
 GiGPO's step groups of one always get 0 (no other visit of that state to compare with).
+
+Precision: advantages and returns are computed in float64 and returned in float32 (or the rewards' dtype when
+wider), whatever the dtype of the critic's ``values``: under mixed precision they are bf16, and whitening or value
+targets near 8-10 in bf16 would be rounded to multiples of 0.0625 (verl's own ``gae`` promotes to fp32 likewise).
 """
 
 from __future__ import annotations
@@ -169,6 +173,11 @@ def _episode_scores(token_level_rewards: torch.Tensor, kwargs: dict) -> torch.Te
     return scores
 
 
+def _out_dtype(token_level_rewards: torch.Tensor) -> torch.dtype:
+    """float32, or the rewards' dtype when it is wider: never the bf16 of a mixed-precision critic."""
+    return torch.promote_types(token_level_rewards.dtype, torch.float32)
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
@@ -297,7 +306,7 @@ def compute_gigpo_advantage(
     ep_adv = episode_advantage(lay.episode_scores(token_level_rewards, kwargs), index[lay.last_row.numpy()], mode,
                                include=lay.keep)
     per_turn = ep_adv.unsqueeze(1) + weight * step_adv
-    adv = lay.broadcast(per_turn, response_mask, token_level_rewards.dtype)
+    adv = lay.broadcast(per_turn, response_mask, _out_dtype(token_level_rewards))
     return adv, adv
 
 
@@ -332,7 +341,7 @@ def _spa_critic_free(token_level_rewards, response_mask, index, config, kwargs):
     ep_adv = episode_advantage(lay.episode_scores(token_level_rewards, kwargs), index[lay.last_row.numpy()], mode,
                                include=lay.keep)
     per_turn = ep_adv.unsqueeze(1) + weight * step_adv
-    adv = lay.broadcast(per_turn, response_mask, token_level_rewards.dtype)
+    adv = lay.broadcast(per_turn, response_mask, _out_dtype(token_level_rewards))
     return adv, adv
 
 
@@ -349,9 +358,10 @@ def _spa_turn_gae(token_level_rewards, response_mask, values, config, kwargs):
     v_next = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)  # 0 after the last turn
     delta = torch.where(valid, r + gamma * v_next - v, torch.zeros_like(r))
     adv_turn = discounted_turn_returns(delta, gamma * lam)
-    ret = lay.broadcast(adv_turn + v, response_mask, values.dtype)
-    adv = lay.broadcast(adv_turn, response_mask, values.dtype)
-    mask = response_mask * lay.keep_row.unsqueeze(1).to(response_mask.dtype)  # masked: out of the whitening, adv 0
+    dtype = _out_dtype(token_level_rewards)  # fp32 even when the critic's values are bf16
+    ret = lay.broadcast(adv_turn + v, response_mask, dtype)
+    adv = lay.broadcast(adv_turn, response_mask, dtype)
+    mask = response_mask.to(dtype) * lay.keep_row.unsqueeze(1).to(dtype)  # masked: out of the whitening, adv 0
     if int(mask.bool().sum()) > 1:
         from verl.utils.torch_functional import masked_whiten
 

@@ -28,6 +28,10 @@ the learning benchmark shows a policy can farm); the check prints them and the t
 
 ``python -m recipe.spa.check <hydra overrides>`` composes the config the launch scripts would run and prints these
 problems before anything starts.
+
+Layering: this module is on the ``spa_reward`` floor and never imports the recipe nor the composition root
+(``spa_reward.register``, the floor above the recipe); the recipe's checks arrive through :func:`register_config_check`
+when the root loads (verl loads it on ``import verl``).
 """
 
 from __future__ import annotations
@@ -96,9 +100,14 @@ def config_problems(cfg: Any, check_files: bool = True) -> list[str]:
     """Every problem of a composed trainer config (see the module docstring); [] when it is fine."""
     problems: list[str] = []
 
-    # checks registered by the layers above (the recipe's env block); the composition root imports them
-    import spa_reward.register  # noqa: F401
+    # checks registered by the floor above (the recipe's env block) through the composition root
+    # (spa_reward.register), which verl loads as its plug-in on `import verl`; this module never imports it
+    import verl  # noqa: F401
 
+    if not _CHECKS:
+        problems.append("the recipe's config checks are not registered: the composition root spa_reward.register "
+                        "registers them and verl loads it on `import verl` (entry point verl.plugins: spa_rl); with "
+                        "VERL_USE_EXTERNAL_PLUGINS=none set VERL_USE_EXTERNAL_MODULES=spa_reward.register")
     for check in _CHECKS:
         problems += check(cfg)
 
@@ -243,6 +252,10 @@ def value_problems(cfg: Any) -> list[str]:
     value = _number(lam)
     if value is None or not 0 <= value <= 1:
         out.append(f"algorithm.lam={lam!r} must be in [0, 1]")
+    val_tasks = select_key(cfg, "data.val_tasks")
+    if val_tasks is not None and (isinstance(val_tasks, bool) or not isinstance(val_tasks, int) or val_tasks < 1):
+        out.append(f"data.val_tasks={val_tasks!r} must be an integer >= 1 (tasks one validation plays, a fixed "
+                   "subset of data.val_files) or null (every task of the file)")
     return out
 
 

@@ -29,6 +29,16 @@ EPISODE_KEY = "env_episode"
 WINDOW = "window"
 
 
+def session_key(key: str) -> tuple[str, int]:
+    """``(session, step index)`` of a TransferQueue key ``{uid}_{session_id}_{index}`` (verl's
+    ``trainer/ppo/v1/agent_loop_tq.py``: one key per agent-loop output); a key of another shape is a session of its
+    own at index 0."""
+    parts = str(key).rsplit("_", 2)
+    if len(parts) == 3 and parts[2].isdigit():
+        return f"{parts[0]}_{parts[1]}", int(parts[2])
+    return str(key), 0
+
+
 def _row_episode(data: Any, i: int) -> dict | None:
     extra = data[i].non_tensor_batch.get("tool_extra_fields", None)
     episode = extra.get(EPISODE_KEY) if isinstance(extra, dict) else None

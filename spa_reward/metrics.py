@@ -64,6 +64,10 @@ def episode_metrics(infos: list[dict], prefix: str = "episode") -> dict[str, flo
     for task_type, vals in sorted(by_type.items()):
         out[f"{prefix}/success_rate/{task_type}"] = _mean(vals)
     out.update(stepagent_metrics(infos, won, prefix))
+    for key, name in (("env_seconds", "env"), ("llm_seconds", "llm"), ("reward_seconds", "reward")):
+        vals = [float(i[key]) for i in infos if key in i]
+        if vals:  # summed over the batch's episodes, which run concurrently: seconds of work, not of the step
+            out[f"timing_s/spa/{name}_sum"] = sum(vals)
     pairs = [(i["sum_contribution"], i["env_reward"]) for i in infos if "sum_contribution" in i and "env_reward" in i]
     if pairs:
         sums, rewards = zip(*pairs)

@@ -16,7 +16,9 @@ process that never looks up a trainer mode never pays for one:
 * reward managers ``spa``, ``outcome``, ``istar``, ``stepagent``: when ``verl.experimental.reward_loop.reward_manager`` is imported (imports
   ``spa_reward.reward_manager``);
 * agent loop ``env_agent``: when ``verl.experimental.agent_loop.agent_loop`` is imported (writes a ``_target_``
-  string only).
+  string only);
+* only with ``VERL_PLATFORM=cpu`` (the launch scripts' ``PLATFORM=cpu``): verl platform ``cpu`` at load, and the CPU
+  patches of ``spa_reward.cpu_platform.MODULE_PATCHES`` when verl imports those modules. A GPU run imports none of it.
 
 verl's lookups are plain dict reads (``trainer_base.get_trainer_cls`` reads ``TRAINER_REGISTRY``,
 ``core_algos.get_adv_estimator_fn`` ``ADV_ESTIMATOR_REGISTRY``, ``reward_manager.registry.get_reward_manager_cls``
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import os
 import sys
 import traceback
 from typing import Callable
@@ -171,6 +174,11 @@ else:
         from spa_reward.startup import register_startup_check
 
         register_startup_check(_env_startup_check)
+        if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
+            from spa_reward import cpu_platform
+
+            cpu_platform.activate()
+            HOOKS.update(cpu_platform.MODULE_PATCHES)
         install()
     except BaseException:
         _report("loading spa_reward.register")

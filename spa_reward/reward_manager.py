@@ -53,6 +53,7 @@ import inspect
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -67,6 +68,7 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 TURN_REWARDS_KEY = "spa_turn_rewards"  # reward_extra_info key: per-turn rewards, popped by the agent loop output
+REWARD_SECONDS_KEY = "spa/reward_seconds"  # reward_extra_info key: this episode's reward computation, wall seconds
 EPISODE_KEY = "env_episode"  # extra_fields key of the env_agent loop's per-turn bookkeeping
 ESTIMATOR_HELP = (
     "set algorithm.spa.estimator_path=<dir of a trained progress estimator>; train one with "
@@ -160,14 +162,18 @@ class _EnvRewardManager(RewardManagerBase):
         raise NotImplementedError
 
     async def run_single(self, data: DataProto) -> dict:
+        start = time.perf_counter()
         if is_window_session(data):  # env.history=window: one row per step, scored row by row (spa_reward/layout.py)
-            return await score_window_session(self, data)
-        item, episode = episode_fields(data)
-        rewards, stats = await self.turn_rewards(item, episode)
-        return {
-            "reward_score": float(sum(rewards)),
-            "reward_extra_info": _extra_info(episode, rewards, stats, self.uses_estimator),
-        }
+            result = await score_window_session(self, data)
+        else:
+            item, episode = episode_fields(data)
+            rewards, stats = await self.turn_rewards(item, episode)
+            result = {
+                "reward_score": float(sum(rewards)),
+                "reward_extra_info": _extra_info(episode, rewards, stats, self.uses_estimator),
+            }
+        result["reward_extra_info"][REWARD_SECONDS_KEY] = time.perf_counter() - start  # scorer calls included
+        return result
 
 
 @register("outcome")
@@ -373,5 +379,5 @@ class IstarRewardManager(_EnvRewardManager):
         )
 
 
-__all__ = ["EPISODE_KEY", "IstarRewardManager", "OutcomeRewardManager", "RewardSettings", "SpaRewardManager",
-           "StepAgentRewardManager", "TURN_REWARDS_KEY", "episode_fields"]
+__all__ = ["EPISODE_KEY", "IstarRewardManager", "OutcomeRewardManager", "REWARD_SECONDS_KEY", "RewardSettings",
+           "SpaRewardManager", "StepAgentRewardManager", "TURN_REWARDS_KEY", "episode_fields"]

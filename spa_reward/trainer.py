@@ -31,6 +31,18 @@ episode that ended by env failure (``episode_info["env_failed"]``). For every es
 If more than ``algorithm.max_env_failure_share`` (default 0.5) of a batch's real episodes failed, the run stops
 with the env errors listed (:class:`EnvFailureShareExceeded`).
 
+Lone survivors. When env failures leave a uid group with fewer than two real episodes, the survivor has nothing to
+be compared with: verl's GRPO would treat it as a group of one (mean 0, std 1, so A = R next to normalised
+siblings) and ours would return its raw score. Such an episode (:func:`lone_survivors`) gets advantage 0 under
+every group-relative estimator (everything but ``gae``, ``reinforce_plus_plus``, ``remax`` and ``spa`` with a
+critic, whose baseline is not the group); it keeps its loss mask. Counted as ``episode/lone_survivors``. A group of
+one by design (``rollout.n=1``) is not a lone survivor and keeps the estimator's convention.
+
+Validation size. ``data.val_tasks`` = N: each validation plays a fixed subset of N tasks of ``data.val_files``
+(:func:`validation_subset`: seed :data:`VAL_SUBSET_SEED`, independent of ``data.seed``, so every run validates on
+the same tasks); the whole file when it holds N or fewer, or when ``data.val_tasks`` is null. verl's own
+``_validate`` plays the whole validation dataloader (``data.val_batch_size`` only sets its chunk size).
+
 Start-up. :meth:`SpaTrainer.init` runs the registered start-up checks (the recipe registers one that builds one env
 with the run's env settings, so a bad data dir or a missing engine fails before any worker or GPU exists) and then
 :meth:`SpaTrainer._start_services` (the hook where long-lived services such as the progress scorer are created)
@@ -55,15 +67,19 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from spa_reward.advantage import estimator_inputs
 from spa_reward.config_check import ConfigError, select_key, validate_config
+from spa_reward.layout import session_key
 from spa_reward.metrics import episode_metrics, is_env_failure
 from spa_reward.startup import run_startup_checks
 
 logger = logging.getLogger(__name__)
 
 TURN_ESTIMATORS = ("spa", "gigpo")  # estimators that read the extra per-turn fields
+# estimators whose baseline is not the uid group (a critic, the batch, a greedy rollout): lone survivors keep theirs
+GROUP_FREE_ESTIMATORS = ("gae", "reinforce_plus_plus", "remax")
 MAX_FAILURE_SHARE_KEY = "algorithm.max_env_failure_share"
 DEFAULT_MAX_FAILURE_SHARE = 0.5
 MAX_LISTED_ERRORS = 10
+VAL_SUBSET_SEED = 0  # the validation subset is the same for every run (not data.seed)
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -86,15 +102,8 @@ def session_layout(keys: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
 
     Returns sessions (bs,) ``{uid}_{session_id}``, step_index (bs,) int and final (bs,) bool (the session's last
     row). A key of another shape is a session of its own."""
-    sessions, steps = [], []
-    for key in keys:
-        parts = str(key).rsplit("_", 2)
-        if len(parts) == 3 and parts[2].isdigit():
-            sessions.append(f"{parts[0]}_{parts[1]}")
-            steps.append(int(parts[2]))
-        else:
-            sessions.append(str(key))
-            steps.append(0)
+    parsed = [session_key(key) for key in keys]
+    sessions, steps = [s for s, _ in parsed], [i for _, i in parsed]
     step_index = np.asarray(steps, dtype=np.int64)
     last = pd.Series(step_index).groupby(pd.Series(sessions, dtype=object)).transform("max").to_numpy()
     return sessions, step_index, step_index == last
@@ -108,6 +117,29 @@ def row_flags(tags: list[dict], infos: list, sessions: list[str] | None = None) 
     if sessions is not None and failed.any():
         failed = pd.Series(failed).groupby(pd.Series(sessions, dtype=object)).transform("max").to_numpy() & ~padding
     return padding, failed
+
+
+def lone_survivors(uids: list, sessions: list[str], padding: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """(bs,) bool: the rows of real episodes that are the only real episode left in a uid group that had two or
+    more (the others ended by env failure). A session (window layout: several rows) is one episode; verl's padding
+    rows count for nothing."""
+    frame = pd.DataFrame({"uid": pd.Series(uids, dtype=object), "session": pd.Series(sessions, dtype=object),
+                          "failed": failed})[~padding]
+    per_session = frame.groupby("session", sort=False).agg(uid=("uid", "first"), failed=("failed", "max"))
+    groups = per_session.groupby("uid", sort=False)["failed"].agg(total="size", failed="sum")
+    lone_uids = groups.index[(groups["total"] >= 2) & (groups["total"] - groups["failed"] == 1)]
+    out = np.zeros(len(uids), dtype=bool)
+    if len(lone_uids):
+        out = pd.Series(uids, dtype=object).isin(set(lone_uids)).to_numpy() & ~padding & ~failed
+    return out
+
+
+def validation_subset(total: int, n: int | None, seed: int = VAL_SUBSET_SEED) -> list[int] | None:
+    """Row indices (ascending) of the fixed validation subset: ``n`` of ``total`` drawn without replacement by
+    numpy's generator seeded with ``seed``; None (every row) when ``n`` is None or ``n >= total``."""
+    if n is None or n >= total:
+        return None
+    return sorted(np.random.default_rng(seed).choice(total, size=int(n), replace=False).tolist())
 
 
 class EnvFailureShareExceeded(RuntimeError):
@@ -184,6 +216,18 @@ class SpaTrainer(PPOTrainerSync):
         self._start_services()
         super().init()
 
+    def _init_dataloader(self):
+        """verl's dataloaders, then the validation dataset cut to its fixed subset (``data.val_tasks``); the
+        validation dataloader reads the dataset's rows when it iterates, so it plays the subset."""
+        super()._init_dataloader()
+        n = select_key(self.config, "data.val_tasks")
+        total = len(self.val_dataset)
+        keep = validation_subset(total, n)
+        if keep is not None:
+            self.val_dataset.dataframe = self.val_dataset.dataframe.select(keep)
+        logger.info("validation plays %d of the %d tasks of %s (data.val_tasks=%s) x val_kwargs.n episodes",
+                    len(self.val_dataset), total, self.config.data.val_files, n)
+
     # ---- step-reward service (spa_reward.steprm.trainer_hooks) ----
     def _start_services(self):
         """Create the scorer / step-reward service actor the run needs (idempotent), before any worker exists, so
@@ -213,7 +257,12 @@ class SpaTrainer(PPOTrainerSync):
         steprm = getattr(self, "_steprm", None)
         if steprm is not None:  # before verl writes latest_checkpointed_iteration.txt
             steprm.save(os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"))
-        return super()._save_checkpoint()
+        out = super()._save_checkpoint()
+        if steprm is not None and steprm.trains:  # verl's rotation removed old actor/ folders: their steprm/ too
+            from spa_reward.steprm.trainer_hooks import prune_rotated_states
+
+            prune_rotated_states(self.config.trainer.default_local_dir, self.global_steps)
+        return out
     # ---- end step-reward service ----
 
     # ---------------------------------------------------------------------------------- advantage
@@ -227,7 +276,7 @@ class SpaTrainer(PPOTrainerSync):
         if steprm is not None:  # istar: + beta*q_t on rm_scores (pre-update weights); online: one service update
             steprm.on_batch(batch, metrics)
         estimator = self.config.algorithm.adv_estimator
-        fields = ["episode_info"]
+        fields = ["episode_info", "uid"]
         if estimator in TURN_ESTIMATORS:
             fields += ["turn_anchors", "episode_reward"]
         want_values = estimator == "spa" and self.use_critic
@@ -256,12 +305,14 @@ class SpaTrainer(PPOTrainerSync):
         if want_values:
             inputs["values"] = data.to_padded_tensor()["values"] if hasattr(data, "to_padded_tensor") else data["values"]
 
+        lone = lone_survivors(column(data, "uid"), sessions, padding, failed)
+        metrics["episode/lone_survivors"] = float((lone & final).sum())
+        group_free = estimator in GROUP_FREE_ESTIMATORS or want_values
+        zero_keys = [k for k, z in zip(batch.keys, failed | (lone & (not group_free))) if z]
         failed_keys = [k for k, bad in zip(batch.keys, failed) if bad]
-        if not failed_keys:
-            with estimator_inputs(**inputs):
-                return super()._compute_advantage(batch, metrics)
-
-        uids = self._mask_failed_rows(batch.partition_id, failed_keys, isolate=estimator not in TURN_ESTIMATORS)
+        uids = None
+        if failed_keys:
+            uids = self._mask_failed_rows(batch.partition_id, failed_keys, isolate=estimator not in TURN_ESTIMATORS)
         try:
             with estimator_inputs(**inputs):
                 batch = super()._compute_advantage(batch, metrics)
@@ -269,9 +320,10 @@ class SpaTrainer(PPOTrainerSync):
             if uids is not None:  # give the failed rows their real uid back
                 tq.kv_batch_put(keys=failed_keys, partition_id=batch.partition_id,
                                 fields=list_of_dict_to_tensordict([{"uid": u} for u in uids]))
-        zeros = [{"advantages": torch.zeros(len(m), dtype=torch.float32), "returns": torch.zeros(len(m))}
-                 for m in self._masks(batch.partition_id, failed_keys)]
-        tq.kv_batch_put(keys=failed_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(zeros))
+        if zero_keys:  # failed rows and lone survivors: advantage 0
+            zeros = [{"advantages": torch.zeros(len(m), dtype=torch.float32), "returns": torch.zeros(len(m))}
+                     for m in self._masks(batch.partition_id, zero_keys)]
+            tq.kv_batch_put(keys=zero_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(zeros))
         return batch
 
     @staticmethod

@@ -22,7 +22,8 @@ from tests.recipe.helpers import row, score_episodes, trainer_config
 C = [0.1, -0.2, 0.4, 0.5]  # stand-in contributions for the 4-turn episode below
 SCALAR_KEYS = {"acc", "spa/won", "spa/task_score", "spa/num_turns", "spa/truncated", "spa/parse_errors",
                "spa/env_reward", "spa/executable_rate", "spa/mean_contribution", "spa/sum_contribution",
-               "spa/nonfinite_contributions", "spa/mean_fused_reward", "spa/uses_estimator", "spa/task_type"}
+               "spa/nonfinite_contributions", "spa/mean_fused_reward", "spa/uses_estimator", "spa/task_type",
+               "spa/reward_seconds"}
 
 
 class StubScorer:
@@ -65,6 +66,7 @@ def test_outcome_manager(tokenizer, toy, monkeypatch):
     assert info[TURN_REWARDS_KEY] == pytest.approx([0.0, -0.2, 0.0, 10.0])
     assert out.reward_score == pytest.approx(9.8)
     assert set(info) - {TURN_REWARDS_KEY} == SCALAR_KEYS
+    assert 0.0 <= info["spa/reward_seconds"] < 60.0  # wall seconds of this reward call (timing split)
     assert info["acc"] == 1.0 and info["spa/sum_contribution"] == 0.0 and info["spa/uses_estimator"] == 0.0
     assert info["spa/executable_rate"] == 0.75 and info["spa/env_reward"] == 10.0 and info["spa/num_turns"] == 4.0
     assert info["spa/parse_errors"] == 1.0 and info["spa/task_type"] == "even" and info["spa/truncated"] == 0.0

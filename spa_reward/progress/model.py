@@ -164,6 +164,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
     return value
 
 
+def last_hidden_state(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """``(bs, L, H)`` last-layer hidden states (after the final norm) of a causal LM ``model`` (a
+    ``PreTrainedModel``, LoRA layers injected or not), from its decoder alone: the LM head is not run."""
+    get = getattr(model, "get_decoder", None)
+    dec = None
+    if get is not None:
+        try:
+            dec = get()
+        except Exception:  # some remote-code models raise instead of returning None
+            dec = None
+    if dec is not None and dec is not model:
+        out = dec(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    return out.hidden_states[-1]
+
+
 def _build_head(kind: str, in_features: int, hidden: int, dropout: float) -> nn.Module:
     if kind == "mlp":
         head = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
@@ -252,17 +269,6 @@ class ProgressEstimator(nn.Module):
         """The ``PreTrainedModel`` (with LoRA layers injected when LoRA is active)."""
         return self.backbone.get_base_model() if self.has_lora else self.backbone
 
-    def _decoder(self) -> nn.Module | None:
-        base = self.base_backbone
-        get = getattr(base, "get_decoder", None)
-        if get is None:
-            return None
-        try:
-            dec = get()
-        except Exception:  # some remote-code models raise instead of returning None
-            return None
-        return dec if dec is not None and dec is not base else None
-
     def enable_gradient_checkpointing(self) -> None:
         base = self.base_backbone
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -279,12 +285,7 @@ class ProgressEstimator(nn.Module):
 
     def last_hidden_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """``(bs, L, H)`` hidden states of the backbone's last layer (after its final norm)."""
-        dec = self._decoder()
-        if dec is not None:
-            out = dec(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-        return out.hidden_states[-1]
+        return last_hidden_state(self.base_backbone, input_ids, attention_mask)
 
     # ----------------------------------------------------------------------------------------------------- forward
 
@@ -568,6 +569,7 @@ __all__ = [
     "default_dtype",
     "is_estimator_dir",
     "predict_batched",
+    "last_hidden_state",
     "predict_contributions",
     "resolve_dtype",
 ]

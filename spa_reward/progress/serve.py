@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spa_reward import gpu_actor_device
+
 logger = logging.getLogger(__name__)
 
 TRAIN_HINT = (
@@ -353,7 +355,7 @@ def get_progress_scorer(
     if not ray.is_initialized():
         ray.init(namespace=namespace) if namespace else ray.init()
     if num_gpus and "device" not in scorer_kwargs:
-        scorer_kwargs["device"] = "cuda"
+        scorer_kwargs["device"] = gpu_actor_device()
     options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus,
                                "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries)}
     if namespace is not None:

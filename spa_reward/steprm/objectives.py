@@ -38,6 +38,13 @@ row per episode both give exactly the packed numbers.
 Turns are given by a per-token turn index (bs, L) long: the 0-based turn a token belongs to, -1 for tokens outside
 every assistant turn (prompt, observations, padding); :func:`span_turn_index` builds it from turn spans and
 ``spa_reward.turns.turn_index`` from a response mask.
+
+Memory at real lengths (a 50-step episode is ~10k tokens, Qwen's vocabulary 151,936 entries): the full logits of
+one such sequence are 1.5e9 numbers. :func:`taken_token_logprobs` computes the log-probs of the taken tokens from
+the last hidden states, only at the positions asked for (the assistant turns), a chunk of at most
+``LOGIT_CHUNK_ELEMENTS`` logits at a time in fp32, and recomputes each chunk in the backward pass instead of keeping
+it; :func:`token_budget_batches` packs sequences into micro-batches by a padded-token budget (verl's
+``ppo_max_token_len_per_gpu``). Both are plain functions so a sharded wrapper can reuse them.
 """
 
 from __future__ import annotations
@@ -76,7 +83,8 @@ def span_turn_index(turn_spans: Sequence[Sequence[Sequence[int]]], length: int) 
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """(bs, L) float32: ``log p(x_i | x_<i)`` for every position i >= 1; position 0 (no prefix) gets 0.
+    """(bs, L) float32: ``log p(x_i | x_<i)`` for every position i >= 1; position 0 (no prefix) gets 0. Needs the
+    full logits (bs, L, V): the reference for short inputs; the service uses :func:`taken_token_logprobs`.
 
     Args:
         logits: (bs, L, V) next-token logits of a causal LM (row i predicts token i + 1).
@@ -86,6 +94,68 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     picked = logits.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     lp = picked - torch.logsumexp(logits, dim=-1)
     return F.pad(lp, (1, 0), value=0.0)
+
+
+LOGIT_CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk of taken_token_logprobs: 256 MB (441 tokens at vocab 151,936)
+
+
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
+    logits = head(hidden).float()  # (c, V): one chunk, in fp32 for the log-sum-exp
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def taken_token_logprobs(hidden: torch.Tensor, head, targets: torch.Tensor, vocab_size: int,
+                         chunk_elements: Optional[int] = None, softcap: Optional[float] = None) -> torch.Tensor:
+    """(M,) float32 ``log softmax(head(hidden))[target]`` for M selected positions, without the full logits.
+
+    The positions are processed ``max(1, chunk_elements // vocab_size)`` at a time; with gradients on, each chunk
+    runs under activation checkpointing, so the backward pass keeps only ``hidden`` and recomputes one chunk's
+    logits at a time. Peak extra memory: a few fp32 (chunk, V) tensors instead of (bs, L, V).
+
+    Args:
+        hidden: (M, H) the last hidden state (after the final norm) at the position *before* each target token.
+        head: the output layer (``model.get_output_embeddings()``), (.., H) -> (.., V).
+        targets: (M,) long, the taken tokens.
+        vocab_size: V (sets the chunk length).
+        chunk_elements: logits per chunk (default ``LOGIT_CHUNK_ELEMENTS``).
+        softcap: optional final-logit soft-capping (``tanh(l / c) * c``) of models that use it.
+    """
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree on M")
+    budget = LOGIT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
+    step = max(1, budget // max(1, int(vocab_size)))
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    out = []
+    for start in range(0, hidden.shape[0], step):
+        h, t = hidden[start : start + step], targets[start : start + step]
+        if grad:
+            from torch.utils.checkpoint import checkpoint
+
+            out.append(checkpoint(_chunk_logprobs, head, h, t, softcap, use_reentrant=False))
+        else:
+            out.append(_chunk_logprobs(head, h, t, softcap))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Micro-batches of sequence indices, longest first: each holds at most ``max_rows`` sequences and at most
+    ``max_tokens`` padded tokens (rows x its longest sequence); a sequence longer than ``max_tokens`` is a
+    micro-batch of its own. The same budget as verl's ``ppo_max_token_len_per_gpu`` (counted padded, as the
+    sequences are padded to the longest of their micro-batch)."""
+    if max_tokens < 1 or max_rows < 1:
+        raise ValueError(f"max_tokens={max_tokens} and max_rows={max_rows} must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    batches: list[list[int]] = []
+    for i in order:
+        cur = batches[-1] if batches else None
+        if cur is not None and len(cur) < max_rows and (len(cur) + 1) * max(1, int(lengths[cur[0]])) <= max_tokens:
+            cur.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def turn_sums(token_values: torch.Tensor, turn_idx: torch.Tensor, num_turns: int) -> torch.Tensor:
@@ -334,6 +404,8 @@ __all__ = [
     "readout_positions",
     "reads_before",
     "span_turn_index",
+    "taken_token_logprobs",
+    "token_budget_batches",
     "token_logprobs",
     "trajectory_dpo_loss",
     "trajectory_scores",

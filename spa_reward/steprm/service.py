@@ -51,9 +51,18 @@ call that arrives during an update is answered from the pre-update weights. Memo
 copies of the model (training and serving) plus the optimiser state; with LoRA only the adapter tensors are
 copied at each swap, but both copies still hold the frozen base (sharing it is a possible saving, not done).
 
-Scale: ``dtype`` (bf16 weights on CUDA by default), ``autocast_bf16``, ``gradient_checkpointing`` and ``lora_r``
-(peft) are implemented and tested on CPU; one actor uses the GPUs it is given (``num_gpus``). Multi-GPU training
-of a 7B PRM is left to a data-parallel group of these actors (see the README).
+Precision (:func:`precision`): a model that trains keeps fp32 master weights and fp32 AdamW state and computes in
+bf16 under autocast on CUDA (verl's actor does the same: ``model_dtype: fp32``, bf16 compute); a frozen scorer
+holds bf16 weights on CUDA. Plain AdamW on bf16 weights loses every step smaller than the weight's bf16 spacing
+(at lr 1e-6 about 2% of the weights ever move), so an online model whose trainable weights are not fp32 is refused.
+Memory at real lengths: forwards and backwards run on micro-batches of at most ``micro_batch_size`` sequences
+and ``max_token_len`` padded tokens (:func:`objectives.token_budget_batches`); the implicit objective takes the
+log-probs of the taken turn tokens from the last hidden states a chunk at a time
+(:func:`objectives.taken_token_logprobs`), never the full (bs, L, V) logits, and checks at build that this equals
+the model's own log-softmax. Scale: ``gradient_checkpointing`` and ``lora_r`` (peft) are implemented and tested on CPU; one actor uses the GPUs
+it is given (``num_gpus``). Several GPUs: :mod:`spa_reward.steprm.sharded` (``start_service(..., ranks=N)``)
+shards this model with FSDP2 over N rank actors behind the same actor interface; :meth:`StepRewardModel._place`,
+``_serving_copy``, ``_values``, ``_accumulate``, ``save`` and ``load`` are where it differs.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -76,6 +86,7 @@ from typing import Any, Optional
 
 import torch
 
+from spa_reward import gpu_actor_device
 from spa_reward.steprm import objectives as obj
 
 logger = logging.getLogger(__name__)
@@ -87,6 +98,7 @@ LOSS_ALIASES = {("progress", "mse"): "sum"}  # the progress loss's name before t
 PAIR_LOSSES = ("step_dpo", "bce")  # trained on (expert, agent) pair items
 REFERENCES = ("rollout", "frozen")
 STATE_FORMAT = 1
+DCP_LAYOUT = "dcp"  # state.json "layout" of a state saved by a sharded group (spa_reward.steprm.sharded)
 SERVICE_NAME = "spa_step_reward_service"
 
 
@@ -112,9 +124,13 @@ class StepRMSettings:
         lr, grad_clip, weight_decay: AdamW and gradient-norm clip.
         steps_per_batch: optimiser steps per ``update``; each step sees every episode of the replay window.
         replay_batches: K, the window of the last K batches trained on (1 = the current batch only).
-        micro_batch_size: sequences per forward/backward (gradient accumulation over a step).
+        micro_batch_size: at most this many sequences per forward/backward (gradient accumulation over a step).
+        max_token_len: and at most this many padded tokens per forward/backward (rows x the longest; verl's
+            ``ppo_max_token_len_per_gpu``); a longer sequence is a micro-batch of its own.
         max_length: progress objective: truncation length (default: the estimator's); implicit: longer items raise.
-        dtype: weight dtype (``auto`` = bf16 on CUDA, fp32 elsewhere); ``autocast_bf16``: bf16 autocast forwards.
+        dtype: weight dtype; ``auto`` = fp32 master weights for an online model, bf16 on CUDA for a frozen scorer
+            (:func:`precision`). An online model with bf16 / fp16 trainable weights is refused.
+        autocast_bf16: bf16 autocast for forwards and backwards (``auto`` = on CUDA).
         gradient_checkpointing, lora_r, lora_alpha: memory options for large models (LoRA through peft).
         head: progress head for a random model (``mlp`` | ``linear`` | ``logits_linear``).
         seed: seeds the optimiser-side randomness (dropout) per update, so a resumed run repeats it.
@@ -135,9 +151,10 @@ class StepRMSettings:
     steps_per_batch: int = 1
     replay_batches: int = 1
     micro_batch_size: int = 8
+    max_token_len: int = 16384
     max_length: Optional[int] = None
     dtype: str = "auto"
-    autocast_bf16: bool = False
+    autocast_bf16: bool | str = "auto"
     gradient_checkpointing: bool = False
     lora_r: int = 0
     lora_alpha: int = 16
@@ -173,11 +190,23 @@ class StepRMSettings:
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 p.append(f"{name}={v} must be a finite number > 0")
-        for name in ("steps_per_batch", "replay_batches", "micro_batch_size"):
+        for name in ("steps_per_batch", "replay_batches", "micro_batch_size", "max_token_len"):
             if int(getattr(self, name)) < 1:
                 p.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.lora_r < 0:
             p.append(f"lora_r={self.lora_r} must be >= 0")
+        if self.autocast_bf16 not in (True, False, "auto"):
+            p.append(f"autocast_bf16={self.autocast_bf16!r} must be true, false or 'auto' (on CUDA)")
+        try:
+            weights = None if self.dtype in (None, "auto") else _resolve_dtype(self.dtype)
+        except ValueError as e:
+            p.append(f"dtype={self.dtype!r}: {e}")
+        else:
+            if self.online and weights in HALF_DTYPES and self.lora_r == 0:
+                p.append(f"dtype={self.dtype!r} with online=true cannot train: AdamW on {weights} weights drops "
+                         "every step smaller than the weight's spacing (at lr 1e-6 about 2% of the weights ever "
+                         "move). Use dtype=auto or float32 (fp32 master weights; bf16 compute with "
+                         "autocast_bf16=true), or LoRA (lora_r > 0: fp32 adapters on a bf16 base)")
         return p
 
     @classmethod
@@ -190,6 +219,31 @@ class StepRMSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _resolve_dtype(dtype, device=None) -> torch.dtype:
+    from spa_reward.progress.model import resolve_dtype
+
+    return resolve_dtype(dtype, device)
+
+
+def precision(settings: StepRMSettings, device: torch.device | str) -> tuple[torch.dtype, bool]:
+    """``(weight dtype, bf16 autocast)`` of a step-reward model on ``device``.
+
+    ``dtype=auto``: an online model keeps fp32 master weights (its optimiser state is fp32 too), a frozen scorer
+    bf16 weights on CUDA and fp32 elsewhere. ``autocast_bf16=auto``: bf16 compute on CUDA. So on a GPU a training
+    PRM computes in bf16 and updates fp32 weights (verl's ``model_dtype: fp32`` with bf16 mixed precision); on a
+    CPU everything is fp32 unless asked."""
+    device = torch.device(device)
+    if settings.dtype in (None, "auto"):
+        weights = torch.float32 if settings.online else _resolve_dtype("auto", device)
+    else:
+        weights = _resolve_dtype(settings.dtype, device)
+    auto = settings.autocast_bf16 == "auto"
+    return weights, bool(device.type == "cuda" if auto else settings.autocast_bf16)
 
 
 def _float(x) -> Optional[float]:
@@ -311,6 +365,12 @@ def parse_pair_items(batch: Sequence[Mapping[str, Any]], tag: str = "") -> tuple
 # ------------------------------------------------------------------------------------------------ model
 
 
+def _valid_turns(prepared: list, chunk: list[int], values: torch.Tensor) -> torch.Tensor:
+    """(mb, K) bool: turn k of the chunk's row is one of its item's turns (``values`` (mb, K) gives K and device)."""
+    counts = torch.tensor([len(prepared[i][1]) for i in chunk])
+    return (torch.arange(values.shape[1]).unsqueeze(0) < counts.unsqueeze(1)).to(values.device)
+
+
 def _device(name: Optional[str]) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -319,11 +379,9 @@ class StepRewardModel:
     """In-process step-reward model service (see the module docstring)."""
 
     def __init__(self, settings: StepRMSettings | Mapping[str, Any]):
-        from spa_reward.progress.model import resolve_dtype
-
         self.settings = s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
         self.device = _device(s.device)
-        self.dtype = resolve_dtype(s.dtype, self.device)
+        self.dtype, self.autocast_bf16 = precision(s, self.device)
         torch.manual_seed(s.seed)
         self.model = self._build_model()
         self.reference = None
@@ -341,12 +399,17 @@ class StepRewardModel:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 if hasattr(self.model, "enable_input_require_grads"):
                     self.model.enable_input_require_grads()
-        self.model.to(self.device)
+        self._place()
         self.serving = self.model
         self.optimizer = None
         if s.online:
-            self.serving = copy.deepcopy(self.model).requires_grad_(False).eval()
             params = [p for p in self.model.parameters() if p.requires_grad]
+            half = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
+            if half:
+                raise ValueError(f"this online step-reward model has trainable weights in {half}: AdamW cannot "
+                                 "update them at small learning rates. Use dtype=auto or float32 (fp32 master "
+                                 "weights, bf16 compute with autocast_bf16)")
+            self.serving = self._serving_copy()
             self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         else:
             self.model.requires_grad_(False)
@@ -365,10 +428,6 @@ class StepRewardModel:
         """Progress objective ``prefix``: the head is read at the token before each turn (V before the step)."""
         return self.settings.objective == "progress" and obj.reads_before(self.settings.loss)
 
-    @staticmethod
-    def _turn_valid(prepared: list, width: int) -> torch.Tensor:
-        """(n, width) bool: the kept turns of each prepared progress item."""
-        return torch.arange(width).unsqueeze(0) < torch.tensor([len(p[2]) for p in prepared]).unsqueeze(1)
 
     @property
     def _head_model(self) -> bool:
@@ -426,15 +485,28 @@ class StepRewardModel:
         self.keep_prompt = True
         self.vocab_rows = int(model.get_input_embeddings().weight.shape[0])
         self.pad_id = int(getattr(text, "pad_token_id", None) or 0)
+        self.softcap = getattr(text, "final_logit_softcapping", None)
         return model
+
+    def _place(self) -> None:
+        """Put the built modules on the device (the sharded model shards them first: ``sharded.py``) and check
+        the causal LM's log-prob path."""
+        self.model.to(self.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
+        if self.settings.objective == "implicit":
+            self._check_logprob_path()
+
+    def _serving_copy(self):
+        """The copy that scores while the model trains (swapped after each update, :meth:`_sync_serving`)."""
+        return copy.deepcopy(self.model).requires_grad_(False).eval()
 
     @staticmethod
     def _base(model):
         return model.get_base_model() if type(model).__module__.startswith("peft.") else model
 
     def _autocast(self):
-        on = self.settings.autocast_bf16
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
 
     # -------------------------------------------------------------------------------------------- forward
 
@@ -477,27 +549,59 @@ class StepRewardModel:
         with torch.set_grad_enabled(grad), self._autocast():
             if self._head_model:  # c_t (progress) or the discriminator's logit l_t (raw: the reward clips it)
                 return model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"]).float()
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            logp = obj.token_logprobs(logits, batch["input_ids"])
+            ids = batch["input_ids"]
+            turn_idx = obj.span_turn_index([p[1] for p in prepared], ids.shape[1]).to(self.device)
+            logp = self._turn_token_logprobs(model, ids, batch["attention_mask"], turn_idx)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logits = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                use_cache=False).logits
-                    ref = obj.token_logprobs(ref_logits, batch["input_ids"])
+                    ref = self._turn_token_logprobs(self.reference, ids, batch["attention_mask"], turn_idx)
             else:
                 ref = torch.zeros_like(logp)
                 for row, p in enumerate(prepared):
                     ref[row, : len(p[3])] = torch.tensor(p[3], dtype=ref.dtype)
-            turn_idx = obj.span_turn_index([p[1] for p in prepared], batch["input_ids"].shape[1]).to(self.device)
             return self.settings.beta * obj.turn_log_ratio(logp, ref, turn_idx, k)
 
+    def _turn_token_logprobs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             turn_idx: torch.Tensor) -> torch.Tensor:
+        """(bs, L) float32 ``log p(x_i | x_<i)`` on the turn tokens (i >= 1), 0 elsewhere, from the causal LM's
+        last hidden states and its output layer, chunked (:func:`objectives.taken_token_logprobs`): the full
+        (bs, L, V) logits are never built, and prompt / observation positions never reach the output layer."""
+        from spa_reward.progress.model import last_hidden_state
+
+        base = self._base(model)
+        hidden = last_hidden_state(base, input_ids, attention_mask)  # (bs, L, H)
+        rows, pos = (turn_idx[:, 1:] >= 0).nonzero(as_tuple=True)
+        pos = pos + 1  # token i is predicted at position i - 1
+        lp = obj.taken_token_logprobs(hidden[rows, pos - 1], base.get_output_embeddings(), input_ids[rows, pos],
+                                      self.vocab_rows, softcap=self.softcap)
+        return torch.zeros(input_ids.shape, dtype=torch.float32, device=lp.device).index_put((rows, pos), lp)
+
+    def _check_logprob_path(self) -> None:
+        """The chunked log-probs must equal log-softmax of the model's own logits (a model whose forward scales
+        or caps its logits in a way :meth:`_turn_token_logprobs` does not reproduce is refused here)."""
+        base = self._base(self.model)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_rows, (1, 12), generator=g).to(self.device)
+        mask = torch.ones_like(ids)
+        turn_idx = torch.zeros_like(ids)
+        was = base.training
+        base.eval()
+        try:
+            with torch.no_grad():
+                full = obj.token_logprobs(base(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids)
+                chunked = self._turn_token_logprobs(self.model, ids, mask, turn_idx)
+        finally:
+            base.train(was)
+        err = float((full - chunked).abs().max())
+        if not err <= 1e-3 * max(1.0, float(full.abs().max())):
+            raise ValueError(f"the PRM {type(base).__name__} does not compute its logits as output_layer(last hidden "
+                             f"state) (max log-prob difference {err:.3g}): the memory-saving log-prob path cannot "
+                             "serve it")
+
     def _values(self, model, prepared: list, grad: bool = False) -> list[torch.Tensor]:
-        """Per-item (K_i,) turn values in micro-batches (sorted by length), in input order."""
-        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0]))
+        """Per-item (K_i,) turn values in micro-batches (:meth:`_micro_batches`), in input order."""
         out: list[Optional[torch.Tensor]] = [None] * len(prepared)
-        mb = int(self.settings.micro_batch_size)
-        for start in range(0, len(order), mb):
-            chunk = [i for i in order[start : start + mb]]
+        for chunk in self._micro_batches(prepared):
             todo = [i for i in chunk if prepared[i][1]]
             for i in chunk:
                 out[i] = torch.zeros(0)
@@ -507,6 +611,12 @@ class StepRewardModel:
             for row, i in enumerate(todo):
                 out[i] = values[row, : len(prepared[i][1])].detach().cpu()
         return out
+
+    def _micro_batches(self, prepared: list) -> list[list[int]]:
+        """Indices of ``prepared`` in micro-batches, longest first: at most ``micro_batch_size`` sequences and
+        ``max_token_len`` padded tokens each (:func:`objectives.token_budget_batches`)."""
+        s = self.settings
+        return obj.token_budget_batches([len(p[0]) for p in prepared], int(s.max_token_len), int(s.micro_batch_size))
 
     # -------------------------------------------------------------------------------------------- public API
 
@@ -538,8 +648,8 @@ class StepRewardModel:
             index, first = episode_index(items)  # an episode's rows in step order (the input order within it)
             order = sorted(range(len(items)), key=lambda i: (int(index[i]), i))
             padded = torch.nn.utils.rnn.pad_sequence([values[i] for i in order], batch_first=True)
-            c = obj.contributions_from_readouts(padded, self._turn_valid([prepared[i] for i in order], padded.shape[1]),
-                                                s.loss, torch.tensor([items[i].reward for i in first]), index[order])
+            c = obj.contributions_from_readouts(padded, _valid_turns(prepared, order, padded), s.loss,
+                                                torch.tensor([items[i].reward for i in first]), index[order])
             values = list(values)
             for row, i in enumerate(order):
                 values[i] = c[row, : len(prepared[i][2])]
@@ -569,6 +679,7 @@ class StepRewardModel:
                         it.episode = f"{self.version}/{it.episode}"
             self.window.append([it for it in items if it.spans])
             data = [it for b in self.window for it in b]
+            weights_norm = self.weights_norm()
             torch.manual_seed(s.seed * 1_000_003 + self.version)
             losses, pairs = [], 0
             for _ in range(int(s.steps_per_batch)):
@@ -585,7 +696,14 @@ class StepRewardModel:
             "steprm/episodes": float(len(episode_index(data)[1])),  # pair losses: one-turn items, two per pair
             "steprm/rows": float(len(data)),
             "steprm/version": float(self.version),
+            "steprm/weights_norm": weights_norm,  # before this update: a resumed run must start where it stopped
         }
+
+    @torch.no_grad()
+    def weights_norm(self) -> float:
+        """L2 norm over the trainable weights (a fingerprint of the training state, logged with every update)."""
+        total = sum(float(p.detach().float().pow(2).sum()) for p in self.model.parameters() if p.requires_grad)
+        return total ** 0.5
 
     def _train_step(self, data: list[_Item]) -> tuple[float, int]:
         s = self.settings
@@ -598,7 +716,6 @@ class StepRewardModel:
         prepared = [prepared[i] for i in keep]
         data = [data[i] for i in keep]
         n = len(prepared)
-        mb = int(s.micro_batch_size)
         if s.loss == "bce":
             return self._bce_step(prepared, data)
         if s.loss == "step_dpo":
@@ -608,14 +725,13 @@ class StepRewardModel:
             return self._episode_step(prepared, data, episode, first)
         if s.objective == "progress":
             rewards = torch.tensor([it.reward for it in data], dtype=torch.float32)
-            total = 0.0
-            for start in range(0, n, mb):
-                chunk = list(range(start, min(n, start + mb)))
-                c = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # readouts
-                valid = self._turn_valid([prepared[i] for i in chunk], c.shape[1]).to(c.device)
-                loss = obj.progress_episode_losses(c, valid, rewards[chunk].to(c.device), s.loss).mean()
-                (loss * len(chunk) / n).backward()
-                total += float(loss.detach()) * len(chunk) / n
+
+            def progress(chunk, c):  # c: the head's readouts (objectives.readout_positions), one per kept turn
+                loss = obj.progress_episode_losses(c, _valid_turns(prepared, chunk, c), rewards[chunk].to(c.device),
+                                                   s.loss).mean()
+                return loss * len(chunk) / n
+
+            total = self._accumulate(prepared, progress)
             self._clip_and_step()
             return total, 0
         # implicit: the DPO loss couples rows of a group, so take dL/dQ from a no-grad pass over every row and
@@ -630,14 +746,12 @@ class StepRewardModel:
         if pairs == 0:
             return 0.0, 0
         (grad_q,) = torch.autograd.grad(loss, q_leaf)
-        for start in range(0, n, mb):
-            chunk = list(range(start, min(n, start + mb)))
-            if not bool((grad_q[chunk] != 0).any()):
-                continue
-            values = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # (mb, K) beta * q_t
-            valid = (torch.arange(values.shape[1]).unsqueeze(0) < torch.tensor([len(prepared[i][1]) for i in chunk]).unsqueeze(1)).to(values.device)
-            scores = obj.trajectory_scores(values, valid)
-            (scores * grad_q[chunk].to(scores.device)).sum().backward()
+
+        def dpo(chunk, values):  # values (mb, K) beta * q_t
+            scores = obj.trajectory_scores(values, _valid_turns(prepared, chunk, values))
+            return (scores * grad_q[chunk].to(scores.device)).sum()
+
+        self._accumulate(prepared, dpo, skip=lambda chunk: not bool((grad_q[chunk] != 0).any()))
         self._clip_and_step()
         return float(loss.detach()), pairs
 
@@ -649,7 +763,6 @@ class StepRewardModel:
         forward per step for progress). Progress: MSE(sum of the episode's rows' c_t, R); implicit: iStar's DPO
         over (success, failure) episodes of one uid group with ``Q`` = the mean of ``beta * q_t`` over all the
         episode's turns. Rows of one episode need not share a micro-batch."""
-        n, mb = len(prepared), int(self.settings.micro_batch_size)
         with torch.no_grad():
             values = torch.nn.utils.rnn.pad_sequence(self._values(self.model, prepared), batch_first=True)
         lengths = torch.tensor([len(p[1]) for p in prepared])
@@ -658,8 +771,7 @@ class StepRewardModel:
         heads = [data[i] for i in first]  # an episode's uid / success / reward (its rows agree: parse_items)
         if self.settings.objective == "progress":
             rewards = torch.tensor([it.reward for it in heads], dtype=torch.float32)
-            turn_valid = self._turn_valid(prepared, v_leaf.shape[1])
-            loss = obj.progress_episode_losses(v_leaf, turn_valid, rewards, self.settings.loss, episode).mean()
+            loss = obj.progress_episode_losses(v_leaf, valid, rewards, self.settings.loss, episode).mean()
             pairs = 0
         else:
             groups: dict[str, int] = {}
@@ -670,27 +782,24 @@ class StepRewardModel:
             if pairs == 0:
                 return 0.0, 0
         (grad_v,) = torch.autograd.grad(loss, v_leaf)
-        for start in range(0, n, mb):
-            chunk = list(range(start, min(n, start + mb)))
-            if not bool((grad_v[chunk] != 0).any()):
-                continue
-            out = self._forward(self.model, [prepared[i] for i in chunk], grad=True)  # (mb, K') c_t or beta * q_t
+
+        def pulled(chunk, out):  # out (mb, K') c_t or beta * q_t
             g = grad_v[chunk, : out.shape[1]].to(out.device)
-            (out[:, : g.shape[1]].float() * g).sum().backward()
+            return (out[:, : g.shape[1]].float() * g).sum()
+
+        self._accumulate(prepared, pulled, skip=lambda chunk: not bool((grad_v[chunk] != 0).any()))
         self._clip_and_step()
         return float(loss.detach()), pairs
 
     def _bce_step(self, prepared: list, data: list[_Item]) -> tuple[float, int]:
         """Discriminator: binary cross-entropy, expert steps (success) 1, agent steps 0, micro-batch by micro-batch."""
-        n, mb = len(prepared), int(self.settings.micro_batch_size)
+        n = len(prepared)
         labels = torch.tensor([float(it.success) for it in data])
-        total = 0.0
-        for start in range(0, n, mb):
-            chunk = list(range(start, min(n, start + mb)))
-            logits = self._forward(self.model, [prepared[i] for i in chunk], grad=True)[:, 0]  # one turn per item
-            loss = obj.discriminator_loss(logits, labels[chunk])
-            (loss * len(chunk) / n).backward()
-            total += float(loss.detach()) * len(chunk) / n
+
+        def bce(chunk, out):  # one turn per item: out[:, 0] is the logit
+            return obj.discriminator_loss(out[:, 0], labels[chunk].to(out.device)) * len(chunk) / n
+
+        total = self._accumulate(prepared, bce)
         self._clip_and_step()
         return total, len({it.uid for it in data})
 
@@ -709,15 +818,27 @@ class StepRewardModel:
         v_leaf = v.clone().requires_grad_(True)
         loss = obj.step_dpo_loss(v_leaf[ci], v_leaf[ri])
         (grad_v,) = torch.autograd.grad(loss, v_leaf)
-        n, mb = len(prepared), int(self.settings.micro_batch_size)
-        for start in range(0, n, mb):
-            chunk = list(range(start, min(n, start + mb)))
-            if not bool((grad_v[chunk] != 0).any()):
-                continue
-            values = self._forward(self.model, [prepared[i] for i in chunk], grad=True)[:, 0]  # beta * q(s, a)
-            (values * grad_v[chunk].to(values.device)).sum().backward()
+
+        def pulled(chunk, out):  # out[:, 0] = beta * q(s, a)
+            return (out[:, 0] * grad_v[chunk].to(out.device)).sum()
+
+        self._accumulate(prepared, pulled, skip=lambda chunk: not bool((grad_v[chunk] != 0).any()))
         self._clip_and_step()
         return float(loss.detach()), len(uids)
+
+    def _accumulate(self, prepared: list, loss_of, skip=None) -> float:
+        """Gradient accumulation: for each micro-batch ``chunk`` (:meth:`_micro_batches`; ``skip(chunk)`` true:
+        left out), ``loss_of(chunk, values)`` with ``values`` = :meth:`_forward` of its items with gradients, back-
+        propagated at once (the memory of one micro-batch). Returns the sum of the losses. The sharded model
+        splits the micro-batches over its ranks here."""
+        total = 0.0
+        for chunk in self._micro_batches(prepared):
+            if skip is not None and skip(chunk):
+                continue
+            loss = loss_of(chunk, self._forward(self.model, [prepared[i] for i in chunk], grad=True))
+            loss.backward()
+            total += float(loss.detach())
+        return total
 
     def _clip_and_step(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -738,7 +859,7 @@ class StepRewardModel:
     def info(self) -> dict[str, Any]:
         s = self.settings
         return {"objective": s.objective, "online": s.online, "model_path": s.model_path, "device": str(self.device),
-                "dtype": str(self.dtype), "version": self.version, "replay": [len(b) for b in self.window],
+                "dtype": str(self.dtype), "autocast_bf16": self.autocast_bf16, "version": self.version, "replay": [len(b) for b in self.window],
                 "stats": dict(self.stats)}
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -762,27 +883,27 @@ class StepRewardModel:
                 json.dump(state, f, indent=1, sort_keys=True)
 
     def load(self, directory: str | os.PathLike) -> None:
-        """Restore what :meth:`save` wrote (``FileNotFoundError`` naming the missing file). Loads tensors only
-        (``weights_only=True``), never pickled code."""
+        """Restore what :meth:`save` wrote, or what a sharded group saved (``layout: dcp``,
+        :mod:`spa_reward.steprm.sharded`; read whole). ``FileNotFoundError`` names a missing file. Loads tensors
+        only (``weights_only=True``, safetensors, DCP), never pickled code."""
         from safetensors.torch import load_file
 
         src = Path(directory)
-        for name in ("state.json", "weights.safetensors", "replay.json"):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"step-reward model state {str(src / name)!r} is missing")
-        with open(src / "state.json", encoding="utf-8") as f:
-            state = json.load(f)
-        if int(state.get("format", -1)) != STATE_FORMAT:
-            raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
-        saved = state["settings"]
-        saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
-        saved_loss = LOSS_ALIASES.get((saved["objective"], saved_loss), saved_loss)
-        if (saved["objective"], saved_loss) != (self.settings.objective, self.settings.loss):
-            raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
-                             f"is {self.settings.objective!r} with {self.settings.loss!r}")
-        weights = load_file(str(src / "weights.safetensors"))
+        state = check_saved_state(src, self.settings)
         with self._train_lock:
             params = dict(self.model.named_parameters())
+            if state.get("layout") == DCP_LAYOUT:
+                from spa_reward.steprm.sharded import read_full_dcp
+
+                trainable = {k: p for k, p in params.items() if p.requires_grad} or params
+                weights, optim = read_full_dcp(src, trainable, self.optimizer is not None)
+            else:
+                weights, optim = load_file(str(src / "weights.safetensors")), None
+                if self.optimizer is not None:
+                    opt = src / "optimizer.pt"
+                    if not opt.is_file():
+                        raise FileNotFoundError(f"step-reward model state {str(opt)!r} is missing")
+                    optim = torch.load(opt, map_location=self.device, weights_only=True)
             unknown = sorted(set(weights) - set(params))
             if unknown:
                 raise ValueError(f"{src}: weights {unknown[:3]}... do not belong to this model")
@@ -790,22 +911,52 @@ class StepRewardModel:
                 for k, v in weights.items():
                     params[k].copy_(v.to(params[k].device, params[k].dtype))
             if self.optimizer is not None:
-                opt = src / "optimizer.pt"
-                if not opt.is_file():
-                    raise FileNotFoundError(f"step-reward model state {str(opt)!r} is missing")
-                self.optimizer.load_state_dict(torch.load(opt, map_location=self.device, weights_only=True))
-            with open(src / "replay.json", encoding="utf-8") as f:
-                self.window = deque(([_Item(**d) for d in b] for b in json.load(f)), maxlen=int(self.settings.replay_batches))
-            self.version = int(state["version"])
-            self.stats.update(state.get("stats", {}))
-            if self.serving is not self.model:
-                self._sync_serving()
+                if optim is None:  # saved before its first update: a fresh optimiser
+                    self.optimizer.state.clear()
+                else:
+                    self.optimizer.load_state_dict(optim)
+            self._set_counters(src, state)
+
+    def _set_counters(self, src: Path, state: Mapping[str, Any]) -> None:
+        """The replicated part of a saved state: replay window, version, counters (then the serving copy)."""
+        with open(src / "replay.json", encoding="utf-8") as f:
+            self.window = deque(([_Item(**d) for d in b] for b in json.load(f)), maxlen=int(self.settings.replay_batches))
+        self.version = int(state["version"])
+        self.stats.update(state.get("stats", {}))
+        if self.serving is not self.model:
+            self._sync_serving()
+
+
+def check_saved_state(src: Path, settings: StepRMSettings) -> dict:
+    """``state.json`` of a saved step-reward state, checked: its files are there (``FileNotFoundError`` naming
+    the missing one), its format is this code's, and it holds a model of ``settings``' objective and loss."""
+    layout_files = {DCP_LAYOUT: ("dcp/.metadata",), None: ("weights.safetensors",)}
+    if not (src / "state.json").is_file():
+        raise FileNotFoundError(f"step-reward model state {str(src / 'state.json')!r} is missing")
+    with open(src / "state.json", encoding="utf-8") as f:
+        state = json.load(f)
+    if int(state.get("format", -1)) != STATE_FORMAT:
+        raise ValueError(f"{src}: step-reward state format {state.get('format')!r}, expected {STATE_FORMAT}")
+    layout = state.get("layout")
+    if layout not in layout_files:
+        raise ValueError(f"{src}: step-reward state layout {layout!r} is not one of {sorted(map(str, layout_files))}")
+    for name in ("replay.json", *layout_files[layout]):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"step-reward model state {str(src / name)!r} is missing")
+    saved = state["settings"]
+    saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
+    saved_loss = LOSS_ALIASES.get((saved["objective"], saved_loss), saved_loss)
+    if (saved["objective"], saved_loss) != (settings.objective, settings.loss):
+        raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
+                         f"is {settings.objective!r} with {settings.loss!r}")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------- Ray
 
 
 ROLLING_POINTER = "LATEST.json"
+DEFAULT_PUBLISH_EVERY = 50  # updates between two full published states when no checkpoint comes in between
 
 
 class ServiceNotRestoredError(RuntimeError):
@@ -848,69 +999,156 @@ def _write_pointer(root: Path, pointer: dict) -> None:
     os.replace(tmp, root / ROLLING_POINTER)
 
 
-def publish_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str],
-                  metrics: Optional[Mapping[str, float]] = None, with_state: bool = True) -> dict:
-    """Publish ``model``'s current state as the rolling state a restarted actor restores.
-
-    ``with_state``: the state goes to a fresh child ``v<version>-<random>/`` (:meth:`StepRewardModel.save`), then
-    ``LATEST.json`` (token, version, child name, the last update's metrics) is replaced atomically, then the older
-    children are removed: a kill at any point leaves the previous or the new state published, never a torn one.
-    ``with_state=False`` publishes version 0 without files: the initial model, which a restarted actor rebuilds
-    from its settings (same checkpoint, same seed). Returns the pointer."""
-    out = Path(root)
-    out.mkdir(parents=True, exist_ok=True)
-    name = None
-    if with_state:
-        name = f"v{model.version:08d}-{uuid.uuid4().hex[:8]}"
-        model.save(out / name)
-    elif model.version != 0:
-        raise ValueError(f"only version 0 is published without a state (this model is at version {model.version})")
-    pointer = {"format": STATE_FORMAT, "token": token, "version": int(model.version), "state": name,
-               "metrics": dict(metrics or {})}
-    _write_pointer(out, pointer)
-    for child in out.iterdir():  # older states, and pointer files of a writer that was killed
-        if child.is_symlink():
-            continue
-        if child.is_dir() and child.name.startswith("v") and child.name != name:
-            shutil.rmtree(child, ignore_errors=True)
-        elif child.is_file() and child.name.startswith(f".{ROLLING_POINTER}.") and child.name.endswith(".tmp"):
-            child.unlink(missing_ok=True)
-    return pointer
+POINTER_FORMAT = 2
+CHECKPOINT_DIR = "steprm"  # the state in a verl checkpoint: <default_local_dir>/global_step_N/steprm
+_CHECKPOINT_REF = re.compile(r"\.\./global_step_\d+/" + CHECKPOINT_DIR)
+_JOURNAL_ENTRY = re.compile(r"u\d{8}-[0-9a-f]{8}\.json")
 
 
-def restore_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str]) -> dict:
-    """Load the state :func:`publish_state` last published under ``root`` into ``model`` (which must be as
-    built); returns the pointer. ``ServiceNotRestoredError`` says why not: no pointer, unreadable, written by
-    another run (token), a child name that is not a plain folder name, or a state that does not load."""
-    src = Path(root)
-    path = src / ROLLING_POINTER
+def _jsonable(x: Any) -> Any:
+    """Plain JSON data from an update batch (tensors and numpy arrays become lists)."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def checkpoint_ref(root: str | os.PathLike, directory: str | os.PathLike) -> Optional[str]:
+    """``../global_step_N/steprm`` when ``directory`` is the step-reward state of a verl checkpoint beside the
+    rolling folder ``root`` (both under ``trainer.default_local_dir``), else None."""
+    d, r = Path(directory).resolve(), Path(root).resolve()
+    ref = f"../{d.parent.name}/{d.name}"
+    return ref if d.parent.parent == r.parent and _CHECKPOINT_REF.fullmatch(ref) else None
+
+
+def _read_pointer(root: Path) -> dict:
+    path = root / ROLLING_POINTER
     if not path.is_file():
         raise ServiceNotRestoredError(f"no published state {str(path)!r}")
     try:
         with open(path, encoding="utf-8") as f:
             pointer = json.load(f)
-        version = int(pointer["version"])
+        int(pointer["version"])
+        int(pointer.get("state_version", pointer["version"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ServiceNotRestoredError(f"the published state {str(path)!r} is unreadable ({e})") from e
-    if pointer.get("format") != STATE_FORMAT:
-        raise ServiceNotRestoredError(f"{str(path)!r} has format {pointer.get('format')!r}, expected {STATE_FORMAT}")
+    return pointer
+
+
+def _clean(root: Path, keep: set[str]) -> None:
+    """Remove the children of ``root`` a pointer no longer names: older states (``v*``), journal entries (``u*``)
+    and pointer files of a writer that was killed."""
+    for child in root.iterdir():
+        if child.is_symlink() or child.name in keep:
+            continue
+        if child.is_dir() and child.name.startswith("v"):
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and (_JOURNAL_ENTRY.fullmatch(child.name) or (
+                child.name.startswith(f".{ROLLING_POINTER}.") and child.name.endswith(".tmp"))):
+            child.unlink(missing_ok=True)
+
+
+def publish_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str],
+                  metrics: Optional[Mapping[str, float]] = None, with_state: bool = True,
+                  checkpoint: str | os.PathLike | None = None) -> dict:
+    """Publish ``model``'s current state as the base a restarted actor restores (the journal starts empty).
+
+    The base is, in this order: ``checkpoint`` (a checkpoint's ``steprm/`` that :meth:`StepRewardModel.save` has
+    just written beside ``root``, :func:`checkpoint_ref`: referenced, not copied); else ``with_state``: a fresh
+    child ``v<version>-<random>/`` (:meth:`StepRewardModel.save`); else version 0 without files (the initial
+    model, which a restarted actor rebuilds from its settings: same checkpoint, same seed). Then ``LATEST.json``
+    (token, version, base, the last update's metrics) is replaced atomically and what it no longer names is
+    removed: a kill at any point leaves the previous or the new state published, never a torn one. Returns the
+    pointer."""
+    out = Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    name = None if checkpoint is None else checkpoint_ref(out, checkpoint)
+    if checkpoint is not None and name is None:
+        raise ValueError(f"{str(checkpoint)!r} is not a global_step_N/{CHECKPOINT_DIR} folder beside {str(out)!r}")
+    if name is None and with_state:
+        name = f"v{model.version:08d}-{uuid.uuid4().hex[:8]}"
+        model.save(out / name)
+    elif name is None and model.version != 0:
+        raise ValueError(f"only version 0 is published without a state (this model is at version {model.version})")
+    pointer = {"format": POINTER_FORMAT, "token": token, "version": int(model.version), "state": name,
+               "state_version": int(model.version), "journal": [], "metrics": dict(metrics or {})}
+    _write_pointer(out, pointer)
+    _clean(out, {name} if name else set())
+    return pointer
+
+
+def publish_update(model: StepRewardModel, root: str | os.PathLike, token: Optional[str], batch: Any,
+                   metrics: Optional[Mapping[str, float]] = None) -> dict:
+    """Publish the update that just took ``model`` from version v - 1 to v by journaling its input batch
+    (``u<v - 1>-<random>.json``, fsynced, then the pointer): a restart loads the base and replays the journal
+    (:func:`restore_state`; updates are seeded by version, so the replay repeats them). The cost is the batch's
+    size, not the model's. Falls back to :func:`publish_state` when the published pointer is not this model's
+    version v - 1 of this run."""
+    out = Path(root)
+    try:
+        pointer = _read_pointer(out)
+    except ServiceNotRestoredError:
+        pointer = None
+    if (pointer is None or pointer.get("format") != POINTER_FORMAT or pointer.get("token") != token
+            or int(pointer["version"]) != model.version - 1):
+        return publish_state(model, out, token, metrics)
+    name = f"u{model.version - 1:08d}-{uuid.uuid4().hex[:8]}.json"
+    with open(out / name, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(list(batch)), f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    pointer = {**pointer, "version": int(model.version), "journal": [*pointer["journal"], name],
+               "metrics": dict(metrics or {})}
+    _write_pointer(out, pointer)
+    return pointer
+
+
+def restore_state(model: StepRewardModel, root: str | os.PathLike, token: Optional[str]) -> dict:
+    """Load the state published under ``root`` into ``model`` (which must be as built): the base
+    (:func:`publish_state`), then each journaled update replayed in order (:func:`publish_update`); returns the
+    pointer. ``ServiceNotRestoredError`` says why not: no pointer, unreadable, written by another run (token), a
+    base or journal name that is not a plain child (or a checkpoint beside ``root``), a state that does not load,
+    or versions that do not add up."""
+    src = Path(root)
+    path = src / ROLLING_POINTER
+    pointer = _read_pointer(src)
+    version, base_version = int(pointer["version"]), int(pointer.get("state_version", pointer["version"]))
+    if pointer.get("format") != POINTER_FORMAT:
+        raise ServiceNotRestoredError(f"{str(path)!r} has format {pointer.get('format')!r}, expected {POINTER_FORMAT}")
     if pointer.get("token") != token:
         raise ServiceNotRestoredError(f"{str(path)!r} was published by another run (token {pointer.get('token')!r}, "
                                       f"this service's run is {token!r})")
-    name = pointer.get("state")
+    name, journal = pointer.get("state"), pointer.get("journal") or []
     if name is None:
-        if version != 0:
-            raise ServiceNotRestoredError(f"{str(path)!r} names no state for version {version}")
-        return pointer  # the initial model, rebuilt from the settings
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
-        raise ServiceNotRestoredError(f"{str(path)!r} names state {name!r}, which is not a plain child folder name")
-    try:
-        model.load(src / name)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ServiceNotRestoredError(f"the published state {str(src / name)!r} does not load ({e})") from e
+        if base_version != 0:
+            raise ServiceNotRestoredError(f"{str(path)!r} names no state for version {base_version}")
+    else:
+        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+        if not (plain or (isinstance(name, str) and _CHECKPOINT_REF.fullmatch(name))):
+            raise ServiceNotRestoredError(f"{str(path)!r} names state {name!r}, which is not a plain child folder "
+                                          f"name nor a global_step_N/{CHECKPOINT_DIR} beside it")
+        try:
+            model.load(src / name)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ServiceNotRestoredError(f"the published state {str(src / name)!r} does not load ({e})") from e
+        if model.version != base_version:
+            raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says "
+                                          f"{base_version}")
+    for entry in journal:
+        if not (isinstance(entry, str) and _JOURNAL_ENTRY.fullmatch(entry)) or int(entry[1:9]) != model.version:
+            raise ServiceNotRestoredError(f"{str(path)!r}: journal entry {entry!r} is not the update from version "
+                                          f"{model.version}")
+        try:
+            with open(src / entry, encoding="utf-8") as f:
+                model.update(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ServiceNotRestoredError(f"the journaled update {str(src / entry)!r} does not replay ({e})") from e
     if model.version != version:
-        raise ServiceNotRestoredError(f"{str(src / name)!r} holds version {model.version}, {str(path)!r} says "
-                                      f"{version}")
+        raise ServiceNotRestoredError(f"{str(path)!r} says version {version}, its base and journal give "
+                                      f"{model.version}")
     return pointer
 
 
@@ -921,10 +1159,11 @@ class StepRewardServiceActor:
     then coalesced into shared forward passes of up to ``coalesce_items`` items.
 
     Restarts. Each incarnation has a random ``incarnation`` id (in :meth:`info`). An *online* service given
-    ``state_dir`` publishes its state there after every ``publish_every``-th update (default every one) and every
-    load (:func:`publish_state`; version 0 at first start, without files). A restart between two publications
-    restores an older version, which the trainer hooks refuse (the run stops and resumes from its checkpoint):
-    ``publish_every > 1`` trades that for less writing with a large PRM. When Ray restarts the actor, ``__init__`` runs again with the same arguments,
+    ``state_dir`` publishes there what a restart needs, at a cost proportional to it: a base state (version 0 at
+    first start, without files; the checkpoint's ``steprm/`` at every :meth:`save` into a verl checkpoint beside
+    ``state_dir``, referenced, not copied; the loaded one at every :meth:`load`; a full copy after
+    ``publish_every`` updates without a checkpoint), and after every other update only that update's input batch
+    (:func:`publish_update`), which a restart replays. When Ray restarts the actor, ``__init__`` runs again with the same arguments,
     sees ``ray_restart_info()`` and restores the published state (:func:`restore_state`) before it serves
     anything. When that is impossible (no ``state_dir``, nothing published, another run's state, a state that
     does not load), the actor stays up but refuses ``score``, ``update`` and ``save`` with
@@ -934,14 +1173,15 @@ class StepRewardServiceActor:
     twice. A frozen scorer (``online`` false) comes back whole and publishes nothing."""
 
     def __init__(self, settings: dict, coalesce_items: int = 256, state_dir: Optional[str] = None,
-                 run_token: Optional[str] = None, publish_every: int = 1):
+                 run_token: Optional[str] = None, publish_every: int = DEFAULT_PUBLISH_EVERY):
         from spa_reward.progress.serve import Coalescer
 
         if int(publish_every) < 1:
-            raise ValueError(f"publish_every={publish_every} must be >= 1 (updates between two published states)")
+            raise ValueError(f"publish_every={publish_every} must be >= 1 (updates between two full published states)")
         self.publish_every = int(publish_every)
 
-        self.model = StepRewardModel(settings)
+        self._settings_dict = dict(settings)
+        self.model = self._make_model(self._settings_dict)
         self.coalesce_items = max(1, int(coalesce_items))
         self._coalescer = Coalescer(self._score, self.coalesce_items, "steprm-score")
         self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steprm-train")
@@ -952,26 +1192,35 @@ class StepRewardServiceActor:
         self.restored_from: Optional[str] = None
         self.not_restored: Optional[str] = None  # why this incarnation refuses to serve
         self._last_metrics: dict[str, float] = {}
+        self._base_version = 0  # version of the published base state (the journal holds the updates since)
         if not self.model.settings.online:
             return
         if self.restarted:
-            self._restore()
+            self._restore("was restarted by Ray")
         elif self.state_dir is not None:
             publish_state(self.model, self.state_dir, self.run_token, with_state=False)
 
-    def _restore(self) -> None:
+    def _make_model(self, settings: dict):
+        """The model this actor serves (the sharded service builds a group of rank actors instead)."""
+        return StepRewardModel(settings)
+
+    def _restore(self, why: str) -> None:
+        """Load the published state after a restart (``why``: what restarted it), or record why not."""
         if self.state_dir is None:
-            self.not_restored = ("this online step-reward service was restarted by Ray and was started without "
-                                 "state_dir, so there is no published state to restore")
+            self.not_restored = (f"this online step-reward service {why} and was started without state_dir, so "
+                                 "there is no published state to restore")
         else:
             try:
                 pointer = restore_state(self.model, self.state_dir, self.run_token)
             except ServiceNotRestoredError as e:
-                self.not_restored = f"this online step-reward service was restarted by Ray and was not restored: {e}"
+                self.not_restored = f"this online step-reward service {why} and was not restored: {e}"
             else:
-                self.restored_from = os.path.join(self.state_dir, pointer["state"] or "(initial model)")
+                base = os.path.normpath(os.path.join(self.state_dir, pointer["state"] or "(initial model)"))
+                journal = len(pointer.get("journal") or [])
+                self.restored_from = base + (f" + {journal} journaled updates" if journal else "")
                 self._last_metrics = dict(pointer.get("metrics") or {})
-                logger.warning("step-reward service restarted by Ray (restarts: %s); restored version %d from %s",
+                self._base_version = int(pointer["state_version"])
+                logger.warning("step-reward service %s (Ray restarts: %s); restored version %d from %s", why,
                                self.ray_restarts, self.model.version, self.restored_from)
                 return
         logger.error("%s; it refuses to score, train and save until load() restores it", self.not_restored)
@@ -1008,15 +1257,36 @@ class StepRewardServiceActor:
                 raise RuntimeError(f"the trainer updates the step-reward service from version {base}, but it is at "
                                    f"version {v} (incarnation {self.incarnation}): refusing to train a different model")
         metrics = self.model.update(batch)
-        if self.state_dir is not None and self.model.version % self.publish_every == 0:
-            publish_state(self.model, self.state_dir, self.run_token, metrics)
+        if self.state_dir is not None:
+            metrics = {**metrics, "steprm/published_mb": self._publish_update(batch, metrics)}
         self._last_metrics = dict(metrics)
         return metrics
 
+    def _publish_update(self, batch: list[dict], metrics: Mapping[str, float]) -> float:
+        """Publish the update just applied: its batch in the journal, or a full state once ``publish_every``
+        updates have passed since the base. Returns the MB written."""
+        root = Path(self.state_dir)
+        if self.model.version - self._base_version >= self.publish_every:
+            pointer = publish_state(self.model, root, self.run_token, metrics)
+            written = sum(f.stat().st_size for f in (root / pointer["state"]).rglob("*") if f.is_file())
+        else:
+            pointer = publish_update(self.model, root, self.run_token, batch, metrics)
+            written = (root / pointer["journal"][-1]).stat().st_size if pointer["journal"] else 0
+        self._base_version = int(pointer["state_version"])
+        return written / 2**20
+
     async def save(self, directory: str) -> dict[str, Any]:
         self._refuse_if_not_restored()
-        await asyncio.get_running_loop().run_in_executor(self._train_pool, self.model.save, directory)
+        await asyncio.get_running_loop().run_in_executor(self._train_pool, self._save, directory)
         return self.identity()
+
+    def _save(self, directory: str) -> None:
+        """Save; a save into a verl checkpoint beside ``state_dir`` also becomes the published base (the journal
+        restarts there), so a checkpoint costs no second copy."""
+        self.model.save(directory)
+        if self.model.settings.online and self.state_dir is not None and checkpoint_ref(self.state_dir, directory):
+            publish_state(self.model, self.state_dir, self.run_token, self._last_metrics, checkpoint=directory)
+            self._base_version = self.model.version
 
     async def load(self, directory: str) -> dict[str, Any]:
         """Restore a saved state (a checkpoint's ``steprm/``); this also makes a not-restored actor serve again."""
@@ -1029,7 +1299,9 @@ class StepRewardServiceActor:
         self.restored_from = str(directory)
         self._last_metrics = {}
         if self.model.settings.online and self.state_dir is not None:
-            publish_state(self.model, self.state_dir, self.run_token)
+            ref = checkpoint_ref(self.state_dir, directory)
+            publish_state(self.model, self.state_dir, self.run_token, checkpoint=directory if ref else None)
+            self._base_version = self.model.version
 
     def identity(self) -> dict[str, Any]:
         """Who answers: ``incarnation`` (new at every start and restart), ``version`` (completed updates),
@@ -1056,36 +1328,58 @@ def start_service(
     namespace: Optional[str] = None,
     state_dir: Optional[str] = None,
     run_token: Optional[str] = None,
-    publish_every: int = 1,
+    publish_every: int = DEFAULT_PUBLISH_EVERY,
+    ranks: int = 1,
 ):
     """Create (or return the existing) named service actor and wait until it has loaded its model.
 
     Called once by the trainer process at start-up. ``state_dir`` / ``run_token``: where an online service
-    publishes its state after every update and which run it belongs to (see :class:`StepRewardServiceActor`;
+    publishes what a restart needs after every update (a base state and a journal of update batches) and which run
+    it belongs to (see :class:`StepRewardServiceActor`;
     without them a restarted online actor refuses to serve). Raises ``TimeoutError`` naming the GPUs/CPUs asked
     for and what the cluster has when the actor is not up within ``timeout_s`` (an unschedulable GPU request waits
-    forever otherwise)."""
+    forever otherwise).
+
+    ``ranks`` >= 2: the model is sharded over that many rank actors (:mod:`spa_reward.steprm.sharded`), each with
+    ``num_gpus / ranks`` GPUs (0: CPU ranks on gloo) and ``num_cpus`` CPUs, behind a coordinator actor of the same
+    name and interface that holds no GPU. ``ranks`` = 1 is the one-actor service."""
     import ray
 
     s = settings if isinstance(settings, StepRMSettings) else StepRMSettings.from_dict(settings)
     if num_gpus and s.device is None:
-        s.device = "cuda"
+        s.device = gpu_actor_device()
+    ranks = int(ranks)
+    if ranks < 1:
+        raise ValueError(f"ranks={ranks} must be >= 1")
     options: dict[str, Any] = {"name": name, "get_if_exists": True, "num_gpus": num_gpus, "num_cpus": num_cpus,
                                "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries),
                                "max_concurrency": 8}
     if namespace is not None:
         options["namespace"] = namespace
-    actor = ray.remote(StepRewardServiceActor).options(**options).remote(
-        s.to_dict(), state_dir=None if state_dir is None else str(state_dir), run_token=run_token,
-        publish_every=int(publish_every))
+    kwargs: dict[str, Any] = {"state_dir": None if state_dir is None else str(state_dir), "run_token": run_token,
+                              "publish_every": int(publish_every)}
+    cls: Any = StepRewardServiceActor
+    wait_s = timeout_s
+    if ranks > 1:
+        from spa_reward.steprm.sharded import ShardedStepRewardServiceActor
+
+        cls = ShardedStepRewardServiceActor
+        options.update(num_gpus=0, num_cpus=0)  # the coordinator only fans calls out to the ranks
+        kwargs.update(ranks=ranks, gpus_per_rank=float(num_gpus) / ranks, cpus_per_rank=float(num_cpus), name=name,
+                      start_timeout_s=float(timeout_s), namespace=namespace)
+        wait_s = 2 * timeout_s  # the coordinator waits timeout_s for the GPUs, then for the ranks
+    actor = ray.remote(cls).options(**options).remote(s.to_dict(), **kwargs)
     try:
-        ray.get(actor.info.remote(), timeout=timeout_s)
+        ray.get(actor.info.remote(), timeout=wait_s)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(
-            f"the step-reward service {name!r} (num_gpus={num_gpus}, num_cpus={num_cpus}) did not start within "
-            f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()} with {ray.available_resources()} free. "
-            "Give it GPUs outside the trainer's pool (the scorer GPU setting of the launch script) or lower its num_gpus"
-        ) from None
+            f"the step-reward service {name!r} (num_gpus={num_gpus}, num_cpus={num_cpus}, ranks={ranks}) did not "
+            f"start within {wait_s:.0f} s; the cluster has {ray.cluster_resources()} with {ray.available_resources()} "
+            "free. Give it GPUs outside the trainer's pool (the scorer GPU setting of the launch script) or lower its "
+            "num_gpus") from None
+    except ray.exceptions.RayActorError as e:
+        raise RuntimeError(f"the step-reward service {name!r} (num_gpus={num_gpus}, ranks={ranks}) failed to start: "
+                           f"{e}") from None
     return actor
 
 
@@ -1135,6 +1429,6 @@ async def call_service(handle, name: str, method: str, *args, retry_wait_s: floa
     raise AssertionError("unreachable")
 
 
-__all__ = ["LOSSES", "OBJECTIVES", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
-           "StepRewardServiceActor", "call_service", "episode_index", "lookup_service", "parse_items",
-           "parse_pair_items", "publish_state", "restore_state", "start_service"]
+__all__ = ["LOSSES", "OBJECTIVES", "precision", "SERVICE_NAME", "ServiceNotRestoredError", "StepRMSettings", "StepRewardModel",
+           "StepRewardServiceActor", "call_service", "checkpoint_ref", "episode_index", "lookup_service",
+           "parse_items", "parse_pair_items", "publish_state", "publish_update", "restore_state", "start_service"]

@@ -19,9 +19,12 @@
   its rows' c_t regressed onto R); scoring stays per row (each row's reply, its own old log-probs). A row failed
   by the env drops its whole episode from training. StepAgent pairs come from the step-0 row.
 * ``save(step_dir)`` / ``load(step_dir)``: the service's weights, optimiser and replay window in
-  ``<global_step_N>/steprm`` beside verl's actor checkpoint.
-* Restarts: an online service publishes its state to ``<trainer.default_local_dir>/steprm_latest`` after every
-  update (every ``publish_every``-th) and load and restores it itself when Ray restarts it (``service.StepRewardServiceActor``). Before each
+  ``<global_step_N>/steprm`` beside verl's actor checkpoint; :func:`prune_rotated_states` removes it with the
+  checkpoint when verl's rotation (``trainer.max_actor_ckpt_to_keep``) has removed ``global_step_N/actor``.
+* Restarts: an online service publishes to ``<trainer.default_local_dir>/steprm_latest`` what a restart needs (a
+  base state: the last checkpoint's ``steprm/``, referenced, or a full copy every ``publish_every`` updates without
+  one; then each update's input batch, which a restart replays) and restores it itself when Ray restarts it
+  (``service.StepRewardServiceActor``). Before each
   call the hooks compare the service's ``incarnation`` and ``version`` with what they expect (the version after
   their last update): a new incarnation is a restart (counted, ``steprm/restarts``); a version other than the
   expected one, or an actor that could not restore itself (and no checkpoint of this run at the expected version
@@ -37,6 +40,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -44,17 +48,17 @@ from typing import Any, Optional
 import torch
 
 from spa_reward import turns
-from spa_reward.steprm.service import SERVICE_NAME, StepRMSettings
+from spa_reward.steprm.service import CHECKPOINT_DIR, DEFAULT_PUBLISH_EVERY, SERVICE_NAME, StepRMSettings
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = "steprm"
-ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: the state published after every update
+STATE_DIR = CHECKPOINT_DIR  # <global_step_N>/steprm
+ROLLING_DIR = "steprm_latest"  # under trainer.default_local_dir: what a restart needs, published after every update
 ISTAR_KEYS = ("beta", "reference", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches",
-              "micro_batch_size", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r",
-              "lora_alpha", "seed")
+              "micro_batch_size", "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing",
+              "lora_r", "lora_alpha", "seed")
 STEPAGENT_KEYS = ("beta", "lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
-                  "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r", "lora_alpha", "head",
+                  "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "lora_r", "lora_alpha", "head",
                   "seed")
 # plan kinds whose service trains online / whose scores are added to rm_scores on every turn
 TRAINING_KINDS = ("progress_online", "implicit", "stepagent_implicit", "stepagent_irl")
@@ -62,7 +66,7 @@ SCORING_KINDS = ("implicit", "stepagent_implicit", "stepagent_irl")
 PLAN_BLOCKS = {"implicit": "algorithm.istar", "progress_online": "algorithm.spa.online",
                "stepagent_implicit": "algorithm.stepagent", "stepagent_irl": "algorithm.stepagent"}
 ONLINE_KEYS = ("lr", "grad_clip", "weight_decay", "steps_per_batch", "replay_batches", "micro_batch_size",
-               "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "seed")
+               "max_token_len", "max_length", "dtype", "autocast_bf16", "gradient_checkpointing", "seed")
 
 
 def _get(cfg: Any, path: str, default: Any = None) -> Any:
@@ -106,7 +110,8 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": f"stepagent_{mode}", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", 1)}
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY),
+                **_ranks(block.get("num_gpus", 1), block.get("ranks"))}
     if reward == "istar":
         block = _to_plain(_get(cfg, "algorithm.istar", {})) or {}
         settings = {k: block[k] for k in ISTAR_KEYS if block.get(k) is not None}
@@ -115,22 +120,36 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
                         backbone_config=block.get("backbone_config"))
         return {"kind": "implicit", "name": str(block.get("service_name") or SERVICE_NAME),
                 "num_gpus": float(block.get("num_gpus", 1)), "settings": settings,
-                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", 1)}
+                "timeout_s": float(block.get("start_timeout_s", 600)), "publish_every": block.get("publish_every", DEFAULT_PUBLISH_EVERY),
+                **_ranks(block.get("num_gpus", 1), block.get("ranks"))}
     if reward == "spa":
         online = _to_plain(_get(cfg, "algorithm.spa.online", {})) or {}
         path = _get(cfg, "reward.reward_kwargs.estimator_path") or _get(cfg, "algorithm.spa.estimator_path")
         name = str(_get(cfg, "reward.reward_kwargs.scorer_name") or "spa_progress_scorer")
         gpus = float(_get(cfg, "algorithm.spa.scorer_num_gpus", 1))
         timeout = float(online.get("start_timeout_s", 600))
+        ranks = _ranks(_get(cfg, "algorithm.spa.scorer_num_gpus", 1), _get(cfg, "algorithm.spa.scorer_ranks"))
         if not online.get("enable", False):
             return {"kind": "progress_frozen", "name": name, "num_gpus": gpus, "settings": {"model_path": path},
-                    "timeout_s": timeout}
+                    "timeout_s": timeout, **ranks}
         settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
         settings.update(objective="progress", loss=str(_get(cfg, "algorithm.spa.objective", "sum")), online=True,
                         model_path=path and os.path.expanduser(str(path)))
         return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout,
-                "publish_every": online.get("publish_every", 1)}
+                "publish_every": online.get("publish_every", DEFAULT_PUBLISH_EVERY), **ranks}
     return None
+
+
+def _ranks(num_gpus: Any, ranks: Any) -> dict[str, Any]:
+    """``{"ranks": N}``: the service's ranks (``ranks`` when set; else ``num_gpus`` when it is 2 or more, one rank
+    per GPU; else 1, the one-actor service). Bad values are left for :func:`plan_problems` to name."""
+    if ranks is not None:
+        return {"ranks": ranks}
+    try:
+        gpus = float(num_gpus)
+    except (TypeError, ValueError):
+        return {"ranks": 1}
+    return {"ranks": int(gpus) if gpus >= 2 and gpus == int(gpus) else 1}
 
 
 # ------------------------------------------------------------------------------------------- pure helpers
@@ -340,6 +359,15 @@ class StepRewardHooks:
 
             if self.tokenizer is not None:
                 check_tokenizer_compatible(plan["settings"]["model_path"], self.tokenizer)
+            if plan["ranks"] > 1:  # data-parallel scoring on a sharded group (spa_reward.steprm.sharded)
+                from spa_reward.steprm.service import start_service
+
+                self.handle = start_service({"objective": "progress", "online": False,
+                                             "loss": str(_get(self.config, "algorithm.spa.objective", "sum")),
+                                             "model_path": os.path.expanduser(str(plan["settings"]["model_path"]))},
+                                            name=plan["name"], num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"],
+                                            ranks=plan["ranks"])
+                return
             self.handle = get_progress_scorer(plan["settings"]["model_path"], name=plan["name"],
                                               num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"])
             return
@@ -352,7 +380,8 @@ class StepRewardHooks:
         # implicit / stepagent: the PRM starts from the policy checkpoint, so it shares the policy's tokenizer
         self.handle = start_service(plan["settings"], name=plan["name"], num_gpus=plan["num_gpus"],
                                     timeout_s=plan["timeout_s"], state_dir=self.rolling_dir(),
-                                    run_token=self.run_token, publish_every=plan.get("publish_every", 1))
+                                    run_token=self.run_token, publish_every=plan.get("publish_every", DEFAULT_PUBLISH_EVERY),
+                                    ranks=plan["ranks"])
 
     def rolling_dir(self) -> Optional[str]:
         """``<trainer.default_local_dir>/steprm_latest`` (absolute), where the online service publishes its state
@@ -459,7 +488,9 @@ class StepRewardHooks:
             columns.get("episode"))
         new_scores = None
         if self.scores_turns:
+            start = time.perf_counter()
             rewards = _run(self._call("score", items))  # pre-update weights: the update below comes after
+            metrics["timing_s/spa/steprm_score"] = time.perf_counter() - start
             if self.stepagent and self.stepagent_turns == "compared":
                 keep = compared_turns(items, columns["stepagent"], columns.get("step_index"))
                 rewards = [[x if k else 0.0 for x, k in zip(r, ks)] for r, ks in zip(rewards, keep)]
@@ -478,7 +509,9 @@ class StepRewardHooks:
             train = [it for it, ok in zip(items, trainable) if ok]
         metrics["steprm/skipped_episodes"] = float(skipped_episodes(items, trainable))
         if train:
+            start = time.perf_counter()
             metrics.update(_run(self._call("update", train)))
+            metrics["timing_s/spa/steprm_update"] = time.perf_counter() - start
         return new_scores
 
     @property
@@ -543,15 +576,40 @@ class StepRewardHooks:
         self.last_saved = (path, self.expected["version"])
 
 
+def prune_rotated_states(root: str | os.PathLike, current_step: int) -> list[str]:
+    """Remove ``<root>/global_step_M/steprm`` for every M < ``current_step`` whose ``actor/`` verl's checkpoint
+    rotation has removed (``trainer.max_actor_ckpt_to_keep``: verl deletes only the ``actor`` folders it saved),
+    so the step-reward state lives exactly as long as the actor checkpoint it belongs to. Returns what it
+    removed."""
+    import re
+    import shutil
+
+    removed = []
+    if not os.path.isdir(str(root)):
+        return removed
+    for name in os.listdir(str(root)):
+        m = re.fullmatch(r"global_step_(\d+)", name)
+        step_dir = os.path.join(str(root), name)
+        state = os.path.join(step_dir, STATE_DIR)
+        if m and int(m.group(1)) < current_step and os.path.isdir(state) and not os.path.isdir(
+                os.path.join(step_dir, "actor")):
+            shutil.rmtree(state, ignore_errors=True)
+            removed.append(state)
+    return sorted(removed)
+
+
 __all__ = ["ROLLING_DIR", "STATE_DIR", "StepRewardHooks", "add_step_rewards", "episode_items", "service_plan",
-           "compared_turns", "skipped_episodes", "stepagent_pairs"]
+           "compared_turns", "prune_rotated_states", "skipped_episodes", "stepagent_pairs"]
 
 
 def plan_problems(cfg: Any) -> list[str]:
     """Config problems of the step-reward service (for ``spa_reward.config_check``), naming the key to set."""
     plan = service_plan(cfg)
-    if plan is None or plan["kind"] == "progress_frozen":
+    if plan is None:
         return []
+    ranks = _rank_problems(plan)
+    if plan["kind"] == "progress_frozen":
+        return ranks
     block = PLAN_BLOCKS[plan["kind"]]
     settings = dict(plan["settings"])
     if settings.get("model_path") is None and settings.get("backbone_config") is None:
@@ -562,13 +620,33 @@ def plan_problems(cfg: Any) -> list[str]:
         StepRMSettings.from_dict(settings)
     except (ValueError, TypeError) as e:
         return [f"{block}: {e}"]
-    problems = []
+    problems = ranks
+    if not ranks and settings.get("lora_r") and plan["ranks"] > 1:
+        problems.append(f"{block}.lora_r={settings['lora_r']} with {plan['ranks']} ranks: a sharded service trains "
+                        "the whole model; LoRA already fits one GPU (set the ranks to 1)")
     if plan["num_gpus"] < 0:
         problems.append(f"{block}.num_gpus={plan['num_gpus']} must be >= 0")
     if not plan["timeout_s"] > 0:
         problems.append(f"{block}.start_timeout_s={plan['timeout_s']} must be > 0")
-    every = plan.get("publish_every", 1)
+    every = plan.get("publish_every", DEFAULT_PUBLISH_EVERY)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        problems.append(f"{block}.publish_every={every!r} must be an integer >= 1 (updates between two states the "
-                        "online service publishes for a restart; 1 = after every update)")
+        problems.append(f"{block}.publish_every={every!r} must be an integer >= 1 (updates between two full states "
+                        "the online service publishes for a restart when no checkpoint comes in between)")
     return problems
+
+
+def _rank_problems(plan: dict) -> list[str]:
+    """The service's ranks against its GPUs: a whole number >= 1, one GPU per rank when it has GPUs."""
+    spa = plan["kind"].startswith("progress")
+    block = "algorithm.spa" if spa else PLAN_BLOCKS[plan["kind"]]
+    rk, gk = (f"{block}.scorer_ranks", f"{block}.scorer_num_gpus") if spa else (f"{block}.ranks", f"{block}.num_gpus")
+    ranks, gpus = plan["ranks"], plan["num_gpus"]
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        return [f"{rk}={ranks!r} must be an integer >= 1 (the step-reward model's ranks; null = one per GPU of {gk})"]
+    if ranks > 1 and gpus > 0 and gpus != ranks:
+        return [f"{gk}={gpus:g} with {rk}={ranks}: a sharded service has one GPU per rank (set {gk}={ranks}, or "
+                f"{gk}=0 for CPU ranks)"]
+    if ranks == 1 and gpus > 1:
+        return [f"{gk}={gpus:g}: one actor uses one GPU; a whole number of GPUs >= 2 shards the model over that many "
+                f"ranks ({rk}=null)"]
+    return []

@@ -139,6 +139,25 @@ def test_spa_turn_gae_with_values_hand_computed():
     assert torch.all(adv[mask == 0] == 0)
 
 
+def test_spa_turn_gae_with_bf16_values_computes_and_returns_fp32():
+    """Under mixed precision the critic's values are bf16: the advantages and returns stay fp32 (verl's gae
+    promotes too), so value targets near 8-10 are not rounded to multiples of 0.0625."""
+    mask = torch.tensor([[1, 1, 0, 1, 0, 1]])
+    r = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 9.3]])
+    values = torch.tensor([[8.0, 9.0, 9.0, 8.5, 9.0, 8.75]], dtype=torch.bfloat16)  # exact in bf16
+    adv, ret = compute_spa_advantage(r, mask, None, cfg(gamma=0.9, lam=0.8), values=values)
+    assert adv.dtype == ret.dtype == torch.float32
+    # deltas: .9 * 8.5 - 8 = -.35 ; .9 * 8.75 - 8.5 = -.625 ; 9.3 - 8.75 = .55 ; (gamma lam) = .72
+    a2 = 0.55
+    a1 = -0.625 + 0.72 * a2
+    a0 = -0.35 + 0.72 * a1
+    want = torch.tensor([[a0 + 8.0, a0 + 8.0, 0.0, a1 + 8.5, 0.0, a2 + 8.75]])
+    assert torch.allclose(ret, want, atol=1e-5)  # bf16 would round 9.3 to 9.3125
+    raw = np.array([a0, a0, a1, a2])
+    whitened = (raw - raw.mean()) / math.sqrt(raw.var(ddof=1) + 1e-8)
+    assert torch.allclose(adv[mask.bool()].double(), torch.tensor(whitened), atol=1e-5)
+
+
 def test_inputs_arrive_through_the_context():
     with estimator_inputs(turn_anchors=ANCHORS):
         adv, _ = compute_gigpo_advantage(outcome_rewards(), MASK, INDEX, cfg())

@@ -252,3 +252,70 @@ def test_per_step_rows_through_transfer_queue_match_the_packed_episode(transfer_
                               atol=1e-5), (b, t)
     assert metrics["episode/env_failures"] == 1.0  # one failed session, however many rows it has
     assert metrics["episode/env_failure_share"] == pytest.approx(1 / len(eps))
+
+
+# ------------------------------------------------------------------ lone survivors (issue 20, item 5)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "gigpo", "spa", "rloo"])
+def test_a_groups_lone_survivor_gets_zero_advantage(transfer_queue, estimator):
+    """Rows 0 and 1 of group a ended by env failure: row 2 is its group's only real episode. verl's grpo would
+    give it A = R (a group of one: mean 0, std 1) next to normalised groups; every group-relative estimator now
+    gives it 0. Group b is a group of one by design (rollout.n=1 for it) and keeps the convention."""
+    rewards = outcome_rewards()  # scores: a = [1, 0, 1], b = [0.5], c = [0]
+    keys = keys_for(f"lone{estimator}")
+    batch = put_rollout(rewards, keys, failed={0, 1})
+    metrics: dict = {}
+    make_trainer(estimator)._compute_advantage(batch, metrics)
+    adv = fetch(keys, "advantages")
+    assert torch.all(adv[2] == 0) and torch.all(fetch(keys, "returns")[2] == 0)
+    assert torch.equal(fetch(keys, "response_mask")[2], MASK[2])  # still data: only its advantage is 0
+    assert metrics["episode/lone_survivors"] == 1.0
+    if estimator == "grpo":
+        assert adv[3][MASK[3].bool()].tolist() == pytest.approx([0.5 / (1 + 1e-6)] * 2, abs=1e-6)
+
+
+def test_a_lone_survivor_keeps_its_critic_advantage(transfer_queue):
+    from verl.trainer.ppo.core_algos import compute_gae_advantage_return
+
+    rewards = outcome_rewards()
+    values = torch.linspace(-0.5, 0.5, MASK.numel()).reshape(MASK.shape)
+    keys = keys_for("lonegae")
+    batch = put_rollout(rewards, keys, failed={0, 1}, values=values)
+    metrics: dict = {}
+    make_trainer("gae", use_critic=True)._compute_advantage(batch, metrics)
+    keep = [2, 3, 4]
+    expected, _ = compute_gae_advantage_return(rewards[keep], values[keep], MASK[keep], gamma=0.5, lam=1.0)
+    adv = fetch(keys, "advantages")
+    assert torch.allclose(adv[2][MASK[2].bool()], expected[0][MASK[2].bool()], atol=1e-5)
+    assert adv[2].abs().sum() > 0 and metrics["episode/lone_survivors"] == 1.0
+
+
+def test_lone_survivors_by_hand():
+    from spa_reward.trainer import lone_survivors
+
+    # group a: sessions a_0 (2 rows, ok), a_1 (failed); group b: b_0 ok, b_1 ok; group c: one session by design;
+    # group d: both failed; the last row is verl's padding (a copy of row 0)
+    uids = ["a", "a", "a", "b", "b", "c", "d", "d", "a"]
+    sessions = ["a_0", "a_0", "a_1", "b_0", "b_1", "c_0", "d_0", "d_1", "a_0"]
+    failed = np.array([0, 0, 1, 0, 0, 0, 1, 1, 0], dtype=bool)
+    padding = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    assert lone_survivors(uids, sessions, padding, failed).tolist() == [True, True, False, False, False, False,
+                                                                        False, False, False]
+
+
+def test_bf16_critic_values_give_fp32_advantages_and_returns_in_transfer_queue(transfer_queue):
+    """A mixed-precision critic stores bf16 values; SPA's turn GAE writes fp32 advantages and returns for every
+    row, the failed row's zeros included (one dtype per column)."""
+    rewards = outcome_rewards() * 9.3
+    values = (8.0 + torch.linspace(0, 1, MASK.numel()).reshape(MASK.shape)).to(torch.bfloat16)
+    keys = keys_for("bf16")
+    batch = put_rollout(rewards, keys, failed={1}, values=values)
+    make_trainer("spa", use_critic=True)._compute_advantage(batch, {})
+    for field in ("advantages", "returns"):
+        got = fetch(keys, field)
+        assert all(t.dtype == torch.float32 for t in got), (field, [t.dtype for t in got])
+    ret = fetch(keys, "returns")
+    assert torch.all(ret[1] == 0)
+    # row 3's single turn: return = r + 0 - V + V = 0.5 * 9.3 exactly in fp32 (bf16 would give 4.65625)
+    assert float(ret[3][0]) == pytest.approx(4.65, abs=1e-5)

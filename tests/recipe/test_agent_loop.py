@@ -60,9 +60,11 @@ def test_expert_replay_wins(tokenizer, toy_env):
     assert ep["won"] and ep["num_turns"] == 3 and ep["executable"] == [True, True, True]
     assert out.turn_anchors == ["pos0", "pos1", "pos2"]
     assert out.episode_reward == 10.0 and ep["env_reward_raw"] == 1.0
+    timing = {k: out.episode_info.pop(k) for k in ("env_seconds", "llm_seconds")}
     assert out.episode_info == {"won": True, "score": 1.0, "num_turns": 3, "executable_rate": 1.0,
                                 "truncated": False, "env_error": "", "task_type": "even", "env_reward": 10.0,
                                 "parse_errors": 0, "env_failed": 0.0, "env_error_text": ""}
+    assert timing["env_seconds"] > 0 and timing["llm_seconds"] > 0  # reset + 3 steps; 3 generations
     assert out.num_turns == 1 + 3 + 2  # first user message, 3 assistant turns, 2 observations
     assert len({c["request_id"] for c in server.calls}) == 1  # one sticky request id per episode
     assert out.response_ids[-1] == tokenizer.eos_token_id
@@ -120,6 +122,16 @@ def test_reset_failure_gives_minimal_output(tokenizer, toy_env):
     # never generated, yet verl's _compute_metrics needs the weight versions: the global step the loop was given
     assert out.extra_fields["min_global_steps"] == 3 and out.extra_fields["max_global_steps"] == 3
     assert out.episode_info["env_failed"] == 1.0 and "error during open" in out.episode_info["env_error_text"]
+    assert out.response_logprobs is None  # verl keeps no rollout log-probs here, so no row has them
+
+
+def test_reset_failure_carries_rollout_logprobs_when_verl_keeps_them(tokenizer, toy_env):
+    # verl reads rollout_log_probs of the whole batch when rollout.calculate_log_probs is on (KeyError seen in a
+    # real run when one row, whose env failed at reset, had none)
+    config = agent_config(toy_env_cfg(env_kwargs={"no_such_kwarg": 1}),
+                          actor_rollout_ref={"rollout": {"calculate_log_probs": True}})
+    out = run_episode(config, FakeServer(tokenizer, expert_policy()), tokenizer, row("t0"))
+    assert out.response_mask == [0] and out.response_logprobs == [0.0]
 
 
 def test_env_failure_is_collected_and_marked(tokenizer, toy_env, tmp_path):

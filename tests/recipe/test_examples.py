@@ -27,7 +27,7 @@ from tests.recipe.helpers import REPO, trainer_config
 
 def dry_run(script: str, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "DATA_DIR": "/data/spa", "OUT_DIR": "/out",
-           **env_vars}
+           "PLATFORM": "gpu", **env_vars}
     return subprocess.run(["bash", str(REPO / "examples" / script), *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
@@ -237,7 +237,7 @@ def test_check_names_bad_values_and_writes_settings(tmp_path, capsys):
     assert "mars" in capsys.readouterr().err
     assert check.main(["--no-files", "--require-gpus", "100000", *argv]) == 1
     err = capsys.readouterr().err
-    assert "needs 100000 GPUs" in err and "DRY_RUN=1" in err and "cpu_tour.sh" in err
+    assert "needs 100000 GPUs" in err and "DRY_RUN=1" in err and "PLATFORM=cpu" in err
     out = tmp_path / "run" / "run_settings.json"
     assert check.main(["--no-files", "--settings-out", str(out), *argv]) == 0
     saved = json.loads(out.read_text())
@@ -302,9 +302,9 @@ def test_sigterm_stops_the_launch_and_its_process_group(tmp_path):
 @pytest.mark.slow
 def test_real_launch_without_gpus_stops_at_once(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "examples" / "rl_grpo.sh"), "webshop"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHON=sys.executable, N_GPUS="64", TP="1",
+                          env=dict(os.environ, PYTHON=sys.executable, N_GPUS="64", TP="1", PLATFORM="gpu",
                                    OUT_DIR=str(tmp_path)), timeout=600)
-    assert proc.returncode == 1 and "torch sees" in proc.stderr and "cpu_tour.sh" in proc.stderr
+    assert proc.returncode == 1 and "torch sees" in proc.stderr and "PLATFORM=cpu" in proc.stderr
     assert not (tmp_path / "rl" / "webshop" / "webshop_grpo_outcome_grpo" / "logs").exists()
 
 

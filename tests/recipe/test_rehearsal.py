@@ -1,20 +1,14 @@
-"""End-to-end rehearsal of the comparison path on CPU (issue 8, item 7: the documented fallback).
+"""verl's real v1 trainer through ``fit`` with stub worker groups, for what a one-rank CPU run cannot show.
 
-verl 0.9.1's ``main_ppo`` cannot run on a CPU-only machine with test-only shims of a few hundred lines:
-``single_controller/ray/base.py`` ``ResourcePoolManager.create_resource_pool`` builds every pool with
-``RayResourcePool(use_gpu=True)``, so the placement groups ask Ray for GPU bundles that never schedule; the only
-rollout replicas are vLLM/SGLang/TRT-LLM (``workers/rollout/replica.py`` ``RolloutReplicaRegistry``), so a CPU
-generation server would have to implement ``RolloutReplica`` plus the weight sync of
-``checkpoint_engine/base.py`` ``CheckpointEngineManager``; and the actor/critic workers are FSDP/Megatron engines
-(``workers/engine_workers.py``).
-
-So this test drives verl's REAL v1 trainer, our ``spa`` mode (``SpaTrainer``, a ``PPOTrainerSync``), through
-``fit`` for two training steps: real config (the recipe's hydra composition), real TransferQueue, real replay
-buffer, real ``_balance_batch`` padding, real ``_compute_advantage`` / ``_compute_metrics``, real checkpoint save
-(``latest_checkpointed_iteration.txt``) and resume (``_load_checkpoint``, ``resume_mode``), real ``_validate`` with
-its generation dump. The rollout is our real ``env_agent`` loop on a toy env against a scripted server, stored
-through verl's real ``AgentLoopWorkerTQ._agent_loop_postprocess`` (reward manager included). Only the worker
-groups (log-probs, actor update, checkpoint files), the weight sync and the dataloader are stubs.
+The e2e tests (``tests/e2e``, ``PLATFORM=cpu``) run every launch script through the real ``main_ppo`` with one
+logical GPU, so verl never pads a batch there. This test keeps verl's REAL v1 trainer, our ``spa`` mode
+(``SpaTrainer``, a ``PPOTrainerSync``), driving ``fit`` for two training steps with a data-parallel size of 4:
+real config (the recipe's hydra composition), real TransferQueue, real replay buffer, real ``_balance_batch``
+padding (6 rows -> 12), real ``_compute_advantage`` / ``_compute_metrics`` with padding rows and env-failed rows in
+one batch, real checkpoint save and resume, real ``_validate`` with its generation dump. The rollout is our real
+``env_agent`` loop on a toy env against a scripted server, stored through verl's real
+``AgentLoopWorkerTQ._agent_loop_postprocess`` (reward manager included). Only the worker groups (log-probs, actor
+update, checkpoint files), the weight sync and the dataloader are stubs.
 
 One task's episodes hang the env, so every step-2 batch holds env failures and verl's padding rows.
 """

@@ -40,8 +40,8 @@ def items(step: int) -> list[dict]:
                          c["episode_reward"], OLD_LP)[0]
 
 
-def hooks_for(service, tmp_path) -> StepRewardHooks:
-    cfg = trainer_config("algorithm.reward=istar", f"trainer.default_local_dir={tmp_path}")
+def hooks_for(service, tmp_path, *overrides: str) -> StepRewardHooks:
+    cfg = trainer_config("algorithm.reward=istar", f"trainer.default_local_dir={tmp_path}", *overrides)
     return StepRewardHooks(cfg, service=service)
 
 
@@ -83,7 +83,9 @@ def test_a_restarted_actor_restores_its_last_update_and_scores_like_an_uninterru
     hooks.handle = actor(hooks, monkeypatch, restarted=True)  # Ray ran __init__ again with the same arguments
     ident = hooks.handle.identity()
     assert ident["version"] == 2 and ident["restarted"] and ident["not_restored"] is None
-    assert ident["incarnation"] != first and ident["restored_from"].startswith(str(tmp_path / "steprm_latest" / "v"))
+    # no checkpoint yet: the base is the initial model, the two updates were journaled and are replayed
+    assert ident["incarnation"] != first
+    assert ident["restored_from"] == str(tmp_path / "steprm_latest" / "(initial model)") + " + 2 journaled updates"
     got, want = {}, {}
     new, expected = hooks.process(columns(2), got), reference.process(columns(2), want)  # scored at version 2
     assert [x.tolist() for x in new] == [pytest.approx(x.tolist(), abs=1e-6) for x in expected]
@@ -91,8 +93,9 @@ def test_a_restarted_actor_restores_its_last_update_and_scores_like_an_uninterru
     assert got["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=1e-6)  # the optimiser state came back too
     after = items(3)
     assert hooks.handle.model.score(after) == [pytest.approx(r, abs=1e-6) for r in reference.handle.score(after)]
-    states = [p.name for p in (tmp_path / "steprm_latest").iterdir() if p.is_dir()]
-    assert states == [json.loads((tmp_path / "steprm_latest" / "LATEST.json").read_text())["state"]]  # old removed
+    pointer = json.loads((tmp_path / "steprm_latest" / "LATEST.json").read_text())
+    assert pointer["version"] == 3 and pointer["state"] is None and len(pointer["journal"]) == 3
+    assert sorted(os.listdir(tmp_path / "steprm_latest")) == sorted(["LATEST.json", *pointer["journal"]])
 
 
 def test_an_actor_that_cannot_restore_itself_refuses_and_the_run_stops(tmp_path, monkeypatch):
@@ -160,7 +163,8 @@ def test_published_state_is_checked_before_it_loads(tmp_path):
     with pytest.raises(ValueError, match="only version 0"):
         publish_state(model, tmp_path, token="t", with_state=False)
     for bad, match in (({"state": "../escape"}, "not a plain child folder name"), ({"state": "nope"}, "does not load"),
-                       ({"version": 5}, "holds version 1"), ({"format": 99}, "format 99")):
+                       ({"state_version": 5}, "holds version 1"), ({"version": 5}, "says version 5"),
+                       ({"format": 99}, "format 99")):
         (tmp_path / "LATEST.json").write_text(json.dumps({**pointer, **bad}))
         with pytest.raises(ServiceNotRestoredError, match=match):
             restore_state(StepRewardModel(SETTINGS), tmp_path, "t")
@@ -190,26 +194,68 @@ def asyncio_run(coro):
     return asyncio.run(coro)
 
 
-def test_publish_every_writes_less_and_a_restart_between_publications_stops_the_run(tmp_path, monkeypatch):
-    """publish_every=2: the state is published after updates 2, 4, ...; a restart after update 3 restores version 2,
-    which the hooks refuse (they expect 3) instead of training on; a bad value is refused by the config check."""
+def test_publish_every_bounds_the_journal_and_a_restart_replays_it(tmp_path, monkeypatch):
+    """publish_every=2: a full state after updates 2, 4, ...; the updates in between are journaled (their batches),
+    so a restart after update 3 restores version 3 (state 2 + update 3 replayed) and the run goes on; a bad value
+    is refused by the config check."""
     from spa_reward.steprm.trainer_hooks import plan_problems
 
     hooks = hooks_for(None, tmp_path)
+    reference = hooks_for(StepRewardModel(SETTINGS), tmp_path / "ref")
     monkeypatch.setattr(service_mod, "ray_restart_info", lambda: (False, 0))
     hooks.handle = StepRewardServiceActor(dict(SETTINGS), state_dir=hooks.rolling_dir(), run_token=hooks.run_token,
                                           publish_every=2)
     latest = tmp_path / "steprm_latest" / "LATEST.json"
-    versions = []
+    published = []
     for step in range(3):
         hooks.process(columns(step), {})
-        versions.append(json.loads(latest.read_text())["version"])
-    assert versions == [0, 2, 2]
+        reference.process(columns(step), {})
+        p = json.loads(latest.read_text())
+        published.append((p["version"], p["state_version"], len(p["journal"])))
+    assert published == [(1, 0, 1), (2, 2, 0), (3, 2, 1)]
     hooks.handle = actor(hooks, monkeypatch, restarted=True)
-    assert hooks.handle.identity()["version"] == 2
-    with pytest.raises(RuntimeError, match=r"is at version 2 .*left it at version 3"):
-        hooks.process(columns(3), {})
+    assert hooks.handle.identity()["version"] == 3 and "+ 1 journaled updates" in hooks.handle.identity()["restored_from"]
+    got, want = {}, {}
+    new, expected = hooks.process(columns(3), got), reference.process(columns(3), want)
+    assert [x.tolist() for x in new] == [pytest.approx(x.tolist(), abs=1e-6) for x in expected]
+    assert got["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=1e-6) and got["steprm/restarts"] == 1.0
     bad = trainer_config("algorithm.reward=istar", "algorithm.istar.publish_every=0")
     assert any("algorithm.istar.publish_every=0" in p for p in plan_problems(bad))
     with pytest.raises(ValueError, match="publish_every=0"):
         StepRewardServiceActor(dict(SETTINGS), publish_every=0)
+
+
+def test_publication_costs_the_batch_and_a_checkpoint_is_referenced_not_copied(tmp_path, monkeypatch):
+    """Issue 20 item 7: an update publishes its batch (KB), not the weights and optimiser state; a checkpoint save
+    becomes the published base without a second copy; a restart after it replays only the later updates."""
+    hooks = hooks_for(None, tmp_path)
+    reference = hooks_for(StepRewardModel(SETTINGS), tmp_path / "ref")
+    hooks.handle = actor(hooks, monkeypatch)
+    metrics: dict = {}
+    hooks.process(columns(0), metrics)
+    reference.process(columns(0), {})
+    rolling = tmp_path / "steprm_latest"
+    (entry,) = json.loads((rolling / "LATEST.json").read_text())["journal"]
+    journaled = json.loads((rolling / entry).read_text())  # the update's input: the batch's two episodes
+    assert [(it["input_ids"], it["success"]) for it in journaled] == [(it["input_ids"], it["success"])
+                                                                      for it in items(0)]
+    hooks.save(tmp_path / "global_step_1")
+    state_mb = sum(f.stat().st_size for f in (tmp_path / "global_step_1" / "steprm").rglob("*")) / 2**20
+    assert 0 < metrics["steprm/published_mb"] < state_mb / 20, (metrics, state_mb)
+    pointer = json.loads((rolling / "LATEST.json").read_text())
+    assert pointer["state"] == "../global_step_1/steprm" and pointer["journal"] == [] and pointer["version"] == 1
+    assert os.listdir(rolling) == ["LATEST.json"]  # the journal before the checkpoint is gone, no state copy
+    for step in (1, 2):
+        hooks.process(columns(step), {})
+        reference.process(columns(step), {})
+    hooks.handle = actor(hooks, monkeypatch, restarted=True)
+    ident = hooks.handle.identity()
+    assert ident["version"] == 3
+    assert ident["restored_from"] == str(tmp_path / "global_step_1" / "steprm") + " + 2 journaled updates"
+    assert hooks.handle.model.score(items(3)) == [pytest.approx(r, abs=1e-6) for r in reference.handle.score(items(3))]
+    # resuming loads a checkpoint: it becomes the base as well
+    asyncio_run(hooks.handle.load(str(tmp_path / "global_step_1" / "steprm")))
+    assert json.loads((rolling / "LATEST.json").read_text())["state"] == "../global_step_1/steprm"
+    assert service_mod.checkpoint_ref(rolling, tmp_path / "elsewhere" / "steprm") is None
+    with pytest.raises(ValueError, match="is not a global_step_N/steprm folder"):
+        publish_state(hooks.handle.model, rolling, hooks.run_token, checkpoint=tmp_path / "x" / "steprm")

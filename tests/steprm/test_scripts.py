@@ -33,3 +33,20 @@ def test_rl_spa_online_composes():
     assert not off.algorithm.spa.online.enable
     # online and offline SPA never share (and so never resume) one run folder
     assert "_online_" in cfg.trainer.experiment_name and cfg.trainer.experiment_name != off.trainer.experiment_name
+
+
+def test_prm_gpus_2_composes_a_sharded_prm():
+    """PRM_GPUS=2 gives the PRM two GPUs, i.e. two FSDP ranks (spa_reward.steprm.sharded), and the start-up checks
+    pass; the GPUs count per node, so NNODES=2 doubles them; SCORER_GPUS=2 shards the SPA scorer the same way."""
+    from spa_reward.steprm.trainer_hooks import plan_problems, service_plan
+    from tests.recipe.test_examples import overrides
+
+    cfg = composed("rl_istar.sh", "webshop", N_GPUS="4", PRM_GPUS="2", TP="2")
+    assert cfg.algorithm.istar.num_gpus == 2 and cfg.trainer.n_gpus_per_node == 2
+    assert service_plan(cfg)["ranks"] == 2 and plan_problems(cfg) == []
+    assert config_problems(cfg, check_files=False) == []
+    assert overrides("rl_istar.sh", "webshop", N_GPUS="8", NNODES="2", PRM_GPUS="2")["algorithm.istar.num_gpus"] == "4"
+    spa = overrides("rl_spa.sh", "webshop", N_GPUS="4", SCORER_GPUS="2")
+    assert spa["algorithm.spa.scorer_num_gpus"] == "2" and spa["trainer.n_gpus_per_node"] == "2"
+    sa = overrides("rl_stepagent.sh", "webshop", N_GPUS="4", PRM_GPUS="2", STEPAGENT_MODE="implicit")
+    assert sa["algorithm.stepagent.num_gpus"] == "2"

@@ -76,7 +76,10 @@ def test_same_episode_in_both_layouts(tokenizer, toy_env):
     assert [e["actions"][0] for e in eps] == pe["actions"] == ["step forward"] * 3
     assert [o.turn_anchors[0] for o in window] == packed.turn_anchors == ["pos0", "pos1", "pos2"]
     assert all(o.episode_reward == packed.episode_reward == 10.0 for o in window)
-    assert {k: v for k, v in window[-1].episode_info.items() if not k.startswith("session_")} == packed.episode_info
+    timing = ("env_seconds", "llm_seconds")  # wall seconds: present in both, equal in neither
+    assert {k: v for k, v in window[-1].episode_info.items() if not k.startswith("session_") and k not in timing} \
+        == {k: v for k, v in packed.episode_info.items() if k not in timing}
+    assert all(window[-1].episode_info[k] > 0 and packed.episode_info[k] > 0 for k in timing)
     assert window[0].prompt_ids == packed.prompt_ids  # the first step's prompt is the same in both layouts
     # each reply is the packed response's turn, token for token
     for o, a, b in zip(window, pe["turn_starts"], pe["turn_ends"]):
@@ -163,6 +166,22 @@ def test_reset_failure_gives_one_placeholder_row(tokenizer, toy_env):
     (ep,) = check_rows(outs, 4096)
     assert ep["env_error"] == "error:open" and ep["episode_turns"] == 0 and ep["num_turns"] == 0
     assert outs[0].response_mask == [0] and outs[0].turn_anchors == [] and len(outs[0].prompt_ids) > 0
+
+
+def test_reset_failure_placeholder_carries_rollout_logprobs_when_verl_keeps_them(tokenizer, toy_env):
+    import asyncio
+
+    from tests.recipe.helpers import FakeServer, agent_config, make_agent_loop
+
+    config = agent_config(window_cfg(env_kwargs={"no_such_kwarg": 1}),
+                          actor_rollout_ref={"rollout": {"calculate_log_probs": True}})
+
+    async def go():
+        loop = make_agent_loop(config, FakeServer(tokenizer, expert()), tokenizer)
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **row("t0"))
+
+    (out,) = asyncio.run(go())
+    assert out.response_mask == [0] and out.response_logprobs == [0.0]
 
 
 def test_config_checks(tokenizer, toy_env):
