@@ -1432,12 +1432,18 @@ def _write(result: dict, out: Path) -> dict:
 
 def _redraw(paths: list[Path], out: Path, methods: list[str] | None = None) -> dict:
     """Tables and pictures again from one or more ``learning.json`` (runs of several invocations, e.g. one per task
-    variant run side by side, are merged: their methods and variants in first-seen order, wall times added);
+    variant run side by side, are merged: their methods and variants in first-seen order, wall times listed; a run
+    of a later file replaces the same (variant, method, seed) of an earlier one, e.g. methods run again);
     ``methods`` (an explicit ``--methods``): only those, in that order."""
     results = [json.loads(p.read_text()) for p in paths]
     merged = {k: results[0][k] for k in ("args", "task", "wall_s", "load") if k in results[0]}
     merged["args"] = dict(merged["args"])
-    merged["runs"] = [r for res in results for r in res["runs"] if methods is None or r["method"] in methods]
+    runs: dict = {}
+    for res in results:
+        for r in res["runs"]:
+            if methods is None or r["method"] in methods:
+                runs[(r.get("variant", "lock"), r["method"], r["seed"])] = r  # the latest file's run wins
+    merged["runs"] = list(runs.values())
     for key in ("methods", "variants"):
         merged["args"][key] = list(dict.fromkeys(x for res in results for x in res["args"].get(key, [])))
     if methods is not None:

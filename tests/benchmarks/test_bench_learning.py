@@ -141,6 +141,15 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     merged = bench.main(["--from-json", str(tmp_path / "lock.json"), str(tmp_path / "fixed.json"),
                          "--out-dir", str(tmp_path / "merged")])
     assert merged["rows"] == saved["rows"]
+    # a later file's run replaces the same (variant, method, seed): here grpo's, run "again" with other numbers
+    again = {**saved, "runs": [dict(r, success=[0.0] * len(r["success"])) for r in saved["runs"]
+                               if r["method"] == "grpo"]}
+    (tmp_path / "again.json").write_text(json.dumps(again))
+    replaced = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), str(tmp_path / "again.json"),
+                           "--out-dir", str(tmp_path / "again")])
+    assert len(replaced["runs"]) == len(saved["runs"])
+    assert all(max(r["success"]) == 0.0 for r in replaced["runs"] if r["method"] == "grpo")
+    assert [r for r in replaced["rows"] if r["method"] == "spa"] == [r for r in saved["rows"] if r["method"] == "spa"]
     picked = bench.main(["--from-json", str(tmp_path / "out" / "learning.json"), "--methods", "spa", "grpo",
                          "--out-dir", str(tmp_path / "picked")])  # a view of some methods, in the order asked
     assert [(r["task"], r["method"]) for r in picked["rows"]] == [(v, m) for v in ("lock", "fixed")
