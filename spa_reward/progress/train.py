@@ -764,17 +764,6 @@ def plot_learning_curve(history: list[dict], out_path: str | os.PathLike) -> Pat
     return out
 
 
-def episode_predictions(contrib: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``sum_t c_t`` per episode ``(episodes,)`` from the model's ``contrib`` ``(rows, K)`` (0 at padded turns): the
-    row sums, added up per episode with ``index_add`` when the batch is in the window layout
-    (``batch["episode_index"]``, :func:`~spa_reward.progress.data.collate_window_examples`)."""
-    rows = contrib.float().sum(dim=1)
-    index = batch.get("episode_index")
-    if index is None:
-        return rows
-    return torch.zeros(batch["rewards"].shape[0], dtype=rows.dtype, device=rows.device).index_add(0, index, rows)
-
-
 def evaluate(model: ProgressEstimator, examples: list[Example], batch_size: int, autocast_dtype) -> dict[str, float]:
     """Regression metrics of ``sum_t c_t`` against R and the objective's own loss (``eval/loss``); a window-layout
     example's c_t are its rows' (one each)."""

@@ -31,9 +31,9 @@ Two objectives share one service (:mod:`spa_reward.steprm.service`):
 
 Window layout (``env.history=window``: one row per env step): an episode's turns are spread over several rows;
 ``episode`` (rows,) long says which episode each row belongs to. :func:`episode_trajectory_scores` is
-``Q = mean over ALL the episode's turns`` and :func:`progress_loss` with ``episode_index`` regresses the sum of
-the episode's rows' ``c_t`` (the offline trainer's ``spa_reward.progress.train.episode_predictions``). With one
-row per episode both give exactly the packed numbers.
+``Q = mean over ALL the episode's turns`` and :func:`progress_episode_losses` with ``episode_index`` pools the
+episode's rows (``sum``: the sum of their ``c_t``; ``prefix``: the mean over their readouts; the offline trainer
+uses the same function). With one row per episode both give exactly the packed numbers.
 
 Turns are given by a per-token turn index (bs, L) long: the 0-based turn a token belongs to, -1 for tokens outside
 every assistant turn (prompt, observations, padding); :func:`span_turn_index` builds it from turn spans and
