@@ -8,22 +8,36 @@ does what depends on the task (``n_tasks`` locks) and the stage. The only reward
 within ``max_steps`` steps (0 otherwise), so the few decisive steps must be found among many that did nothing or
 undid the progress. Every state has an anchor (task and stage, what GiGPO matches on) and every step a known true
 worth: (stage after - stage before) / n_stages (1/K for an advance, minus the lost progress for a trap, 0 else).
+Two variants (``--variants``): ``lock`` (above: opening ends the episode, so a short episode means a win) and
+``fixed`` (every episode runs ``max_steps`` steps, an open lock stays open, R = final stage / n_stages on the last
+step: partial credit equal to the sum of the steps' worth, and the length of an episode says nothing about R).
+
+The paper's pipeline (``--init sft``, the default): an imitation (SFT) stage first clones a noisy expert
+(:class:`NoisyExpert`: the advancing lever with probability 1 - ``--sft-noise`` + noise/n, else uniform;
+``--sft-episodes`` demonstrations, ``--sft-steps`` Adam steps of cross-entropy; :func:`pretrain_policy`), and every
+method of a seed starts from that same policy; spa explores with it. Its success rate is printed and kept in the
+table's header (about 0.17 on both variants with the defaults). ``--init scratch`` starts from the uniform policy.
 
 The policy is a tiny MLP over the current observation and the previous action (CPU, torch), sampled at
 temperature 1; the update is PPO-clip on per-step log-probs. Everything between rollout and update is the project's
 own code on verl-shaped tensors, exactly as in a verl run:
 
 * rewards: ``spa_reward.fusion`` (``outcome_turn_rewards`` for the baselines, ``fuse_turn_rewards`` r_t =
-  alpha*c_t + beta*g_t for spa), placed on each turn's last token by ``place_turn_rewards`` (dense
+  alpha*c_t + G_t for spa, ``algorithm.spa.grounding``), placed on each turn's last token by ``place_turn_rewards`` (dense
   ``token_level_rewards``, ``response_mask`` = 1 on the action token of each turn, 0 on the observation tokens
   between turns, ``uid`` = one id per group of 8);
 * advantages: verl's own ``compute_advantage_for_multi_trajectories`` (what the v1 trainer's
   ``_compute_advantage`` calls) with ``config=algorithm``, which dispatches to verl's GRPO or to our registered
   ``gigpo``/``spa`` (``import spa_reward.register``); the per-turn anchors and the env's episode reward reach them
   through ``spa_reward.advantage.estimator_inputs``, the same context the ``spa`` trainer mode uses;
+* critic methods (``ppo``, ``spa_critic``, ``spa_paper``, ...): a value MLP V(s_t) over the policy's input whose
+  values reach the ``spa`` estimator as the trainer passes the critic's values (on each turn's first token), so it
+  runs GAE over turns (``examples/rl_ppo.sh``, ``SPA_CRITIC=1``); the critic regresses the returns it gives (MSE,
+  ``--critic-lr``);
 * the progress estimator (spa): exploration episodes of the initial policy -> ``TrajectoryRecord`` files ->
-  ``spa_reward.progress.train`` (tiny Llama from a config, MSE(sum c_t, R)) -> ``ProgressScorer`` (the serving
-  class the reward manager uses) scores every RL batch. The paper's pipeline in miniature.
+  ``spa_reward.progress.train --objective <algorithm.spa.objective>`` (tiny Llama from a config) ->
+  ``ProgressScorer`` (the serving class the reward manager uses) scores every RL batch. The paper's pipeline in
+  miniature; the estimator's attribution is measured on 256 held-out episodes of the same policy.
 * the step-reward service (``spa_online``, ``istar``): ``spa_reward.steprm.trainer_hooks.StepRewardHooks`` built
   from the method's ``algorithm`` block (the trainer's own plan: objective, online, beta, reference, replay
   window), serving from an in-process ``spa_reward.steprm.service.StepRewardModel`` (the Ray actor's body) on CPU.
@@ -68,22 +82,25 @@ own code on verl-shaped tensors, exactly as in a verl run:
   kept in the JSON.
 
 Methods are the entries of ``METHODS`` (name -> reward function, advantage estimator, algorithm overrides,
-optional preparation step, expert-prefix flag). Default: ``grpo``, ``gigpo``
-(outcome R), ``spa`` (the released alpha 1, beta 0.5), ``spa_nog`` (same estimator, beta 0), two diagnostics
-with a perfect estimator (c_t = the true worth): ``spa_oracle`` and ``spa_oracle_nog``, and the step-reward
-service methods ``spa_online``, ``spa_online_nog``, ``istar``, ``istar_frozen``, the StepAgent methods
-``stepagent``, ``stepagent_reverse``, ``stepagent_irl``, ``stepagent_implicit`` and ``stepagent_irl_8steps``;
-``grpo_pen`` (GRPO with
-``examples/``' invalid-action penalty 0.1) is available by name. Every method gets the same policy, optimiser,
-seeds, tasks and RL episode budget and the recipe's ``algorithm`` block (``recipe/spa/config/spa_trainer.yaml``:
-gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs differ. spa's exploration episodes come
-on top of the RL budget and are reported in the table.
+optional preparation step, expert-prefix flag, critic flag). Default (``DEFAULT_METHODS``): ``grpo``, ``gigpo``,
+``ppo`` (outcome R; ppo with a critic), ``spa`` (``examples/rl_spa.sh``'s defaults = the recipe yaml's: prefix
+objective, grounding penalty 0.1, no critic), ``spa_sum`` (the paper's objective, the rest as spa), ``spa_critic``,
+``spa_paper`` (the paper's literal setting: sum objective, bonus 0.5, critic), ``spa_oracle`` (diagnostic: c_t = the
+true worth), ``spa_online`` (the estimator keeps training online), ``istar``, ``istar_frozen`` and the StepAgent
+methods ``stepagent``, ``stepagent_reverse``, ``stepagent_irl``, ``stepagent_implicit``. ``--methods grounding``
+runs ``GROUNDING_METHODS`` (the grounding trap: bonus vs penalty, learned vs perfect c_t, with and without a
+critic); ``grpo_pen``, ``spa_online_sum``, ``stepagent_irl_all``, ``stepagent_irl_8steps`` run by name. Every method
+gets the same starting policy, optimiser, seeds, tasks and RL episode budget and the recipe's ``algorithm`` block
+(``recipe/spa/config/spa_trainer.yaml``: gamma 0.95, no invalid penalty, mean_norm); only each method's own knobs
+differ. spa's exploration episodes come on top of the RL budget and are reported in the table.
 
-Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes, mean and min-max band over seeds; second
-panel: per-step Pearson correlation of each method's per-turn advantage, and of c_t (istar: beta q_t), with the true
-step worth over training), ``learning.md`` (table), ``learning.json`` (every curve).
+Output (``--out-dir``): ``learning.png`` (success rate vs RL episodes as small multiples: one row per task variant,
+one panel per method family, mean over seeds with a min-max band; grpo and gigpo drawn thin in every panel),
+``learning_credit.png`` (the same grid: per-step Pearson of each method's advantage A_t and of its step reward c_t
+with the true worth over training), ``learning.md`` (the imitation stage's success, then one table row per task
+variant and method), ``learning.json`` (every curve).
 
-    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--methods grpo gigpo spa] [--out-dir DIR]
+    python benchmarks/bench_learning.py [--quick] [--seeds 5] [--variants lock fixed] [--methods grpo gigpo spa]
     python benchmarks/bench_learning.py --from-json DIR/learning.json --out-dir DIR2   # redraw only
 """
 
@@ -98,6 +115,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -130,6 +148,10 @@ class LockTask:
     n_invalid: int = 2
     max_steps: int = 16
     layout_seed: int = 0
+    # False: opening the lock ends the episode (R = 1), so a short episode means a win. True (the "fixed" variant):
+    # every episode runs max_steps steps, an open lock stays open, and R = final stage / n_stages (partial credit,
+    # the sum of the steps' true worth), so the length of an episode says nothing about R
+    fixed_length: bool = False
 
     def __post_init__(self):
         if self.n_tasks < 1 or self.n_stages < 1 or self.max_steps < self.n_stages:
@@ -220,19 +242,23 @@ class LockEnv(TextEnv):
     def _step(self, action: str) -> tuple[str, float, bool, dict]:
         if action not in self.actions:
             return self._obs("stuck"), 0.0, False, {**self._carry_info(), "executable": False}
-        role = int(self.roles[self._lock, self._stage, self.actions.index(action)])
         before = self._stage
-        event = {0: "moved", 1: "advance", 2: "reset", 3: "stuck"}[role]
+        role = 0 if before == self.task.n_stages else int(self.roles[self._lock, before, self.actions.index(action)])
+        event = {0: "moved", 1: "advance", 2: "reset", 3: "stuck"}[role]  # an open lock (fixed variant) stays open
         if role == 1:
             self._stage += 1
         elif role == 2:
             self._stage = 0
         won = self._stage == self.task.n_stages
+        reward, done = float(won), won
+        if self.task.fixed_length:  # R = the progress kept at the end, given on the last step; no early end
+            done = False
+            reward = self._stage / self.task.n_stages if self._steps + 1 >= self.max_steps else 0.0
         info = {
             "admissible_actions": list(self.actions), "executable": role != 3, "won": won, "score": float(won),
             "anchor": self._anchor_key(), "worth": (self._stage - before) / self.task.n_stages, "event": event,
         }
-        return self._obs(event), float(won), won, info
+        return self._obs(event), reward, done, info
 
 
 # ---------------------------------------------------------------------------------------------------- policy
@@ -251,6 +277,103 @@ class Policy(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (N, 4) token ids -> logits (N, n_actions)."""
         return self.mlp(self.embed(feats).flatten(1))
+
+
+class NoisyExpert(nn.Module):
+    """The demonstrator of the imitation (SFT) stage, as logits over the levers: the advancing lever of the
+    current (task, stage) with probability ``1 - noise`` plus ``noise / n_actions``, every other lever with
+    ``noise / n_actions``; an open lock (fixed variant): uniform."""
+
+    def __init__(self, task: LockTask, vocab: Vocab, noise: float):
+        super().__init__()
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"the expert's noise must be in [0, 1], got {noise}")
+        roles = lock_layout(task)
+        advance = torch.full((vocab.size, vocab.size), -1, dtype=torch.long)  # (task word, stage word) -> lever
+        for t in range(task.n_tasks):
+            for st in range(task.n_stages):
+                advance[vocab.ids[f"task{t}"], vocab.ids[f"stage{st}"]] = int(np.nonzero(roles[t, st] == 1)[0][0])
+        self.register_buffer("advance", advance)
+        self.noise, self.n_actions = float(noise), task.n_actions
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        lever = self.advance[feats[:, 0], feats[:, 1]]
+        probs = torch.full((len(feats), self.n_actions), self.noise / self.n_actions)
+        known = lever >= 0
+        probs[known, lever[known]] += 1.0 - self.noise
+        probs[~known] = 1.0 / self.n_actions
+        return probs.log()
+
+
+def pretrain_policy(seed: int, task: LockTask, vocab: Vocab, args) -> dict:
+    """The imitation (SFT) stage of the paper's pipeline: behaviour cloning of :class:`NoisyExpert` episodes
+    (``--sft-episodes`` of them, noise ``--sft-noise``), cross-entropy on every step, ``--sft-steps`` Adam steps
+    of 256 steps each; then the cloned policy's success rate on a fresh batch (temperature 1). Cached per seed and
+    task: every method of a seed starts from this policy, and spa explores with it. Returns ``{"state", "info"}``."""
+    key = (seed, task, args.sft_episodes, args.sft_noise, args.sft_steps, args.hidden)
+    if key in _SFT_CACHE:
+        return _SFT_CACHE[key]
+    gen = torch.Generator().manual_seed(30_000 + seed)
+    expert = NoisyExpert(task, vocab, args.sft_noise)
+    tasks = [f"lock-{i % task.n_tasks}" for i in range(args.sft_episodes)]
+    demos = rollout(expert, task, vocab, tasks, [f"demo-{i}" for i in range(len(tasks))], gen)
+    feats = torch.tensor([f for ep in demos for f in ep.feats])
+    acts = torch.tensor([a for ep in demos for a in ep.actions])
+    torch.manual_seed(seed)
+    policy = Policy(vocab.size, task.n_actions, hidden=args.hidden)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(40_000 + seed)
+    for _ in range(args.sft_steps):
+        idx = torch.randint(len(acts), (256,), generator=order)
+        loss = nn.functional.cross_entropy(policy(feats[idx]), acts[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    check = rollout(policy, task, vocab, [f"lock-{i % task.n_tasks}" for i in range(512)],
+                    [f"sft-{i}" for i in range(512)], torch.Generator().manual_seed(50_000 + seed))
+    info = {"sft_success": float(np.mean([ep.won for ep in check])),
+            "demo_success": float(np.mean([ep.won for ep in demos])), "sft_loss": float(loss.detach())}
+    _SFT_CACHE[key] = {"state": {k: v.clone() for k, v in policy.state_dict().items()}, "info": info}
+    return _SFT_CACHE[key]
+
+
+_SFT_CACHE: dict = {}
+
+
+def episode_features(eps: list) -> torch.Tensor:
+    """(steps, 4) the policy's input of every step of ``eps``, episode after episode."""
+    return torch.tensor([f for ep in eps for f in ep.feats])
+
+
+def critic_values(critic: nn.Module, eps: list) -> list[list[float]]:
+    """V(s_t) of every step (the critic reads what the policy reads), per episode."""
+    with torch.no_grad():
+        v = critic(episode_features(eps)).squeeze(-1).tolist()
+    out, start = [], 0
+    for ep in eps:
+        out.append(v[start : start + len(ep.actions)])
+        start += len(ep.actions)
+    return out
+
+
+def critic_update(critic: nn.Module, opt: torch.optim.Optimizer, eps: list, returns: torch.Tensor, args) -> float:
+    """MSE of V(s_t) on the estimator's per-turn returns (turn GAE: A_t + V_t), ``args.ppo_epochs`` passes."""
+    feats = episode_features(eps)
+    target = torch.cat([returns[i, : len(ep.actions)] for i, ep in enumerate(eps)]).float()
+    return fit(critic, opt, lambda: ((critic(feats).squeeze(-1) - target) ** 2).mean(), args.ppo_epochs)
+
+
+def fit(module: nn.Module, opt: torch.optim.Optimizer, loss_of: Callable[[], torch.Tensor], passes: int) -> float:
+    """``passes`` optimiser steps on ``loss_of()`` (gradient norm clipped at 1.0); returns the last loss."""
+    loss_v = 0.0
+    for _ in range(passes):
+        loss = loss_of()
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        loss_v = float(loss.detach())
+    return loss_v
 
 
 @dataclass
@@ -414,8 +537,11 @@ def to_record(ep: Episode, vocab: Vocab, index: int) -> dict:
     }
 
 
-def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], estimator: str, algo) -> torch.Tensor:
-    """Per-turn advantages (bs, max_turns) through verl's advantage step on verl-shaped tensors."""
+def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], estimator: str, algo,
+                       values: list[list[float]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-turn advantages and returns (bs, max_turns) through verl's advantage step on verl-shaped tensors.
+    ``values`` (the critic's V(s_t) per turn; estimator ``spa``): placed on each turn's first token, as the trainer
+    passes the critic's values, so ``spa`` runs GAE over turns."""
     from spa_reward.advantage import estimator_inputs
     from spa_reward.trainer import TURN_ESTIMATORS
     from verl.protocol import DataProto
@@ -428,11 +554,14 @@ def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], esti
     rewards = torch.zeros(bs, length)
     pos = torch.zeros(bs, max_t, dtype=torch.long)
     valid = torch.zeros(bs, max_t, dtype=torch.bool)
+    token_values = torch.zeros(bs, length)
     for i, ((m, p), r) in enumerate(zip(layouts, turn_rewards)):
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
         rewards[i] = torch.tensor(place_turn_rewards(r, p, length))  # one token per turn: it is its last token
         pos[i, : len(p)] = torch.tensor(p)
         valid[i, : len(p)] = True
+        if values is not None:  # one token per turn: it is also its first
+            token_values[i, torch.tensor(p)] = torch.tensor(values[i], dtype=torch.float32)
     uids = np.array([ep.uid for ep in eps], dtype=object)
     data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
                                non_tensors={"uid": uids})
@@ -441,13 +570,18 @@ def compute_advantages(eps: list[Episode], turn_rewards: list[list[float]], esti
     if estimator in TURN_ESTIMATORS:  # what spa_reward.trainer.SpaTrainer._compute_advantage supplies
         inputs["turn_anchors"] = np.array([ep.anchors for ep in eps] + [None], dtype=object)[:-1]
         inputs["episode_rewards"] = np.array([ep.reward for ep in eps], dtype=np.float64)
+    if values is not None:
+        if estimator != "spa":
+            raise ValueError(f"critic values reach only the spa estimator (turn GAE), not {estimator!r}")
+        inputs["values"] = token_values
     with estimator_inputs(**inputs):
         out = compute_advantage_for_multi_trajectories(
             data, batch_keys=keys, adv_estimator=estimator, gamma=algo.gamma, lam=algo.get("lam", 1.0), num_repeat=1,
             norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True), config=algo,
         )
     adv = out.batch["advantages"].gather(1, pos)
-    return torch.where(valid, adv, torch.zeros_like(adv))
+    ret = out.batch["returns"].gather(1, pos)
+    return torch.where(valid, adv, torch.zeros_like(adv)), torch.where(valid, ret, torch.zeros_like(ret))
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -459,12 +593,9 @@ def outcome_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[floa
 
 
 def spa_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
-    """SPA's reward (reward manager ``spa``): r_t = alpha c_t + beta g_t with c_t from the progress scorer."""
-    items = []
-    for ep in eps:
-        ids, ends = estimator_sequence(ep, ctx["vocab"])
-        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
-    return _fused(eps, ctx["scorer"].score(items), algo)
+    """SPA's reward (reward manager ``spa``): r_t = alpha c_t + G_t (``algorithm.spa.grounding``) with c_t from the
+    progress scorer."""
+    return _fused(eps, ctx["scorer"].score(scorer_items(eps, ctx["vocab"])), algo)
 
 
 def oracle_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[float]], dict]:
@@ -476,7 +607,7 @@ def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[
     s = algo.spa
     rewards = [
         fuse_turn_rewards(c, ep.executable, alpha=s.alpha, beta=s.beta, outcome=ep.reward, outcome_coef=s.outcome_coef,
-                          clip=s.clip, invalid_penalty=algo.invalid_penalty)[0]
+                          clip=s.clip, invalid_penalty=algo.invalid_penalty, grounding=s.grounding)[0]
         for c, ep in zip(contribs, eps)
     ]
     flat_c = [x for c in contribs for x in c]
@@ -484,29 +615,51 @@ def _fused(eps: list[Episode], contribs: list[list[float]], algo) -> tuple[list[
     return rewards, {"c_worth_pearson": _pearson(flat_c, flat_w), "c_lag1_pearson": _lag1_pearson(contribs, eps)}
 
 
+def task_tag(task: LockTask) -> str:
+    """The task variant's name: ``lock`` (opening the lock ends the episode) or ``fixed`` (fixed length, partial
+    credit)."""
+    return "fixed" if task.fixed_length else "lock"
+
+
+def scorer_items(eps: list[Episode], vocab: Vocab) -> list[dict]:
+    """What the ``spa`` reward manager sends the scorer per episode: prompt + response ids, turn ends and starts
+    (a turn is its lever token), prompt length and R."""
+    items = []
+    for ep in eps:
+        ids, ends = estimator_sequence(ep, vocab)
+        items.append({"input_ids": ids, "turn_ends": ends, "turn_starts": ends, "prompt_length": len(ep.prompt_ids),
+                      "reward": ep.reward})
+    return items
+
+
 def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
-    """The paper's pipeline in miniature: the initial policy explores, the estimator is trained on its records."""
+    """The paper's pipeline in miniature: the initial policy (the SFT policy, or the untrained one with
+    ``--init scratch``) explores, the estimator is trained on its records with the method's
+    ``algorithm.spa.objective`` (``spa_reward.progress.train --objective``), and ``ProgressScorer`` serves it.
+    Attribution is measured on 256 held-out episodes of the same policy."""
     from spa_reward.progress import train as train_mod
     from spa_reward.progress.model import ProgressEstimator, ProgressEstimatorConfig, build_tiny_backbone_config
     from spa_reward.progress.serve import ProgressScorer
     from spa_reward.progress.synthetic import attribution_metrics
     from spa_reward.records import validate_record, write_records
 
-    key = (seed, task, args.explore_episodes, args.est_epochs, args.est_lr, args.est_batch, args.est_hidden)
+    objective = str(algo.spa.objective) if algo is not None else "sum"
+    key = (seed, task, objective, args.init, args.explore_episodes, args.est_epochs, args.est_lr, args.est_batch,
+           args.est_hidden)
     if key in _ESTIMATOR_CACHE:  # spa variants of one seed share the exploration and the estimator
         return dict(_ESTIMATOR_CACHE[key])
     gen = torch.Generator().manual_seed(10_000 + seed)
     tasks = [f"lock-{i % task.n_tasks}" for i in range(args.explore_episodes)]
     eps = rollout(policy, task, vocab, tasks, [f"explore-{i // args.group_size}" for i in range(len(tasks))], gen)
     records = [validate_record(to_record(ep, vocab, i)) for i, ep in enumerate(eps)]
-    work = workdir / f"spa-seed{seed}"
+    work = workdir / f"spa-{task_tag(task)}-{args.init}-seed{seed}-{objective}"
     (work / "records.jsonl").unlink(missing_ok=True)
     write_records(work / "records.jsonl", records)
     torch.manual_seed(seed)
     config = ProgressEstimatorConfig(
         backbone_config=build_tiny_backbone_config(vocab_size=vocab.size, hidden_size=args.est_hidden, num_layers=2,
                                                    num_heads=4, max_position_embeddings=256),
-        head="mlp", tokenizer="lock-words", max_length=256, pad_token_id=vocab.ids["<pad>"],
+        head="mlp", tokenizer="lock-words", max_length=256, pad_token_id=vocab.ids["<pad>"], objective=objective,
     )
     ProgressEstimator(config).save_pretrained(work / "init")
     t0 = time.time()
@@ -515,20 +668,32 @@ def prepare_spa(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, w
         "--lr", str(args.est_lr), "--weight-decay", "0.0", "--warmup-steps", "10", "--warmup-type", "linear",
         "--epochs", str(args.est_epochs), "--batch-size", str(args.est_batch), "--grad-accum", "1", "--seed", str(seed),
         "--logger", "none", "--no-progress-bar", "--no-plot", "--device", "cpu", "--log-every", "50",
-        "--num-threads", str(args.threads), "--save-total-limit", "1",
+        "--num-threads", str(args.threads), "--save-total-limit", "1", "--overwrite",
     ])
     scorer = ProgressScorer(work / "estimator", device="cpu", max_batch_size=64)
-    explore_pred = scorer.score([{"input_ids": r.input_ids, "turn_ends": r.turn_ends} for r in records])
-    m = attribution_metrics(explore_pred, records)
+    held = rollout(policy, task, vocab, [f"lock-{i % task.n_tasks}" for i in range(256)],
+                   [f"held-{i // args.group_size}" for i in range(256)], torch.Generator().manual_seed(60_000 + seed))
+    pred = scorer.score(scorer_items(held, vocab))
+    m = attribution_metrics(pred, [validate_record(to_record(ep, vocab, i)) for i, ep in enumerate(held)])
     info = {
-        "explore_episodes": len(eps), "explore_success": float(np.mean([ep.won for ep in eps])),
+        "objective": objective, "explore_episodes": len(eps), "explore_success": float(np.mean([ep.won for ep in eps])),
         "estimator_train_s": round(time.time() - t0, 1),
         "explore_step_pearson": m["step_pearson"], "explore_sum_mse": m["sum_mse"],
-        "explore_lag1_pearson": _lag1_pearson(explore_pred, eps),
-        "mean_c_by_event": _mean_by_event(explore_pred, eps),
+        "explore_lag1_pearson": _lag1_pearson(pred, held),
+        "mean_c_by_event": _mean_by_event(pred, held),
+        "mean_c_early_late": _mean_early_late(pred),
     }
-    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info, "estimator_dir": str(work / "estimator")}
+    _ESTIMATOR_CACHE[key] = {"scorer": scorer, "vocab": vocab, "info": info, "estimator_dir": str(work / "estimator"),
+                             "explore_eps": eps, "held_eps": held, "held_pred": pred}
     return dict(_ESTIMATOR_CACHE[key])
+
+
+def _mean_early_late(values: list[list[float]], split: int = 5) -> dict[str, float]:
+    """Mean c_t over steps 0..split-1 and over the later steps (the length shortcut shows as early >> late)."""
+    early = [x for v in values for x in v[:split]]
+    late = [x for v in values for x in v[split:]]
+    return {"early": round(float(np.mean(early)), 4) if early else float("nan"),
+            "late": round(float(np.mean(late)), 4) if late else float("nan")}
 
 
 _ESTIMATOR_CACHE: dict = {}
@@ -584,7 +749,7 @@ def _step_reward_hooks(algo, settings: dict):
 def prepare_spa_online(seed: int, policy: Policy, task: LockTask, vocab: Vocab, args, workdir: Path, algo=None) -> dict:
     """spa's offline estimator (shared, cached per seed) as the start of an online progress service
     (``algorithm.spa.online``: replay window, steps per batch) that trains on every RL batch."""
-    base = prepare_spa(seed, policy, task, vocab, args, workdir)
+    base = prepare_spa(seed, policy, task, vocab, args, workdir, algo=algo)
     algo = algo.copy()
     algo.spa.estimator_path = base["estimator_dir"]
     hooks = _step_reward_hooks(algo, {"device": "cpu", "dtype": "float32", "gradient_checkpointing": False,
@@ -596,11 +761,7 @@ def spa_online_rewards(eps: list[Episode], ctx: dict, algo) -> tuple[list[list[f
     """Online SPA: the reward manager ``spa`` scores c_t with the service's current (pre-update) weights, then the
     trainer hook trains the service on the batch (R per episode, replay window)."""
     hooks = ctx["hooks"]
-    items = []
-    for ep in eps:
-        ids, ends = estimator_sequence(ep, ctx["vocab"])
-        items.append({"input_ids": ids, "turn_ends": ends, "prompt_length": len(ep.prompt_ids)})
-    rewards, diag = _fused(eps, hooks.handle.score(items), algo)
+    rewards, diag = _fused(eps, hooks.handle.score(scorer_items(eps, ctx["vocab"])), algo)
     metrics: dict = {}
     hooks.process(trainer_columns(eps, ctx["vocab"], rewards), metrics)
     return rewards, {**diag, "steprm_loss": metrics.get("steprm/loss", float("nan"))}
@@ -751,25 +912,50 @@ class Method:
     prepare: Callable[..., dict] | None = None
     doc: str = ""
     expert_prefix: bool = False
+    critic: bool = False  # a value MLP V(s_t) whose values reach the spa estimator: turn GAE (rl_ppo.sh, SPA_CRITIC=1)
+
+
+# examples/rl_spa.sh's defaults, which are the recipe yaml's algorithm.spa block (the benchmark's ``spa`` runs them; a
+# test checks the script): the prefix objective, grounding as a penalty of 0.1 on non-executed actions, no critic
+SPA_CRITIC = False
+# the paper's literal setting: MSE(sum_t c_t, R), a bonus of 0.5 per executed action, PPO with a critic
+PAPER = {"objective": "sum", "alpha": 1.0, "beta": 0.5, "grounding": "bonus"}
+
+
+def _spa(algorithm: dict | None = None, critic: bool = SPA_CRITIC, doc: str = "") -> Method:
+    return Method(spa_rewards, "spa", {"spa": dict(algorithm or {})}, prepare=prepare_spa, critic=critic, doc=doc)
+
+
+def _oracle(algorithm: dict | None = None, critic: bool = SPA_CRITIC, doc: str = "") -> Method:
+    return Method(oracle_rewards, "spa", {"spa": dict(algorithm or {})}, critic=critic, doc=doc)
 
 
 METHODS: dict[str, Method] = {
     "grpo": Method(outcome_rewards, "grpo", doc="outcome R, verl's GRPO"),
     "gigpo": Method(outcome_rewards, "gigpo", doc="outcome R, GiGPO anchor-state step groups"),
-    "spa": Method(spa_rewards, "spa", prepare=prepare_spa,
-                  doc="r_t = c_t + 0.5 g_t (released defaults), critic-free spa estimator; estimator from exploration"),
-    "spa_nog": Method(spa_rewards, "spa", {"spa": {"beta": 0.0}}, prepare=prepare_spa,
-                      doc="spa without the grounding term (beta = 0): r_t = c_t only, same estimator"),
-    "spa_oracle": Method(oracle_rewards, "spa",
-                         doc="spa (released alpha, beta) with c_t = the true step worth: what a perfect estimator gives"),
-    "spa_oracle_nog": Method(oracle_rewards, "spa", {"spa": {"beta": 0.0}}, doc="perfect estimator, beta = 0"),
-    "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
+    "ppo": Method(outcome_rewards, "spa", critic=True,
+                  doc="outcome R, turn GAE with a critic through the spa estimator (examples/rl_ppo.sh)"),
+    "spa": _spa(doc="rl_spa.sh's defaults: prefix objective, r_t = c_t - 0.1 (1 - g_t), critic-free spa estimator"),
+    "spa_sum": _spa({"objective": "sum"}, doc="spa with the paper's objective MSE(sum_t c_t, R), the rest as spa"),
+    "spa_critic": _spa(critic=not SPA_CRITIC, doc="spa with a critic (turn GAE), as SPA_CRITIC=1"),
+    "spa_paper": _spa(PAPER, critic=True, doc="the paper's setting: sum objective, r_t = c_t + 0.5 g_t, critic"),
+    "spa_oracle": _oracle(doc="diagnostic: spa with c_t = the true worth of the step (a perfect estimator)"),
     "spa_online": Method(spa_online_rewards, "spa", {"reward": "spa", "spa": {"online": {"enable": True}}},
                          prepare=prepare_spa_online,
-                         doc="spa (alpha 1, beta 0.5) whose estimator keeps training on every RL batch (online)"),
-    "spa_online_nog": Method(spa_online_rewards, "spa",
-                             {"reward": "spa", "spa": {"beta": 0.0, "online": {"enable": True}}},
-                             prepare=prepare_spa_online, doc="online spa, beta = 0"),
+                         doc="spa whose estimator keeps training on every RL batch (online, same objective)"),
+    "spa_online_sum": Method(spa_online_rewards, "spa",
+                             {"reward": "spa", "spa": {"objective": "sum", "online": {"enable": True}}},
+                             prepare=prepare_spa_online, doc="online spa with the sum objective"),
+    # the grounding trap (README): the paper's per-step bonus against the penalty form, learned and perfect c_t
+    "spa_bonus": _spa({"beta": 0.5, "grounding": "bonus"}, doc="spa with the paper's bonus 0.5 per executed action"),
+    "spa_bonus_critic": _spa({"beta": 0.5, "grounding": "bonus"}, critic=True, doc="spa_bonus with a critic"),
+    "spa_penalty_critic": _spa({"beta": 0.5}, critic=True, doc="penalty 0.5 on non-executed actions, critic"),
+    "spa_nog": _spa({"beta": 0.0}, doc="spa without grounding (beta 0)"),
+    "spa_oracle_bonus": _oracle({"beta": 0.5, "grounding": "bonus"}, doc="perfect c_t, bonus 0.5"),
+    "spa_oracle_bonus_critic": _oracle({"beta": 0.5, "grounding": "bonus"}, critic=True,
+                                       doc="perfect c_t, bonus 0.5, critic"),
+    "spa_oracle_penalty_critic": _oracle({"beta": 0.5}, critic=True, doc="perfect c_t, penalty 0.5, critic"),
+    "grpo_pen": Method(outcome_rewards, "grpo", {"invalid_penalty": 0.1}, doc="grpo with examples/'s penalty 0.1"),
     "istar": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"}}, prepare=prepare_istar,
                     doc="implicit PRM r_t = beta q_t (pi_ref = rollout policy), trajectory DPO, spa rloo advantage"),
     "istar_frozen": Method(istar_rewards, "spa", {"reward": "istar", "spa": {"mode": "rloo"},
@@ -799,9 +985,11 @@ METHODS: dict[str, Method] = {
                                    prepare=prepare_stepagent, expert_prefix=True,
                                    doc="diagnostic: stepagent_irl_all with 8 discriminator steps per batch (recipe: 1)"),
 }
-DEFAULT_METHODS = ["grpo", "gigpo", "spa", "spa_nog", "spa_oracle", "spa_oracle_nog", "spa_online", "spa_online_nog",
-                   "istar", "istar_frozen", "stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit",
-                   "stepagent_irl_all", "stepagent_irl_8steps"]
+DEFAULT_METHODS = ["grpo", "gigpo", "ppo", "spa", "spa_sum", "spa_critic", "spa_paper", "spa_oracle", "spa_online",
+                   "istar", "istar_frozen", "stepagent", "stepagent_reverse", "stepagent_irl", "stepagent_implicit"]
+# the grounding study of the README (python benchmarks/bench_learning.py --methods $GROUNDING_METHODS ...)
+GROUNDING_METHODS = ["spa", "spa_nog", "spa_bonus", "spa_critic", "spa_penalty_critic", "spa_bonus_critic", "spa_oracle",
+                     "spa_oracle_bonus", "spa_oracle_penalty_critic", "spa_oracle_bonus_critic"]
 
 
 def algorithm_config(overrides: dict):
@@ -838,35 +1026,41 @@ def _mean_by_event(values: list[list[float]], eps: list[Episode]) -> dict[str, f
 
 def ppo_update(policy: Policy, opt: torch.optim.Optimizer, eps: list[Episode], adv: torch.Tensor, args) -> float:
     """PPO-clip over all steps of the batch (token-mean), ``args.ppo_epochs`` passes, one minibatch."""
-    feats = torch.tensor([f for ep in eps for f in ep.feats])
+    feats = episode_features(eps)
     acts = torch.tensor([a for ep in eps for a in ep.actions])
     old = torch.tensor([lp for ep in eps for lp in ep.logps])
     a = torch.cat([adv[i, : len(ep.actions)] for i, ep in enumerate(eps)]).float()
-    loss_v = 0.0
-    for _ in range(args.ppo_epochs):
+
+    def loss_of() -> torch.Tensor:
         logp = torch.log_softmax(policy(feats), dim=-1).gather(1, acts[:, None]).squeeze(1)
         ratio = torch.exp(logp - old)
-        loss = -torch.min(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a).mean()
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        loss_v = float(loss.detach())
-    return loss_v
+        return -torch.min(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a).mean()
+
+    return fit(policy, opt, loss_of, args.ppo_epochs)
 
 
 def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) -> dict:
-    """Train one policy with one method and seed; returns its curves."""
+    """Train one policy with one method and seed; returns its curves. With ``--init sft`` (default) the policy
+    starts from the seed's imitation-trained policy (:func:`pretrain_policy`), the same for every method."""
     method = METHODS[method_name]
     algo = algorithm_config({"adv_estimator": method.adv_estimator, **method.algorithm})
     vocab = Vocab(task)
     torch.manual_seed(seed)
     policy = Policy(vocab.size, task.n_actions, hidden=args.hidden)
+    prep: dict = {}
+    if args.init == "sft":
+        sft = pretrain_policy(seed, task, vocab, args)
+        policy.load_state_dict(sft["state"])
+        prep.update(sft["info"])
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
-    ctx, prep = {}, {}
+    critic = critic_opt = None
+    if method.critic:
+        critic = Policy(vocab.size, 1, hidden=args.hidden)  # V starts at 0 (zero output layer)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    ctx = {}
     if method.prepare is not None:
         ctx = method.prepare(seed, policy, task, vocab, args, workdir, algo=algo)
-        prep = dict(ctx.get("info", {}))
+        prep.update(ctx.get("info", {}))
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     eval_gen = torch.Generator().manual_seed(20_000 + seed)  # StepAgent's evaluation batches: their own stream
@@ -888,10 +1082,13 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
             eps = rollout(policy, task, vocab, tids, uids, gen)
             won = [ep.won for ep in eps]
         turn_rewards, diag = method.reward(eps, ctx, algo)
-        adv = compute_advantages(eps, turn_rewards, method.adv_estimator, algo)
+        values = critic_values(critic, eps) if critic is not None else None
+        adv, returns = compute_advantages(eps, turn_rewards, method.adv_estimator, algo, values)
         if not torch.isfinite(adv).all():
             raise FloatingPointError(f"{method_name} seed {seed}: non-finite advantages at iteration {it}")
         loss = ppo_update(policy, opt, eps, adv, args)
+        if critic is not None:
+            critic_update(critic, critic_opt, eps, returns, args)
         flat_adv = [float(x) for i, ep in enumerate(eps) for x in adv[i, : len(ep.actions)]]
         curve["episodes"].append((it + 1) * per_iter)
         curve["success"].append(float(np.mean(won)))
@@ -902,7 +1099,8 @@ def run_one(method_name: str, seed: int, task: LockTask, args, workdir: Path) ->
         curve["c_worth_pearson"].append(diag.get("c_worth_pearson", float("nan")))
         curve["c_lag1_pearson"].append(diag.get("c_lag1_pearson", float("nan")))
         curve["loss"].append(loss)
-    return {"method": method_name, "seed": seed, "rl_time_s": round(time.time() - t0, 1), "prepare": prep, **curve}
+    return {"method": method_name, "seed": seed, "variant": task_tag(task), "rl_time_s": round(time.time() - t0, 1),
+            "prepare": prep, **curve}
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -922,68 +1120,165 @@ def episodes_to(episodes: list[int], success: np.ndarray, level: float) -> int |
     return int(episodes[hit[0]]) if len(hit) else None
 
 
+FAMILIES = (  # the panels of the figures: (title, method name prefixes), first match wins
+    ("outcome reward (references)", ("grpo", "gigpo", "ppo")),
+    ("perfect c_t (diagnostics)", ("spa_oracle",)),
+    ("online step-reward models", ("spa_online", "istar")),
+    ("SPA, offline estimator", ("spa",)),
+    ("StepAgent", ("stepagent",)),
+)
+PANELS = ("outcome reward (references)", "SPA, offline estimator", "perfect c_t (diagnostics)",
+          "online step-reward models", "StepAgent")  # the order of the panels, left to right
+REFERENCES = ("grpo", "gigpo")  # drawn thin in every panel, to compare against
+
+
+def family(name: str) -> str:
+    for title, prefixes in FAMILIES:
+        if any(name == p or name.startswith(p + "_") for p in prefixes):
+            return title
+    return "other"
+
+
+def _variants(runs: list[dict]) -> list[str]:
+    seen = []
+    for r in runs:
+        v = r.get("variant", "lock")
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
 def summarize(runs: list[dict], window: int, methods: list[str]) -> list[dict]:
+    """One row per (task variant, method) that ran: episodes to 50% / 80% success (mean curve over seeds, and how
+    many seeds got there), final success, extra episodes, the per-step Pearson of A_t and c_t with the worth over
+    training, and (offline spa) the trained estimator's per-step Pearson on held-out episodes of its explorer."""
     rows = []
-    for name in methods:
-        mine = [r for r in runs if r["method"] == name]
-        sm = np.array([smooth(r["success"], window) for r in mine])
-        ep = mine[0]["episodes"]
-        mean = sm.mean(0)
-        reach = {}
-        for level in (0.5, 0.8):
-            seeds_hit = sum(episodes_to(ep, s, level) is not None for s in sm)
-            at = episodes_to(ep, mean, level)
-            reach[level] = f"{'never' if at is None else at} ({seeds_hit}/{len(sm)} seeds)"
-        extra = int(np.mean([r["prepare"].get("explore_episodes", 0) for r in mine]))
-        evals = int(np.mean([r["prepare"].get("eval_episodes", 0) for r in mine]))
-        if evals:  # StepAgent: success is measured on these, played from the start state and never trained on
-            extra = f"{extra + evals} (evaluation)" if not extra else f"{extra} + {evals} (evaluation)"
-        final = [float(np.mean(r["success"][-window:])) for r in mine]
-        adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
-        c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
-        rows.append({
-            "method": name,
-            "episodes to 50% (mean curve; seeds reaching)": reach[0.5],
-            "episodes to 80%": reach[0.8],
-            "final success (last %d iters)" % window: f"{np.mean(final):.2f} ± {np.std(final):.2f}",
-            "extra episodes": extra,
-            "corr(A, worth)": f"{np.nanmean(adv_corr):.2f}",
-            "corr(c, worth)": f"{np.mean(c_corr):.2f}" if c_corr else "-",
-        })
+    for variant in _variants(runs):
+        for name in methods:
+            mine = [r for r in runs if r["method"] == name and r.get("variant", "lock") == variant]
+            if not mine:
+                continue
+            sm = np.array([smooth(r["success"], window) for r in mine])
+            ep = mine[0]["episodes"]
+            mean = sm.mean(0)
+            reach = {}
+            for level in (0.5, 0.8):
+                seeds_hit = sum(episodes_to(ep, x, level) is not None for x in sm)
+                at = episodes_to(ep, mean, level)
+                reach[level] = f"{'never' if at is None else at} ({seeds_hit}/{len(sm)} seeds)"
+            extra = int(np.mean([r["prepare"].get("explore_episodes", 0) for r in mine]))
+            evals = int(np.mean([r["prepare"].get("eval_episodes", 0) for r in mine]))
+            if evals:  # StepAgent: success is measured on these, played from the start state and never trained on
+                extra = f"{extra + evals} (evaluation)" if not extra else f"{extra} + {evals} (evaluation)"
+            final = [float(np.mean(r["success"][-window:])) for r in mine]
+            adv_corr = [np.nanmean(r["adv_worth_pearson"]) for r in mine]
+            c_corr = [np.nanmean(r["c_worth_pearson"]) for r in mine
+                      if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+            held = [r["prepare"]["explore_step_pearson"] for r in mine if "explore_step_pearson" in r["prepare"]]
+            rows.append({
+                "task": variant,
+                "method": name,
+                "episodes to 50% (mean curve; seeds reaching)": reach[0.5],
+                "episodes to 80%": reach[0.8],
+                "final success (last %d iters)" % window: f"{np.mean(final):.2f} ± {np.std(final):.2f}",
+                "extra episodes": extra,
+                "corr(A, worth)": f"{np.nanmean(adv_corr):.2f}",
+                "corr(c, worth)": f"{np.mean(c_corr):.2f}" if c_corr else "-",
+                "estimator corr (held-out)": f"{np.mean(held):.2f} ± {np.std(held):.2f}" if held else "-",
+            })
     return rows
 
 
-def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+def _grid(runs: list[dict], methods: list[str]):
+    """(variants, families) that hold runs: the rows and columns of the small multiples."""
+    variants = _variants(runs)
+    ran = {r["method"] for r in runs}
+    fams = [t for t in PANELS if any(family(m) == t for m in methods if m in ran)]
+    if any(family(m) == "other" for m in methods if m in ran):
+        fams.append("other")
+    return variants, fams
+
+
+def _panels(variants, fams, title: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.6), gridspec_kw={"width_ratios": [1, 1]})
-    extra_colors = ["black", "darkgoldenrod", "darkblue", "deeppink", "darkgreen", "slategray"]
-    for i, name in enumerate(methods):
-        mine = [r for r in runs if r["method"] == name]
-        ep = np.array(mine[0]["episodes"])
-        sm = np.array([smooth(r["success"], window) for r in mine])
-        color = f"C{i}" if i < 10 else extra_colors[(i - 10) % len(extra_colors)]  # the default cycle has 10
-        line, = ax1.plot(ep, sm.mean(0), color=color, label=f"{name} ({len(mine)} seeds)")
-        ax1.fill_between(ep, sm.min(0), sm.max(0), color=line.get_color(), alpha=0.18)
-        corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
-        ax2.plot(ep, corr.mean(0), color=line.get_color(), label=f"{name}: corr(A_t, worth)")
-        cs = [r["c_worth_pearson"] for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
-        if cs and np.nanmean(cs) < 0.999:  # an oracle's c_t is the worth itself: nothing to show
-            c = np.array([smooth(np.nan_to_num(x), window) for x in cs])
-            ax2.plot(ep, c.mean(0), color=line.get_color(), ls="--", label=f"{name}: corr(c_t, worth)")
-    ax1.set(xlabel="RL episodes", ylabel=f"success rate (moving avg, {window} batches)", ylim=(-0.02, 1.02), title=title)
-    ax1.axhline(0.5, color="grey", lw=0.5, ls=":")
-    ax1.axhline(0.8, color="grey", lw=0.5, ls=":")
-    ax1.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.5)
-    ax2.set(xlabel="RL episodes", ylabel="per-step Pearson with true step worth", ylim=(-0.3, 1.05),
-            title="credit assignment: advantage / contribution vs true worth")
-    ax2.axhline(0, color="grey", lw=0.5)
-    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig, axes = plt.subplots(len(variants), len(fams), figsize=(4.3 * len(fams), 3.7 * len(variants)),
+                             squeeze=False, sharex=True, sharey=True)
+    fig.suptitle(title, fontsize=10)
+    return plt, fig, axes
+
+
+def plot(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+    """Success rate vs RL episodes as small multiples: one row per task variant, one panel per method family
+    (mean over seeds, band = min-max over seeds); grpo and gigpo are drawn thin in every panel as references."""
+    variants, fams = _grid(runs, methods)
+    plt, fig, axes = _panels(variants, fams, title + " - success rate (mean over seeds, band: min-max)")
+    colors = {}
+    for name in methods:  # a colour per method within its family: never reused inside a panel
+        fam_members = [m for m in methods if family(m) == family(name)]
+        colors[name] = f"C{fam_members.index(name) % 10}"
+    for i, variant in enumerate(variants):
+        for j, fam in enumerate(fams):
+            ax = axes[i][j]
+            for name in methods:
+                mine = [r for r in runs if r["method"] == name and r.get("variant", "lock") == variant]
+                if not mine:
+                    continue
+                ep = np.array(mine[0]["episodes"])
+                sm = np.array([smooth(r["success"], window) for r in mine])
+                if family(name) == fam:
+                    ax.plot(ep, sm.mean(0), color=colors[name], lw=1.6, label=f"{name} ({len(mine)})")
+                    ax.fill_between(ep, sm.min(0), sm.max(0), color=colors[name], alpha=0.15, lw=0)
+                elif name in REFERENCES:
+                    ax.plot(ep, sm.mean(0), color="0.45", lw=0.8, ls="--" if name == "grpo" else ":",
+                            label=f"{name} (reference)")
+            ax.axhline(0.5, color="grey", lw=0.4, ls=":")
+            ax.axhline(0.8, color="grey", lw=0.4, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{variant}: {fam}", fontsize=9)
+            if i == len(variants) - 1:
+                ax.set_xlabel("RL episodes")
+            if j == 0:
+                ax.set_ylabel(f"success (moving avg {window})")
+            ax.legend(loc="upper left", fontsize=6.5, framealpha=0.85)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_credit(runs: list[dict], methods: list[str], window: int, path: Path, title: str) -> None:
+    """Per-step Pearson with the true worth over training, same grid as :func:`plot`: each method's advantage
+    A_t (solid) and its step reward c_t (dashed; istar: beta q_t, StepAgent: the comparison's reward)."""
+    variants, fams = _grid(runs, methods)
+    plt, fig, axes = _panels(variants, fams, title + " - per-step Pearson with the true worth (solid: A_t, dashed: c_t)")
+    for i, variant in enumerate(variants):
+        for j, fam in enumerate(fams):
+            ax = axes[i][j]
+            members = [m for m in methods if family(m) == fam]
+            for k, name in enumerate(members):
+                mine = [r for r in runs if r["method"] == name and r.get("variant", "lock") == variant]
+                if not mine:
+                    continue
+                ep = np.array(mine[0]["episodes"])
+                corr = np.array([smooth(np.nan_to_num(r["adv_worth_pearson"]), window) for r in mine])
+                ax.plot(ep, corr.mean(0), color=f"C{k % 10}", lw=1.4, label=name)
+                cs = [r["c_worth_pearson"] for r in mine if not all(math.isnan(x) for x in r["c_worth_pearson"])]
+                if cs and np.nanmean(cs) < 0.999:  # an oracle's c_t is the worth itself: nothing to show
+                    c = np.array([smooth(np.nan_to_num(x), window) for x in cs])
+                    ax.plot(ep, c.mean(0), color=f"C{k % 10}", lw=1.0, ls="--")
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_ylim(-0.3, 1.05)
+            ax.set_title(f"{variant}: {fam}", fontsize=9)
+            if i == len(variants) - 1:
+                ax.set_xlabel("RL episodes")
+            if j == 0:
+                ax.set_ylabel("Pearson with the true worth")
+            ax.legend(loc="upper left", fontsize=6.5, framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -1000,15 +1295,27 @@ def markdown(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="easy task, 2 seeds, small budget (under 2 minutes)")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help=f"any of {list(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"any of {list(METHODS)}, or grounding (= {GROUNDING_METHODS}); default {DEFAULT_METHODS} "
+                   "(--from-json: every method of the files)")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--episodes", type=int, default=4096, help="RL episodes per run (same for every method)")
+    p.add_argument("--episodes", type=int, default=2048, help="RL episodes per run (same for every method)")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--tasks-per-batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--ppo-epochs", type=int, default=2)
     p.add_argument("--clip", type=float, default=0.2)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="task variants: lock (opening ends the episode, R = 1) and fixed (fixed length, partial credit)")
+    p.add_argument("--init", choices=["sft", "scratch"], default="sft",
+                   help="sft: every method starts from the seed's imitation-trained policy (the paper's pipeline); "
+                   "scratch: from the untrained, uniform policy")
+    p.add_argument("--sft-episodes", type=int, default=1024, help="imitation stage: demonstrations of the noisy expert")
+    p.add_argument("--sft-noise", type=float, default=0.9,
+                   help="imitation stage: share of the expert's pulls that are uniformly random (0.9: ~23%% wins)")
+    p.add_argument("--sft-steps", type=int, default=1000, help="imitation stage: Adam steps of behaviour cloning")
+    p.add_argument("--critic-lr", type=float, default=3e-3, help="critic methods: the value MLP's learning rate")
     p.add_argument("--explore-episodes", type=int, default=1536, help="spa: episodes of the initial policy")
     p.add_argument("--est-epochs", type=int, default=12)
     p.add_argument("--est-lr", type=float, default=3e-3)
@@ -1029,11 +1336,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="outputs/bench_learning")
     p.add_argument("--workdir", default=None, help="where exploration records and estimators go (default: temp)")
-    p.add_argument("--from-json", default=None, help="redraw the PNG and table from a learning.json, no training")
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="redraw the PNGs and table from one or more learning.json (merged), no training")
     return p
 
 
-QUICK = {"seeds": 2, "episodes": 768, "n_tasks": 4, "n_stages": 3, "explore_episodes": 384, "est_epochs": 3}
+QUICK = {"seeds": 2, "episodes": 768, "n_tasks": 4, "n_stages": 3, "explore_episodes": 384, "est_epochs": 3,
+         "sft_episodes": 256, "sft_steps": 300}
+VARIANTS = ("lock", "fixed")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1043,56 +1353,107 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in QUICK.items():
             if getattr(args, k) == parser.get_default(k):
                 setattr(args, k, v)
+    if args.from_json:
+        only = None if args.methods is None else _expand(args.methods)
+        return _redraw([Path(x) for x in args.from_json], Path(args.out_dir), only)
+    args.methods = _expand(args.methods or DEFAULT_METHODS)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     if args.tasks_per_batch > args.n_tasks:
         parser.error(f"--tasks-per-batch {args.tasks_per_batch} > --n-tasks {args.n_tasks}")
-    if args.from_json:
-        return _redraw(Path(args.from_json), Path(args.out_dir))
     torch.set_num_threads(max(1, args.threads))
     logging.getLogger("spa_reward").setLevel(logging.WARNING)
     import spa_reward.register  # noqa: F401  (registers gigpo / spa in verl's estimator registry)
 
-    task = LockTask(n_tasks=args.n_tasks, n_stages=args.n_stages, n_actions=args.n_actions, n_traps=args.n_traps,
-                    n_invalid=args.n_invalid, max_steps=args.max_steps)
+    tasks = {v: LockTask(n_tasks=args.n_tasks, n_stages=args.n_stages, n_actions=args.n_actions,
+                         n_traps=args.n_traps, n_invalid=args.n_invalid, max_steps=args.max_steps,
+                         fixed_length=v == "fixed") for v in args.variants}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spa_bench_learning_"))
     from tqdm.auto import tqdm
 
-    t0 = time.time()
+    t0, load_start = time.time(), _load()
     runs = []
-    jobs = [(m, s) for s in range(args.seeds) for m in args.methods]
-    for m, s in tqdm(jobs, desc="bench_learning"):
-        runs.append(run_one(m, s, task, args, work))
+    jobs = [(v, m, s) for v in args.variants for s in range(args.seeds) for m in args.methods]
+    for v, m, s in tqdm(jobs, desc="bench_learning"):
+        runs.append(run_one(m, s, tasks[v], args, work))
         r = runs[-1]
-        tqdm.write(f"{m} seed {s}: final success {np.mean(r['success'][-args.smooth:]):.2f}, "
+        sm = smooth(r["success"], args.smooth)
+        tqdm.write(f"{v} {m} seed {s}: 50% at {episodes_to(r['episodes'], sm, 0.5)}, 80% at "
+                   f"{episodes_to(r['episodes'], sm, 0.8)}, final success {np.mean(r['success'][-args.smooth:]):.2f}, "
                    f"RL {r['rl_time_s']} s {json.dumps(r['prepare']) if r['prepare'] else ''}")
-    result = {"args": vars(args), "task": asdict(task), "wall_s": round(time.time() - t0, 1), "runs": runs}
+    result = {"args": vars(args), "task": asdict(tasks[args.variants[0]]), "wall_s": round(time.time() - t0, 1),
+              "load": f"{load_start} at the start, {_load()} at the end", "runs": runs}
     return _write(result, out)
 
 
+def _expand(methods: list[str]) -> list[str]:
+    """``grounding`` -> :data:`GROUNDING_METHODS`, duplicates dropped, order kept."""
+    return list(dict.fromkeys(m for x in methods for m in (GROUNDING_METHODS if x == "grounding" else [x])))
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def _write(result: dict, out: Path) -> dict:
-    """Table, picture and JSON of a finished benchmark (``result`` holds args, task, wall_s and runs)."""
+    """Tables, pictures and JSON of a finished benchmark (``result`` holds args, task, wall_s and runs)."""
     args, task, runs = result["args"], result["task"], result["runs"]
     rows = summarize(runs, args["smooth"], args["methods"])
     title = (f"lock: {task['n_tasks']} tasks, {task['n_stages']} stages, {task['n_actions']} levers, "
-             f"{task['max_steps']} steps, group {args['group_size']}")
+             f"{task['max_steps']} steps, group {args['group_size']}, start: {args.get('init', 'scratch')}")
     plot(runs, args["methods"], args["smooth"], out / "learning.png", title)
+    plot_credit(runs, args["methods"], args["smooth"], out / "learning_credit.png", title)
     table = markdown(rows)
-    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {result['wall_s']:.0f} s\n\n" + table)
+    sft = sorted({(r.get("variant", "lock"), r["seed"], r["prepare"].get("sft_success")) for r in runs
+                  if r["prepare"].get("sft_success") is not None})
+    sft_line = ""
+    if sft:
+        by_variant = {v: [] for v in args.get("variants", []) if any(v == w for w, _, _ in sft)}
+        for v, _, x in sft:
+            by_variant.setdefault(v, []).append(x)
+        sft_line = "imitation-trained start, success: " + ", ".join(
+            f"{v} {np.mean(x):.2f} (seeds {min(x):.2f}-{max(x):.2f})" for v, x in by_variant.items()) + "\n\n"
+    wall = result["wall_s"] if isinstance(result["wall_s"], str) else f"{result['wall_s']:.0f}"
+    (out / "learning.md").write_text(f"{title}; {args['seeds']} seeds; wall {wall} s at load (1/5/15 min) "
+                                     f"{result.get('load', '?')}\n\n{sft_line}" + table)
     result = {**result, "rows": rows}
     (out / "learning.json").write_text(json.dumps(result, indent=1, default=float))
-    print("\n" + table)
-    print(f"wall {result['wall_s']:.0f} s; wrote {out / 'learning.png'}, {out / 'learning.md'}, {out / 'learning.json'}")
+    print("\n" + sft_line + table)
+    print(f"wall {wall} s; wrote {out / 'learning.png'}, {out / 'learning_credit.png'}, "
+          f"{out / 'learning.md'}, {out / 'learning.json'}")
     return result
 
 
-def _redraw(path: Path, out: Path) -> dict:
-    result = json.loads(path.read_text())
+def _redraw(paths: list[Path], out: Path, methods: list[str] | None = None) -> dict:
+    """Tables and pictures again from one or more ``learning.json`` (runs of several invocations, e.g. one per task
+    variant run side by side, are merged: their methods and variants in first-seen order, wall times listed; a run
+    of a later file replaces the same (variant, method, seed) of an earlier one, e.g. methods run again);
+    ``methods`` (an explicit ``--methods``): only those, in that order."""
+    results = [json.loads(p.read_text()) for p in paths]
+    merged = {k: results[0][k] for k in ("args", "task", "wall_s", "load") if k in results[0]}
+    merged["args"] = dict(merged["args"])
+    runs: dict = {}
+    for res in results:
+        for r in res["runs"]:
+            if methods is None or r["method"] in methods:
+                runs[(r.get("variant", "lock"), r["method"], r["seed"])] = r  # the latest file's run wins
+    merged["runs"] = list(runs.values())
+    for key in ("methods", "variants"):
+        merged["args"][key] = list(dict.fromkeys(x for res in results for x in res["args"].get(key, [])))
+    if methods is not None:
+        merged["args"]["methods"] = [m for m in methods if any(r["method"] == m for r in merged["runs"])]
+    merged["wall_s"] = sum(res.get("wall_s", 0.0) for res in results)
+    if len(results) > 1:  # the invocations may have run side by side: say each one's wall time and load
+        merged["wall_s"] = " + ".join(f"{res.get('wall_s', 0.0):.0f}" for res in results)
+        merged["load"] = "; ".join(str(res.get("load", "?")) for res in results)
     out.mkdir(parents=True, exist_ok=True)
-    return _write({k: result[k] for k in ("args", "task", "wall_s", "runs")}, out)
+    return _write(merged, out)
 
 
 if __name__ == "__main__":

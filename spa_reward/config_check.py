@@ -24,6 +24,9 @@ It raises :class:`ConfigError` (a ``ValueError``) listing, one per line, each pr
   parallel size, or a PPO mini-batch (``ppo_mini_batch_size * rollout.n``) not divisible by the data-parallel size;
   the message names the valid choices.
 
+:func:`config_warnings` lists settings that run but are known to go wrong (e.g. the paper's grounding bonus, which
+the learning benchmark shows a policy can farm); the check prints them and the trainer logs them, nothing stops.
+
 ``python -m recipe.spa.check <hydra overrides>`` composes the config the launch scripts would run and prints these
 problems before anything starts.
 
@@ -34,9 +37,12 @@ when the root loads (verl loads it on ``import verl``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
 
 REWARDS = ("outcome", "spa", "istar", "stepagent")
 REMOTE_PREFIXES = ("hdfs://", "s3://", "gs://", "http://", "https://")
@@ -247,6 +253,15 @@ def value_problems(cfg: Any) -> list[str]:
         value = _number(clip)
         if value is None or math.isnan(value) or value <= 0:
             out.append(f"algorithm.spa.clip={clip!r} must be > 0 (or null for no clip)")
+    from spa_reward.fusion import GROUNDING_FORMS
+    from spa_reward.steprm.objectives import PROGRESS_OBJECTIVES
+
+    grounding = select_key(cfg, "algorithm.spa.grounding", "bonus")
+    if grounding not in GROUNDING_FORMS:
+        out.append(f"algorithm.spa.grounding={grounding!r} is not one of {GROUNDING_FORMS}")
+    objective = select_key(cfg, "algorithm.spa.objective", "sum")
+    if objective not in PROGRESS_OBJECTIVES:
+        out.append(f"algorithm.spa.objective={objective!r} is not one of {PROGRESS_OBJECTIVES}")
     from spa_reward.advantage import NORM_MODES  # what the estimators accept
 
     for section in ("spa", "gigpo"):
@@ -339,13 +354,36 @@ def gpu_split_problems(cfg: Any) -> list[str]:
     return out
 
 
+def config_warnings(cfg: Any) -> list[str]:
+    """Settings that run but are known to go wrong, each naming its key and what to set instead ([] when none)."""
+    out = []
+    beta = _number(select_key(cfg, "algorithm.spa.beta", 0.0)) or 0.0
+    if (select_key(cfg, "algorithm.reward") == "spa" and select_key(cfg, "algorithm.spa.grounding", "bonus") == "bonus"
+            and beta > 0):
+        out.append(f"algorithm.spa.grounding=bonus with algorithm.spa.beta={beta:g}: a bonus on every executed step is "
+                   "worth more than finishing wherever success ends the episode (the future bonuses stop), so the "
+                   f"policy can learn not to finish; {GROUNDING_TRAP}. Set algorithm.spa.grounding=penalty (only "
+                   "non-executed actions lose beta, rl_spa.sh's default) or algorithm.spa.beta=0")
+    return out
+
+
+# the learning benchmark's evidence for the grounding warning (README "What makes a learned step reward work")
+GROUNDING_TRAP = ("on the learning benchmark (README \"What makes a learned step reward work\") the paper's bonus 0.5 "
+                  "with a critic ends at 0.01 success even with a perfect c_t (0.00 with the learned one), against 1.00 "
+                  "with the penalty form")
+
+
 def validate_config(cfg: Any, check_files: bool = True) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``cfg`` (nothing when it is fine)."""
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` (nothing when it is fine); log the warnings of
+    :func:`config_warnings`."""
     problems = config_problems(cfg, check_files=check_files)
     if problems:
         raise ConfigError("spa-rl config has " + (f"{len(problems)} problems" if len(problems) > 1 else "a problem")
                           + ":\n  - " + "\n  - ".join(problems))
+    for warning in config_warnings(cfg):
+        logger.warning("spa-rl config: %s", warning)
 
 
-__all__ = ["ConfigError", "block_values", "config_problems", "gpu_split_problems", "register_config_check", "select_key",
-           "missing_files", "stepagent_problems", "validate_config", "value_problems"]
+__all__ = ["ConfigError", "block_values", "config_problems", "config_warnings", "gpu_split_problems",
+           "register_config_check", "select_key", "missing_files", "stepagent_problems", "validate_config",
+           "value_problems"]

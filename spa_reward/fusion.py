@@ -2,10 +2,13 @@
 
 Plain functions on Python lists, no torch: the reward managers call them once per trajectory.
 
-* :func:`fuse_turn_rewards`: ``r_t = alpha * c_t + beta * g_t - invalid_penalty * (1 - g_t)``, plus
+* :func:`fuse_turn_rewards`: ``r_t = alpha * c_t + G_t - invalid_penalty * (1 - g_t)``, plus
   ``outcome_coef * R`` on the last turn, optionally clipped to ``[-clip, clip]``. ``c_t`` is the progress
-  estimator's contribution of turn t, ``g_t`` = 1 when the env executed the turn's action, else 0.
-  SPA-RL's released code uses alpha = 1, beta = 0.5 and no outcome term (R enters only through sum_t c_t ~ R).
+  estimator's contribution of turn t, ``g_t`` = 1 when the env executed the turn's action, else 0, and the
+  grounding term ``G_t`` has one of the forms of :data:`GROUNDING_FORMS` (:func:`grounding_terms`):
+  ``bonus`` = ``beta * g_t`` (SPA-RL's literal form), ``penalty`` = ``-beta * (1 - g_t)`` (ours: never positive,
+  so no policy can earn more from it by not finishing). SPA-RL's released code uses alpha = 1, beta = 0.5
+  (bonus) and no outcome term (R enters only through sum_t c_t ~ R).
 * :func:`outcome_turn_rewards`: the outcome-only baseline, R on the last turn (minus the invalid-action penalty
   on non-executable turns, as GiGPO's ``invalid_action_penalty``).
 * :func:`stepagent_turn_rewards`: StepAgent's per-turn reward (+-match_reward on the compared turn in mode
@@ -25,6 +28,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+# how the grounding flag g_t enters r_t (beta >= 0): the paper's per-step bonus, or only a penalty on non-executed
+# actions (a bonus paid on every executed step is worth more than finishing once the stream of future bonuses is
+# counted, wherever success ends the episode: see the README's "grounding trap")
+GROUNDING_FORMS = ("bonus", "penalty")
+
+
+def grounding_terms(g: Sequence[float], beta: float, form: str) -> list[float]:
+    """G_t per turn from the flags ``g`` (1.0 executed, 0.0 not): ``bonus`` = ``beta * g_t``, ``penalty`` =
+    ``-beta * (1 - g_t)``. ``ValueError`` for another ``form``."""
+    if form == "bonus":
+        return [beta * g_t for g_t in g]
+    if form == "penalty":
+        return [-beta * (1.0 - g_t) for g_t in g]
+    raise ValueError(f"grounding form {form!r} is not one of {GROUNDING_FORMS} (algorithm.spa.grounding)")
 
 
 @dataclass
@@ -84,16 +102,19 @@ def fuse_turn_rewards(
     outcome_coef: float = 0.0,
     clip: float | None = None,
     invalid_penalty: float = 0.0,
+    grounding: str = "bonus",
 ) -> tuple[list[float], FusionStats]:
     """Fuse per-turn contributions c_t and grounding flags g_t into per-turn rewards r_t.
 
-    ``r_t = alpha*c_t + beta*g_t - invalid_penalty*(1 - g_t)``; ``r_{T-1} += outcome_coef * outcome`` when
+    ``r_t = alpha*c_t + G_t - invalid_penalty*(1 - g_t)`` with ``G_t`` = :func:`grounding_terms` (``grounding``:
+    ``bonus`` = ``beta*g_t``, ``penalty`` = ``-beta*(1 - g_t)``); ``r_{T-1} += outcome_coef * outcome`` when
     ``outcome`` is given; then each r_t is clipped to ``[-clip, clip]`` when ``clip`` is set (> 0).
     ``contributions`` and ``executable`` need one entry per assistant turn. Returns ``(rewards, stats)``.
     """
     c_raw = [float(c) for c in contributions]
     n = len(c_raw)
     g = _flags(executable, n)
+    ground = grounding_terms(g, beta, grounding)
     outcome = _finite_outcome(outcome)
     stats = FusionStats(num_turns=n)
     if n == 0:
@@ -105,7 +126,7 @@ def fuse_turn_rewards(
         else:
             c.append(0.0)
             stats.nonfinite += 1
-    rewards = [alpha * c_t + beta * g_t - invalid_penalty * (1.0 - g_t) for c_t, g_t in zip(c, g)]
+    rewards = [alpha * c_t + G_t - invalid_penalty * (1.0 - g_t) for c_t, G_t, g_t in zip(c, ground, g)]
     if outcome is not None and outcome_coef:
         rewards[-1] += outcome_coef * outcome
     stats.clipped = _apply_clip(rewards, clip)
@@ -224,8 +245,10 @@ def place_turn_rewards(
 
 __all__ = [
     "FusionStats",
+    "GROUNDING_FORMS",
     "clamp_turn_positions",
     "fuse_turn_rewards",
+    "grounding_terms",
     "outcome_turn_rewards",
     "place_turn_rewards",
     "stepagent_turn_rewards",

@@ -13,7 +13,8 @@ rewards in step order under ``spa_turn_rewards`` (each row's output takes elemen
 episode's scalars. With the ``spa`` reward each row's contribution c_t is scored on that row's window prompt +
 reply, its turn end = the row's last token: exactly the sequences ``spa_reward.progress.layouts.window_sequences``
 rebuilds from the episode's trajectory record, which is what ``python -m spa_reward.progress.train --layout window``
-trains on (an estimator trained in the other layout is refused at start-up:
+trains on; the rows of a session go to the scorer in one call (``prepare_session``), so the ``prefix`` objective's
+values chain across them (c_t = V(row t+1's prompt) - V(row t's prompt), the last row's next value is R) (an estimator trained in the other layout is refused at start-up:
 ``spa_reward.progress.serve.check_estimator_layout``).
 """
 
@@ -120,6 +121,9 @@ async def score_window_session(manager: Any, data: Any) -> dict:
     final = len(rows) - 1
     R = float(rows[-1][1].get("episode_reward", 0.0))
     views = [dict(e, episode_reward=R if i == final else 0.0) for i, (_, e) in enumerate(rows)]
+    prepare = getattr(manager, "prepare_session", None)
+    if prepare is not None:  # spa: one scorer call for the whole session (the prefix objective chains its rows)
+        views = await prepare(rows, views)
     results = await asyncio.gather(*(manager.turn_rewards(item, view) for (item, _), view in zip(rows, views)))
     rewards = [float(r) for turn_rewards, _ in results for r in turn_rewards]
     stats = merge_stats([st for _, st in results])

@@ -28,8 +28,9 @@ computes the correlation on the batch.
 Per-turn rewards:
 
 * ``outcome``: R on the last turn, minus ``invalid_penalty`` on every turn whose action was not executed.
-* ``spa``: r_t = alpha*c_t + beta*g_t - invalid_penalty*(1-g_t), + outcome_coef*R on the last turn, optionally
-  clipped (``spa_reward.fusion.fuse_turn_rewards``). c_t comes from the progress-estimator Ray actor
+* ``spa``: r_t = alpha*c_t + G_t - invalid_penalty*(1-g_t), + outcome_coef*R on the last turn, optionally
+  clipped (``spa_reward.fusion.fuse_turn_rewards``); G_t = beta*g_t (``grounding=bonus``, the paper's) or
+  -beta*(1-g_t) (``grounding=penalty``). c_t comes from the progress-estimator Ray actor
   (``spa_reward.progress.serve.get_progress_scorer``, one named actor shared by every reward worker), scored on
   input_ids = prompt + response with turn ends converted to input_ids coordinates.
 * ``istar``: r_t = grounding_beta*g_t - invalid_penalty*(1-g_t) here; the implicit step reward beta*q_t is added at
@@ -42,7 +43,7 @@ Per-turn rewards:
   from the trainer hooks, like ``istar``. Extra scalars ``stepagent/{compared,match,prefix_turns}``.
 
 Settings: ``reward.reward_kwargs`` (the recipe yaml fills it from ``algorithm.spa`` and ``algorithm.invalid_penalty``
-by interpolation, so set those): alpha, beta, outcome_coef, clip, invalid_penalty, estimator_path,
+by interpolation, so set those): alpha, beta, grounding, outcome_coef, clip, invalid_penalty, estimator_path,
 scorer_name, scorer_num_gpus.
 """
 
@@ -89,6 +90,7 @@ class RewardSettings:
     scorer_name: str = "spa_progress_scorer"
     scorer_num_gpus: float = 1.0
     grounding_beta: float = 0.0  # istar: beta_g * g_t beside the implicit step reward
+    grounding: str = "bonus"  # spa: how beta and g_t enter (spa_reward.fusion.GROUNDING_FORMS)
 
     @classmethod
     def from_config(cls, config: Any) -> RewardSettings:
@@ -224,9 +226,39 @@ class SpaRewardManager(_EnvRewardManager):
             self._scorer = lookup_service(self.settings.scorer_name)
         return self._scorer
 
-    async def contributions(self, input_ids: list[int], turn_ends: list[int], prompt_length: int) -> list[float]:
-        # prompt_length lets the scorer truncate over-long sequences exactly as in estimator training
-        batch = [{"input_ids": input_ids, "turn_ends": turn_ends, "prompt_length": prompt_length}]
+    @staticmethod
+    def scorer_item(item: Any, episode: dict) -> dict:
+        """What the scorer gets for one row: prompt + response ids, turn ends and starts (input_ids coordinates),
+        the prompt length (truncation keeps it, as in estimator training) and the episode's R (the ``prefix``
+        objective's value after the last step; a window row carries its session's R and ``episode`` key)."""
+        prompt_len = int(item.non_tensor_batch.get("prompt_len", item.batch["prompts"].shape[-1]))
+        ends = [prompt_len + int(e) for e in episode["turn_ends"]]
+        starts = [prompt_len + int(a) for a in episode.get("turn_starts", [])]
+        out = {"input_ids": [int(t) for t in item.batch["input_ids"].tolist()], "turn_ends": ends,
+               "prompt_length": prompt_len, "reward": float(episode.get("session_reward",
+                                                                         episode.get("episode_reward", 0.0)))}
+        if len(starts) == len(ends):
+            out["turn_starts"] = starts
+        if episode.get("session_key"):
+            out["episode"] = str(episode["session_key"])
+        return out
+
+    async def prepare_session(self, rows: list, views: list[dict]) -> list[dict]:
+        """Window layout: score all the rows of a session in ONE scorer call (their ``episode`` key shared, in step
+        order), so that the ``prefix`` objective chains the values across the rows; each view gets its row's c_t
+        (``spa_contributions``), which :meth:`turn_rewards` then uses."""
+        R = float(rows[-1][1].get("episode_reward", 0.0))
+        key = f"session-{id(rows)}"
+        batch = [self.scorer_item(item, dict(episode, session_reward=R, session_key=key)) for item, episode in rows]
+        batch = [b for b in batch if b["turn_ends"]]
+        result = await self._score(batch)
+        it = iter(result)
+        return [dict(view, spa_contributions=next(it)) if episode["turn_ends"] else view
+                for (_, episode), view in zip(rows, views)]
+
+    async def _score(self, batch: list[dict]) -> list[list[float]]:
+        if not batch:
+            return []
         scorer = self.scorer()
         score = getattr(scorer, "score")
         if hasattr(score, "remote"):  # Ray actor handle: awaited; a dead actor is looked up again once
@@ -237,24 +269,24 @@ class SpaRewardManager(_EnvRewardManager):
             result = await score(batch)
         else:
             result = await self.loop.run_in_executor(None, score, batch)
-        if len(result) != 1 or len(result[0]) != len(turn_ends):
+        if len(result) != len(batch) or any(len(r) != len(b["turn_ends"]) for r, b in zip(result, batch)):
             raise RuntimeError(
-                f"progress scorer returned {[len(r) for r in result]} contributions for one trajectory with "
-                f"{len(turn_ends)} turns"
+                f"progress scorer returned {[len(r) for r in result]} contributions for trajectories with "
+                f"{[len(b['turn_ends']) for b in batch]} turns"
             )
-        return [float(c) for c in result[0]]
+        return [[float(c) for c in r] for r in result]
 
     async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
         ends = [int(e) for e in episode["turn_ends"]]
         if not ends:
             return [], FusionStats()
-        prompt_len = int(item.non_tensor_batch.get("prompt_len", item.batch["prompts"].shape[-1]))
-        input_ids = [int(t) for t in item.batch["input_ids"].tolist()]
-        c = await self.contributions(input_ids, [prompt_len + e for e in ends], prompt_len)
+        c = episode.get("spa_contributions")  # a window row scored with its session (prepare_session)
+        if c is None:
+            c = (await self._score([self.scorer_item(item, episode)]))[0]
         s = self.settings
         rewards, stats = fuse_turn_rewards(
             c, episode["executable"], alpha=s.alpha, beta=s.beta, outcome=float(episode.get("episode_reward", 0.0)),
-            outcome_coef=s.outcome_coef, clip=s.clip, invalid_penalty=s.invalid_penalty,
+            outcome_coef=s.outcome_coef, clip=s.clip, invalid_penalty=s.invalid_penalty, grounding=s.grounding,
         )
         if stats.nonfinite:
             logger.warning("progress estimator gave %d non-finite contributions of %d (replaced by 0)",

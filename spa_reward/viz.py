@@ -108,11 +108,10 @@ def main(argv: list[str] | None = None) -> Path:
     if rec is None:
         raise SystemExit(f"--index {args.index} is past the last record of {args.records}")
     if args.checkpoint:
-        from .progress.serve import ProgressScorer
+        from .progress.serve import ProgressScorer, record_item
 
         scorer = ProgressScorer(args.checkpoint, device=args.device)
-        item = {"input_ids": rec.input_ids, "turn_ends": rec.turn_ends, "prompt_length": rec.prompt_length}
-        contributions = scorer.score([item])[0]
+        contributions = scorer.score([record_item(rec)])[0]
     else:
         contributions = (rec.extra or {}).get(CONTRIBUTIONS_KEY)
         if contributions is None:

@@ -86,3 +86,25 @@ def test_place_turn_rewards():
         place_turn_rewards([1.0, 2.0], [5, 5], 10)
     with pytest.raises(ValueError):
         place_turn_rewards([1.0], [1, 2], 10)
+
+
+def test_grounding_forms():
+    from spa_reward.fusion import grounding_terms
+
+    # bonus (the paper's): +beta on every executed turn; penalty (ours): -beta on every turn the env did not execute
+    assert grounding_terms([1.0, 0.0, 1.0], 0.5, "bonus") == [0.5, 0.0, 0.5]
+    assert grounding_terms([1.0, 0.0, 1.0], 0.5, "penalty") == [0.0, -0.5, 0.0]
+    rewards, _ = fuse_turn_rewards([0.2, -0.1, 0.7], [True, False, True], beta=0.5, grounding="penalty")
+    assert rewards == pytest.approx([0.2, -0.6, 0.7])
+    with pytest.raises(ValueError, match="grounding form 'always' is not one of"):
+        fuse_turn_rewards([0.1], [True], grounding="always")
+
+
+def test_the_penalty_form_never_pays_for_a_longer_episode():
+    """Whatever the executable flags, the penalty form's total is <= 0, so adding steps never raises it; the bonus
+    form's total grows with every executed step (the farmable part)."""
+    from spa_reward.fusion import grounding_terms
+
+    for flags in ([1.0] * 4, [1.0] * 16, [0.0, 1.0] * 8):
+        assert sum(grounding_terms(flags, 0.5, "penalty")) <= 0.0
+    assert sum(grounding_terms([1.0] * 16, 0.5, "bonus")) > sum(grounding_terms([1.0] * 4, 0.5, "bonus"))

@@ -44,7 +44,10 @@ def policy(turn, prompt):
 def play_and_score(tokenizer, manager_name: str, monkeypatch, scorer=None, **reward_overrides):
     """One toy episode (task t2, 4 turns, the second unparseable), scored through verl's streaming path and put
     through the v1 TransferQueue postprocess; returns (output, captured TQ fields, tag)."""
-    overrides = [f"algorithm.reward={manager_name}"] + [f"{k}={v}" for k, v in reward_overrides.items()]
+    overrides = [f"algorithm.reward={manager_name}"]
+    if manager_name == "spa":  # the hand-computed values use the paper's grounding bonus 0.5 (the yaml: penalty 0.1)
+        overrides += ["algorithm.spa.grounding=bonus", "algorithm.spa.beta=0.5"]
+    overrides += [f"{k}={v}" for k, v in reward_overrides.items()]
     ((out, fields, tag),) = score_episodes(tokenizer, trainer_config(*overrides), [(policy, row("t2", uid="uid-a"))],
                                            monkeypatch, scorer=scorer)
     return out, fields, tag

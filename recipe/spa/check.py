@@ -12,7 +12,9 @@ Every launch script in ``examples/`` calls this first (``run_verl`` in ``example
    ``--no-files`` the files that are not there yet (estimator, expert demonstrations, parquets) are listed on
    stderr with the command that makes each, and are not problems;
 3. with ``--require-gpus N``: torch must see at least N GPUs on this machine;
-4. print the settings that must be equal across compared runs (stderr) and, with ``--settings-out``, write them
+4. print the settings that must be equal across compared runs (stderr), then the warnings of
+   :func:`spa_reward.config_check.config_warnings` (settings known to go wrong; nothing stops), and, with
+   ``--settings-out``, write them
    with the rest of :func:`run_settings` as JSON (``run_settings.json`` of the run folder; ``recipe.spa.compare``
    reads it and refuses to mix runs whose :data:`COMPARED` settings differ);
 5. with ``--print-config``: print the composed config as YAML on stdout (what ``main_ppo --cfg job`` prints).
@@ -201,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     print(format_settings(settings), file=sys.stderr)
+    from spa_reward.config_check import config_warnings
+
+    for warning in config_warnings(cfg):
+        print(f"[spa-rl] warning: {warning}", file=sys.stderr)
     if args.settings_out:
         out = Path(args.settings_out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -225,8 +225,9 @@ def _window_grpo_problems(cfg: Any, reward: Any) -> list[str]:
 
 @register_config_check
 def estimator_layout_problems(cfg: Any) -> list[str]:
-    """A ``spa`` run whose progress estimator was trained in the other context layout (or window length); checked
-    only when the estimator folder exists (a missing one is reported by the reward's own checks)."""
+    """A ``spa`` run whose progress estimator was trained in the other context layout (or window length) or with
+    another objective (``algorithm.spa.objective``); checked only when the estimator folder exists (a missing one is
+    reported by the reward's own checks)."""
     if select_key(cfg, "algorithm.reward") != "spa" or select_key(cfg, "env") is None:
         return []
     path = select_key(cfg, "reward.reward_kwargs.estimator_path") or select_key(cfg, "algorithm.spa.estimator_path")
@@ -234,13 +235,16 @@ def estimator_layout_problems(cfg: Any) -> list[str]:
         return []
     import os
 
-    from spa_reward.progress.serve import check_estimator_layout
+    from spa_reward.progress.serve import check_estimator_layout, check_estimator_objective
 
-    try:
-        check_estimator_layout(os.path.expanduser(str(path)), str(select_key(cfg, "env.history", "full")),
-                               select_key(cfg, "env.history_length"))
-    except FileNotFoundError:  # no estimator there (yet): not this check's to report
-        return []
-    except ValueError as exc:
-        return [str(exc)]
-    return []
+    out = []
+    for check in (lambda p: check_estimator_layout(p, str(select_key(cfg, "env.history", "full")),
+                                                   select_key(cfg, "env.history_length")),
+                  lambda p: check_estimator_objective(p, str(select_key(cfg, "algorithm.spa.objective", "sum")))):
+        try:
+            check(os.path.expanduser(str(path)))
+        except FileNotFoundError:  # no estimator there (yet): not this check's to report
+            return []
+        except ValueError as exc:
+            out.append(str(exc))
+    return out

@@ -365,12 +365,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{int(metrics.get('eval/n', 0))} held-out episodes) -> {est_dir}")
 
     # 5. score every record, draw one held-out expert trajectory
-    from spa_reward.progress.serve import ProgressScorer
+    from spa_reward.progress.serve import ProgressScorer, record_item
     from spa_reward.viz import plot_attribution
 
     scorer = ProgressScorer(str(est_dir), device="cpu")
-    contributions = scorer.score([{"input_ids": r.input_ids, "turn_ends": r.turn_ends,
-                                   "prompt_length": r.prompt_length} for r in records])
+    contributions = scorer.score([record_item(r) for r in records])
     held = train_mod.split_uids([r.uid for r in records], 0.25, args.seed)
     pick = next((i for i, r in enumerate(records) if r.uid in held and r.extra["variant"] == "expert"), 0)
     rec = records[pick]

@@ -14,11 +14,14 @@ _EXPORTS = {
     "ProgressEstimator": ".model",
     "ProgressEstimatorConfig": ".model",
     "predict_batched": ".model",
+    "predict_contributions": ".model",
     "truncate_for_estimator": ".data",
     "ProgressScorer": ".serve",
     "get_progress_scorer": ".serve",
     "check_tokenizer_compatible": ".serve",
     "check_estimator_layout": ".serve",
+    "check_estimator_objective": ".serve",
+    "record_item": ".serve",
     "window_sequences": ".layouts",
 }
 

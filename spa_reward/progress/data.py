@@ -15,6 +15,11 @@ Truncation rule (shared by training and serving, so c_t means the same thing in 
 Dropped turns get no c_t: in training they are simply absent from ``sum_t c_t`` (the estimator learns that the
 kept turns carry R); in serving :class:`~spa_reward.progress.serve.ProgressScorer` returns 0.0 for them.
 
+The ``prefix`` objective (``spa_reward.steprm.objectives``) reads the value of the prefix before every turn at the
+last token before the turn's first token: :func:`before_positions` maps those through the truncation (the last
+kept token before the turn, 0 when none is kept); a truncated sequence's first kept turn is then valued on what
+was kept of its past.
+
 Window layout (``--layout window``): an episode is T one-turn sequences (its window rows, see
 :mod:`spa_reward.progress.layouts`), each truncated by the same rule (one turn: an over-long row keeps its last
 ``max_length`` tokens, as the scorer does for a served window row). :meth:`ExampleSet.append_rows` stores them as
@@ -46,6 +51,23 @@ class Truncation:
     kept: list[int]  # indices (into the original turn list) of the turns that are still scored
     dropped_tokens: int  # all removed tokens, including the harmless tail after the last turn
     truncated: bool  # True when max_length forced a cut (rules 2-3), not for the tail alone
+    head: int = 0  # input_ids = original[:head] + original[cut:cut + len(input_ids) - head]
+    cut: int = 0
+
+
+def before_positions(t: Truncation, turn_starts: Sequence[int]) -> list[int]:
+    """For every kept turn, where the prefix before it ends in the truncated sequence: the token before the turn's
+    first token (``turn_starts``: original coordinates, one per original turn), or, when truncation dropped that
+    token, the last kept token before it (the kept prompt's last token), else 0. Each is before the turn's end."""
+    out = []
+    for k, end in zip(t.kept, t.turn_ends):
+        p = int(turn_starts[k]) - 1  # original coordinates
+        if p >= t.cut:
+            q = p - t.cut + t.head
+        else:
+            q = min(p, t.head - 1)
+        out.append(max(0, min(q, end - 1)))
+    return out
 
 
 def check_turn_ends(turn_ends: Sequence[int], length: int, name: str = "turn_ends") -> None:
@@ -90,10 +112,11 @@ def truncate_for_estimator(
             if head + (n - cut) <= max_length:
                 new_ids = ids[:head] + ids[cut:n]
                 new_ends = [e - cut + head for e in ends[m:]]
-                return Truncation(new_ids, new_ends, list(range(m, len(ends))), len(ids) - len(new_ids), True)
+                return Truncation(new_ids, new_ends, list(range(m, len(ends))), len(ids) - len(new_ids), True, head,
+                                  cut)
     # rule 3: the last turn alone is too long: keep the last max_length tokens, score only the last turn
     start = n - max_length
-    return Truncation(ids[start:n], [max_length - 1], [len(ends) - 1], len(ids) - max_length, True)
+    return Truncation(ids[start:n], [max_length - 1], [len(ends) - 1], len(ids) - max_length, True, 0, start)
 
 
 @dataclass
@@ -109,6 +132,7 @@ class Example:
     truncated: bool
     episode_id: str = ""
     row_starts: list[int] | None = None  # window layout: start of each row (one turn each) in input_ids
+    befores: list[int] | None = None  # per kept turn: the last token before it (:func:`before_positions`)
 
 
 def record_to_example(rec: TrajectoryRecord, max_length: int, keep_prompt: bool = True) -> Example:
@@ -121,6 +145,7 @@ def record_to_example(rec: TrajectoryRecord, max_length: int, keep_prompt: bool 
         kept=t.kept,
         truncated=t.truncated,
         episode_id=rec.episode_id,
+        befores=before_positions(t, [a for a, _ in rec.turn_spans]),
     )
 
 
@@ -152,6 +177,7 @@ class ExampleSet(Sequence[Example]):
         # window layout only (a set holds one layout): row starts (relative to the example), offsets per example
         self._rows = array("i")
         self._row_off: array | None = None
+        self._befores = array("i")  # one per kept turn (window: per row), aligned with _ends (:func:`before_positions`)
         self.episode_ids: list[str] = []
         self.max_token_id = -1
 
@@ -167,6 +193,7 @@ class ExampleSet(Sequence[Example]):
         if self._row_off is not None:
             raise ValueError("this ExampleSet holds window-layout episodes (append_rows); keep one layout per set")
         self._truncated.append(int(t.truncated))
+        self._befores.extend(before_positions(t, [a for a, _ in rec.turn_spans]))
         self.episode_ids.append(rec.episode_id)
         if t.input_ids:
             self.max_token_id = max(self.max_token_id, max(t.input_ids))
@@ -186,6 +213,7 @@ class ExampleSet(Sequence[Example]):
         for ids, prompt_length in rows:
             t = truncate_for_estimator(ids, [len(ids) - 1], max_length, prompt_length if keep_prompt else 0)
             starts.append(len(self._tokens) - start)
+            self._befores.append(starts[-1] + before_positions(t, [prompt_length])[0])  # the reply starts the row
             self._tokens.extend(t.input_ids)
             ends.append(len(self._tokens) - start - 1)
             truncated = truncated or t.truncated
@@ -226,6 +254,7 @@ class ExampleSet(Sequence[Example]):
             truncated=bool(self._truncated[i]),
             episode_id=self.episode_ids[i],
             row_starts=rows,
+            befores=self._befores[self._end_off[i] : self._end_off[i + 1]].tolist(),
         )
 
     @property
@@ -243,7 +272,7 @@ class ExampleSet(Sequence[Example]):
     def nbytes(self) -> int:
         """Bytes held by the arrays (the episode id strings not counted)."""
         arrays = (self._tokens, self._tok_off, self._ends, self._end_off, self._reward, self._num_turns,
-                  self._first_kept, self._truncated, self._rows, self._row_off or array("q"))
+                  self._first_kept, self._truncated, self._rows, self._row_off or array("q"), self._befores)
         return sum(a.itemsize * len(a) for a in arrays)
 
 
@@ -276,38 +305,63 @@ def collate_sequences(
     return out
 
 
+def _befores(example: Example) -> list[int]:
+    """Per kept turn, the last token before it (examples built without them: the previous turn's end, or 0)."""
+    if example.befores is not None:
+        return list(example.befores)
+    return [0] + [e + 1 for e in example.turn_ends[:-1]] if example.row_starts is None else list(example.row_starts)
+
+
+def _positions(lists: Sequence[Sequence[int]], k: int) -> torch.Tensor:
+    out = torch.full((len(lists), k), -1, dtype=torch.long)
+    for i, x in enumerate(lists):
+        if len(x):
+            out[i, : len(x)] = torch.as_tensor(list(x), dtype=torch.long)
+    return out
+
+
 def collate_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`collate_sequences` plus ``rewards`` ``(bs,)`` and ``before_positions`` ``(bs, K)`` (the last token before
+    each turn, where the prefix objective reads the value before the step; -1 padded)."""
     batch = collate_sequences([e.input_ids for e in examples], [e.turn_ends for e in examples], pad_token_id)
     batch["rewards"] = torch.tensor([e.reward for e in examples], dtype=torch.float32)
+    batch["before_positions"] = _positions([_befores(e) for e in examples], batch["turn_end_positions"].shape[1])
     return batch
 
 
-def window_rows(example: Example) -> tuple[list[np.ndarray], list[list[int]]]:
-    """(row sequences, their turn ends) of one example: its window rows, or the example itself when packed."""
+def window_rows(example: Example) -> tuple[list[np.ndarray], list[list[int]], list[list[int]]]:
+    """(row sequences, their turn ends, their before positions) of one example: its window rows, or the example
+    itself when packed."""
     if example.row_starts is None:
-        return [example.input_ids], [list(example.turn_ends)]
+        return [example.input_ids], [list(example.turn_ends)], [_befores(example)]
     bounds = list(example.row_starts) + [len(example.input_ids)]
     seqs = [example.input_ids[bounds[r]:bounds[r + 1]] for r in range(len(example.row_starts))]
-    return seqs, [[len(s) - 1] for s in seqs]
+    befores = [[p - bounds[r]] for r, p in enumerate(_befores(example))]
+    return seqs, [[len(s) - 1] for s in seqs], befores
 
 
-def flatten_rows(examples: Sequence[Example]) -> tuple[list[np.ndarray], list[list[int]], list[int]]:
-    """Every example's rows (:func:`window_rows`) in order: (sequences, their turn ends, the example index of each)."""
-    seqs, ends, index = [], [], []
+def flatten_rows(examples: Sequence[Example]) -> tuple[list[np.ndarray], list[list[int]], list[int], list[list[int]]]:
+    """Every example's rows (:func:`window_rows`) in order: (sequences, their turn ends, the example index of each,
+    their before positions)."""
+    seqs, ends, index, befores = [], [], [], []
     for e, ex in enumerate(examples):
-        rows, row_ends = window_rows(ex)
+        rows, row_ends, row_befores = window_rows(ex)
         seqs += rows
         ends += row_ends
         index += [e] * len(rows)
-    return seqs, ends, index
+        befores += row_befores
+    return seqs, ends, index, befores
 
 
 def collate_window_examples(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """A batch of episodes in the window layout, flattened into rows: ``input_ids``/``attention_mask`` ``(rows, L)``,
-    ``turn_end_positions`` ``(rows, 1)``, ``episode_index`` ``(rows,)`` (which episode each row belongs to) and
-    ``rewards`` ``(episodes,)``. ``sum_t c_t`` of episode e = the sum of c over the rows with index e."""
-    seqs, ends, index = flatten_rows(examples)
+    """A batch of episodes in the window layout, flattened into rows (an episode's rows consecutive, in step order):
+    ``input_ids``/``attention_mask`` ``(rows, L)``, ``turn_end_positions`` and ``before_positions`` ``(rows, 1)``
+    (each row's reply end and its prompt's last token), ``episode_index`` ``(rows,)`` (which episode each row
+    belongs to) and ``rewards`` ``(episodes,)``. ``sum_t c_t`` of episode e = the sum of c over the rows with
+    index e."""
+    seqs, ends, index, befores = flatten_rows(examples)
     batch = collate_sequences(seqs, ends, pad_token_id)
+    batch["before_positions"] = _positions(befores, 1)
     batch["episode_index"] = torch.tensor(index, dtype=torch.long)
     batch["rewards"] = torch.tensor([ex.reward for ex in examples], dtype=torch.float32)
     return batch
@@ -331,6 +385,7 @@ __all__ = [
     "collate_window_examples",
     "epoch_order",
     "is_env_failure",
+    "before_positions",
     "record_to_example",
     "records_to_examples",
     "truncate_for_estimator",

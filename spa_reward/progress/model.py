@@ -67,6 +67,10 @@ class ProgressEstimatorConfig:
         lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA through peft when ``lora_r > 0``
             (``lora_target_modules=None`` = ``"all-linear"``).
         pad_token_id: id used to pad batches (any id works: padded positions are masked out).
+        objective: what the head's readouts mean and how they were trained (``spa_reward.steprm.objectives``):
+            ``sum`` (the paper: one c_t per turn end, MSE(sum_t c_t, R)) or ``prefix`` (the value of the prefix
+            before every turn regressed on R, c_t = V_{t+1} - V_t with V_T = R). Serving turns the readouts into
+            c_t the same way.
     """
 
     backbone: str | None = None
@@ -82,6 +86,7 @@ class ProgressEstimatorConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str | None = None
     pad_token_id: int = 0
+    objective: str = "sum"
     model_type: str = MODEL_TYPE
     format_version: int = ESTIMATOR_FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -95,6 +100,9 @@ class ProgressEstimatorConfig:
             raise ValueError(f"max_length must be >= 2, not {self.max_length}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0, not {self.lora_r}")
+        from spa_reward.steprm.objectives import check_progress_objective
+
+        check_progress_objective(self.objective)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -325,9 +333,13 @@ class ProgressEstimator(nn.Module):
         turn_ends: list[list[int]] | list[int],
         max_batch_size: int = 16,
     ) -> list[list[float]] | list[float]:
-        """Convenience inference on Python lists, without truncation. A single sequence (``list[int]``,
-        ``list[int]``) gives ``list[float]``; a batch gives ``list[list[float]]``. For serving (truncation,
-        validation, Ray) use :class:`spa_reward.progress.serve.ProgressScorer`."""
+        """Convenience inference on Python lists, without truncation, for the ``sum`` objective (one c_t per turn
+        end). A single sequence (``list[int]``, ``list[int]``) gives ``list[float]``; a batch gives
+        ``list[list[float]]``. For serving (truncation, validation, the ``prefix`` objective, Ray) use
+        :class:`spa_reward.progress.serve.ProgressScorer`."""
+        if self.config.objective != "sum":
+            raise ValueError(f"predict_turns reads c_t at turn ends (the sum objective); this estimator's objective "
+                             f"is {self.config.objective!r}: score it with spa_reward.progress.serve.ProgressScorer")
         single = bool(input_ids) and isinstance(input_ids[0], int)
         seqs = [input_ids] if single else input_ids
         ends = [turn_ends] if single else turn_ends
@@ -479,6 +491,47 @@ def predict_batched(
     return results
 
 
+def predict_contributions(model: ProgressEstimator, seqs, ends, befores, rewards=None, episodes=None,
+                          batch_size: int = 16, autocast_dtype=None, max_batch_tokens: int | None = None
+                          ) -> tuple[list[list[float]], list[list[float]]]:
+    """(c_t per sequence, the head's readouts per sequence) for already truncated sequences, under the estimator's
+    objective (``model.config.objective``): the head is read at
+    :func:`~spa_reward.steprm.objectives.readout_positions` (``sum``: the turn ends; ``prefix``: ``befores``, the
+    last token before each turn) and the readouts become c_t by
+    :func:`~spa_reward.steprm.objectives.contributions_from_readouts`.
+
+    Args:
+        seqs, ends, befores: per sequence its token ids, turn ends and before-positions (same length as its ends).
+        rewards: ``prefix``: each episode's R (the value after its last step).
+        episodes: ``prefix``: per sequence the index of its episode in ``rewards``, when an episode is several
+            consecutive sequences in step order (window rows); None = one episode per sequence.
+    """
+    from spa_reward.steprm.objectives import contributions_from_readouts, readout_positions, reads_before
+
+    objective = model.config.objective
+    n = len(seqs)
+    lengths = torch.tensor([len(e) for e in ends], dtype=torch.long)
+    k = max(1, int(lengths.max())) if n else 1
+    valid = torch.arange(k).unsqueeze(0) < lengths.unsqueeze(1)  # (n, K)
+
+    def padded(lists) -> torch.Tensor:
+        out = torch.full((n, k), -1, dtype=torch.long)
+        out[valid] = torch.tensor([int(x) for e in lists for x in e], dtype=torch.long)
+        return out
+
+    end_pos = padded(ends)
+    pos = readout_positions(end_pos, padded(befores) if reads_before(objective) else end_pos, objective)
+    positions = [pos[i, : int(lengths[i])].tolist() for i in range(n)]
+    readouts = predict_batched(model, seqs, positions, max_batch_size=batch_size, autocast_dtype=autocast_dtype,
+                               max_batch_tokens=max_batch_tokens)
+    values = torch.zeros(n, k)
+    values[valid] = torch.tensor([x for r in readouts for x in r], dtype=torch.float32)
+    c = contributions_from_readouts(values, valid, objective,
+                                    None if rewards is None else torch.as_tensor(rewards, dtype=torch.float32),
+                                    None if episodes is None else torch.as_tensor(episodes, dtype=torch.long))
+    return [c[i, : int(lengths[i])].tolist() for i in range(n)], readouts
+
+
 def build_tiny_backbone_config(
     vocab_size: int = 256,
     hidden_size: int = 64,
@@ -517,5 +570,6 @@ __all__ = [
     "is_estimator_dir",
     "predict_batched",
     "last_hidden_state",
+    "predict_contributions",
     "resolve_dtype",
 ]

@@ -5,11 +5,18 @@
   number of prompt tokens): pass it to truncate over-long sequences exactly as in training (the prompt is kept,
   whole leading turns are dropped; see :mod:`spa_reward.progress.data`). Turns dropped by truncation get 0.0.
   Sequences are sorted by length and run in batches of ``max_batch_size`` (and ``max_batch_tokens``).
+  The head's readouts become c_t under the objective the estimator was trained with (``config.objective``,
+  ``spa_reward.steprm.objectives``): ``sum`` reads c_t at each turn end; ``prefix`` reads the value V_t before
+  every turn, at the token before the turn's first one, and c_t = V_{t+1} - V_t with V_T = R: its items must carry
+  ``turn_starts`` (first token of each turn) and ``reward`` (R), and the rows of one window-layout episode share an
+  ``episode`` key and come in step order (their values chain across the rows).
 * :func:`get_progress_scorer`: a named Ray actor wrapping the scorer, shared by every process of the Ray job
   (agent-loop workers, reward workers). ``await actor.score.remote(batch)`` from async code, or
   ``ray.get(actor.score.remote(batch))``. Concurrent calls are coalesced into shared forward passes.
 * :func:`check_tokenizer_compatible`: the reward feeds the *policy's* token ids to the estimator, so both must
   share one vocabulary; this raises when they do not.
+* :func:`check_estimator_objective`: a run whose ``algorithm.spa.objective`` is not the one the estimator was
+  trained with is refused at start-up.
 * :func:`check_estimator_layout`: an estimator trained in one context layout (``--layout full|window``, stored as
   ``config.extra["layout"]`` / ``["history_length"]``; estimators without it were trained on packed rows) is
   refused for a run in the other layout (or with another window length), at start-up.
@@ -68,6 +75,9 @@ class _Prepared:
     kept: list[int]
     num_turns: int
     truncated: bool
+    befores: list[int] | None = None  # prefix: the last token before each kept turn (data.before_positions)
+    reward: float = 0.0  # prefix: R, the value after the episode's last step
+    episode: str = ""  # prefix: rows with the same non-empty key are one episode (window layout)
 
 
 class ProgressScorer:
@@ -126,6 +136,7 @@ class ProgressScorer:
             "device": str(self.device),
             "dtype": str(self.model.backbone_dtype),
             "head": cfg.head,
+            "objective": cfg.objective,
             "tokenizer": cfg.tokenizer,
             "max_length": self.max_length,
             "keep_prompt_on_truncation": self.keep_prompt,
@@ -139,7 +150,11 @@ class ProgressScorer:
 
     def prepare(self, batch: Sequence[Mapping[str, Any]]) -> list[_Prepared]:
         """Validate and truncate (cheap, no model call). Raises ``ValueError`` naming the bad item."""
-        from .data import check_turn_ends, truncate_for_estimator
+        from spa_reward.steprm.objectives import reads_before
+
+        from .data import before_positions, check_turn_ends, truncate_for_estimator
+
+        prefix = reads_before(self.model.config.objective)
 
         if isinstance(batch, Mapping):
             raise TypeError("score() takes a list of items, not a single dict")
@@ -165,22 +180,38 @@ class ProgressScorer:
             if ends and head > ends[0]:
                 raise ValueError(f"item {i}: prompt_length {head} lies after the first turn end {ends[0]}")
             t = truncate_for_estimator(ids, ends, self.max_length, head)
-            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated))
+            extra = {}
+            if prefix and ends:
+                missing = [k for k in ("turn_starts", "reward") if item.get(k) is None]
+                if missing:
+                    raise ValueError(f"item {i} has no {' / '.join(missing)}: the estimator's 'prefix' objective reads "
+                                     "the value before each turn (turn_starts: first token of each turn) and ends at R")
+                starts = item["turn_starts"]
+                starts = starts.tolist() if hasattr(starts, "tolist") else list(starts)
+                if len(starts) != len(ends) or any(not 0 <= int(a) <= int(e) for a, e in zip(starts, ends)):
+                    raise ValueError(f"item {i}: turn_starts {starts} do not fit turn_ends {ends}")
+                extra = {"befores": before_positions(t, starts), "reward": float(item["reward"]),
+                         "episode": str(item.get("episode") or "")}
+            prepared.append(_Prepared(t.input_ids, t.turn_ends, t.kept, len(ends), t.truncated, **extra))
         return prepared
 
     def score_prepared(self, prepared: Sequence[_Prepared]) -> list[list[float]]:
-        from .model import predict_batched
+        from .model import predict_contributions
 
         if not prepared:
             return []
+        order, rewards, episodes = episode_order(prepared)
         with self._lock:  # one forward at a time: torch modules are not re-entrant across threads
-            preds = predict_batched(
+            preds, _ = predict_contributions(
                 self.model,
-                [p.input_ids for p in prepared],
-                [p.turn_ends for p in prepared],
-                max_batch_size=self.max_batch_size,
+                [prepared[i].input_ids for i in order],
+                [prepared[i].turn_ends for i in order],
+                [prepared[i].befores or [] for i in order],
+                rewards, episodes,
+                batch_size=self.max_batch_size,
                 max_batch_tokens=self.max_batch_tokens,
             )
+            preds = [preds[j] for j in sorted(range(len(order)), key=order.__getitem__)]  # back to input order
             self.stats["calls"] += 1
             self.stats["items"] += len(prepared)
             for p in prepared:
@@ -194,6 +225,37 @@ class ProgressScorer:
                 full[k] = value
             out.append(full)
         return out
+
+
+def record_item(record: Any) -> dict[str, Any]:
+    """The scorer item of a trajectory record (``spa_reward.records.TrajectoryRecord``): its ids, turn ends and
+    starts, prompt length and R, everything either objective reads."""
+    return {"input_ids": record.input_ids, "turn_ends": record.turn_ends,
+            "turn_starts": [a for a, _ in record.turn_spans], "prompt_length": record.prompt_length,
+            "reward": float(record.reward)}
+
+
+def episode_order(prepared: Sequence[Any]) -> tuple[list[int], list[float], list[int]]:
+    """``(order, rewards, episodes)`` for :func:`~spa_reward.progress.model.predict_contributions`: the items
+    reordered so that the rows of one episode (same non-empty ``episode``) are consecutive in their input order,
+    each episode's R, and per reordered item the index of its episode. An item without ``episode`` is an episode of
+    its own."""
+    ids: dict[str, int] = {}
+    first: list[int] = []
+    owner = []
+    for i, p in enumerate(prepared):
+        key = getattr(p, "episode", "") or f"\0item{i}"
+        e = ids.setdefault(key, len(ids))
+        if e == len(first):
+            first.append(i)
+        owner.append(e)
+    rewards = [float(getattr(prepared[i], "reward", 0.0)) for i in first]
+    for i, p in enumerate(prepared):
+        if float(getattr(p, "reward", 0.0)) != rewards[owner[i]]:
+            raise ValueError(f"item {i}: episode {p.episode!r} has reward {p.reward} here and {rewards[owner[i]]} at "
+                             f"item {first[owner[i]]}; the rows of one episode share its R")
+    order = sorted(range(len(prepared)), key=lambda i: (owner[i], i))
+    return order, rewards, [owner[i] for i in order]
 
 
 # ---------------------------------------------------------------------------------------------------------- Ray
@@ -330,6 +392,20 @@ def estimator_layout(estimator_dir: str | os.PathLike) -> tuple[str, int | None]
     return layout, (int(k) if layout == "window" and k is not None else None)
 
 
+def check_estimator_objective(estimator_dir: str | os.PathLike, objective: str) -> None:
+    """Raise ``ValueError`` when the estimator was trained with another objective than the run's
+    (``algorithm.spa.objective``): its readouts would be turned into c_t the wrong way, or trained on with another
+    loss (online)."""
+    from .model import ProgressEstimatorConfig
+
+    trained = ProgressEstimatorConfig.load(resolve_estimator_dir(estimator_dir)).objective
+    if trained != str(objective):
+        raise ValueError(
+            f"the progress estimator {str(estimator_dir)!r} was trained with --objective {trained} but this run sets "
+            f"algorithm.spa.objective={objective}: set algorithm.spa.objective={trained} (SPA_OBJECTIVE={trained} "
+            f"for examples/rl_spa.sh) or train an estimator with --objective {objective}")
+
+
 def check_estimator_layout(estimator_dir: str | os.PathLike, history: str, history_length: int | None = None) -> None:
     """Raise ``ValueError`` when the estimator was trained in another context layout than the run's
     (``env.history`` / ``env.history_length``): its c_t would be read off sequences it never saw."""
@@ -411,9 +487,11 @@ def check_tokenizer_compatible(estimator_dir: str | os.PathLike, policy_tokenize
 __all__ = [
     "ProgressScorer",
     "check_estimator_layout",
+    "check_estimator_objective",
     "estimator_layout",
     "ProgressScorerActor",
     "check_tokenizer_compatible",
+    "record_item",
     "get_progress_scorer",
     "resolve_estimator_dir",
 ]

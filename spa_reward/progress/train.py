@@ -3,8 +3,12 @@
     python -m spa_reward.progress.train --records 'rollouts/*.jsonl' --model <SFT checkpoint or estimator dir> \\
         --output runs/progress
 
-Objective (paper and released code): for every trajectory, ``loss = (sum_t c_t - R)^2``, averaged over the batch;
-there is no per-step target. Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
+Objective (``--objective``, recorded in the estimator's config so that serving reads it the same way; the loss
+functions are ``spa_reward.steprm.objectives``): ``sum`` (paper and released code): for every trajectory,
+``loss = (sum_t c_t - R)^2``, averaged over the batch, with no per-step target. ``prefix`` (ours): the head is read
+at the last token before every turn (the prompt's last token, then the end of each observation; in the window
+layout each row's prompt), each readout is the value V_t of the prefix before step t, regressed on R, and
+``c_t = V_{t+1} - V_t`` with ``V_T = R`` (so ``sum_t c_t = R - V_0``). Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
 1 epoch, effective batch 16 (2 per device x grad-accum), AdamW with weight decay 0.01, gradient clipping 1.0,
 DeepSpeed-style ``WarmupLR`` (log warm-up over 500 optimizer steps, then constant), max length 4096.
 
@@ -92,6 +96,12 @@ from .data import (
     flatten_rows,
     is_env_failure,
 )
+from ..steprm.objectives import (
+    PROGRESS_OBJECTIVES,
+    contributions_from_readouts,
+    progress_episode_losses,
+    readout_positions,
+)
 from .model import (
     ADAPTER_DIR,
     BACKBONE_DIR,
@@ -102,7 +112,7 @@ from .model import (
     ProgressEstimator,
     ProgressEstimatorConfig,
     is_estimator_dir,
-    predict_batched,
+    predict_contributions,
     resolve_dtype,
 )
 
@@ -223,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="HF causal-LM name/path (the SFT policy) or an existing estimator dir")
     g.add_argument("--tokenizer", default=None, help="tokenizer to save with the estimator (default: from --model)")
     g.add_argument("--head", choices=HEADS, default=None, help="head type for a new estimator (default mlp = paper)")
+    g.add_argument(
+        "--objective", choices=PROGRESS_OBJECTIVES, default=None,
+        help="sum: the paper's MSE(sum_t c_t, R); prefix: the value of the prefix before every turn regressed on R, "
+        "c_t = V(after step t) - V(before step t) with V(after the last step) = R "
+        "(default: an estimator dir's own objective, else sum)",
+    )
     g.add_argument("--head-hidden-size", type=positive_int, default=None, help="MLP head width (default: backbone hidden size)")
     g.add_argument("--head-dropout", type=unit_interval(closed_right=False), default=0.0)
     g.add_argument("--lora-r", type=non_negative_int, default=0, help="LoRA rank; 0 = full fine-tune (released code)")
@@ -440,6 +456,10 @@ def _build_model(args, dtype: torch.dtype, records_tokenizer: str | None):
         model = ProgressEstimator.from_pretrained(args.model, dtype=dtype, merge_lora=True)
         if args.head and args.head != model.config.head:
             raise SystemExit(f"--head {args.head} differs from the estimator's head {model.config.head!r} in {args.model}")
+        if args.objective and args.objective != model.config.objective:
+            raise SystemExit(f"--objective {args.objective} differs from the objective {model.config.objective!r} the "
+                             f"estimator in {args.model} was trained with (its readouts mean something else); train "
+                             "a new head from the backbone, or leave --objective out to continue")
         tok_dir = Path(args.model) / "tokenizer"
         tokenizer = _load_tokenizer(args.tokenizer or (str(tok_dir) if tok_dir.is_dir() else None))
         model.config.max_length = args.max_length
@@ -464,6 +484,7 @@ def _build_model(args, dtype: torch.dtype, records_tokenizer: str | None):
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         pad_token_id=int(pad),
+        objective=args.objective or "sum",
     )
     return ProgressEstimator(config, dtype=dtype), tokenizer
 
@@ -743,25 +764,25 @@ def plot_learning_curve(history: list[dict], out_path: str | os.PathLike) -> Pat
     return out
 
 
-def episode_predictions(contrib: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``sum_t c_t`` per episode ``(episodes,)`` from the model's ``contrib`` ``(rows, K)`` (0 at padded turns): the
-    row sums, added up per episode with ``index_add`` when the batch is in the window layout
-    (``batch["episode_index"]``, :func:`~spa_reward.progress.data.collate_window_examples`)."""
-    rows = contrib.float().sum(dim=1)
-    index = batch.get("episode_index")
-    if index is None:
-        return rows
-    return torch.zeros(batch["rewards"].shape[0], dtype=rows.dtype, device=rows.device).index_add(0, index, rows)
-
-
 def evaluate(model: ProgressEstimator, examples: list[Example], batch_size: int, autocast_dtype) -> dict[str, float]:
-    """Regression metrics of ``sum_t c_t`` against R; a window-layout example's c_t are its rows' (one each)."""
-    seqs, ends, owner = flatten_rows(examples)
-    preds = predict_batched(model, seqs, ends, max_batch_size=batch_size, autocast_dtype=autocast_dtype)
+    """Regression metrics of ``sum_t c_t`` against R and the objective's own loss (``eval/loss``); a window-layout
+    example's c_t are its rows' (one each)."""
+    seqs, ends, owner, befores = flatten_rows(examples)
+    rewards = [e.reward for e in examples]
+    preds, readouts = predict_contributions(model, seqs, ends, befores, rewards, owner, batch_size, autocast_dtype)
     contributions: list[list[float]] = [[] for _ in examples]
     for i, p in zip(owner, preds):
         contributions[i].extend(p)
-    return regression_metrics(contributions, [e.reward for e in examples])
+    metrics = regression_metrics(contributions, rewards)
+    if seqs:
+        k = max(1, max(len(e) for e in ends))
+        valid = torch.arange(k).unsqueeze(0) < torch.tensor([len(e) for e in ends]).unsqueeze(1)
+        values = torch.zeros(len(seqs), k)
+        values[valid] = torch.tensor([x for r in readouts for x in r], dtype=torch.float32)
+        losses = progress_episode_losses(values, valid, torch.tensor(rewards, dtype=torch.float32),
+                                         model.config.objective, episode_index=torch.tensor(owner))
+        metrics["eval/loss"] = float(losses.mean())
+    return metrics
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -784,6 +805,9 @@ def _set_layout(cfg: ProgressEstimatorConfig, args, ckpt, history_lengths: list[
                        args.model, before[0], before[1], args.layout, k)
     extra.update(layout=args.layout, history_length=k)
     cfg.extra = extra
+    if ckpt is not None and args.objective and args.objective != cfg.objective:
+        raise SystemExit(f"--resume: the checkpoint {ckpt} was trained with --objective {cfg.objective}, this run asks "
+                         f"for {args.objective}; resume with the checkpoint's objective or start a new --output")
 
 
 def train(args: argparse.Namespace, rows_of=None) -> dict[str, Any]:
@@ -971,15 +995,18 @@ def train(args: argparse.Namespace, rows_of=None) -> dict[str, Any]:
                 sync = j == len(group) - 1
                 ctx = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
                 with ctx:
+                    positions = readout_positions(batch["turn_end_positions"], batch["before_positions"], cfg.objective)
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
                                         enabled=autocast_dtype is not None):
-                        contrib = train_model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"])
-                    pred = episode_predictions(contrib, batch)
-                    sq = (pred - batch["rewards"]) ** 2
+                        readouts = train_model(batch["input_ids"], batch["attention_mask"], positions)
+                    valid = batch["turn_end_positions"] >= 0
+                    sq = progress_episode_losses(readouts, valid, batch["rewards"], cfg.objective,
+                                                 episode_index=batch.get("episode_index"))
                     (sq.sum() / n_group).backward()
                 loss_sum += float(sq.detach().sum())
-                valid = batch["turn_end_positions"] >= 0
-                abs_c += float(contrib.detach().abs()[valid].sum())
+                contrib = contributions_from_readouts(readouts.detach(), valid, cfg.objective, batch["rewards"],
+                                                      batch.get("episode_index"))
+                abs_c += float(contrib.abs()[valid].sum())
                 n_c += int(valid.sum())
                 tokens += int(batch["attention_mask"].sum())
             grad_norm = float("nan")

@@ -2,8 +2,21 @@
 
 Two objectives share one service (:mod:`spa_reward.steprm.service`):
 
-* ``progress`` (SPA-RL): per-turn contributions ``c_t`` (bs, K) regressed so that ``sum_t c_t ~ R``:
-  :func:`progress_loss` = mean over episodes of ``(sum_t c_t - R)^2``.
+* ``progress`` (SPA-RL): per-turn contributions ``c_t`` from a scalar head read at chosen tokens of the sequence (its
+  *readouts*), with one of :data:`PROGRESS_OBJECTIVES` (the offline trainer ``spa_reward.progress.train`` and the
+  scorer ``spa_reward.progress.serve`` use the same functions):
+
+  - ``sum`` (the paper): one readout per turn, at the turn's last token, ``c_t`` = that readout;
+    :func:`progress_loss` = mean over episodes of ``(sum_t c_t - R)^2``.
+  - ``prefix`` (ours): one readout per turn at the last token *before* the turn (the prompt's last token for turn
+    0, else the end of the observation the turn answers): ``V_t``, the value of the prefix before step t. Every
+    ``V_t`` is regressed on R (per episode the mean of ``(V_t - R)^2``, then the mean over episodes); the prefix
+    after the last step is the whole episode, whose value is its outcome: ``V_T = R``. ``c_t = V_{t+1} - V_t``, so
+    ``sum_t c_t = R - V_0`` (telescoping) and c_t is the TD error of the estimator's value (potential-based
+    shaping of R).
+
+  :func:`readout_positions` places the readouts, :func:`contributions_from_readouts` turns them into ``c_t`` (across
+  the rows of a window-layout episode too) and :func:`progress_episode_losses` gives each episode's loss.
 * ``implicit`` (iStar, arXiv 2509.19199): a causal LM ``pi_phi``; per turn
   ``q_t = sum over the turn's tokens of (log pi_phi - log pi_ref)`` (:func:`turn_log_ratio`), step reward
   ``r_t = beta * q_t``; trained with the trajectory-level DPO loss (:func:`trajectory_dpo_loss`) over every
@@ -18,9 +31,9 @@ Two objectives share one service (:mod:`spa_reward.steprm.service`):
 
 Window layout (``env.history=window``: one row per env step): an episode's turns are spread over several rows;
 ``episode`` (rows,) long says which episode each row belongs to. :func:`episode_trajectory_scores` is
-``Q = mean over ALL the episode's turns`` and :func:`progress_loss` with ``episode_index`` regresses the sum of
-the episode's rows' ``c_t`` (the offline trainer's ``spa_reward.progress.train.episode_predictions``). With one
-row per episode both give exactly the packed numbers.
+``Q = mean over ALL the episode's turns`` and :func:`progress_episode_losses` with ``episode_index`` pools the
+episode's rows (``sum``: the sum of their ``c_t``; ``prefix``: the mean over their readouts; the offline trainer
+uses the same function). With one row per episode both give exactly the packed numbers.
 
 Turns are given by a per-token turn index (bs, L) long: the 0-based turn a token belongs to, -1 for tokens outside
 every assistant turn (prompt, observations, padding); :func:`span_turn_index` builds it from turn spans and
@@ -260,34 +273,136 @@ def irl_reward(logits: torch.Tensor, clip: float) -> torch.Tensor:
     return x.clamp(-clip, clip)
 
 
+PROGRESS_OBJECTIVES = ("sum", "prefix")
+
+
+def check_progress_objective(objective: str) -> str:
+    """``objective`` if it is one of :data:`PROGRESS_OBJECTIVES`, else ``ValueError`` naming the valid ones."""
+    if objective not in PROGRESS_OBJECTIVES:
+        raise ValueError(f"progress objective {objective!r} is not one of {PROGRESS_OBJECTIVES} (sum: the paper's "
+                         "MSE(sum_t c_t, R); prefix: the value of the prefix before every step regressed on R)")
+    return objective
+
+
+def reads_before(objective: str) -> bool:
+    """Whether ``objective`` reads the head before each turn (``prefix``) rather than at each turn's end (``sum``);
+    the prefix objective also needs each episode's R to score (``V_T = R``)."""
+    return check_progress_objective(objective) == "prefix"
+
+
+def readout_positions(turn_end_positions: torch.Tensor, before_positions: torch.Tensor, objective: str) -> torch.Tensor:
+    """(bs, K) long positions where the head is read: each turn's last token (``sum``) or the last token before
+    each turn (``prefix``); -1 where padded.
+
+    Args:
+        turn_end_positions: (bs, K) long, the last token of each turn, -1 where padded.
+        before_positions: (bs, K) long, the last token before each turn's first token, -1 where padded.
+        objective: one of :data:`PROGRESS_OBJECTIVES`.
+    """
+    return before_positions if reads_before(objective) else turn_end_positions
+
+
+def _next_in_episode(values: torch.Tensor, valid: torch.Tensor, rewards: torch.Tensor,
+                     episode_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """(rows, K) the value after each readout's step: the next readout of the same episode (row-major: the next
+    turn of the row, else the first turn of the episode's next row), R for the episode's last one."""
+    rows, k = values.shape
+    index = torch.arange(rows, device=values.device) if episode_index is None else episode_index.to(values.device)
+    flat_v = values.reshape(-1)
+    flat_e = index.unsqueeze(1).expand(rows, k).reshape(-1)
+    order = valid.reshape(-1).nonzero(as_tuple=True)[0]  # the readouts, row-major (an episode's rows in step order)
+    v, e = flat_v[order], flat_e[order]
+    last = torch.ones_like(e, dtype=torch.bool)
+    last[:-1] = e[1:] != e[:-1]
+    nxt = torch.where(last, rewards.to(v)[e], torch.cat([v[1:], v[-1:]]) if v.numel() else v)
+    out = torch.zeros(rows * k, dtype=values.dtype, device=values.device)
+    out[order] = nxt
+    return out.reshape(rows, k)
+
+
+def contributions_from_readouts(readouts: torch.Tensor, turn_valid: torch.Tensor, objective: str,
+                                rewards: Optional[torch.Tensor] = None,
+                                episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(rows, K) ``c_t`` from the head's readouts, 0 on padded turns.
+
+    ``sum``: ``c_t`` = readout t. ``prefix``: ``c_t = V_{t+1} - V_t`` along the episode's turns, with
+    ``V_T = R``.
+
+    Args:
+        readouts: (rows, K) from the positions of :func:`readout_positions`.
+        turn_valid: (rows, K) bool, each row's real turns (a prefix of its slots).
+        objective: one of :data:`PROGRESS_OBJECTIVES`.
+        rewards: (E,) the episodes' R (``prefix`` only).
+        episode_index: (rows,) long, the episode of each row when an episode spans several consecutive rows in step
+            order (window layout); None = one row per episode.
+    """
+    check_progress_objective(objective)
+    readouts = readouts.float()
+    valid = turn_valid.to(readouts.device)
+    if objective == "sum":
+        c = readouts
+    else:
+        if rewards is None:
+            raise ValueError("the prefix objective needs each episode's R to score its last step (V_T = R)")
+        c = _next_in_episode(readouts, valid, rewards.float(), episode_index) - readouts
+    return torch.where(valid, c, torch.zeros_like(c))
+
+
+def progress_episode_losses(readouts: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor, objective: str,
+                            episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(E,) each episode's loss under ``objective`` (the batch loss is their mean).
+
+    ``sum``: ``(sum_t c_t - R)^2``. ``prefix``: the mean over the episode's readouts ``V_t`` of ``(V_t - R)^2``.
+
+    Args:
+        readouts: (rows, K) the head's readouts (:func:`readout_positions`).
+        turn_valid: (rows, K) bool, the rows' real turns.
+        rewards: (E,) episode rewards R; E = rows without ``episode_index``.
+        objective: one of :data:`PROGRESS_OBJECTIVES`.
+        episode_index: (rows,) long, the episode of each row (window layout, several rows per episode); the sums
+            and means then run over all the episode's rows.
+    """
+    check_progress_objective(objective)
+    rewards = rewards.float().to(readouts.device)
+    valid = turn_valid.to(readouts.device)
+    index = (torch.arange(readouts.shape[0], device=readouts.device) if episode_index is None
+             else episode_index.to(readouts.device))
+    zeros = torch.zeros(rewards.shape[0], dtype=torch.float32, device=readouts.device)
+    v = torch.where(valid, readouts.float(), torch.zeros_like(readouts.float()))
+    if objective == "sum":
+        return (zeros.index_add(0, index, v.sum(dim=1)) - rewards) ** 2
+    sq = torch.where(valid, (readouts.float() - rewards[index].unsqueeze(1)) ** 2, torch.zeros_like(v))
+    count = zeros.index_add(0, index, valid.float().sum(dim=1))
+    return zeros.index_add(0, index, sq.sum(dim=1)) / count.clamp(min=1.0)
+
+
 def progress_loss(contributions: torch.Tensor, turn_valid: torch.Tensor, rewards: torch.Tensor,
                   episode_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SPA's MSE: mean over episodes of ``(sum_t c_t - R)^2``.
+    """SPA's MSE: mean over episodes of ``(sum_t c_t - R)^2`` (:func:`progress_episode_losses` with ``sum``).
 
     Args:
         contributions: (rows, K) c_t (padded turns are ignored through ``turn_valid``).
         turn_valid: (rows, K) bool.
         rewards: (E,) episode rewards R; E = rows without ``episode_index``.
         episode_index: (rows,) long, the episode of each row (window layout): an episode's ``sum_t c_t`` is the
-            sum over its rows, added up with the offline trainer's ``episode_predictions`` (index_add).
+            sum over its rows.
     """
-    if episode_index is None:
-        total = (contributions.float() * turn_valid.float()).sum(-1)
-    else:
-        from spa_reward.progress.train import episode_predictions
-
-        masked = contributions.float() * turn_valid.float()
-        total = episode_predictions(masked, {"episode_index": episode_index.to(masked.device), "rewards": rewards})
-    return ((total - rewards.float().to(total.device)) ** 2).mean()
+    return progress_episode_losses(contributions, turn_valid, rewards, "sum", episode_index).mean()
 
 
 __all__ = [
+    "PROGRESS_OBJECTIVES",
+    "check_progress_objective",
+    "contributions_from_readouts",
     "discriminator_loss",
     "dpo_pairs",
     "episode_trajectory_scores",
     "irl_reward",
     "step_dpo_loss",
+    "progress_episode_losses",
     "progress_loss",
+    "readout_positions",
+    "reads_before",
     "span_turn_index",
     "taken_token_logprobs",
     "token_budget_batches",

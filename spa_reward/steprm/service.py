@@ -3,7 +3,9 @@ online, learns from every RL batch.
 
 * :class:`StepRMSettings`: what to build (objective, loss, model, optimiser, schedule); the trainer hooks' service
   plan fills it from ``algorithm.istar`` (objective ``implicit``, loss ``trajectory_dpo``), ``algorithm.spa.online``
-  (``progress``, ``mse``) or ``algorithm.stepagent`` (``implicit`` + ``step_dpo``, or ``discriminator`` + ``bce``).
+  (``progress``, loss = ``algorithm.spa.objective``: ``sum`` or ``prefix``, see ``objectives.PROGRESS_OBJECTIVES``;
+  ``mse`` is the old name of ``sum``) or ``algorithm.stepagent`` (``implicit`` + ``step_dpo``, or
+  ``discriminator`` + ``bce``).
 * :class:`StepRewardModel`: the in-process service. ``score(items)`` -> one reward per turn per item;
   ``update(items)`` -> a few optimiser steps on the batch's finished episodes plus a replay window of the last K
   batches; ``save(dir)`` / ``load(dir)`` -> weights, optimiser, replay window, counters (a resumed run scores
@@ -91,7 +93,8 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("progress", "implicit", "discriminator")
 # the losses each objective trains with; the first is its default
-LOSSES = {"progress": ("mse",), "implicit": ("trajectory_dpo", "step_dpo"), "discriminator": ("bce",)}
+LOSSES = {"progress": obj.PROGRESS_OBJECTIVES, "implicit": ("trajectory_dpo", "step_dpo"), "discriminator": ("bce",)}
+LOSS_ALIASES = {("progress", "mse"): "sum"}  # the progress loss's name before the objectives had names
 PAIR_LOSSES = ("step_dpo", "bce")  # trained on (expert, agent) pair items
 REFERENCES = ("rollout", "frozen")
 STATE_FORMAT = 1
@@ -106,8 +109,10 @@ class StepRMSettings:
     Args:
         objective: ``progress`` (SPA: c_t with sum_t c_t ~ R), ``implicit`` (iStar / StepAgent: r_t = beta * q_t)
             or ``discriminator`` (StepAgent irl: r_t = clip(logit of D(s, a)), a causal-LM backbone + scalar head).
-        loss: ``mse`` (progress), ``trajectory_dpo`` (implicit, iStar) or ``step_dpo`` (implicit, StepAgent: pairs
-            of expert/agent actions at one state), ``bce`` (discriminator); None = the objective's default.
+        loss: ``sum`` | ``prefix`` (progress: the estimator's objective, which a trained
+            ``model_path`` must have been trained with; ``mse`` = ``sum``), ``trajectory_dpo`` (implicit, iStar) or
+            ``step_dpo`` (implicit, StepAgent: pairs of expert/agent actions at one state), ``bce``
+            (discriminator); None = the objective's default.
         reward_clip: discriminator: |r_t| bound of the scored reward (``objectives.irl_reward``).
         online: train on every RL batch (``update``); ``False`` = a frozen scorer (``update`` refuses).
         model_path: ``implicit``: the causal LM to start from (the policy checkpoint); ``progress``: a trained
@@ -160,6 +165,7 @@ class StepRMSettings:
     def __post_init__(self):
         if self.loss is None and self.objective in LOSSES:
             self.loss = LOSSES[self.objective][0]
+        self.loss = LOSS_ALIASES.get((self.objective, self.loss), self.loss)
         problems = self.problems()
         if problems:
             raise ValueError("step-reward model settings: " + "; ".join(problems))
@@ -418,6 +424,12 @@ class StepRewardModel:
     # -------------------------------------------------------------------------------------------- building
 
     @property
+    def _reads_before(self) -> bool:
+        """Progress objective ``prefix``: the head is read at the token before each turn (V before the step)."""
+        return self.settings.objective == "progress" and obj.reads_before(self.settings.loss)
+
+
+    @property
     def _head_model(self) -> bool:
         """A backbone + scalar head read at each turn's last token (progress, discriminator), not a causal LM."""
         return self.settings.objective in ("progress", "discriminator")
@@ -447,9 +459,14 @@ class StepRewardModel:
                 from spa_reward.progress.serve import resolve_estimator_dir
 
                 model = ProgressEstimator.from_pretrained(resolve_estimator_dir(s.model_path), dtype=self.dtype)
+                if model.config.objective != s.loss:
+                    raise ValueError(f"the progress estimator {s.model_path!r} was trained with the "
+                                     f"{model.config.objective!r} objective, this service trains {s.loss!r} "
+                                     "(algorithm.spa.objective): set the estimator's objective or retrain it with "
+                                     f"--objective {s.loss}")
             else:
                 cfg = ProgressEstimatorConfig(backbone_config=dict(s.backbone_config), head=s.head,
-                                              lora_r=s.lora_r, max_length=s.max_length or 4096)
+                                              lora_r=s.lora_r, max_length=s.max_length or 4096, objective=s.loss)
                 model = ProgressEstimator(cfg, dtype=self.dtype)
             self.max_length = int(s.max_length or model.config.max_length)
             self.keep_prompt = bool(model.config.keep_prompt_on_truncation)
@@ -494,7 +511,9 @@ class StepRewardModel:
     # -------------------------------------------------------------------------------------------- forward
 
     def _prepare(self, items: list[_Item]) -> list[tuple[list[int], list[list[int]], list[int], Optional[list[float]]]]:
-        """(ids, spans, kept turn indices, ref) per item, truncated for the progress objective."""
+        """(ids, spans, kept turn indices, ref) per item, truncated for the head models. Progress: the spans are the
+        head's readouts, one per kept turn (``objectives.readout_positions``: the token before the turn for
+        ``prefix``)."""
         out = []
         for i, it in enumerate(items):
             if it.input_ids and (min(it.input_ids) < 0 or max(it.input_ids) >= self.vocab_rows):
@@ -506,7 +525,12 @@ class StepRewardModel:
                 ends = [b - 1 for _, b in it.spans]
                 head = it.prompt_length if self.keep_prompt else 0
                 t = truncate_for_estimator(it.input_ids, ends, self.max_length, min(head, ends[0]) if ends else 0)
-                out.append((t.input_ids, [[e, e + 1] for e in t.turn_ends], t.kept, None))
+                reads = list(t.turn_ends)
+                if self._reads_before:
+                    from spa_reward.progress.data import before_positions
+
+                    reads = before_positions(t, [a for a, _ in it.spans])
+                out.append((t.input_ids, [[e, e + 1] for e in reads], t.kept, None))
             else:
                 if len(it.input_ids) > self.max_length:
                     raise ValueError(f"item {i} has {len(it.input_ids)} tokens, more than max_length={self.max_length}")
@@ -603,6 +627,11 @@ class StepRewardModel:
         items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
         if not items:
             return []
+        if self._reads_before:
+            missing = [i for i, it in enumerate(batch) if it.get("reward") is None]
+            if missing:
+                raise ValueError(f"item {missing[0]} has no 'reward': the prefix objective's value after an episode's "
+                                 "last step is its R")
         prepared = self._prepare(items)
         with self._serve_lock:
             was = self.serving.training
@@ -615,6 +644,15 @@ class StepRewardModel:
             self.stats["scored_items"] += len(items)
         if s.objective == "discriminator":
             values = [obj.irl_reward(v, s.reward_clip) for v in values]
+        if s.objective == "progress" and any(p[1] for p in prepared):  # the head's readouts -> c_t (one per kept turn)
+            index, first = episode_index(items)  # an episode's rows in step order (the input order within it)
+            order = sorted(range(len(items)), key=lambda i: (int(index[i]), i))
+            padded = torch.nn.utils.rnn.pad_sequence([values[i] for i in order], batch_first=True)
+            c = obj.contributions_from_readouts(padded, _valid_turns(prepared, order, padded), s.loss,
+                                                torch.tensor([items[i].reward for i in first]), index[order])
+            values = list(values)
+            for row, i in enumerate(order):
+                values[i] = c[row, : len(prepared[i][2])]
         out = []
         for it, p, v in zip(items, prepared, values):
             full = [0.0] * len(it.spans)
@@ -688,8 +726,9 @@ class StepRewardModel:
         if s.objective == "progress":
             rewards = torch.tensor([it.reward for it in data], dtype=torch.float32)
 
-            def progress(chunk, c):
-                loss = obj.progress_loss(c, _valid_turns(prepared, chunk, c), rewards[chunk].to(c.device))
+            def progress(chunk, c):  # c: the head's readouts (objectives.readout_positions), one per kept turn
+                loss = obj.progress_episode_losses(c, _valid_turns(prepared, chunk, c), rewards[chunk].to(c.device),
+                                                   s.loss).mean()
                 return loss * len(chunk) / n
 
             total = self._accumulate(prepared, progress)
@@ -732,7 +771,8 @@ class StepRewardModel:
         heads = [data[i] for i in first]  # an episode's uid / success / reward (its rows agree: parse_items)
         if self.settings.objective == "progress":
             rewards = torch.tensor([it.reward for it in heads], dtype=torch.float32)
-            loss, pairs = obj.progress_loss(v_leaf, valid, rewards, episode_index=episode), 0
+            loss = obj.progress_episode_losses(v_leaf, valid, rewards, self.settings.loss, episode).mean()
+            pairs = 0
         else:
             groups: dict[str, int] = {}
             group = torch.tensor([groups.setdefault(it.uid, len(groups)) for it in heads])
@@ -905,6 +945,7 @@ def check_saved_state(src: Path, settings: StepRMSettings) -> dict:
             raise FileNotFoundError(f"step-reward model state {str(src / name)!r} is missing")
     saved = state["settings"]
     saved_loss = saved.get("loss") or LOSSES.get(saved["objective"], (None,))[0]
+    saved_loss = LOSS_ALIASES.get((saved["objective"], saved_loss), saved_loss)
     if (saved["objective"], saved_loss) != (settings.objective, settings.loss):
         raise ValueError(f"{src} holds a {saved['objective']!r} model trained with {saved_loss!r}, this service "
                          f"is {settings.objective!r} with {settings.loss!r}")

@@ -133,7 +133,8 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
             return {"kind": "progress_frozen", "name": name, "num_gpus": gpus, "settings": {"model_path": path},
                     "timeout_s": timeout, **ranks}
         settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
-        settings.update(objective="progress", online=True, model_path=path and os.path.expanduser(str(path)))
+        settings.update(objective="progress", loss=str(_get(cfg, "algorithm.spa.objective", "sum")), online=True,
+                        model_path=path and os.path.expanduser(str(path)))
         return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout,
                 "publish_every": online.get("publish_every", DEFAULT_PUBLISH_EVERY), **ranks}
     return None
@@ -347,10 +348,12 @@ class StepRewardHooks:
             return
         plan = self.plan
         if plan["kind"] in ("progress_frozen", "progress_online") and plan["settings"].get("model_path"):
-            from spa_reward.progress.serve import check_estimator_layout  # the run's layout = the estimator's
+            from spa_reward.progress.serve import check_estimator_layout, check_estimator_objective
 
+            # the run's layout and objective = the estimator's
             check_estimator_layout(plan["settings"]["model_path"], _get(self.config, "env.history", "full"),
                                    _get(self.config, "env.history_length"))
+            check_estimator_objective(plan["settings"]["model_path"], _get(self.config, "algorithm.spa.objective", "sum"))
         if plan["kind"] == "progress_frozen":
             from spa_reward.progress.serve import check_tokenizer_compatible, get_progress_scorer
 
@@ -360,6 +363,7 @@ class StepRewardHooks:
                 from spa_reward.steprm.service import start_service
 
                 self.handle = start_service({"objective": "progress", "online": False,
+                                             "loss": str(_get(self.config, "algorithm.spa.objective", "sum")),
                                              "model_path": os.path.expanduser(str(plan["settings"]["model_path"]))},
                                             name=plan["name"], num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"],
                                             ranks=plan["ranks"])

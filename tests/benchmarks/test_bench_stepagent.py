@@ -167,7 +167,7 @@ def test_stepagent_match_advantage_hand_computed(bench):  # noqa: F811
     b = _episode(bench, "g", ["s1"], 0.0)
     a.prefix_ids = b.prefix_ids = [9, 3, 5, 6, 7]  # a prefix in the response: mask 0, moves the turns only
     algo = bench.algorithm_config(bench.METHODS["stepagent"].algorithm | {"adv_estimator": "spa"})
-    adv = bench.compute_advantages([a, b], [[1.0, 1.0], [-1.0]], "spa", algo)
+    adv, _ = bench.compute_advantages([a, b], [[1.0, 1.0], [-1.0]], "spa", algo)
     np.testing.assert_allclose(adv.numpy(), [[0.5 + 2 / 3, 0.5 + 2 / 3], [-0.5 - 4 / 3, 0.0]], atol=1e-6)
 
 

@@ -15,6 +15,7 @@ from spa_reward.progress import train as train_mod
 from spa_reward.progress.data import ExampleSet, collate_window_examples
 from spa_reward.progress.model import ProgressEstimator
 from spa_reward.progress.serve import check_estimator_layout, estimator_layout
+from spa_reward.steprm.objectives import progress_episode_losses
 from spa_reward.records import validate_record, write_records
 
 
@@ -32,7 +33,7 @@ def test_window_loss_is_the_episode_sum_formula():
     assert batch["episode_index"].tolist() == [0, 0, 1, 1, 1] and batch["turn_end_positions"].shape == (5, 1)
     with torch.no_grad():
         contrib = model(batch["input_ids"], batch["attention_mask"], batch["turn_end_positions"])
-        pred = train_mod.episode_predictions(contrib, batch)
+        pred = torch.zeros(2).index_add(0, batch["episode_index"], contrib.sum(1))
         # by hand: every row alone through the model, c read at its last token, summed per episode
         c = {r.episode_id: [float(model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
                                           torch.tensor([[len(ids) - 1]]))[0, 0]) for ids, _ in rows[r.episode_id]]
@@ -41,12 +42,18 @@ def test_window_loss_is_the_episode_sum_formula():
     assert pred.tolist() == pytest.approx(sums, abs=1e-5)
     loss = float(((pred - batch["rewards"]) ** 2).mean())
     assert loss == pytest.approx(sum((s - r.reward) ** 2 for s, r in zip(sums, recs)) / 2, abs=1e-5)
+    # what the trainer computes: the shared episode loss over the batch's rows
+    valid = batch["turn_end_positions"] >= 0
+    assert float(progress_episode_losses(contrib, valid, batch["rewards"], "sum", batch["episode_index"]).mean()) == \
+        pytest.approx(loss, abs=1e-5)
     # the packed formula on the same c_t: a packed batch's rows are episodes, no index_add
     packed = {"rewards": batch["rewards"]}
     padded = torch.zeros(2, 3)
     for e, r in enumerate(recs):
         padded[e, : r.num_turns] = torch.tensor(c[r.episode_id])
-    assert train_mod.episode_predictions(padded, packed).tolist() == pytest.approx(sums, abs=1e-5)
+    valid = torch.arange(3).unsqueeze(0) < torch.tensor([r.num_turns for r in recs]).unsqueeze(1)
+    assert progress_episode_losses(padded, valid, packed["rewards"], "sum").tolist() == pytest.approx(
+        [(x - r.reward) ** 2 for x, r in zip(sums, recs)], abs=1e-5)
 
 
 def _synthetic_files(tmp_path):
@@ -110,7 +117,8 @@ def test_config_check_and_trainer_start_refuse_a_layout_mismatch(tiny_estimator_
     from spa_reward.steprm.trainer_hooks import StepRewardHooks
     from tests.recipe.helpers import trainer_config
 
-    args = ("algorithm.reward=spa", "algorithm.adv_estimator=gigpo", f"algorithm.spa.estimator_path={tiny_estimator_dir}")
+    args = ("algorithm.reward=spa", "algorithm.adv_estimator=gigpo", f"algorithm.spa.estimator_path={tiny_estimator_dir}",
+            "algorithm.spa.objective=sum")  # the fixture is a sum estimator; this test is about the layout
     assert estimator_layout_problems(trainer_config(*args)) == []
     cfg = trainer_config(*args, "env.history=window")
     (problem,) = estimator_layout_problems(cfg)

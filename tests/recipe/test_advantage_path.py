@@ -42,8 +42,8 @@ def pad(rows: list[torch.Tensor]) -> torch.Tensor:
 @pytest.fixture(params=["outcome", "spa"])
 def scored(request, tokenizer, toy_env, monkeypatch):
     overrides = [f"algorithm.reward={request.param}", "algorithm.invalid_penalty=0.1"]
-    if request.param == "spa":
-        overrides.append("algorithm.spa.estimator_path=stub")
+    if request.param == "spa":  # the paper's grounding bonus 0.5 (the hand-computed values below)
+        overrides += ["algorithm.spa.estimator_path=stub", "algorithm.spa.grounding=bonus", "algorithm.spa.beta=0.5"]
     env = {"name": "toy", "max_steps": 4, "reward_scale": 10.0, "pool": {"backend": "thread", "num_workers": 2}}
     episodes = [(policy, row(task, uid="g", session_id=i)) for i, (policy, task) in enumerate(GROUP)]
     results = score_episodes(tokenizer, trainer_config(*overrides), episodes, monkeypatch,

@@ -89,7 +89,9 @@ def test_rl_scripts_compose(script, env, reward, estimator):
     if reward == "spa":  # overrides after the env name reach the config; SPA_CRITIC=1 adds the critic
         assert cfg.reward.reward_kwargs.clip == 5 and cfg.env.max_turns == 20 and cfg.critic.enable
         assert cfg.reward.reward_kwargs.estimator_path == f"/out/estimator/{env}"
-        assert cfg.reward.reward_kwargs.beta == 0.5 and cfg.reward.reward_kwargs.invalid_penalty == 0.0
+        # our defaults (README "What makes a learned step reward work"): prefix objective, penalty-only grounding
+        assert cfg.reward.reward_kwargs.beta == 0.1 and cfg.reward.reward_kwargs.invalid_penalty == 0.0
+        assert cfg.reward.reward_kwargs.grounding == "penalty" and cfg.algorithm.spa.objective == "prefix"
         # one of the 2 GPUs goes to the progress scorer actor, so TP shrinks to the trainer's single GPU
         assert cfg.reward.reward_kwargs.scorer_num_gpus == 1 and cfg.trainer.n_gpus_per_node == 1
         assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1

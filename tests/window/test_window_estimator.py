@@ -83,3 +83,31 @@ def test_served_row_sum_equals_the_estimator_on_the_rebuilt_rows(tokenizer, toy_
     served = outs[-1].extra_fields["reward_extra_info"]["spa/sum_contribution"]
     assert served == pytest.approx(sum(c for (c,) in offline), abs=1e-5)
     assert abs(served) > 1e-4  # a random estimator gives non-zero contributions: the equality is not 0 == 0
+
+
+def test_prefix_estimator_chains_the_values_across_a_sessions_rows(tokenizer, toy_env, tmp_path, transfer_queue):
+    """A prefix-objective estimator served to a window session: c of step t = V(row t+1's prompt) - V(row t's
+    prompt), and R - V(last row's prompt) for the last step, so the session's c_t sum to R - V(row 0's prompt)."""
+    from spa_reward.progress.model import (ProgressEstimator, ProgressEstimatorConfig, build_tiny_backbone_config,
+                                           predict_batched)
+    from spa_reward.progress.serve import ProgressScorer
+    from tests.recipe.helpers import byte_tokenizer
+    from tests.window.test_window_session import run_sessions
+
+    tok = byte_tokenizer()
+    torch.manual_seed(1)
+    est = ProgressEstimator(ProgressEstimatorConfig(
+        backbone_config=build_tiny_backbone_config(vocab_size=len(tok), hidden_size=32), tokenizer="byte",
+        pad_token_id=int(tok.pad_token_id), objective="prefix"))
+    est.save_pretrained(tmp_path / "est", tokenizer=tok)
+    scorer = ProgressScorer(tmp_path / "est", device="cpu")
+    cfg = trainer_config("algorithm.reward=spa", "algorithm.spa.estimator_path=/stub", "algorithm.spa.beta=0")
+    (outs,) = run_sessions(tokenizer, cfg, [(policy, row("t3", uid="px", session_id=0))],
+                           toy_env_cfg(history="window", history_length=2), scorer=scorer)
+    R = float(outs[-1].episode_reward)
+    values = [predict_batched(scorer.model, [list(o.prompt_ids) + list(o.response_ids)], [[len(o.prompt_ids) - 1]])[0][0]
+              for o in outs]
+    expected = [b - a for a, b in zip(values, values[1:] + [R])]
+    served = outs[-1].extra_fields["reward_extra_info"]["spa_turn_rewards"]  # r_t = c_t (beta 0, alpha 1)
+    assert served == pytest.approx(expected, abs=1e-5)
+    assert sum(served) == pytest.approx(R - values[0], abs=1e-5)

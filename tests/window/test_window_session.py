@@ -28,10 +28,11 @@ class RowScorer:
     """ProgressScorer stand-in: c = (reply tokens) / 100 for a one-turn item; records what it was asked."""
 
     def __init__(self):
-        self.items = []
+        self.items, self.calls = [], 0
 
     def score(self, batch):
         self.items += batch
+        self.calls += 1
         return [[(e + 1 - item["prompt_length"]) / 100 for e in item["turn_ends"]] for item in batch]
 
 
@@ -96,13 +97,17 @@ def test_spa_rows_scored_on_window_prompt_and_reply(tokenizer, toy_env, transfer
     env = toy_env_cfg(history="window", history_length=1)
     scorer = RowScorer()
     cfg = trainer_config("algorithm.reward=spa", "algorithm.spa.estimator_path=/stub", "algorithm.spa.alpha=2.0",
-                         "algorithm.spa.outcome_coef=0.1", "algorithm.invalid_penalty=0.2")
+                         "algorithm.spa.outcome_coef=0.1", "algorithm.invalid_penalty=0.2",
+                         "algorithm.spa.grounding=bonus", "algorithm.spa.beta=0.5")
     (outs,) = run_sessions(tokenizer, cfg, [(policy, row("t2", uid="ws", session_id=0))], env, scorer=scorer)
-    assert len(scorer.items) == 4
-    for o, item in zip(outs, scorer.items):  # each row scored alone: its window prompt + its reply, nothing else
+    assert len(scorer.items) == 4 and scorer.calls == 1  # the session's rows in one call
+    keys = {item["episode"] for item in scorer.items}
+    assert len(keys) == 1 and all(item["reward"] == 10.0 for item in scorer.items)  # the session's key and R
+    for o, item in zip(outs, scorer.items):  # each row: its window prompt + its reply, nothing else, in step order
         assert item["input_ids"] == list(o.prompt_ids) + list(o.response_ids)
         assert item["prompt_length"] == len(o.prompt_ids)
         assert item["turn_ends"] == [len(o.prompt_ids) + len(o.response_ids) - 1]
+        assert item["turn_starts"] == [len(o.prompt_ids)]  # the reply starts right after the window prompt
     g = [True, False, True, True]
     c = [len(o.response_ids) / 100 for o in outs]
     # r_t = 2 c_t + 0.5 g_t - 0.2 (1 - g_t), + 0.1 R on the last step (R = 10)
