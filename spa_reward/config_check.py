@@ -232,9 +232,12 @@ def _number(value: Any) -> float | None:
 
 def value_problems(cfg: Any) -> list[str]:
     """Reward / advantage settings out of range, each with its key and value."""
+    from spa_reward.fusion import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GROUNDING, DEFAULT_OBJECTIVE, GROUNDING_FORMS
+
     out = []
-    for key in ("algorithm.spa.alpha", "algorithm.spa.beta", "algorithm.invalid_penalty"):
-        raw = select_key(cfg, key, 0.0)
+    for key, default in (("algorithm.spa.alpha", DEFAULT_ALPHA), ("algorithm.spa.beta", DEFAULT_BETA),
+                         ("algorithm.invalid_penalty", 0.0)):
+        raw = select_key(cfg, key, default)
         value = _number(raw)
         if value is None or not math.isfinite(value) or value < 0:
             out.append(f"{key}={raw!r} must be a finite number >= 0")
@@ -253,13 +256,12 @@ def value_problems(cfg: Any) -> list[str]:
         value = _number(clip)
         if value is None or math.isnan(value) or value <= 0:
             out.append(f"algorithm.spa.clip={clip!r} must be > 0 (or null for no clip)")
-    from spa_reward.fusion import GROUNDING_FORMS
     from spa_reward.steprm.objectives import PROGRESS_OBJECTIVES
 
-    grounding = select_key(cfg, "algorithm.spa.grounding", "bonus")
+    grounding = select_key(cfg, "algorithm.spa.grounding", DEFAULT_GROUNDING)
     if grounding not in GROUNDING_FORMS:
         out.append(f"algorithm.spa.grounding={grounding!r} is not one of {GROUNDING_FORMS}")
-    objective = select_key(cfg, "algorithm.spa.objective", "sum")
+    objective = select_key(cfg, "algorithm.spa.objective", DEFAULT_OBJECTIVE)
     if objective not in PROGRESS_OBJECTIVES:
         out.append(f"algorithm.spa.objective={objective!r} is not one of {PROGRESS_OBJECTIVES}")
     from spa_reward.advantage import NORM_MODES  # what the estimators accept
@@ -355,22 +357,35 @@ def gpu_split_problems(cfg: Any) -> list[str]:
 
 
 def config_warnings(cfg: Any) -> list[str]:
-    """Settings that run but are known to go wrong, each naming its key and what to set instead ([] when none)."""
+    """Settings that run but are known to go wrong, each naming its key and what to set instead ([] when none).
+
+    The grounding warning reads what the ``spa`` reward manager will use (``RewardSettings.from_config``: the
+    ``reward.reward_kwargs`` the yaml fills from ``algorithm.spa``, a missing key = ``spa_reward.fusion.SPA_DEFAULTS``),
+    so it fires exactly when the run's effective grounding is the bonus with beta > 0."""
     out = []
-    beta = _number(select_key(cfg, "algorithm.spa.beta", 0.0)) or 0.0
-    if (select_key(cfg, "algorithm.reward") == "spa" and select_key(cfg, "algorithm.spa.grounding", "bonus") == "bonus"
-            and beta > 0):
+    if select_key(cfg, "algorithm.reward") != "spa":
+        return out
+    from spa_reward.reward_manager import RewardSettings
+
+    try:
+        settings = RewardSettings.from_config(cfg)
+    except (TypeError, ValueError):  # a value that is no number: config_problems names it
+        return out
+    beta = settings.beta
+    if settings.grounding == "bonus" and math.isfinite(beta) and beta > 0:
         out.append(f"algorithm.spa.grounding=bonus with algorithm.spa.beta={beta:g}: a bonus on every executed step is "
                    "worth more than finishing wherever success ends the episode (the future bonuses stop), so the "
                    f"policy can learn not to finish; {GROUNDING_TRAP}. Set algorithm.spa.grounding=penalty (only "
-                   "non-executed actions lose beta, rl_spa.sh's default) or algorithm.spa.beta=0")
+                   "non-executed actions lose beta, the default, rl_spa.sh's) or algorithm.spa.beta=0")
     return out
 
 
 # the learning benchmark's evidence for the grounding warning (README "What makes a learned step reward work")
-GROUNDING_TRAP = ("on the learning benchmark (README \"What makes a learned step reward work\") the paper's bonus 0.5 "
-                  "with a critic ends at 0.01 success even with a perfect c_t (0.00 with the learned one), against 1.00 "
-                  "with the penalty form")
+GROUNDING_TRAP = ("the collapse was measured with a critic (the paper's PPO setting, rl_spa.sh SPA_CRITIC=1): on "
+                  "the lock task of benchmarks/bench_learning.py --methods grounding (README \"What makes a learned "
+                  "step reward work\") bonus 0.5 with a critic ends at 0.00 success with the learned c_t and 0.01 even "
+                  "with a perfect c_t, against 1.00 with penalty 0.1; without a critic the spa estimator's group "
+                  "normalisation mutes the bonus and it only slowed learning there")
 
 
 def validate_config(cfg: Any, check_files: bool = True) -> None:

@@ -8,7 +8,7 @@ Plain functions on Python lists, no torch: the reward managers call them once pe
   grounding term ``G_t`` has one of the forms of :data:`GROUNDING_FORMS` (:func:`grounding_terms`):
   ``bonus`` = ``beta * g_t`` (SPA-RL's literal form), ``penalty`` = ``-beta * (1 - g_t)`` (ours: never positive,
   so no policy can earn more from it by not finishing). SPA-RL's released code uses alpha = 1, beta = 0.5
-  (bonus) and no outcome term (R enters only through sum_t c_t ~ R).
+  (bonus) and no outcome term (R enters only through sum_t c_t ~ R); our defaults are :data:`SPA_DEFAULTS`.
 * :func:`outcome_turn_rewards`: the outcome-only baseline, R on the last turn (minus the invalid-action penalty
   on non-executable turns, as GiGPO's ``invalid_action_penalty``).
 * :func:`stepagent_turn_rewards`: StepAgent's per-turn reward (+-match_reward on the compared turn in mode
@@ -33,6 +33,19 @@ from dataclasses import asdict, dataclass
 # actions (a bonus paid on every executed step is worth more than finishing once the stream of future bonuses is
 # counted, wherever success ends the episode: see the README's "grounding trap")
 GROUNDING_FORMS = ("bonus", "penalty")
+
+# The ONE source of the spa reward's defaults: what the code uses where a key is missing (``RewardSettings``,
+# :func:`fuse_turn_rewards`, ``spa_reward.config_check``, ``spa_reward.steprm.trainer_hooks``), equal to
+# ``algorithm.spa`` of recipe/spa/config/spa_trainer.yaml and to examples/rl_spa.sh's (a test compares them):
+# grounding as a penalty of 0.1 on non-executed actions and the prefix objective (chosen on the learning
+# benchmark, README "What makes a learned step reward work"). The paper's literal setting (objective sum,
+# grounding bonus, beta 0.5) stays available by name: pass it explicitly.
+DEFAULT_ALPHA = 1.0
+DEFAULT_BETA = 0.1
+DEFAULT_GROUNDING = "penalty"
+DEFAULT_OBJECTIVE = "prefix"  # one of spa_reward.steprm.objectives.PROGRESS_OBJECTIVES
+SPA_DEFAULTS = {"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA, "grounding": DEFAULT_GROUNDING,
+                "objective": DEFAULT_OBJECTIVE}  # by algorithm.spa key
 
 
 def grounding_terms(g: Sequence[float], beta: float, form: str) -> list[float]:
@@ -96,13 +109,13 @@ def _apply_clip(rewards: list[float], clip: float | None) -> int:
 def fuse_turn_rewards(
     contributions: Sequence[float],
     executable: Sequence[bool],
-    alpha: float = 1.0,
-    beta: float = 0.5,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
     outcome: float | None = None,
     outcome_coef: float = 0.0,
     clip: float | None = None,
     invalid_penalty: float = 0.0,
-    grounding: str = "bonus",
+    grounding: str = DEFAULT_GROUNDING,
 ) -> tuple[list[float], FusionStats]:
     """Fuse per-turn contributions c_t and grounding flags g_t into per-turn rewards r_t.
 
@@ -110,6 +123,7 @@ def fuse_turn_rewards(
     ``bonus`` = ``beta*g_t``, ``penalty`` = ``-beta*(1 - g_t)``); ``r_{T-1} += outcome_coef * outcome`` when
     ``outcome`` is given; then each r_t is clipped to ``[-clip, clip]`` when ``clip`` is set (> 0).
     ``contributions`` and ``executable`` need one entry per assistant turn. Returns ``(rewards, stats)``.
+    Defaults: :data:`SPA_DEFAULTS` (penalty 0.1); the paper's form is ``grounding="bonus", beta=0.5``.
     """
     c_raw = [float(c) for c in contributions]
     n = len(c_raw)
@@ -180,7 +194,7 @@ def stepagent_turn_rewards(
         bonus[0] = float(match_reward) if matched else -float(match_reward)
     return fuse_turn_rewards(
         bonus, executable, alpha=1.0, beta=float(grounding_beta), outcome=float(outcome), outcome_coef=1.0,
-        clip=None, invalid_penalty=invalid_penalty,
+        clip=None, invalid_penalty=invalid_penalty, grounding="bonus",  # grounding_beta * g_t, whatever the defaults
     )
 
 
@@ -244,8 +258,13 @@ def place_turn_rewards(
 
 
 __all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_BETA",
+    "DEFAULT_GROUNDING",
+    "DEFAULT_OBJECTIVE",
     "FusionStats",
     "GROUNDING_FORMS",
+    "SPA_DEFAULTS",
     "clamp_turn_positions",
     "fuse_turn_rewards",
     "grounding_terms",

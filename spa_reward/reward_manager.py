@@ -44,7 +44,12 @@ Per-turn rewards:
 
 Settings: ``reward.reward_kwargs`` (the recipe yaml fills it from ``algorithm.spa`` and ``algorithm.invalid_penalty``
 by interpolation, so set those): alpha, beta, grounding, outcome_coef, clip, invalid_penalty, estimator_path,
-scorer_name, scorer_num_gpus.
+scorer_name, scorer_num_gpus. A missing key takes the yaml's value (``spa_reward.fusion.SPA_DEFAULTS``: grounding
+penalty, beta 0.1).
+
+The episode reward R is read from ``env_episode["episode_reward"]``, which the env_agent loop writes on every row
+(0.0 for an episode the env failed, marked ``env_error`` / ``episode_info["env_failed"]`` and masked out by the
+trainer); a row without it raises ``ValueError`` (:func:`episode_reward`) instead of scoring R as 0.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from spa_reward.fusion import FusionStats, fuse_turn_rewards, outcome_turn_rewards, stepagent_turn_rewards
+from spa_reward.fusion import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GROUNDING, FusionStats, fuse_turn_rewards,
+                               outcome_turn_rewards, stepagent_turn_rewards)
 from spa_reward.layout import is_window_session, score_window_session
 
 logger = logging.getLogger(__name__)
@@ -79,10 +85,11 @@ ESTIMATOR_HELP = (
 
 @dataclass
 class RewardSettings:
-    """``reward.reward_kwargs`` as the managers use them."""
+    """``reward.reward_kwargs`` as the managers use them; a missing key takes the yaml's default
+    (``spa_reward.fusion.SPA_DEFAULTS``)."""
 
-    alpha: float = 1.0
-    beta: float = 0.5
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
     outcome_coef: float = 0.0
     clip: Optional[float] = None
     invalid_penalty: float = 0.0
@@ -90,7 +97,7 @@ class RewardSettings:
     scorer_name: str = "spa_progress_scorer"
     scorer_num_gpus: float = 1.0
     grounding_beta: float = 0.0  # istar: beta_g * g_t beside the implicit step reward
-    grounding: str = "bonus"  # spa: how beta and g_t enter (spa_reward.fusion.GROUNDING_FORMS)
+    grounding: str = DEFAULT_GROUNDING  # spa: how beta and g_t enter (spa_reward.fusion.GROUNDING_FORMS)
 
     @classmethod
     def from_config(cls, config: Any) -> RewardSettings:
@@ -129,6 +136,39 @@ def episode_fields(data: DataProto) -> tuple[Any, dict]:
     return item, episode
 
 
+R_KEY = "episode_reward"  # env_episode key of the episode reward R
+
+
+def episode_reward(episode: dict, row: Any = None) -> float:
+    """R of a row's ``env_episode``. The env_agent loop writes it on every row (packed and window), 0.0 for an
+    episode the env failed (those rows carry ``env_error`` and the trainer masks them out), so a missing R is a
+    bug upstream: ``ValueError`` naming the row, never a silent R = 0 (for the prefix objective that would turn a
+    win into V_T = 0)."""
+    value = episode.get(R_KEY) if isinstance(episode, dict) else None
+    if value is None:
+        where = f"row {row}" if row is not None else "a row"
+        task = ", ".join(f"{k}={episode[k]!r}" for k in ("env_name", "task_id", "step_index")
+                         if isinstance(episode, dict) and episode.get(k) is not None)
+        raise ValueError(
+            f"{where}{f' ({task})' if task else ''}: tool_extra_fields['{EPISODE_KEY}'] has no '{R_KEY}' (the "
+            f"episode reward R; keys: {sorted(episode) if isinstance(episode, dict) else type(episode).__name__}). "
+            f"The env_agent agent loop (recipe.spa.agent_loop / recipe.spa.window) writes it on every row, 0.0 for "
+            "an episode the env failed (marked env_error, masked out by the trainer); a custom agent loop must write "
+            f"env_episode['{R_KEY}'] = R (env.reward_scale * the env's final reward) too. Not scored as R = 0, "
+            "which would be a silent wrong reward."
+        )
+    return float(value)
+
+
+def check_episode_rewards(data: DataProto) -> None:
+    """Every row of ``data`` (one session) that carries an ``env_episode`` has its R (:func:`episode_reward`)."""
+    for i in range(len(data)):
+        episode = _row_extra(data, i)
+        if episode is not None and episode.get(R_KEY) is None:
+            uid = data[i].non_tensor_batch.get("uid", None)
+            episode_reward(episode, row=f"{i} of this session" + (f" (uid {uid})" if uid is not None else ""))
+
+
 def _extra_info(episode: dict, turn_rewards: list[float], stats: FusionStats, uses_estimator: bool) -> dict:
     n = len(turn_rewards)
     return {
@@ -139,7 +179,7 @@ def _extra_info(episode: dict, turn_rewards: list[float], stats: FusionStats, us
         "spa/num_turns": float(n),
         "spa/truncated": float(bool(episode.get("truncated", False))),
         "spa/parse_errors": float(episode.get("parse_errors", 0) or 0),
-        "spa/env_reward": float(episode.get("episode_reward", 0.0)),
+        "spa/env_reward": episode_reward(episode),
         "spa/executable_rate": (sum(bool(e) for e in episode["executable"]) / n) if n else 0.0,
         "spa/mean_contribution": float(stats.mean_contribution),
         "spa/sum_contribution": float(stats.sum_contribution),
@@ -163,6 +203,7 @@ class _EnvRewardManager(RewardManagerBase):
 
     async def run_single(self, data: DataProto) -> dict:
         start = time.perf_counter()
+        check_episode_rewards(data)
         if is_window_session(data):  # env.history=window: one row per step, scored row by row (spa_reward/layout.py)
             result = await score_window_session(self, data)
         else:
@@ -182,7 +223,7 @@ class OutcomeRewardManager(_EnvRewardManager):
 
     async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
         n = len(episode["turn_ends"])
-        rewards = outcome_turn_rewards(n, float(episode.get("episode_reward", 0.0)), episode["executable"],
+        rewards = outcome_turn_rewards(n, episode_reward(episode), episode["executable"],
                                        self.settings.invalid_penalty)
         stats = FusionStats(num_turns=n, executable_rate=(sum(map(bool, episode["executable"])) / n) if n else 0.0,
                             sum_reward=float(sum(rewards)), mean_reward=(sum(rewards) / n) if n else 0.0)
@@ -235,8 +276,8 @@ class SpaRewardManager(_EnvRewardManager):
         ends = [prompt_len + int(e) for e in episode["turn_ends"]]
         starts = [prompt_len + int(a) for a in episode.get("turn_starts", [])]
         out = {"input_ids": [int(t) for t in item.batch["input_ids"].tolist()], "turn_ends": ends,
-               "prompt_length": prompt_len, "reward": float(episode.get("session_reward",
-                                                                         episode.get("episode_reward", 0.0)))}
+               "prompt_length": prompt_len,
+               "reward": float(episode["session_reward"] if "session_reward" in episode else episode_reward(episode))}
         if len(starts) == len(ends):
             out["turn_starts"] = starts
         if episode.get("session_key"):
@@ -247,7 +288,7 @@ class SpaRewardManager(_EnvRewardManager):
         """Window layout: score all the rows of a session in ONE scorer call (their ``episode`` key shared, in step
         order), so that the ``prefix`` objective chains the values across the rows; each view gets its row's c_t
         (``spa_contributions``), which :meth:`turn_rewards` then uses."""
-        R = float(rows[-1][1].get("episode_reward", 0.0))
+        R = episode_reward(rows[-1][1])
         key = f"session-{id(rows)}"
         batch = [self.scorer_item(item, dict(episode, session_reward=R, session_key=key)) for item, episode in rows]
         batch = [b for b in batch if b["turn_ends"]]
@@ -285,7 +326,7 @@ class SpaRewardManager(_EnvRewardManager):
             c = (await self._score([self.scorer_item(item, episode)]))[0]
         s = self.settings
         rewards, stats = fuse_turn_rewards(
-            c, episode["executable"], alpha=s.alpha, beta=s.beta, outcome=float(episode.get("episode_reward", 0.0)),
+            c, episode["executable"], alpha=s.alpha, beta=s.beta, outcome=episode_reward(episode),
             outcome_coef=s.outcome_coef, clip=s.clip, invalid_penalty=s.invalid_penalty, grounding=s.grounding,
         )
         if stats.nonfinite:
@@ -329,7 +370,7 @@ class StepAgentRewardManager(_EnvRewardManager):
     async def turn_rewards(self, item: Any, episode: dict) -> tuple[list[float], FusionStats]:
         sa = self.stepagent
         return stepagent_turn_rewards(
-            len(episode["turn_ends"]), episode["executable"], float(episode.get("episode_reward", 0.0)),
+            len(episode["turn_ends"]), episode["executable"], episode_reward(episode),
             self.compared(episode), mode=sa.mode, match_reward=float(sa.match_reward),
             grounding_beta=float(sa.grounding_beta), invalid_penalty=self.settings.invalid_penalty,
         )
@@ -374,10 +415,11 @@ class IstarRewardManager(_EnvRewardManager):
         s = self.settings
         return fuse_turn_rewards(
             [0.0] * n, episode["executable"], alpha=0.0, beta=s.grounding_beta,
-            outcome=float(episode.get("episode_reward", 0.0)), outcome_coef=s.outcome_coef, clip=None,
-            invalid_penalty=s.invalid_penalty,
+            outcome=episode_reward(episode), outcome_coef=s.outcome_coef, clip=None,
+            invalid_penalty=s.invalid_penalty, grounding="bonus",  # grounding_beta * g_t, whatever the spa defaults
         )
 
 
 __all__ = ["EPISODE_KEY", "IstarRewardManager", "OutcomeRewardManager", "REWARD_SECONDS_KEY", "RewardSettings",
-           "SpaRewardManager", "StepAgentRewardManager", "TURN_REWARDS_KEY", "episode_fields"]
+           "SpaRewardManager", "StepAgentRewardManager", "TURN_REWARDS_KEY", "check_episode_rewards", "episode_fields",
+           "episode_reward"]

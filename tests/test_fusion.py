@@ -14,9 +14,17 @@ from spa_reward.fusion import (
 )
 
 
-def test_fuse_spa_defaults():
-    # r_t = 1.0*c_t + 0.5*g_t
+def test_fuse_spa_defaults_are_the_penalty_of_the_yaml():
+    """Without grounding / beta the fusion is the shipped setting (penalty 0.1, spa_trainer.yaml), not the paper's
+    farmable bonus 0.5: r_t = c_t - 0.1*(1 - g_t)."""
     rewards, stats = fuse_turn_rewards([0.2, -0.1, 0.7], [True, False, True])
+    assert rewards == pytest.approx([0.2, -0.2, 0.7])
+    assert stats.sum_reward == pytest.approx(0.7)
+
+
+def test_fuse_paper_bonus():
+    # the paper's literal form, by name: r_t = 1.0*c_t + 0.5*g_t
+    rewards, stats = fuse_turn_rewards([0.2, -0.1, 0.7], [True, False, True], beta=0.5, grounding="bonus")
     assert rewards == pytest.approx([0.7, -0.1, 1.2])
     assert stats.num_turns == 3 and stats.nonfinite == 0 and stats.clipped == 0
     assert stats.sum_contribution == pytest.approx(0.8)
@@ -27,10 +35,10 @@ def test_fuse_spa_defaults():
 
 
 def test_fuse_all_terms():
-    # alpha=2, beta=0.5, penalty 0.1 on the non-executable turn, outcome 10 * 0.5 on the last turn, clip 4
+    # alpha=2, bonus beta=0.5, penalty 0.1 on the non-executable turn, outcome 10 * 0.5 on the last turn, clip 4
     rewards, stats = fuse_turn_rewards(
         [0.25, 1.0, -3.0], [False, True, True], alpha=2.0, beta=0.5, outcome=10.0, outcome_coef=0.5,
-        clip=4.0, invalid_penalty=0.1,
+        clip=4.0, invalid_penalty=0.1, grounding="bonus",
     )
     # turn 0: 0.5 - 0.1 = 0.4; turn 1: 2.0 + 0.5 = 2.5; turn 2: -6 + 0.5 + 5 = -0.5
     assert rewards == pytest.approx([0.4, 2.5, -0.5])
@@ -40,13 +48,14 @@ def test_fuse_all_terms():
 
 
 def test_fuse_nonfinite_replaced_and_counted():
-    rewards, stats = fuse_turn_rewards([float("nan"), 0.3, float("inf")], [True, True, False])
+    bonus = {"beta": 0.5, "grounding": "bonus"}
+    rewards, stats = fuse_turn_rewards([float("nan"), 0.3, float("inf")], [True, True, False], **bonus)
     assert rewards == pytest.approx([0.5, 0.8, 0.0])
     assert stats.nonfinite == 2
     assert stats.sum_contribution == pytest.approx(0.3)
     assert all(math.isfinite(r) for r in rewards)
     # all non-finite: no exception, only the grounding term is left
-    rewards, stats = fuse_turn_rewards([float("nan")] * 2, [True, False])
+    rewards, stats = fuse_turn_rewards([float("nan")] * 2, [True, False], **bonus)
     assert rewards == [0.5, 0.0] and stats.nonfinite == 2
 
 
@@ -108,3 +117,13 @@ def test_the_penalty_form_never_pays_for_a_longer_episode():
     for flags in ([1.0] * 4, [1.0] * 16, [0.0, 1.0] * 8):
         assert sum(grounding_terms(flags, 0.5, "penalty")) <= 0.0
     assert sum(grounding_terms([1.0] * 16, 0.5, "bonus")) > sum(grounding_terms([1.0] * 4, 0.5, "bonus"))
+
+
+def test_stepagent_grounding_beta_stays_a_bonus():
+    """StepAgent's (and iStar's) grounding_beta * g_t is a bonus by definition: it does not follow the spa default
+    (penalty)."""
+    from spa_reward.fusion import stepagent_turn_rewards
+
+    rewards, _ = stepagent_turn_rewards(3, [True, False, True], 2.0, matched=True, match_reward=0.5,
+                                        grounding_beta=0.2, invalid_penalty=0.1)
+    assert rewards == pytest.approx([0.2 + 0.5, -0.1, 0.2 + 2.0])

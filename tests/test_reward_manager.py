@@ -211,3 +211,85 @@ def test_tokenizer_mismatch_is_refused(tokenizer, tmp_path):
     assert asyncio.run(build(tmp_path / "same")).settings.estimator_path == str(tmp_path / "same")
     with pytest.raises(ValueError, match="tokenizer mismatch"):
         asyncio.run(build(tmp_path / "other"))
+
+
+def _session(episodes, prompt_len=2, response_len=6):
+    """A DataProto of one session: one row per env_episode dict."""
+    import numpy as np
+    from verl import DataProto
+
+    n = len(episodes)
+    return DataProto.from_dict(
+        tensors={"responses": torch.ones(n, response_len, dtype=torch.long),
+                 "prompts": torch.ones(n, prompt_len, dtype=torch.long),
+                 "input_ids": torch.ones(n, prompt_len + response_len, dtype=torch.long)},
+        non_tensors={"tool_extra_fields": np.array([{EPISODE_KEY: e} for e in episodes], dtype=object),
+                     "prompt_len": np.array([prompt_len] * n, dtype=object),
+                     "response_len": np.array([response_len] * n, dtype=object)},
+    )
+
+
+class AsyncStubScorer(StubScorer):
+    """StubScorer with an async ``score`` (awaited in the caller's loop: these managers outlive the loop they were
+    built in)."""
+
+    async def score(self, batch):
+        return StubScorer.score(self, batch)
+
+
+def _manager(tokenizer, *overrides, **kw):
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    async def build():
+        return load_reward_manager(trainer_config(*overrides), tokenizer, **kw)
+
+    return asyncio.run(build())
+
+
+MANAGERS = {
+    "outcome": ("algorithm.reward=outcome",),
+    "spa": ("algorithm.reward=spa", "algorithm.spa.estimator_path=stub"),
+    "istar": ("algorithm.reward=istar",),
+    "stepagent": ("algorithm.reward=stepagent", "algorithm.stepagent.expert_path=/x/e.parquet"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MANAGERS))
+def test_a_row_without_episode_reward_is_an_error_not_zero(tokenizer, name):
+    """R missing from env_episode raised nowhere before and was scored as R = 0 (for the prefix objective a win
+    became V_T = 0); now every manager names the row and the key, packed and window rows alike."""
+    manager = _manager(tokenizer, *MANAGERS[name], **({"scorer": AsyncStubScorer(C)} if name == "spa" else {}))
+    packed = {"turn_ends": [1, 3], "executable": [True, True], "won": True, "task_id": "t2"}
+    with pytest.raises(ValueError, match=r"row 0 of this session.*task_id='t2'.*has no 'episode_reward'"):
+        asyncio.run(manager.run_single(_session([packed])))
+
+    def step(t, **extra):
+        return {"layout": "window", "step_index": t, "episode_turns": 2, "turn_ends": [1], "executable": [True],
+                "won": True, **extra}
+
+    with pytest.raises(ValueError, match=r"row 1 of this session.*step_index=1.*episode_reward"):
+        asyncio.run(manager.run_single(_session([step(0, episode_reward=1.0), step(1)])))
+
+
+@pytest.mark.parametrize("name", sorted(MANAGERS))
+def test_env_failed_rows_still_score(tokenizer, name):
+    """An episode the env failed carries R = 0.0 explicitly (recipe.spa.agent_loop.episode_summary) and is scored;
+    the trainer masks it out (episode_info.env_failed), not the reward manager."""
+    manager = _manager(tokenizer, *MANAGERS[name], **({"scorer": AsyncStubScorer([0.0, 0.0])} if name == "spa" else {}))
+    failed = {"turn_ends": [1], "executable": [False], "won": False, "episode_reward": 0.0,
+              "env_error": "EnvFailure: step timed out"}
+    out = asyncio.run(manager.run_single(_session([failed])))
+    assert out["reward_extra_info"]["spa/env_reward"] == 0.0 and len(out["reward_extra_info"][TURN_REWARDS_KEY]) == 1
+    # an env failure before the first turn: no turns, R = 0
+    empty = dict(failed, turn_ends=[], executable=[])
+    assert asyncio.run(manager.run_single(_session([empty])))["reward_score"] == 0.0
+
+
+def test_spa_manager_defaults_to_the_yaml_penalty(tokenizer):
+    """A config without algorithm.spa.{beta, grounding} scores what the yaml scores: r_t = c_t - 0.1 (1 - g_t)
+    (before: the paper's c_t + 0.5 g_t, silently)."""
+    manager = _manager(tokenizer, *MANAGERS["spa"], "~algorithm.spa.beta", "~algorithm.spa.grounding",
+                       scorer=AsyncStubScorer([0.3, 0.4]))
+    episode = {"turn_ends": [1, 3], "executable": [True, False], "won": False, "episode_reward": 0.0}
+    out = asyncio.run(manager.run_single(_session([episode])))
+    assert out["reward_extra_info"][TURN_REWARDS_KEY] == pytest.approx([0.3, 0.4 - 0.1])

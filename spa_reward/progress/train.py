@@ -8,7 +8,7 @@ functions are ``spa_reward.steprm.objectives``): ``sum`` (paper and released cod
 ``loss = (sum_t c_t - R)^2``, averaged over the batch, with no per-step target. ``prefix`` (ours): the head is read
 at the last token before every turn (the prompt's last token, then the end of each observation; in the window
 layout each row's prompt), each readout is the value V_t of the prefix before step t, regressed on R, and
-``c_t = V_{t+1} - V_t`` with ``V_T = R`` (so ``sum_t c_t = R - V_0``). Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
+``c_t = V_{t+1} - V_t`` with ``V_T = R`` (so ``sum_t c_t = R - V_0``); the default, as in the recipe. Defaults follow the released code (``prm/train_our_progress_model.py``): lr 3e-6,
 1 epoch, effective batch 16 (2 per device x grad-accum), AdamW with weight decay 0.01, gradient clipping 1.0,
 DeepSpeed-style ``WarmupLR`` (log warm-up over 500 optimizer steps, then constant), max length 4096.
 
@@ -84,6 +84,7 @@ import numpy as np
 import torch
 
 from envs.cli import non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from ..fusion import DEFAULT_OBJECTIVE
 from ..records import LAYOUTS, fsync_path, iter_records
 from ..threads import apply_thread_policy
 from ..records import RecordError, prompt_pieces
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective", choices=PROGRESS_OBJECTIVES, default=None,
         help="sum: the paper's MSE(sum_t c_t, R); prefix: the value of the prefix before every turn regressed on R, "
         "c_t = V(after step t) - V(before step t) with V(after the last step) = R "
-        "(default: an estimator dir's own objective, else sum)",
+        "(default: an estimator dir's own objective, else prefix, the recipe's algorithm.spa.objective)",
     )
     g.add_argument("--head-hidden-size", type=positive_int, default=None, help="MLP head width (default: backbone hidden size)")
     g.add_argument("--head-dropout", type=unit_interval(closed_right=False), default=0.0)
@@ -484,7 +485,7 @@ def _build_model(args, dtype: torch.dtype, records_tokenizer: str | None):
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         pad_token_id=int(pad),
-        objective=args.objective or "sum",
+        objective=args.objective or DEFAULT_OBJECTIVE,
     )
     return ProgressEstimator(config, dtype=dtype), tokenizer
 

@@ -21,8 +21,11 @@ An item is a dict::
 
     input_ids      list[int]          prompt + response tokens
     prompt_length  int
-    turn_spans     list[[start, end)] assistant turns in input_ids coordinates (``turn_ends`` = last token of each
-                                      turn is accepted instead for the progress objective)
+    turn_spans     list[[start, end)] assistant turns in input_ids coordinates. The progress objective also takes
+                                      ``turn_starts`` (first token of each turn) + ``turn_ends`` (last token,
+                                      inclusive) instead, the reward manager's form: turn t is
+                                      ``[turn_starts[t], turn_ends[t] + 1)``; ``turn_ends`` alone only for ``sum``
+                                      (``prefix`` reads the token before each turn's first one and refuses it)
     ref_logprobs   list[float]        implicit + reference=rollout: log-prob of every input token under the rollout
                                       policy (aligned with input_ids; prompt positions are ignored)
     uid, success, reward              for ``update``: the group id, won (implicit) and the episode reward R (progress)
@@ -275,8 +278,31 @@ def _as_list(x) -> list:
     return x.tolist() if hasattr(x, "tolist") else list(x)
 
 
-def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bool) -> list[_Item]:
-    """Validate ``batch`` (see the module docstring); ``ValueError`` names the bad item and field."""
+def _spans_from_turn_ends(i: int, it: Mapping[str, Any], loss: Optional[str]) -> list[list[int]]:
+    """``[start, end)`` spans of a progress item given as ``turn_ends`` (last token of each turn, inclusive) and
+    ``turn_starts`` (first token of each turn): the reward manager's and ``ProgressScorer``'s form. With
+    ``turn_starts`` turn t is ``[turn_starts[t], turn_ends[t] + 1)``. Without it only the ``sum`` objective (which
+    reads each turn's last token only) has a meaning: ``[turn_ends[t], turn_ends[t] + 1)``; ``prefix`` reads the
+    token before each turn's first one and refuses the item (as ``ProgressScorer`` does)."""
+    ends = [int(e) for e in _as_list(it["turn_ends"])]
+    if it.get("turn_starts") is None:
+        if loss in obj.PROGRESS_OBJECTIVES and obj.reads_before(loss):
+            raise ValueError(f"item {i} has 'turn_ends' but no 'turn_starts': the {loss!r} progress objective reads "
+                             "the value before each turn, at the token before the turn's first one (turn_starts: "
+                             "first token of each turn; or pass turn_spans)")
+        return [[e, e + 1] for e in ends]  # the sum objective reads only each turn's last token
+    starts = [int(a) for a in _as_list(it["turn_starts"])]
+    if len(starts) != len(ends) or any(not a <= e for a, e in zip(starts, ends)):
+        raise ValueError(f"item {i}: turn_starts {starts} do not fit turn_ends {ends} (one first token per turn, at "
+                         "or before the turn's last token)")
+    return [[a, e + 1] for a, e in zip(starts, ends)]
+
+
+def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bool,
+                loss: Optional[str] = None) -> list[_Item]:
+    """Validate ``batch`` (see the module docstring); ``ValueError`` names the bad item and field. ``loss``: the
+    progress objective (``sum`` / ``prefix``); ``prefix`` refuses a ``turn_ends`` item without ``turn_starts``
+    (None: not checked here)."""
     if isinstance(batch, Mapping):
         raise TypeError("pass a list of items, not a single dict")
     out = []
@@ -287,8 +313,7 @@ def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bo
         if "turn_spans" in it:
             spans = [[int(a), int(b)] for a, b in _as_list(it["turn_spans"])]
         elif "turn_ends" in it and objective == "progress":
-            ends = [int(e) for e in _as_list(it["turn_ends"])]
-            spans = [[e, e + 1] for e in ends]  # the progress head reads only each turn's last token
+            spans = _spans_from_turn_ends(i, it, loss)
         else:
             raise ValueError(f"item {i} needs 'turn_spans' ([start, end) per assistant turn, input_ids coordinates)")
         prev = 0
@@ -624,7 +649,8 @@ class StepRewardModel:
         """One reward per turn per item, in input order: c_t (progress), r_t = beta * q_t (implicit) or
         r_t = clip(log D - log(1 - D)) = clip(l_t) (discriminator). Turns that truncation dropped get 0.0."""
         s = self.settings
-        items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
+        items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout",
+                            loss=s.loss)
         if not items:
             return []
         if self._reads_before:
@@ -673,7 +699,8 @@ class StepRewardModel:
                 items, identical = parse_pair_items(batch, tag=f"{self.version}/")
                 self.stats["identical_pairs"] += identical
             else:
-                items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")
+                items = parse_items(batch, s.objective,
+                                    need_ref=s.objective == "implicit" and s.reference == "rollout", loss=s.loss)
                 for it in items:  # episode keys unique over the replay window
                     if it.episode:
                         it.episode = f"{self.version}/{it.episode}"
@@ -1238,7 +1265,8 @@ class StepRewardServiceActor:
     async def score(self, batch: list[dict]) -> list[list[float]]:
         self._refuse_if_not_restored()
         s = self.model.settings
-        parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout")  # raises alone
+        parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout",
+                    loss=s.loss)  # raises alone
         return await self._coalescer.submit(list(batch))
 
     async def update(self, batch: list[dict], base_version: Optional[int] = None) -> dict[str, float]:

@@ -141,6 +141,10 @@ def test_quick_benchmark_every_method_finishes_and_grpo_learns(bench, tmp_path):
     merged = bench.main(["--from-json", str(tmp_path / "lock.json"), str(tmp_path / "fixed.json"),
                          "--out-dir", str(tmp_path / "merged")])
     assert merged["rows"] == saved["rows"]
+    # a merged file merges again (its wall time is already "a + b" text)
+    again_merged = bench.main(["--from-json", str(tmp_path / "merged" / "learning.json"), str(tmp_path / "lock.json"),
+                               "--out-dir", str(tmp_path / "merged2")])
+    assert again_merged["rows"] == saved["rows"] and again_merged["wall_s"].count("+") == 2
     # a later file's run replaces the same (variant, method, seed): here grpo's, run "again" with other numbers
     again = {**saved, "runs": [dict(r, success=[0.0] * len(r["success"])) for r in saved["runs"]
                                if r["method"] == "grpo"]}

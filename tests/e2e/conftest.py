@@ -63,6 +63,12 @@ class Run:
                     out.setdefault(int(row["step"]), {}).update(row["data"])
         return out
 
+    def launch_steps(self) -> list[int]:
+        """The training steps the newest launch of this run folder logged (its own metrics file)."""
+        newest = sorted((self.run_dir / "logs").glob("metrics_*.jsonl"))[-1]
+        rows = [json.loads(line) for line in newest.read_text().splitlines() if line.strip()]
+        return sorted(int(r["step"]) for r in rows if "timing_s/gen" in r["data"])
+
 
 class Workspace:
     """A data folder, an output root and the launch helper shared by every e2e test of a session."""
@@ -110,9 +116,11 @@ class Workspace:
                 rc = -9
         return Run(name, rc, log, run_dir, time.monotonic() - t0)
 
-    def rl(self, name: str, script: str, env_name: str, *overrides: str, **extra: str) -> Run:
-        """An RL launch; its run folder is the one the script prints ("[spa-rl] run folder: ...")."""
-        self.prepare(env_name)
+    def rl(self, name: str, script: str, env_name: str, *overrides: str, prepare: bool = True, **extra: str) -> Run:
+        """An RL launch; its run folder is the one the script prints ("[spa-rl] run folder: ..."). ``prepare``:
+        the session's task set first (else the launch's own DATA_DIR, which a CPU launch fills itself)."""
+        if prepare:
+            self.prepare(env_name)
         run = self.script(name, script, env_name, *overrides, **extra)
         for line in run.log.read_text(errors="replace").splitlines():
             if line.startswith("[spa-rl] run folder: "):

@@ -3,13 +3,23 @@
 Runs (session fixtures, each one launch of a script with PLATFORM=cpu: 2 tasks x 2 episodes, 2 steps, 3 env steps):
 - `pipeline`: examples/cpu_pipeline.sh webshop = sft.sh -> collect.sh -> train_estimator.sh -> rl_spa.sh ->
   rl_grpo.sh (SAVE_FREQ=1) -> recipe.spa.compare (the README's one-command CPU job);
+- `grpo_fresh`: `PLATFORM=cpu bash examples/rl_grpo.sh webshop` as on a fresh machine (empty data and output
+  folders: the launch prepares its task set and builds its tiny model itself);
 - `gigpo_alfworld_window`: rl_gigpo.sh alfworld HISTORY=2;
 - `ppo_faulty`: rl_ppo.sh webshop (turn GAE, critic) on a task set where one task's env fails at reset once and in
   the middle of its episode once;
+- `spa_window`: rl_spa.sh webshop HISTORY=2 with a window-layout estimator (frozen, c_t on every step's row);
 - `spa_online_window`: SPA_ONLINE=1 rl_spa.sh webshop HISTORY=2 with a window-layout estimator;
-- `istar` (SAVE_FREQ=1) and `istar_resumed` (its folder cut back to step 1, launched again);
-- `stepagent_match` (virtualhome) and `stepagent_irl_window` (virtualhome, HISTORY=2);
+- `istar` (SAVE_FREQ=1) and `istar_resumed` (its folder cut back to step 1, launched again), on tasks where every
+  second episode is won (`faulty_env.AlternatingWebShop`), so that the PRM's trajectory DPO has pairs to learn from;
+- `stepagent_match` (virtualhome), `stepagent_match_window` (webshop, HISTORY=2) and `stepagent_irl_window`
+  (virtualhome, HISTORY=2);
 - `eval_twice`: eval.sh on the grpo run's step-2 checkpoint (merged to HF by verl's model_merger), twice.
+
+Layouts covered: full history for grpo, ppo, spa, istar, stepagent match; the window (HISTORY=2) for gigpo, spa
+(frozen and online), stepagent match and irl. Not launched here: gigpo with full history, istar and stepagent irl
+in the window, grpo in the window (accepted only with outcome rewards and no invalid penalty) and online spa with full
+history; their layout code is the same as the runs above (tests/window covers it on verl's functions).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import pytest
 
 from tests.e2e.conftest import TASKS, Run, Workspace
 from spa_reward.steprm.trainer_hooks import ROLLING_DIR
-from tests.e2e.faulty_env import FAULTY_TASK_ENV
+from tests.e2e.faulty_env import FAULTY_TASK_ENV, WIN_DIR_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +81,32 @@ def pipeline(workspace: Workspace) -> dict[str, Run]:
     return {algo: Run(algo, 0, run.log, folders[algo], run.seconds) for algo in ("spa", "grpo")} | {"all": run}
 
 
+def data_with_env(workspace: Workspace, folder: str, env_class: str, rows: slice = slice(None)) -> tuple[Path, list[str]]:
+    """A copy of the session's WebShop task set whose train rows ``rows`` play ``tests.e2e.faulty_env:<env_class>``;
+    returns the folder and the task ids of those rows."""
+    workspace.prepare("webshop")
+    data = workspace.root / folder
+    data.mkdir(exist_ok=True)
+    for split in ("train", "val", "test"):
+        shutil.copy(workspace.data / f"webshop_{split}.parquet", data / f"webshop_{split}.parquet")
+    train = pd.read_parquet(data / "webshop_train.parquet")
+    infos = [dict(i) for i in train["extra_info"]]
+    picked = range(len(infos))[rows]
+    for i in picked:
+        infos[i]["env_name"] = f"tests.e2e.faulty_env:{env_class}"
+    train["extra_info"] = infos
+    train.to_parquet(data / "webshop_train.parquet")
+    return data, [str(infos[i]["task_id"]) for i in picked]
+
+
+@pytest.fixture(scope="session")
+def grpo_fresh(workspace: Workspace) -> Run:
+    """The issue's "done when" command on a fresh machine: no task set, no model, no output folder yet."""
+    fresh = workspace.root / "fresh"
+    return workspace.rl("grpo_fresh", "rl_grpo.sh", "webshop", prepare=False, DATA_DIR=str(fresh / "data"),
+                        OUT_DIR=str(fresh / "out"))
+
+
 @pytest.fixture(scope="session")
 def gigpo_alfworld_window(workspace: Workspace) -> Run:
     workspace.prepare("alfworld", expert=False)
@@ -79,17 +115,7 @@ def gigpo_alfworld_window(workspace: Workspace) -> Run:
 
 @pytest.fixture(scope="session")
 def ppo_faulty(workspace: Workspace) -> tuple[Run, str]:
-    workspace.prepare("webshop")
-    data = workspace.root / "data_faulty"
-    data.mkdir(exist_ok=True)
-    for split in ("train", "val", "test"):
-        shutil.copy(workspace.data / f"webshop_{split}.parquet", data / f"webshop_{split}.parquet")
-    train = pd.read_parquet(data / "webshop_train.parquet")
-    faulty_task = str(train.iloc[0]["extra_info"]["task_id"])
-    infos = [dict(i) for i in train["extra_info"]]
-    infos[0]["env_name"] = "tests.e2e.faulty_env:FaultyWebShop"
-    train["extra_info"] = infos
-    train.to_parquet(data / "webshop_train.parquet")
+    data, (faulty_task,) = data_with_env(workspace, "data_faulty", "FaultyWebShop", slice(0, 1))
     fault_dir = workspace.root / "faults"
     fault_dir.mkdir(exist_ok=True)
     run = workspace.rl("ppo_faulty", "rl_ppo.sh", "webshop", "env.allow_custom_env_classes=true",
@@ -107,14 +133,27 @@ def window_estimator(workspace: Workspace, pipeline) -> Path:
 
 
 @pytest.fixture(scope="session")
+def spa_window(workspace: Workspace, window_estimator: Path) -> Run:
+    return workspace.rl("spa_h2", "rl_spa.sh", "webshop", HISTORY="2", ESTIMATOR=str(window_estimator))
+
+
+@pytest.fixture(scope="session")
 def spa_online_window(workspace: Workspace, window_estimator: Path) -> Run:
     return workspace.rl("spa_online_h2", "rl_spa.sh", "webshop", HISTORY="2", SPA_ONLINE="1",
                         ESTIMATOR=str(window_estimator))
 
 
+def istar_launch(workspace: Workspace, name: str, **extra: str) -> Run:
+    data, _ = data_with_env(workspace, "data_alternating", "AlternatingWebShop")
+    wins = workspace.root / f"wins_{name}"
+    wins.mkdir(exist_ok=True)
+    return workspace.rl(name, "rl_istar.sh", "webshop", "env.allow_custom_env_classes=true", SAVE_FREQ="1",
+                        DATA_DIR=str(data), **{WIN_DIR_ENV: str(wins)}, **extra)
+
+
 @pytest.fixture(scope="session")
 def istar(workspace: Workspace) -> Run:
-    return workspace.rl("istar", "rl_istar.sh", "webshop", SAVE_FREQ="1")
+    return istar_launch(workspace, "istar")
 
 
 @pytest.fixture(scope="session")
@@ -134,12 +173,17 @@ def istar_resumed(workspace: Workspace, istar: Run) -> Run:
     settings = json.loads((target / "run_settings.json").read_text())
     settings["experiment_name"] = target.name
     (target / "run_settings.json").write_text(json.dumps(settings, indent=2))
-    return workspace.rl("istar_resumed", "rl_istar.sh", "webshop", SAVE_FREQ="1", RUN_NAME=name)
+    return istar_launch(workspace, "istar_resumed", RUN_NAME=name)
 
 
 @pytest.fixture(scope="session")
 def stepagent_match(workspace: Workspace) -> Run:
     return workspace.rl("stepagent_match", "rl_stepagent.sh", "virtualhome")
+
+
+@pytest.fixture(scope="session")
+def stepagent_match_window(workspace: Workspace) -> Run:
+    return workspace.rl("stepagent_match_h2", "rl_stepagent.sh", "webshop", HISTORY="2")
 
 
 @pytest.fixture(scope="session")
@@ -178,6 +222,17 @@ def test_grpo_two_steps_write_metrics_checkpoints_and_dumps(pipeline):
         assert rows and all("spa/won" in r for r in rows)
     settings = json.loads((run.run_dir / "run_settings.json").read_text())
     assert "/sft/webshop/global_step_" in settings["model"] and settings["total_steps"] == 2  # from the SFT policy
+
+
+def test_grpo_on_a_fresh_machine_prepares_its_data_and_model(grpo_fresh, workspace):
+    m = assert_trained(grpo_fresh)
+    assert sorted(s for s in m if s > 0) == [1, 2]
+    log = grpo_fresh.log.read_text(errors="replace")
+    assert "no " in log and "preparing 8 tasks per split" in log and "building the tiny model of webshop" in log
+    fresh = workspace.root / "fresh"
+    assert len(pd.read_parquet(fresh / "data" / "webshop_train.parquet")) == 8
+    assert (fresh / "out" / "tiny_model" / "webshop" / "tiny_model.json").is_file()
+    assert grpo_fresh.run_dir.is_relative_to(fresh / "out")
 
 
 def test_sft_trains_the_policy_the_runs_start_from(pipeline, workspace):
@@ -230,21 +285,39 @@ def test_ppo_critic_run_goes_on_past_env_failures_and_counts_them(ppo_faulty):
     assert checkpoint_steps(run) == [2]
 
 
+def test_spa_in_the_window_layout_rewards_every_step_with_the_estimator(spa_window):
+    m = assert_trained(spa_window, "spa/mean_sum_contribution")
+    assert all(m[s]["spa/mean_sum_contribution"] != 0 for s in STEPS)
+    assert "_h2_est-webshop-" in spa_window.run_dir.name
+
+
 def test_online_spa_in_the_window_layout_trains_the_estimator(spa_online_window):
     m = assert_trained(spa_online_window, "steprm/loss")
     assert spa_online_window.run_dir.name.endswith("_online_h2_est-webshop-" + spa_online_window.run_dir.name[-6:])
 
 
 def test_istar_trains_its_prm_and_resumes_with_the_state_it_saved(istar, istar_resumed):
-    full = assert_trained(istar, "steprm/loss", "steprm/version")
+    full = assert_trained(istar, "steprm/loss", "steprm/version", "steprm/pairs")
+    for step in STEPS:  # one won and one lost episode per task: the trajectory DPO has pairs and a loss
+        assert full[step]["episode/success_rate"] == 0.5 and full[step]["steprm/pairs"] > 0, full[step]
+        assert full[step]["steprm/loss"] > 0
+    # steprm/weights_norm is the PRM's before the step's update: update 1 moved the weights
+    assert full[2]["steprm/weights_norm"] != full[1]["steprm/weights_norm"]
     resumed = assert_trained(istar_resumed, "steprm/loss", "steprm/version")
     assert [s for s in resumed if s > 0] == [1, 2]  # step 1 is the copied log, step 2 the resumed launch's
+    assert istar_resumed.launch_steps() == [2]  # the relaunch started at step 2, not from scratch
     assert resumed[2]["steprm/version"] == full[2]["steprm/version"]
-    assert resumed[2]["steprm/weights_norm"] == full[2]["steprm/weights_norm"]  # restored, not re-initialised
+    # the resumed PRM scored and trained step 2 from the weights the stopped run saved after update 1, exactly
+    assert resumed[2]["steprm/weights_norm"] == full[2]["steprm/weights_norm"]
 
 
 def test_stepagent_match_on_virtualhome(stepagent_match):
     assert_trained(stepagent_match, "stepagent/compared_rate", "stepagent/prefix_turns")
+
+
+def test_stepagent_match_window_layout_on_webshop(stepagent_match_window):
+    assert_trained(stepagent_match_window, "stepagent/compared_rate", "stepagent/prefix_turns")
+    assert stepagent_match_window.run_dir.name.endswith("_h2")
 
 
 def test_stepagent_irl_window_layout(stepagent_irl_window):

@@ -357,6 +357,22 @@ def test_non_hydra_steps_print_commands():
     assert dry_run("rl_grpo.sh", "nowhere").returncode == 2
 
 
+def test_cpu_prepare_keeps_the_small_set_and_the_whole_pipeline_composes(tmp_path):
+    """PLATFORM=cpu: prepare_data.sh (and so pipeline_spa.sh) prepares CPU_TASKS tasks per split, as a CPU launch
+    does for itself, instead of the full set with hours of expert planning; --max-tasks still wins."""
+    cpu = dict(PLATFORM="cpu", SPA_DATA="/nowhere", DATA_DIR=str(tmp_path / "data"), OUT_DIR=str(tmp_path / "out"))
+    lines = dry_run("prepare_data.sh", "alfworld", **cpu).stdout.splitlines()
+    assert lines[0].split()[-2:] == ["--max-tasks", "8"] and lines[1].split()[-2:] == ["--max-tasks", "8"]
+    lines = dry_run("prepare_data.sh", "alfworld", "--max-tasks", "3", **cpu, CPU_TASKS="5").stdout.splitlines()
+    assert "--max-tasks 5" not in " ".join(lines) and lines[0].split()[-2:] == ["--max-train", "3"]
+    proc = dry_run("pipeline_spa.sh", "webshop", **cpu)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [line.split()[1:4] for line in proc.stdout.splitlines() if line.startswith(sys.executable)]
+    assert ["-m", "envs.prepare", "webshop"] in steps and ["-m", "spa_reward.progress.train", "--records"] in steps
+    assert "-m envs.expert webshop" in proc.stdout and "--max-tasks 8" in proc.stdout
+    assert "verl.trainer.main_ppo" in proc.stdout or "adv_estimator" in proc.stdout  # the RL and eval launches composed
+
+
 def test_data_root_and_deprecated_names(tmp_path):
     (tmp_path / "webshop").mkdir()
     argv, proc = check_args("rl_grpo.sh", "webshop", SPA_DATA=str(tmp_path))

@@ -101,6 +101,45 @@ def test_save_on_two_ranks_restore_on_one_and_the_reverse(service, tmp_path):
     hooks.expected = None  # the hooks take the loaded version as the new expectation at their next call
 
 
+def live_placement_groups(name: str) -> list[str]:
+    """Ids of the placement groups called ``name`` that still hold their bundles."""
+    return sorted(pg_id for pg_id, pg in ray.util.placement_group_table().items()
+                  if pg.get("name") == name and pg.get("state") != "REMOVED")
+
+
+def test_a_restarted_coordinator_frees_its_predecessors_placement_group(service, tmp_path):
+    """Ray restarts a killed coordinator (``max_restarts``); its rank actors die with it, but its placement group
+    lives as long as the job. The new coordinator removes it before asking for the bundles again (otherwise a PRM
+    on dedicated GPUs would wait forever for GPUs its dead predecessor still holds), starts a new group and
+    restores the published state."""
+    hooks, _ = service
+    hooks.process(columns(2), {})  # publishes the state after the update
+    hooks.save(tmp_path / "ckpt")
+    published = StepRewardModel(SETTINGS)
+    published.load(tmp_path / "ckpt" / "steprm")
+    before = ray.get(hooks.handle.info.remote())
+    (old_group,) = live_placement_groups(f"{NAME}.ranks")
+
+    ray.kill(hooks.handle, no_restart=False)  # as a crash would: Ray restarts it under the same name
+    deadline, info = time.monotonic() + 300, before
+    while info["incarnation"] == before["incarnation"]:
+        assert time.monotonic() < deadline, "the coordinator did not come back"
+        time.sleep(0.5)
+        try:
+            info = ray.get(hooks.handle.info.remote(), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            continue
+    groups = live_placement_groups(f"{NAME}.ranks")
+    assert len(groups) == 1 and groups != [old_group], (old_group, groups)
+    assert info["restored_from"].startswith(hooks.rolling_dir()) and info["version"] == published.version
+    assert set(info["rank_actors"]) == set(before["rank_actors"])  # generation 0 again, new actors of those names
+    batch = items(4)
+    assert close(ray.get(hooks.handle.score.remote(batch)), published.score(batch))
+    got = {}  # the trainer sees a new incarnation at the version it expects and goes on
+    hooks.process(columns(3), got)
+    assert got["steprm/restarts"] == 1.0 and got["steprm/version"] == published.version + 1
+
+
 def kill_rank(handle, rank: int) -> str:
     info = ray.get(handle.info.remote())
     victim = ray.get_actor(info["rank_actors"][rank])
@@ -119,6 +158,7 @@ def test_a_killed_rank_restarts_the_group_from_its_published_state(service, tmp_
     hooks, _ = service
     hooks.process(columns(3), {})  # publishes the state after the update
     hooks.save(tmp_path / "ckpt")
+    restarts = hooks.restarts
     uninterrupted = StepRewardModel(SETTINGS)
     uninterrupted.load(tmp_path / "ckpt" / "steprm")
 
@@ -134,7 +174,7 @@ def test_a_killed_rank_restarts_the_group_from_its_published_state(service, tmp_
     hooks.process(columns(4), got)
     uninterrupted_hooks = hooks_for(uninterrupted, tmp_path / "u")
     uninterrupted_hooks.process(columns(4), want)
-    assert got["steprm/restarts"] == 1.0 and got["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=ATOL)
+    assert got["steprm/restarts"] == restarts + 1 and got["steprm/loss"] == pytest.approx(want["steprm/loss"], abs=ATOL)
 
     # nothing left to restore: the group comes back empty and refuses, and the trainer gets one clear error
     shutil.rmtree(hooks.rolling_dir())
