@@ -69,6 +69,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from spa_reward.fusion import (DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GROUNDING, FusionStats, fuse_turn_rewards,
                                outcome_turn_rewards, stepagent_turn_rewards)
 from spa_reward.layout import is_window_session, score_window_session
+from spa_reward.metrics import is_env_failure
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -178,6 +179,7 @@ def _extra_info(episode: dict, turn_rewards: list[float], stats: FusionStats, us
         "spa/task_score": float(episode.get("score", 0.0)),
         "spa/num_turns": float(n),
         "spa/truncated": float(bool(episode.get("truncated", False))),
+        "spa/env_failed": float(is_env_failure(episode)),  # left out of eval tables and comparisons, counted
         "spa/parse_errors": float(episode.get("parse_errors", 0) or 0),
         "spa/env_reward": episode_reward(episode),
         "spa/executable_rate": (sum(bool(e) for e in episode["executable"]) / n) if n else 0.0,

@@ -20,7 +20,8 @@ from tests.recipe.conftest import tokenizer, toy_env  # noqa: F401,F811  (fixtur
 from tests.recipe.helpers import row, score_episodes, trainer_config
 
 C = [0.1, -0.2, 0.4, 0.5]  # stand-in contributions for the 4-turn episode below
-SCALAR_KEYS = {"acc", "spa/won", "spa/task_score", "spa/num_turns", "spa/truncated", "spa/parse_errors",
+SCALAR_KEYS = {"acc", "spa/won", "spa/task_score", "spa/num_turns", "spa/truncated", "spa/env_failed",
+               "spa/parse_errors",
                "spa/env_reward", "spa/executable_rate", "spa/mean_contribution", "spa/sum_contribution",
                "spa/nonfinite_contributions", "spa/mean_fused_reward", "spa/uses_estimator", "spa/task_type",
                "spa/reward_seconds"}

@@ -109,9 +109,17 @@ def load_run(path: Path) -> Run:
 
 
 def val_series(run: Run) -> dict[int, dict[str, float]]:
-    """step -> {success, score, grounding, turns} of the whole validation set, from the log (else the dumps)."""
+    """step -> {success, score, grounding, turns} of the whole validation set: from the step's dump (each session
+    once, env-failed episodes left out, as ``eval_table``), else from the log (verl's ``val-*`` means, which score an
+    env-failed episode 0)."""
     series: dict[int, dict[str, float]] = {}
+    for step, dump in sorted(run.dumps.items()):
+        rows = dict(dump_rows(dump))
+        if "all" in rows and rows["all"]["success"] == rows["all"]["success"]:  # NaN: every episode failed
+            series[step] = {k: rows["all"][k] for k in VARS.values()}
     for step, data in sorted(run.metrics.items()):
+        if step in run.dumps:  # the dump decided (a step whose every episode failed has no value)
+            continue
         found: dict[str, dict[str, tuple[int, float]]] = {}
         for key, value in data.items():
             m = VAL_KEY.match(key)
@@ -122,12 +130,7 @@ def val_series(run: Run) -> dict[int, dict[str, float]]:
                     var[m["src"]] = (n, float(value))
         if found:
             series[step] = {col: sum(v for _, v in srcs.values()) / len(srcs) for col, srcs in found.items()}
-    if not series:
-        for step, dump in sorted(run.dumps.items()):
-            rows = dump_rows(dump)
-            if rows:
-                series[step] = {k: dict(rows)["all"][k] for k in VARS.values()}
-    return series
+    return dict(sorted(series.items()))
 
 
 def dump_rows(dump: Path) -> list:

@@ -11,7 +11,9 @@ In the window layout (``env.history=window``) a session is one line per step, ea
 nothing is weighted by episode length. For a directory the newest step file is read. The numbers come from
 ``spa_reward.metrics.episode_metrics``, the function the ``spa`` trainer mode logs during training, so both
 agree: success rate (overall and per task type), mean task score, grounding = mean executable-action rate per
-episode (AgentBoard style), mean assistant turns.
+episode (AgentBoard style), mean assistant turns. An episode the env failed (``spa/env_failed``: open/reset/step
+timeout or crash, not the policy's doing) is left out of these and counted in ``env_fail``; ``episodes`` counts all.
+(verl's own ``val-core/*`` metrics score such an episode 0.)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from spa_reward.layout import session_key
 from spa_reward.metrics import episode_metrics
 
-COLUMNS = ("episodes", "success", "score", "grounding", "turns")
+COLUMNS = ("episodes", "env_fail", "success", "score", "grounding", "turns")
 
 
 def latest_dump(path: Path) -> Path:
@@ -72,6 +74,7 @@ def episode_infos(path: Path, skip_invalid: bool = False) -> tuple[list[dict], i
                     "num_turns": float(row.get("spa/num_turns", 0.0)),
                     "truncated": float(row.get("spa/truncated", 0.0)),
                     "task_type": str(row.get("spa/task_type", "") or ""),
+                    "env_failed": float(row.get("spa/env_failed", 0.0)),
                 }
             except (UnicodeDecodeError, ValueError, TypeError) as exc:
                 if not skip_invalid:
@@ -96,7 +99,8 @@ def table_rows(infos: list[dict]) -> list[tuple[str, dict]]:
     rows = []
     for name, group in groups.items():
         m = episode_metrics(group, prefix="e")
-        rows.append((name, {"episodes": len(group), "success": m.get("e/success_rate", float("nan")),
+        rows.append((name, {"episodes": len(group), "env_fail": int(m.get("e/env_failures", 0)),
+                            "success": m.get("e/success_rate", float("nan")),
                             "score": m.get("e/score", float("nan")),
                             "grounding": m.get("e/executable_rate", float("nan")),
                             "turns": m.get("e/num_turns", float("nan"))}))
@@ -105,7 +109,7 @@ def table_rows(infos: list[dict]) -> list[tuple[str, dict]]:
 
 def render(title: str, rows: list[tuple[str, dict]], markdown: bool = False) -> str:
     def fmt(col, v):
-        return str(v) if col == "episodes" else f"{100 * v:.1f}" if col in ("success", "score", "grounding") \
+        return str(v) if col in ("episodes", "env_fail") else f"{100 * v:.1f}" if col in ("success", "score", "grounding") \
             else f"{v:.1f}"
 
     header = ["group", *COLUMNS]

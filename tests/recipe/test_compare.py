@@ -4,6 +4,7 @@ dumps, and ``recipe.spa.check.run_settings`` of a composed config for ``run_sett
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -43,7 +44,8 @@ def _log_launch(run_dir, name, file_name, steps, episodes, monkeypatch):
             eps = episodes[step]
             extra = {"spa/won": [float(e[0]) for e in eps], "spa/task_score": [e[1] for e in eps],
                      "spa/executable_rate": [e[2] for e in eps], "spa/num_turns": [float(e[3]) for e in eps],
-                     "spa/task_type": [e[4] for e in eps]}
+                     "spa/task_type": [e[4] for e in eps],
+                     "spa/env_failed": [float(e[5]) if len(e) > 5 else 0.0 for e in eps]}
             uids = [f"u{i}" for i in range(len(eps))]
             data.update(PPOTrainer._val_metrics_update(None, ["webshop"] * len(eps), uids, extra,
                                                        [e[3] for e in eps]))
@@ -89,6 +91,24 @@ def test_compare_table_png_and_resume(tmp_path, settings, monkeypatch, capsys):
     png = (out / "val_success_webshop.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "webshop_grpo" in capsys.readouterr().out
+
+
+def test_env_failed_validation_episodes_are_left_out_of_the_comparison(tmp_path, settings, monkeypatch):
+    """verl's val-* means score an env-failed episode 0; the comparison reads the dump, where it is left out (as
+    eval_table does): a run is not ranked lower because its env timed out."""
+    failed = (0, 0.0, 0.0, 1, "heat", 1.0)
+    run = _run(tmp_path / "rl" / "webshop", "webshop_grpo", settings, monkeypatch)
+    # step 2: 3 real episodes (2 won) and 1 env failure; step 4: every episode failed (no value that step)
+    _log_launch(run, "webshop_grpo", "metrics_1.jsonl", range(0, 5),
+                {0: EPISODES_A[0], 2: EPISODES_A[2][:2] + [EPISODES_A[2][3], failed], 4: [failed] * 2}, monkeypatch)
+    logged = json.loads((run / "logs" / "metrics_1.jsonl").read_text().splitlines()[2])["data"]
+    assert logged["val-aux/webshop/spa/won/mean@1"] == 0.5  # verl's mean counts the failure as a loss
+    out = tmp_path / "cmp"
+    assert main([str(run), "--out", str(out)]) == 0
+    (row,) = [r for r in csv.DictReader((out / "comparison.csv").open()) if r["group"] == "all"]
+    # best 2 of 3 = 66.7% at step 2, and the last step with a value is 2 (step 4 had no real episode)
+    assert float(row["best_success"]) == pytest.approx(2 / 3) and row["best_step"] == "2", row
+    assert float(row["last_success"]) == pytest.approx(2 / 3) and row["last_step"] == "2", row
 
 
 def test_compare_refuses_mixed_settings(tmp_path, settings, monkeypatch, capsys):

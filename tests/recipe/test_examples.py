@@ -486,6 +486,9 @@ def test_eval_table(tmp_path, capsys):
         {"spa/won": 1.0, "spa/task_score": 1.0, "spa/executable_rate": 1.0, "spa/num_turns": 4, "spa/task_type": "pick"},
         {"spa/won": 0.0, "spa/task_score": 0.5, "spa/executable_rate": 0.5, "spa/num_turns": 8, "spa/task_type": "pick"},
         {"spa/won": 1.0, "spa/task_score": 1.0, "spa/executable_rate": 0.75, "spa/num_turns": 6, "spa/task_type": "heat"},
+        # the env failed (e.g. a step timeout): counted, and left out of the rates (verl's val-core scores it 0)
+        {"spa/won": 0.0, "spa/task_score": 0.0, "spa/executable_rate": 0.0, "spa/num_turns": 1, "spa/task_type": "heat",
+         "spa/env_failed": 1.0},
     ]
     (tmp_path / "0.jsonl").write_text("{}\n".replace("{}", json.dumps({"spa/won": 0.0})))
     (tmp_path / "10.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -493,8 +496,10 @@ def test_eval_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "10.jsonl" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
-    assert lines["all"] == ["3", "66.7", "83.3", "75.0", "6.0"]
-    assert lines["pick"] == ["2", "50.0", "75.0", "75.0", "6.0"] and lines["heat"][1] == "100.0"
+    assert out.splitlines()[1].split() == ["group", "episodes", "env_fail", "success", "score", "grounding", "turns"]
+    assert lines["all"] == ["4", "1", "66.7", "83.3", "75.0", "6.0"]
+    assert lines["pick"] == ["2", "0", "50.0", "75.0", "75.0", "6.0"]
+    assert lines["heat"] == ["2", "1", "100.0", "100.0", "75.0", "6.0"]
 
 
 def test_history_setting_reaches_the_config_and_the_run_name():
@@ -534,4 +539,4 @@ def test_eval_table_refuses_empty_and_torn_dumps(tmp_path, capsys):
     assert "3.jsonl:2:" in capsys.readouterr().err  # file and line named
     assert main([str(dump), "--skip-invalid"]) == 0
     out = capsys.readouterr().out
-    assert "1 invalid lines skipped" in out and out.splitlines()[2].split()[:3] == ["all", "2", "100.0"]
+    assert "1 invalid lines skipped" in out and out.splitlines()[2].split()[:4] == ["all", "2", "0", "100.0"]
