@@ -25,6 +25,8 @@ history; their layout code is the same as the runs above (tests/window covers it
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -224,6 +226,20 @@ def test_grpo_two_steps_write_metrics_checkpoints_and_dumps(pipeline):
     assert "/sft/webshop/global_step_" in settings["model"] and settings["total_steps"] == 2  # from the SFT policy
 
 
+def processes_naming(text: str) -> list[int]:
+    """Pids of the live processes (other than this one) whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        try:
+            if text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return pids
+
+
 def test_grpo_on_a_fresh_machine_prepares_its_data_and_model(grpo_fresh, workspace):
     m = assert_trained(grpo_fresh)
     assert sorted(s for s in m if s > 0) == [1, 2]
@@ -233,6 +249,12 @@ def test_grpo_on_a_fresh_machine_prepares_its_data_and_model(grpo_fresh, workspa
     assert len(pd.read_parquet(fresh / "data" / "webshop_train.parquet")) == 8
     assert (fresh / "out" / "tiny_model" / "webshop" / "tiny_model.json").is_file()
     assert grpo_fresh.run_dir.is_relative_to(fresh / "out")
+    # the launch's own Ray (logical GPUs, a temp dir of its own) was stopped with the run and its temp dir removed
+    ray_dirs = set(re.findall(r"'_temp_dir': '([^']+)'", log))
+    assert len(ray_dirs) == 1, ray_dirs
+    (ray_dir,) = ray_dirs
+    assert not Path(ray_dir).exists()
+    assert not processes_naming(ray_dir)  # no process of that Ray left
 
 
 def test_sft_trains_the_policy_the_runs_start_from(pipeline, workspace):
@@ -324,11 +346,26 @@ def test_stepagent_irl_window_layout(stepagent_irl_window):
     assert_trained(stepagent_irl_window, "stepagent/compared_rate", "steprm/loss")
 
 
-def test_evaluating_one_checkpoint_twice_gives_the_same_table(eval_twice):
+def printed_table(log: Path) -> dict[str, list[str]]:
+    """group -> cells of the table eval.sh printed at the end of its log (recipe.spa.eval_table's plain form)."""
+    lines = log.read_text(errors="replace").splitlines()
+    header = max(i for i, line in enumerate(lines) if line.split()[:2] == ["group", "episodes"])
+    rows = {}
+    for line in lines[header + 1:]:
+        cells = line.split()
+        if len(cells) != len(lines[header].split()):
+            break
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_evaluating_one_checkpoint_twice_gives_the_same_table(eval_twice, workspace):
     from recipe.spa.eval_table import episode_infos, latest_dump, table_rows
 
     dumps = [latest_dump(d) for d in eval_twice]
     tables = [table_rows(episode_infos(d)[0]) for d in dumps]
     assert tables[0] == tables[1] and dict(tables[0])["all"]["episodes"] == TASKS  # every test task once
+    printed = [printed_table(workspace.logs / f"eval{i}.log") for i in (1, 2)]  # what eval.sh showed the user
+    assert printed[0] == printed[1] and printed[0]["all"][0] == str(TASKS), printed
     replies = [sorted((r["input"], r["output"]) for r in map(json.loads, d.read_text().splitlines())) for d in dumps]
     assert replies[0] == replies[1]  # the same generations, not only the same counts
