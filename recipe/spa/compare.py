@@ -54,6 +54,13 @@ class Run:
     settings: dict | None
     metrics: dict[int, dict] = field(default_factory=dict)  # step -> merged logged metrics
     dumps: dict[int, Path] = field(default_factory=dict)  # step -> validation dump
+    _tables: dict[int, list] | None = field(default=None, repr=False)
+
+    def tables(self) -> dict[int, list]:
+        """step -> the eval table rows of its dump (:func:`dump_rows`), each dump read once."""
+        if self._tables is None:
+            self._tables = {step: dump_rows(dump) for step, dump in sorted(self.dumps.items())}
+        return self._tables
 
     @property
     def name(self) -> str:
@@ -113,12 +120,13 @@ def val_series(run: Run) -> dict[int, dict[str, float]]:
     once, env-failed episodes left out, as ``eval_table``), else from the log (verl's ``val-*`` means, which score an
     env-failed episode 0)."""
     series: dict[int, dict[str, float]] = {}
-    for step, dump in sorted(run.dumps.items()):
-        rows = dict(dump_rows(dump))
-        if "all" in rows and rows["all"]["success"] == rows["all"]["success"]:  # NaN: every episode failed
-            series[step] = {k: rows["all"][k] for k in VARS.values()}
+    tables = run.tables()
+    for step, rows in tables.items():
+        everything = dict(rows).get("all")
+        if everything and everything["success"] == everything["success"]:  # NaN: every episode failed
+            series[step] = {k: everything[k] for k in VARS.values()}
     for step, data in sorted(run.metrics.items()):
-        if step in run.dumps:  # the dump decided (a step whose every episode failed has no value)
+        if tables.get(step):  # the dump decided (a step whose every episode failed has no value)
             continue
         found: dict[str, dict[str, tuple[int, float]]] = {}
         for key, value in data.items():
@@ -149,8 +157,8 @@ def dump_rows(dump: Path) -> list:
 def task_type_series(run: Run) -> dict[str, dict[int, dict[str, float]]]:
     """task type -> step -> {success, score, grounding, turns}, from the validation dumps."""
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for step, dump in sorted(run.dumps.items()):
-        for group, values in dump_rows(dump):
+    for step, rows in run.tables().items():
+        for group, values in rows:
             if group != "all":
                 out.setdefault(group, {})[step] = {k: values[k] for k in VARS.values()}
     return out

@@ -298,6 +298,14 @@ def _spans_from_turn_ends(i: int, it: Mapping[str, Any], loss: Optional[str]) ->
     return [[a, e + 1] for a, e in zip(starts, ends)]
 
 
+def parse_settings_items(batch: Sequence[Mapping[str, Any]], settings: StepRMSettings) -> list[_Item]:
+    """:func:`parse_items` for a model with ``settings``: its objective, the reference log-probs an implicit PRM
+    against the rollout policy needs, and its progress loss."""
+    return parse_items(batch, settings.objective,
+                       need_ref=settings.objective == "implicit" and settings.reference == "rollout",
+                       loss=settings.loss)
+
+
 def parse_items(batch: Sequence[Mapping[str, Any]], objective: str, need_ref: bool,
                 loss: Optional[str] = None) -> list[_Item]:
     """Validate ``batch`` (see the module docstring); ``ValueError`` names the bad item and field. ``loss``: the
@@ -649,8 +657,7 @@ class StepRewardModel:
         """One reward per turn per item, in input order: c_t (progress), r_t = beta * q_t (implicit) or
         r_t = clip(log D - log(1 - D)) = clip(l_t) (discriminator). Turns that truncation dropped get 0.0."""
         s = self.settings
-        items = parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout",
-                            loss=s.loss)
+        items = parse_settings_items(batch, s)
         if not items:
             return []
         if self._reads_before:
@@ -699,8 +706,7 @@ class StepRewardModel:
                 items, identical = parse_pair_items(batch, tag=f"{self.version}/")
                 self.stats["identical_pairs"] += identical
             else:
-                items = parse_items(batch, s.objective,
-                                    need_ref=s.objective == "implicit" and s.reference == "rollout", loss=s.loss)
+                items = parse_settings_items(batch, s)
                 for it in items:  # episode keys unique over the replay window
                     if it.episode:
                         it.episode = f"{self.version}/{it.episode}"
@@ -1265,8 +1271,7 @@ class StepRewardServiceActor:
     async def score(self, batch: list[dict]) -> list[list[float]]:
         self._refuse_if_not_restored()
         s = self.model.settings
-        parse_items(batch, s.objective, need_ref=s.objective == "implicit" and s.reference == "rollout",
-                    loss=s.loss)  # raises alone
+        parse_settings_items(batch, s)  # raises alone
         return await self._coalescer.submit(list(batch))
 
     async def update(self, batch: list[dict], base_version: Optional[int] = None) -> dict[str, float]:
