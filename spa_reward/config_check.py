@@ -76,6 +76,13 @@ def select_key(cfg: Any, path: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+def spa_objective(cfg: Any) -> str:
+    """The run's progress-estimator objective (``algorithm.spa.objective``; missing = ``fusion.DEFAULT_OBJECTIVE``)."""
+    from spa_reward.fusion import DEFAULT_OBJECTIVE
+
+    return str(select_key(cfg, "algorithm.spa.objective", DEFAULT_OBJECTIVE))
+
+
 def block_values(cfg: Any, block: str, cls: type) -> dict[str, Any]:
     """The keys of config block ``block`` (e.g. ``algorithm.stepagent``) that name a field of dataclass ``cls`` and
     are set (not None): ``cls(**block_values(...))`` keeps the defaults of the rest."""
@@ -232,7 +239,7 @@ def _number(value: Any) -> float | None:
 
 def value_problems(cfg: Any) -> list[str]:
     """Reward / advantage settings out of range, each with its key and value."""
-    from spa_reward.fusion import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GROUNDING, DEFAULT_OBJECTIVE, GROUNDING_FORMS
+    from spa_reward.fusion import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GROUNDING, GROUNDING_FORMS
 
     out = []
     for key, default in (("algorithm.spa.alpha", DEFAULT_ALPHA), ("algorithm.spa.beta", DEFAULT_BETA),
@@ -261,7 +268,7 @@ def value_problems(cfg: Any) -> list[str]:
     grounding = select_key(cfg, "algorithm.spa.grounding", DEFAULT_GROUNDING)
     if grounding not in GROUNDING_FORMS:
         out.append(f"algorithm.spa.grounding={grounding!r} is not one of {GROUNDING_FORMS}")
-    objective = select_key(cfg, "algorithm.spa.objective", DEFAULT_OBJECTIVE)
+    objective = spa_objective(cfg)
     if objective not in PROGRESS_OBJECTIVES:
         out.append(f"algorithm.spa.objective={objective!r} is not one of {PROGRESS_OBJECTIVES}")
     from spa_reward.advantage import NORM_MODES  # what the estimators accept

@@ -109,8 +109,9 @@ def table_rows(infos: list[dict]) -> list[tuple[str, dict]]:
 
 def render(title: str, rows: list[tuple[str, dict]], markdown: bool = False) -> str:
     def fmt(col, v):
-        return str(v) if col in ("episodes", "env_fail") else f"{100 * v:.1f}" if col in ("success", "score", "grounding") \
-            else f"{v:.1f}"
+        if col in ("episodes", "env_fail"):
+            return str(v)
+        return f"{100 * v:.1f}" if col in ("success", "score", "grounding") else f"{v:.1f}"
 
     header = ["group", *COLUMNS]
     body = [[name, *(fmt(c, vals[c]) for c in COLUMNS)] for name, vals in rows]

@@ -14,8 +14,7 @@ from envs import env_names
 from envs.actions import STYLES
 from envs.prompts import HISTORY_LAYOUTS
 from recipe.spa.env_pool import BACKENDS
-from spa_reward.config_check import ConfigError, register_config_check, select_key
-from spa_reward.fusion import DEFAULT_OBJECTIVE
+from spa_reward.config_check import ConfigError, register_config_check, select_key, spa_objective
 
 REWARD_MODES = ("final", "won")
 
@@ -241,7 +240,7 @@ def estimator_layout_problems(cfg: Any) -> list[str]:
     out = []
     for check in (lambda p: check_estimator_layout(p, str(select_key(cfg, "env.history", "full")),
                                                    select_key(cfg, "env.history_length")),
-                  lambda p: check_estimator_objective(p, str(select_key(cfg, "algorithm.spa.objective", DEFAULT_OBJECTIVE)))):
+                  lambda p: check_estimator_objective(p, spa_objective(cfg))):
         try:
             check(os.path.expanduser(str(path)))
         except FileNotFoundError:  # no estimator there (yet): not this check's to report

@@ -48,7 +48,7 @@ from typing import Any, Optional
 import torch
 
 from spa_reward import turns
-from spa_reward.fusion import DEFAULT_OBJECTIVE
+from spa_reward.config_check import spa_objective
 from spa_reward.steprm.service import CHECKPOINT_DIR, DEFAULT_PUBLISH_EVERY, SERVICE_NAME, StepRMSettings
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def service_plan(cfg: Any) -> Optional[dict[str, Any]]:
             return {"kind": "progress_frozen", "name": name, "num_gpus": gpus, "settings": {"model_path": path},
                     "timeout_s": timeout, **ranks}
         settings = {k: online[k] for k in ONLINE_KEYS if online.get(k) is not None}
-        settings.update(objective="progress", loss=str(_get(cfg, "algorithm.spa.objective", DEFAULT_OBJECTIVE)),
+        settings.update(objective="progress", loss=spa_objective(cfg),
                         online=True, model_path=path and os.path.expanduser(str(path)))
         return {"kind": "progress_online", "name": name, "num_gpus": gpus, "settings": settings, "timeout_s": timeout,
                 "publish_every": online.get("publish_every", DEFAULT_PUBLISH_EVERY), **ranks}
@@ -354,8 +354,7 @@ class StepRewardHooks:
             # the run's layout and objective = the estimator's
             check_estimator_layout(plan["settings"]["model_path"], _get(self.config, "env.history", "full"),
                                    _get(self.config, "env.history_length"))
-            check_estimator_objective(plan["settings"]["model_path"],
-                                      _get(self.config, "algorithm.spa.objective", DEFAULT_OBJECTIVE))
+            check_estimator_objective(plan["settings"]["model_path"], spa_objective(self.config))
         if plan["kind"] == "progress_frozen":
             from spa_reward.progress.serve import check_tokenizer_compatible, get_progress_scorer
 
@@ -364,7 +363,7 @@ class StepRewardHooks:
             if plan["ranks"] > 1:  # data-parallel scoring on a sharded group (spa_reward.steprm.sharded)
                 from spa_reward.steprm.service import start_service
 
-                objective = str(_get(self.config, "algorithm.spa.objective", DEFAULT_OBJECTIVE))
+                objective = spa_objective(self.config)
                 self.handle = start_service({"objective": "progress", "online": False, "loss": objective,
                                              "model_path": os.path.expanduser(str(plan["settings"]["model_path"]))},
                                             name=plan["name"], num_gpus=plan["num_gpus"], timeout_s=plan["timeout_s"],
